@@ -1,0 +1,92 @@
+"""Shard writer and reader throughput, and the bytes a shard adds to its payload.
+
+    .venv/bin/python benchmarks/bench_shards.py [--quick]
+
+Every figure has a reference measured in the same run on the same data:
+- reader: `make_loader` (webdataset pipeline, torch DataLoader, 2 workers, batches made in
+  the workers, samples decoded to SampleRecord) vs reading every member's bytes of the
+  same shards with plain `tarfile` in this process (no decoding at all). Target >= 0.7x.
+  The loader's time includes starting its two workers, as every epoch does.
+- writer: `write_shards` (schema + span checks, canonical JSON, sidecars, index, dataset
+  summary with patch statistics) vs `tarfile.addfile` of the same members, nothing else.
+- overhead: shard bytes per sample vs the JSON + units payload per sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import os
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("LST_DATA_NO_PROGRESS", "1")
+
+from lst_data.config import RunConfig  # noqa: E402
+from lst_data.shards.join import join_records  # noqa: E402
+from lst_data.shards.layout import shard_paths  # noqa: E402
+from lst_data.shards.reader import make_loader  # noqa: E402
+from lst_data.shards.synthetic import synthetic_tables  # noqa: E402
+from lst_data.shards.writer import encode_sample, write_shards  # noqa: E402
+
+
+def line(name: str, value: float, unit: str, ref_name: str, ref: float, ref_unit: str | None = None) -> None:
+    print(f"{name}: {value:.1f} {unit} (reference: {ref_name} {ref:.1f} {ref_unit or unit}, ratio {value / ref:.2f})")
+
+
+def raw_tar_read(tars: list[Path]) -> int:
+    n = 0
+    for path in tars:
+        with tarfile.open(path) as tar:
+            for info in tar:
+                tar.extractfile(info).read()
+                n += info.name.endswith(".json")
+    return n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="Fewer samples (seconds instead of a minute).")
+    args = parser.parse_args()
+    n = 600 if args.quick else 4000
+    config = RunConfig(shard=dataclasses.replace(RunConfig().shard, samples_per_shard=100 if args.quick else 250))
+    tables = synthetic_tables(n, seed=0, words_per_utterance=(5, 30))
+    records = [r for r in join_records(tables, config)]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "shards"
+        started = time.perf_counter()
+        write_shards(iter(records), out, config, show_progress=False)
+        write_rate = n / (time.perf_counter() - started)
+
+        started = time.perf_counter()
+        with tarfile.open(Path(tmp) / "plain.tar", "w") as tar:
+            for record in records:
+                for name, data in encode_sample(record, None).members:
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        plain_rate = n / (time.perf_counter() - started)
+        line("shard_writer_throughput", write_rate, "samples/s", "plain tarfile.addfile", plain_rate)
+
+        tars = shard_paths(out)
+        payload = sum(len(data) for r in records for _, data in encode_sample(r, None).members) / n
+        shard_bytes = sum(p.stat().st_size for p in tars) / n
+        line("shard_bytes_per_sample", shard_bytes, "bytes", "JSON + units payload", payload)
+
+        raw_tar_read(tars)  # warm the page cache for both readers alike
+        started = time.perf_counter()
+        assert raw_tar_read(tars) == n
+        raw_rate = n / (time.perf_counter() - started)
+        loader = make_loader(out, batch_size=32, shuffle=False, num_workers=2)
+        started = time.perf_counter()
+        seen = sum(len(batch) for batch in loader)
+        read_rate = seen / (time.perf_counter() - started)
+        assert seen == n
+        line("shard_reader_throughput", read_rate, "samples/s", "raw tarfile read (no decoding)", raw_rate)
+
+
+if __name__ == "__main__":
+    main()

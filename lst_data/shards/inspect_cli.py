@@ -1,0 +1,275 @@
+"""`lst-data stats|show|validate|diff|plot`: look into a shard directory.
+
+All of them read shards through the checked reader (`lst_data.shards.reader`), so they
+are safe on shards from elsewhere, and none needs the stage tables that made the shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from lst_data.records import SampleRecord
+
+_dir_arg = click.argument("shard_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+
+
+def _console() -> Console:
+    # wide enough that tables are not cut when the output is a pipe or a test runner
+    return Console(width=160, soft_wrap=False)
+
+
+def find_record(shard_dir: Path, sample_id: str) -> SampleRecord:
+    """The record with `sample_id`: via index.parquet's shard column when present, else a scan."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from lst_data.shards.layout import INDEX_FILE
+    from lst_data.shards.reader import iter_records, iter_shard
+
+    index = shard_dir / INDEX_FILE
+    candidates: Iterator[SampleRecord]
+    if index.exists():
+        table = pq.read_table(index, columns=["id", "shard"])
+        hits = table.filter(pc.equal(table["id"], sample_id))["shard"].to_pylist()
+        candidates = (r for shard in hits for r in iter_shard(shard_dir / shard))
+    else:
+        candidates = iter_records(shard_dir)
+    for record in candidates:
+        if record.id == sample_id:
+            return record
+    raise click.ClickException(f"no sample {sample_id!r} in {shard_dir}")
+
+
+@click.command("stats")
+@_dir_arg
+@click.option("--patch-size", type=int, default=4, show_default=True, help="p of the static strategy.")
+def stats(shard_dir: Path, patch_size: int) -> None:
+    """Hours, utterances, units, words, BPE pieces, silence share, patch sizes and rejects of SHARD_DIR."""
+    import numpy as np
+
+    from lst_data.patching import PATCH_STRATEGIES, patches
+    from lst_data.rejects import REJECT_CODES, count_by_code, read_rejects
+    from lst_data.shards.layout import REJECTS_FILE, shard_paths
+    from lst_data.shards.reader import iter_records
+
+    totals: Counter[str] = Counter()
+    seconds = 0.0
+    lengths: dict[str, Counter[int]] = {s: Counter() for s in PATCH_STRATEGIES}
+    for record in iter_records(shard_dir, with_audio=False):
+        totals.update(
+            utterances=1,
+            units=record.n_frames,
+            words=len(record.words),
+            bpe=len(record.bpe),
+            silence_frames=sum(s.n_frames for s in record.silences),
+        )
+        seconds += record.duration
+        for strategy in PATCH_STRATEGIES:
+            lengths[strategy].update(p.length for p in patches(record, strategy, patch_size=patch_size))
+    console = _console()
+    table = Table(
+        title=f"{shard_dir}: {len(shard_paths(shard_dir))} shards", show_header=False, title_justify="left"
+    )
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    share = totals["silence_frames"] / totals["units"] if totals["units"] else 0.0
+    for name, value in (
+        ("hours", f"{seconds / 3600:.3f}"),
+        ("utterances", str(totals["utterances"])),
+        ("units", str(totals["units"])),
+        ("words", str(totals["words"])),
+        ("bpe pieces", str(totals["bpe"])),
+        ("silence share", f"{share:.1%}"),
+    ):
+        table.add_row(name, value)
+    console.print(table)
+    patch_table = Table(title="patch sizes (frames per patch)", title_justify="left")
+    for column in ("strategy", "patches", "mean", "p10", "median", "p90", "max"):
+        patch_table.add_column(column, justify="left" if column == "strategy" else "right")
+    for strategy, counter in lengths.items():
+        if not counter:
+            continue
+        values = np.repeat(np.fromiter(counter.keys(), int), np.fromiter(counter.values(), int))
+        p10, p50, p90 = np.percentile(values, [10, 50, 90])
+        patch_table.add_row(
+            strategy,
+            str(values.size),
+            f"{values.mean():.2f}",
+            f"{p10:g}",
+            f"{p50:g}",
+            f"{p90:g}",
+            str(values.max()),
+        )
+    console.print(patch_table)
+    counts = count_by_code(read_rejects(shard_dir / REJECTS_FILE))
+    if not counts:
+        console.print("rejects: none")
+        return
+    rejects = Table(title=f"rejects: {sum(counts.values())}", title_justify="left")
+    for column in ("stage", "code", "count", "meaning"):
+        rejects.add_column(column, justify="right" if column == "count" else "left")
+    for (stage, code), n in sorted(counts.items()):
+        rejects.add_row(stage, code, str(n), REJECT_CODES.get(code, ""))
+    console.print(rejects)
+
+
+def segments(record: SampleRecord) -> list[dict[str, Any]]:
+    """Words and silence runs in frame order, each with its BPE pieces: the rows of `show`."""
+    rows = []
+    for i, word in enumerate(record.words):
+        pieces = [p for p in record.bpe if p.word_index == i]
+        rows.append(
+            {
+                "kind": "word",
+                "label": word.word,
+                "start_frame": word.start_frame,
+                "end_frame": word.end_frame,
+                "start": word.start,
+                "end": word.end,
+                "bpe": " ".join(f"{p.piece}[{p.start_frame}-{p.end_frame}]" for p in pieces),
+            }
+        )
+    for silence in record.silences:
+        rows.append(
+            {
+                "kind": "silence",
+                "label": f"<{silence.rule}>",
+                "start_frame": silence.start_frame,
+                "end_frame": silence.end_frame,
+                "start": silence.start,
+                "end": silence.end,
+                "bpe": "",
+            }
+        )
+    return sorted(rows, key=lambda r: (r["start_frame"], r["kind"] == "word"))
+
+
+@click.command("show")
+@_dir_arg
+@click.argument("sample_id")
+def show(shard_dir: Path, sample_id: str) -> None:
+    """One sample as a time-aligned table: words, BPE pieces, silences and their units."""
+    record = find_record(shard_dir, sample_id)
+    console = _console()
+    console.print(
+        f"[bold]{record.id}[/bold]  speaker {record.speaker}  {record.duration:.3f} s  "
+        f"{record.n_frames} frames at {record.frame_rate:g} Hz  audio: {'yes' if record.audio else 'no'}"
+    )
+    console.print(f"text: {record.text}")
+    console.print(
+        f"aligner: {json.dumps(record.aligner, sort_keys=True)}  units: {json.dumps(record.unit_info, sort_keys=True)}"
+    )
+    table = Table(title_justify="left")
+    for column in ("frames", "time (s)", "word / silence", "bpe [frames]", "units"):
+        table.add_column(column, overflow="fold")
+    for row in segments(record):
+        units = record.units[row["start_frame"] : row["end_frame"] + 1]
+        table.add_row(
+            f"{row['start_frame']}-{row['end_frame']}",
+            f"{row['start']:.3f}-{row['end']:.3f}",
+            row["label"],
+            row["bpe"],
+            " ".join(map(str, units.tolist())),
+        )
+    console.print(table)
+
+
+@click.command("validate")
+@_dir_arg
+def validate(shard_dir: Path) -> None:
+    """Check SHARD_DIR against the shard contract; exit 1 and list the problems if any."""
+    from lst_data.shards.check import check_dir
+    from lst_data.shards.layout import shard_paths
+    from lst_data.shards.reader import ShardSet
+
+    problems = list(check_dir(shard_dir))
+    for problem in problems:
+        click.echo(f"{problem.where}: {problem.what}")
+    if problems:
+        click.echo(f"{len(problems)} problem(s) in {shard_dir}", err=True)
+        sys.exit(1)
+    n_shards = len(shard_paths(shard_dir))
+    click.echo(f"ok: {n_shards} shards, {ShardSet.from_dir(shard_dir).total_samples} samples in {shard_dir}")
+
+
+def _digests(record: SampleRecord) -> dict[str, str]:
+    """A short hash per part of a record, so two directories compare without holding their records."""
+    data = record.to_json()
+    parts = {
+        name: data[name]
+        for name in ("text", "speaker", "duration", "words", "bpe", "silences", "aligner", "units")
+    }
+    digests = {
+        name: hashlib.sha1(json.dumps(v, sort_keys=True).encode()).hexdigest() for name, v in parts.items()
+    }
+    digests["unit ids"] = hashlib.sha1(record.units.astype("<i2").tobytes()).hexdigest()
+    digests["audio"] = hashlib.sha1(record.audio or b"").hexdigest()
+    return digests
+
+
+@click.command("diff")
+@click.argument("a", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("b", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def diff(a: Path, b: Path) -> None:
+    """Which shards and samples differ between shard directories A and B, and in what; exit 1 when they differ."""
+    from lst_data.shards.layout import Sidecar, shard_paths, sidecar_path
+    from lst_data.shards.reader import iter_records
+
+    differences = 0
+    shards = {side: {p.name: p for p in shard_paths(d)} for side, d in (("A", a), ("B", b))}
+    for name in sorted(shards["A"].keys() | shards["B"].keys()):
+        pa_, pb = shards["A"].get(name), shards["B"].get(name)
+        if pa_ is None or pb is None:
+            click.echo(f"shard {name}: only in {'A' if pb is None else 'B'}")
+            differences += 1
+            continue
+        sa, sb = (Sidecar.read(sidecar_path(p)) if sidecar_path(p).exists() else None for p in (pa_, pb))
+        if sa is None or sb is None or sa.sha256 != sb.sha256:
+            click.echo(f"shard {name}: bytes differ")
+            differences += 1
+    in_a = {r.id: _digests(r) for r in iter_records(a)}
+    seen_b = set()
+    for record in iter_records(b):
+        seen_b.add(record.id)
+        theirs = _digests(record)
+        ours = in_a.get(record.id)
+        if ours is None:
+            click.echo(f"sample {record.id}: only in B")
+        elif ours != theirs:
+            click.echo(f"sample {record.id}: differs in {', '.join(k for k in ours if ours[k] != theirs[k])}")
+        else:
+            continue
+        differences += 1
+    for sample_id in sorted(in_a.keys() - seen_b):
+        click.echo(f"sample {sample_id}: only in A")
+        differences += 1
+    if differences:
+        click.echo(f"{differences} difference(s)")
+        sys.exit(1)
+    click.echo(f"identical: {len(in_a)} samples in {len(shards['A'])} shards")
+
+
+@click.command("plot")
+@_dir_arg
+@click.argument("sample_id")
+@click.option(
+    "-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Image file (.png)."
+)
+@click.option("--patch-size", type=int, default=4, show_default=True, help="p of the static strategy.")
+def plot(shard_dir: Path, sample_id: str, out: Path, patch_size: int) -> None:
+    """Plot one sample: spectrogram (when the shard has audio) or units, with word, BPE, silence and patch tiers."""
+    from lst_data.shards.plot import plot_record
+
+    record = find_record(shard_dir, sample_id)
+    plot_record(record, out, patch_size=patch_size)
+    click.echo(f"wrote {out}")

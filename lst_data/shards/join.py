@@ -1,0 +1,246 @@
+"""Join the stage tables by id into shard samples (`SampleRecord`), one at a time.
+
+The manifest drives the join: every manifest id either becomes a record or a reject,
+except ids an earlier stage already rejected (they are in that stage's rejects and are
+not counted twice). Checks made here are those only the joined view can make:
+
+- `missing_stage_output`: the id has no row in alignments, units or tokens;
+- `invalid_record`: len(units) != n_frames, len(units) off floor(duration * frame_rate)
+  by more than `shard.frame_tolerance` frames, aligned words != normalized text words,
+  word times outside the audio or out of order, BPE pieces that do not map onto the words.
+
+Records come out in a deterministic order (`shard.order`), independent of the row order
+of the input tables, which Ray does not keep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lst_data.config import RunConfig
+from lst_data.frames import (
+    FrameSpan,
+    frame_to_time,
+    frames_for_duration,
+    silence_frame_runs,
+    word_frame_spans,
+)
+from lst_data.records import BpePiece, SampleRecord, Silence, Word
+from lst_data.rejects import Reject
+from lst_data.tokenize.spans import bpe_frame_spans
+from lst_data.tokenize.tokenizer import TokenPiece
+
+STAGE = "shard"
+_BATCH_ROWS = 256
+
+
+class InvalidRecord(ValueError):
+    """The joined rows contradict each other (reject code invalid_record)."""
+
+
+@dataclass
+class Provenance:
+    """Hashes of the tokenizers seen while joining (aligner and codebook hashes ride in each record)."""
+
+    tokenizer_hashes: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class JoinTables:
+    """The four stage outputs, as Arrow tables with the stage schemas."""
+
+    manifest: pa.Table
+    alignments: pa.Table
+    units: pa.Table
+    tokens: pa.Table
+
+
+def sample_order(ids: Sequence[str], order: str, seed: int) -> list[int]:
+    """Row indices of `ids` in the shard order: 'id' (sorted) or 'hash' (sha1 of seed:id, ties by id)."""
+    if order == "id":
+        return sorted(range(len(ids)), key=lambda i: ids[i])
+    if order == "hash":
+        prefix = f"{seed}:".encode()
+        return sorted(
+            range(len(ids)), key=lambda i: (hashlib.sha1(prefix + ids[i].encode("utf-8")).digest(), ids[i])
+        )
+    raise ValueError(f"unknown shard.order {order!r} (use 'hash' or 'id')")
+
+
+def join_records(
+    tables: JoinTables,
+    config: RunConfig,
+    *,
+    prior_rejects: Iterable[Reject] = (),
+    provenance: Provenance | None = None,
+) -> Iterator[SampleRecord | Reject]:
+    """Yield one SampleRecord or Reject per manifest id that no earlier stage rejected.
+
+    Only one batch of joined rows is in memory at a time; the input tables stay columnar.
+    """
+    provenance = provenance if provenance is not None else Provenance()
+    already_rejected = {r.id for r in prior_rejects}
+    ids = tables.manifest.column("id").to_pylist()
+    positions = {name: _positions(getattr(tables, name)) for name in ("alignments", "units", "tokens")}
+    order = [i for i in sample_order(ids, config.shard.order, config.seed) if ids[i] not in already_rejected]
+    for start in range(0, len(order), _BATCH_ROWS):
+        chunk = order[start : start + _BATCH_ROWS]
+        manifest_rows = tables.manifest.take(chunk).to_pylist()
+        found = {
+            name: _take(getattr(tables, name), positions[name], [ids[i] for i in chunk]) for name in positions
+        }
+        for row in manifest_rows:
+            missing = [name for name in positions if row["id"] not in found[name]]
+            if missing:
+                yield Reject(row["id"], STAGE, "missing_stage_output", f"no row in {', '.join(missing)}")
+                continue
+            token_row = found["tokens"][row["id"]]
+            provenance.tokenizer_hashes.add(token_row["tokenizer_hash"])
+            try:
+                yield join_one(
+                    row, found["alignments"][row["id"]], found["units"][row["id"]], token_row, config
+                )
+            except InvalidRecord as err:
+                yield Reject(row["id"], STAGE, "invalid_record", str(err))
+
+
+def _positions(table: pa.Table) -> dict[str, int]:
+    return {utterance_id: i for i, utterance_id in enumerate(table.column("id").to_pylist())}
+
+
+def _take(table: pa.Table, positions: Mapping[str, int], ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """id -> row (units as an int16 array, not a Python list) for the ids present in `table`."""
+    rows = table.take([positions[i] for i in ids if i in positions])
+    unit_lists = None
+    if "units" in rows.column_names:
+        unit_lists = _split_lists(rows.column("units").combine_chunks())
+        rows = rows.drop_columns(["units"])
+    out = {}
+    for j, row in enumerate(rows.to_pylist()):
+        if unit_lists is not None:
+            row["units"] = unit_lists[j]
+        out[row["id"]] = row
+    return out
+
+
+def _split_lists(lists: pa.ListArray) -> list[np.ndarray]:
+    """The int16 lists of a list column as numpy arrays, without a Python int per unit."""
+    flat = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.int16, copy=False)
+    offsets = lists.offsets.to_numpy()
+    offsets = offsets - offsets[0]
+    return [flat[offsets[j] : offsets[j + 1]] for j in range(len(lists))]
+
+
+def join_one(
+    manifest: Mapping[str, Any],
+    alignment: Mapping[str, Any],
+    units: Mapping[str, Any],
+    tokens: Mapping[str, Any],
+    config: RunConfig,
+) -> SampleRecord:
+    """The sample of one utterance from its four rows; raises InvalidRecord when they disagree."""
+    utterance_id = manifest["id"]
+    unit_ids = np.asarray(units["units"], dtype=np.int16)
+    n_frames = int(unit_ids.shape[0])
+    frame_rate = float(units["frame_rate"])
+    duration = float(manifest["duration"])
+    if n_frames == 0 or n_frames != units["n_frames"]:
+        raise InvalidRecord(f"{n_frames} units but n_frames = {units['n_frames']}")
+    expected = frames_for_duration(duration, frame_rate)
+    if abs(n_frames - expected) > config.shard.frame_tolerance:
+        raise InvalidRecord(
+            f"{n_frames} units for {duration:.3f} s at {frame_rate:g} Hz (expected {expected} "
+            f"+- {config.shard.frame_tolerance})"
+        )
+    aligned = alignment["words"]
+    text_words = manifest["normalized_text"].split()
+    if [w["word"] for w in aligned] != text_words:
+        raise InvalidRecord(
+            f"aligned words {' '.join(w['word'] for w in aligned)!r} != text {manifest['normalized_text']!r}"
+        )
+    _check_word_times(aligned, duration + config.shard.frame_tolerance / frame_rate)
+    word_spans = word_frame_spans([(w["start"], w["end"]) for w in aligned], frame_rate, n_frames)
+    pieces = [TokenPiece(int(p["id"]), p["piece"], int(p["word_index"])) for p in tokens["pieces"]]
+    try:
+        piece_spans = bpe_frame_spans(
+            word_spans,
+            pieces,
+            words=text_words,
+            chars=alignment.get("chars"),
+            phones=alignment.get("phones"),
+            frame_rate=frame_rate,
+            n_frames=n_frames,
+        )
+    except ValueError as err:
+        raise InvalidRecord(f"BPE pieces do not fit the words: {err}") from err
+    return SampleRecord(
+        id=utterance_id,
+        text=manifest["normalized_text"],
+        speaker=manifest["speaker"],
+        duration=duration,
+        sample_rate=int(manifest["sample_rate"]),
+        frame_rate=frame_rate,
+        units=unit_ids,
+        words=tuple(
+            Word(w["word"], float(w["start"]), float(w["end"]), s.start, s.end)
+            for w, s in zip(aligned, word_spans, strict=True)
+        ),
+        bpe=tuple(
+            BpePiece(p.id, p.piece, p.word_index, s.start, s.end)
+            for p, s in zip(pieces, piece_spans, strict=True)
+        ),
+        silences=tuple(
+            silence_records(word_spans, n_frames, frame_rate, duration, alignment["silences"] or ())
+        ),
+        aligner={"backend": alignment["backend"], "model_hash": alignment["model_hash"]},
+        unit_info={
+            "encoder": units["encoder"],
+            "layer": units["layer"],
+            "codebook_hash": units["codebook_hash"],
+            "k": int(units["k"]),
+        },
+    )
+
+
+def _check_word_times(words: Sequence[Mapping[str, Any]], latest_end: float) -> None:
+    previous_start = 0.0
+    for i, w in enumerate(words):
+        start, end = float(w["start"]), float(w["end"])
+        if not (0.0 <= start <= end <= latest_end):
+            raise InvalidRecord(
+                f"word {i} ({w['word']!r}) spans {start:.3f}-{end:.3f} s, outside 0-{latest_end:.3f} s"
+            )
+        if start < previous_start:
+            raise InvalidRecord(f"word {i} ({w['word']!r}) starts at {start:.3f} s, before the previous word")
+        previous_start = start
+
+
+def silence_records(
+    word_spans: Sequence[FrameSpan],
+    n_frames: int,
+    frame_rate: float,
+    duration: float,
+    aligner_silences: Iterable[Mapping[str, Any]],
+) -> list[Silence]:
+    """Every run of frames no word claims, with the rule of the aligner silence it overlaps most.
+
+    A run that overlaps no aligner silence (a sub-threshold gap, or frames lost to the
+    frame grid) gets rule 'frames'. Times are the run's frame edges, the last one clipped
+    to the duration.
+    """
+    labelled = [(float(s["start"]), float(s["end"]), s["rule"]) for s in aligner_silences]
+    silences = []
+    for run in silence_frame_runs(word_spans, n_frames):
+        start = frame_to_time(run.start, frame_rate)
+        end = max(start, min(frame_to_time(run.end + 1, frame_rate), duration))
+        overlaps = [(min(end, e) - max(start, s), rule) for s, e, rule in labelled]
+        best = max(overlaps, default=(0.0, "frames"), key=lambda o: o[0])
+        silences.append(Silence(start, end, run.start, run.end, best[1] if best[0] > 0 else "frames"))
+    return silences

@@ -1,0 +1,108 @@
+"""Names of the files in a shard directory and of the members inside a shard tar.
+
+One place knows the layout, so the writer, the reader, `lst-data validate` and the
+benchmarks cannot drift apart. Member names are checked before a tar's content is
+trusted: shards come from other people, and a tar may hold absolute paths, `..`, links
+or members a careless reader would unpickle.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+INDEX_FILE = "index.parquet"
+REJECTS_FILE = "rejects.parquet"
+DATASET_FILE = "dataset.json"
+
+# The only members a sample may have, in the order they are written (sorted by name).
+MEMBER_SUFFIXES = ("flac", "json", "units.npy")
+_MEMBER = re.compile(r"(?P<key>[A-Za-z0-9_-]+)\.(?P<suffix>flac|json|units\.npy)")
+_SHARD = re.compile(r"(?P<split>[A-Za-z0-9_-]+)-(?P<index>\d{6})\.tar")
+
+
+class UnsafeMemberError(ValueError):
+    """A tar member that is a link, a directory, an absolute or `..` path, or not a sample member."""
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+def sidecar_path(tar_path: Path) -> Path:
+    return tar_path.with_suffix(".json")
+
+
+def shard_paths(out_dir: str | Path, split: str | None = None) -> list[Path]:
+    """The shard tars of `out_dir` (of one split, or all), sorted by split and index."""
+    found = []
+    for path in Path(out_dir).glob("*.tar"):
+        match = _SHARD.fullmatch(path.name)
+        if match and (split is None or match["split"] == split):
+            found.append((match["split"], int(match["index"]), path))
+    return [path for _, _, path in sorted(found)]
+
+
+def shard_index(tar_path: Path) -> int:
+    match = _SHARD.fullmatch(tar_path.name)
+    if not match:
+        raise ValueError(f"{tar_path.name} is not a shard name ({{split}}-NNNNNN.tar)")
+    return int(match["index"])
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """(key, suffix) of a sample member; UnsafeMemberError for anything else."""
+    if name.startswith("/") or "\\" in name or ".." in name.split("/"):
+        raise UnsafeMemberError(f"unsafe tar member path {name!r}")
+    match = _MEMBER.fullmatch(name)
+    if not match:
+        raise UnsafeMemberError(
+            f"unexpected tar member {name!r} (allowed: KEY.{{{','.join(MEMBER_SUFFIXES)}}})"
+        )
+    return match["key"], match["suffix"]
+
+
+def check_member(info: tarfile.TarInfo) -> tuple[str, str]:
+    """(key, suffix) of a regular-file sample member; UnsafeMemberError for links and odd names."""
+    if not info.isreg():
+        kind = "link" if info.issym() or info.islnk() else "non-regular member"
+        raise UnsafeMemberError(f"{kind} {info.name!r} in a shard")
+    return split_member_name(info.name)
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """What `OUT/{split}-NNNNNN.json` says about its tar (schemas/sidecar.v1.json)."""
+
+    schema_version: int
+    toolkit_version: str
+    split: str
+    shard: str
+    index: int
+    samples: int
+    first_id: str
+    last_id: str
+    duration_seconds: float
+    hours: float
+    bytes: int
+    sha256: str
+    config_hash: str
+    content_sha256: str  # sha256 of the samples' JSON + units members: what resume compares
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def read(cls, path: Path) -> Sidecar:
+        return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Sorted, indented JSON via a temporary name, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)

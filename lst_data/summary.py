@@ -1,0 +1,30 @@
+"""The end-of-run summary every command prints: counts, then rejects by stage and code."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from lst_data.rejects import REJECT_CODES, Reject, count_by_code
+
+
+def print_summary(title: str, figures: Sequence[tuple[str, str]], rejects: Iterable[Reject], console: Console | None = None) -> None:
+    console = console or Console(stderr=False, soft_wrap=True)
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for name, value in figures:
+        table.add_row(name, value)
+    console.print(table)
+    counts = count_by_code(rejects)
+    if not counts:
+        console.print("rejects: none")
+        return
+    rej = Table(title=f"rejects: {sum(counts.values())}", title_justify="left")
+    for column in ("stage", "code", "count", "meaning"):
+        rej.add_column(column, justify="right" if column == "count" else "left")
+    for (stage, code), n in sorted(counts.items()):
+        rej.add_row(stage, code, str(n), REJECT_CODES.get(code, ""))
+    console.print(rej)

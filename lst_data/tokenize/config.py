@@ -1,0 +1,26 @@
+"""Tokenizer settings (owned by the tokenize stage). The training seed is RunConfig.seed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lst_data.config import doc
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    model: str | None = doc(
+        "Path of a SentencePiece .model (e.g. LLaMA-2's tokenizer.model) or a Hugging Face "
+        "tokenizer.json; None trains a SentencePiece BPE on the corpus's normalized transcripts.",
+        None,
+    )
+    vocab_size: int = doc(
+        "Vocabulary size when training a BPE on the corpus. A soft limit: a corpus too small "
+        "for it yields fewer pieces; it must exceed the number of distinct characters + 4.",
+        256,
+    )
+    character_coverage: float = doc(
+        "Share of the corpus's characters the trained BPE must cover (SentencePiece); rarer "
+        "characters become <unk>. 1.0 keeps every character, right for one language.",
+        1.0,
+    )

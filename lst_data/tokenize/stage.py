@@ -1,0 +1,113 @@
+"""The tokenize stage: normalized transcripts -> BPE pieces tied to words (`tokens.parquet`).
+
+Frame spans are not computed here: they need the alignment and the unit count, so the
+shard writer computes them (`lst_data.tokenize.spans.bpe_frame_spans`) when it joins the
+tables. This stage only fixes which pieces a transcript has and which word each belongs to.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from lst_data.stage import Stage, StageResult
+from lst_data.tokenize.config import TokenizerConfig
+from lst_data.tokenize.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+PIECE_TYPE = pa.struct(
+    [pa.field("id", pa.int32()), pa.field("piece", pa.string()), pa.field("word_index", pa.int32())]
+)
+
+TOKENS_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("tokenizer_hash", pa.string(), nullable=False),
+        pa.field("pieces", pa.list_(PIECE_TYPE), nullable=False),
+    ]
+)
+
+TRAINED_MODEL_NAME = "tokenizer.model"
+
+
+class TokenizeStage(Stage):
+    """Rows (id, normalized_text) -> (id, tokenizer_hash, pieces); rejects `tokenize_failed`.
+
+    The stage carries only the model's path (and expected hash) across to workers and
+    loads the tokenizer in `setup`, so it pickles cheaply and each actor loads it once.
+    """
+
+    name = "tokenize"
+    input_columns: ClassVar[tuple[str, ...]] = ("id", "normalized_text")
+    output_schema: ClassVar[pa.Schema] = TOKENS_SCHEMA
+
+    def __init__(self, model_path: str | Path, expected_hash: str | None = None) -> None:
+        self.model_path = str(model_path)
+        self.expected_hash = expected_hash
+        self._tokenizer: Tokenizer | None = None
+
+    def setup(self) -> None:
+        if self._tokenizer is not None:
+            return
+        tokenizer = load_tokenizer(self.model_path)
+        if self.expected_hash is not None and tokenizer.hash != self.expected_hash:
+            raise RuntimeError(
+                f"tokenizer {self.model_path} changed: hash {tokenizer.hash} != expected {self.expected_hash}"
+            )
+        self._tokenizer = tokenizer
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_tokenizer": None}  # workers load their own copy in setup
+
+    def process_batch(self, rows: list[dict[str, Any]]) -> StageResult:
+        self.setup()
+        assert self._tokenizer is not None
+        result = StageResult()
+        for row in rows:
+            words = (row["normalized_text"] or "").split()
+            if not words:
+                result.rejects.append(self.reject(row["id"], "tokenize_failed", "empty normalized text"))
+                continue
+            try:
+                pieces = self._tokenizer.encode_words(words)
+            except UnicodeError as err:  # text the tokenizer cannot take; anything else is a bug
+                result.rejects.append(self.reject(row["id"], "tokenize_failed", str(err)))
+                continue
+            without = sorted(set(range(len(words))) - {p.word_index for p in pieces})
+            if without:
+                detail = "words with no piece of their own (a piece straddles words): " + ", ".join(
+                    f"{i}:{words[i]!r}" for i in without[:10]
+                )
+                result.rejects.append(self.reject(row["id"], "tokenize_failed", detail))
+                continue
+            result.rows.append(
+                {
+                    "id": row["id"],
+                    "tokenizer_hash": self._tokenizer.hash,
+                    "pieces": [p._asdict() for p in pieces],
+                }
+            )
+        return result
+
+
+def prepare_tokenizer(
+    config: TokenizerConfig, texts: Iterable[str], out_dir: str | Path, seed: int
+) -> Tokenizer:
+    """The run's tokenizer: the configured model, or a BPE trained on `texts` into out_dir.
+
+    Training happens once on the driver over the whole corpus (a BPE needs global counts),
+    before the stage fans out; workers then only load the file.
+    """
+    if config.model is not None:
+        return load_tokenizer(config.model)
+    out_path = Path(out_dir) / TRAINED_MODEL_NAME
+    tokenizer = train_tokenizer(
+        texts, out_path, config.vocab_size, seed, character_coverage=config.character_coverage
+    )
+    log.info("trained %s on the corpus: %d pieces", out_path, tokenizer.vocab_size)
+    return tokenizer

@@ -1,0 +1,331 @@
+"""The units stages: sample frames for k-means, and turn each utterance into unit ids.
+
+Both are `lst_data.stage.Stage`s, run by `run_stage`/`iter_stage` on Ray Data (one encoder
+per actor, one GPU per actor when CUDA is present) or in process. Per-utterance problems
+become rejects: missing or undecodable audio (`audio_missing`, `audio_unreadable`) and
+audio too short for one frame (`units_failed`).
+
+Outputs of `assign_units` (in OUT):
+- `units.parquet`: `lst_data.tables.UNITS_SCHEMA`, one row per utterance: units int16,
+  not deduplicated, n_frames = len(units) = encoder.num_frames(num_samples);
+- `units_rejects.parquet`, `units.json` (provenance: config, codebook hash, counts).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from lst_data import __version__
+from lst_data.audio import AudioError, read_audio
+from lst_data.config import RayConfig, canonical_hash, to_dict
+from lst_data.progress import progress_bar
+from lst_data.rejects import Reject, write_rejects
+from lst_data.stage import Resources, Stage, StageResult, iter_stage, run_stage_to_parquet
+from lst_data.tables import MANIFEST_SCHEMA, UNITS_SCHEMA
+from lst_data.units.codebook import Codebook, NearestCentroid, load_codebook, save_codebook
+from lst_data.units.config import UnitsConfig
+from lst_data.units.encoders import SAMPLE_RATE, Encoder, build_encoder, resolve_device
+from lst_data.units.kmeans import minibatch_kmeans, select_frames
+
+INPUT_COLUMNS = ("id", "audio_path", "num_samples")
+UNITS_FILE = "units.parquet"
+REJECTS_FILE = "units_rejects.parquet"
+PROVENANCE_FILE = "units.json"
+
+SAMPLE_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("n", pa.int32(), nullable=False),
+        pa.field("dim", pa.int32(), nullable=False),
+        pa.field("features", pa.binary(), nullable=False),  # float32 [n, dim], C order, little endian
+    ]
+)
+
+
+def _resources(config: UnitsConfig) -> Resources:
+    wants_gpu = config.device != "cpu" and torch.cuda.is_available()
+    return Resources(cpus=1.0, gpus=1.0 if wants_gpu else 0.0)
+
+
+class _EncodingStage(Stage):
+    """Reads audio, rejects what cannot be encoded, encodes the rest in length-sorted batches."""
+
+    name = "units"
+    input_columns = INPUT_COLUMNS
+
+    def __init__(self, config: UnitsConfig) -> None:
+        self.config = config
+        self.resources = _resources(config)
+        self.encoder: Encoder | None = None
+
+    def setup(self) -> None:
+        if self.encoder is None:
+            torch.set_grad_enabled(False)
+            self.encoder = build_encoder(self.config)
+
+    def encode_rows(self, rows: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], torch.Tensor | Reject]]:
+        """(row, features [n, dim] or a Reject) for every row, in input order."""
+        assert self.encoder is not None, "setup() was not called"
+        encoder = self.encoder
+        outcomes: list[torch.Tensor | Reject | None] = [None] * len(rows)
+        waves: dict[int, torch.Tensor] = {}
+        for i, row in enumerate(rows):
+            outcome = self._read(row, encoder)
+            if isinstance(outcome, Reject):
+                outcomes[i] = outcome
+            else:
+                waves[i] = outcome
+        limit = int(self.config.batch_seconds * SAMPLE_RATE)
+        batch: list[int] = []
+        for i in sorted(waves, key=lambda j: waves[j].shape[0]):
+            if batch and waves[i].shape[0] * (len(batch) + 1) > limit:
+                self._encode_into(batch, waves, outcomes)
+                batch = []
+            batch.append(i)
+        if batch:
+            self._encode_into(batch, waves, outcomes)
+        for row, outcome in zip(rows, outcomes, strict=True):
+            assert outcome is not None
+            yield row, outcome
+
+    def _read(self, row: dict[str, Any], encoder: Encoder) -> torch.Tensor | Reject:
+        path = Path(row["audio_path"])
+        if not path.is_file():
+            return self.reject(row["id"], "audio_missing", str(path))
+        try:
+            samples, _ = read_audio(path, SAMPLE_RATE)
+        except AudioError as err:
+            return self.reject(row["id"], "audio_unreadable", str(err))
+        if encoder.num_frames(samples.shape[0]) < 1:
+            return self.reject(
+                row["id"], "units_failed",
+                f"{samples.shape[0]} samples give no {encoder.frame_rate:g} Hz frame from {encoder.name} "
+                f"(needs >= {encoder.min_samples})",
+            )
+        return torch.from_numpy(np.ascontiguousarray(samples))
+
+    def _encode_into(self, batch: list[int], waves: dict[int, torch.Tensor], outcomes: list[Any]) -> None:
+        assert self.encoder is not None
+        for i, features in zip(batch, self.encoder.encode([waves[i] for i in batch]), strict=True):
+            outcomes[i] = features
+
+
+class FrameSampleStage(_EncodingStage):
+    """Encodes utterances and keeps the frames `select_frames` picks (the k-means sample)."""
+
+    output_schema = SAMPLE_SCHEMA
+
+    def __init__(self, config: UnitsConfig, probability: float, seed: int) -> None:
+        super().__init__(config)
+        self.probability, self.seed = probability, seed
+
+    def process_batch(self, rows: list[dict[str, Any]]) -> StageResult:
+        result = StageResult()
+        for row, outcome in self.encode_rows(rows):
+            if isinstance(outcome, Reject):
+                result.rejects.append(outcome)
+                continue
+            picked = select_frames(row["id"], outcome.shape[0], self.probability, self.seed)
+            frames = outcome[picked.to(outcome.device)].float().cpu().numpy()
+            result.rows.append(
+                {"id": row["id"], "n": frames.shape[0], "dim": frames.shape[1], "features": frames.astype("<f4").tobytes()}
+            )
+        return result
+
+
+class UnitsStage(_EncodingStage):
+    """Audio -> nearest-centroid unit ids (int16), one encoder + codebook per worker."""
+
+    output_schema = UNITS_SCHEMA
+
+    def __init__(self, config: UnitsConfig, codebook: Codebook) -> None:
+        super().__init__(config)
+        if codebook.k > np.iinfo(np.int16).max + 1:
+            raise ValueError(f"k = {codebook.k} does not fit int16 unit ids")
+        self.codebook = codebook
+        self.nearest: NearestCentroid | None = None
+
+    def setup(self) -> None:
+        super().setup()
+        assert self.encoder is not None
+        if self.codebook.dim != self.encoder.dim:
+            raise ValueError(
+                f"codebook {self.codebook.source} has dim {self.codebook.dim}; encoder {self.encoder.name} "
+                f"gives {self.encoder.dim} (was it trained with another encoder or config?)"
+            )
+        self.nearest = NearestCentroid(self.codebook.centroids, self.encoder.device)
+
+    def process_batch(self, rows: list[dict[str, Any]]) -> StageResult:
+        assert self.encoder is not None and self.nearest is not None
+        result = StageResult()
+        for row, outcome in self.encode_rows(rows):
+            if isinstance(outcome, Reject):
+                result.rejects.append(outcome)
+                continue
+            units = self.nearest(outcome).to(torch.int16).cpu().numpy()
+            result.rows.append(
+                {
+                    "id": row["id"],
+                    "units": units,
+                    "frame_rate": float(self.encoder.frame_rate),
+                    "n_frames": int(units.shape[0]),
+                    "encoder": self.encoder.name,
+                    "layer": self.encoder.layer,
+                    "codebook_hash": self.codebook.sha256,
+                    "k": self.codebook.k,
+                }
+            )
+        return result
+
+
+# ---------------------------------------------------------------- driver functions
+
+
+def read_manifest(manifest_dir: str | Path) -> pa.Table:
+    path = Path(manifest_dir)
+    path = path / "manifest.parquet" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"no manifest at {path} (run `lst-data ingest` first)")
+    return pq.read_table(path, schema=MANIFEST_SCHEMA)
+
+
+@dataclass
+class TrainReport:
+    codebook: Codebook
+    utterances: int  # utterances that contributed frames
+    sample_frames: int
+    corpus_frames: int
+    inertia: float
+    used_clusters: int
+    rejects: list[Reject]
+    encode_seconds: float
+    kmeans_seconds: float
+
+
+def train_codebook(
+    manifest: pa.Table, out_path: str | Path, config: UnitsConfig, seed: int, ray_config: RayConfig,
+    *, show_progress: bool = True,
+) -> TrainReport:
+    """Sample frames across the corpus (Stage, on Ray or in process), train k-means, save the codebook.
+
+    Memory on the driver is one buffer of the sampled frames, whatever the corpus size.
+    """
+    counter = build_encoder_for_counting(config)
+    n_frames = [counter.num_frames(n) for n in manifest["num_samples"].to_pylist()]
+    corpus_frames = sum(n_frames)
+    if corpus_frames == 0:
+        raise ValueError("the manifest has no utterance long enough for one frame")
+    probability = min(1.0, config.sample_frames / corpus_frames)
+    ids = manifest["id"].to_pylist()
+    picked = [len(select_frames(u, n, probability, seed)) for u, n in zip(ids, n_frames, strict=True)]
+    wanted = pa.array([p > 0 for p in picked])
+    table = manifest.filter(wanted).select(list(INPUT_COLUMNS))
+    total = sum(picked)
+    if total < config.k:
+        raise ValueError(f"only {total} frames to train k = {config.k} centroids; use a larger corpus or smaller k")
+
+    device = resolve_device(config.device)
+    sample = torch.empty(total, counter.dim, dtype=torch.float32)
+    filled = 0
+    rejects: list[Reject] = []
+    started = time.perf_counter()
+    stage = FrameSampleStage(config, probability, seed)
+    with progress_bar(total=table.num_rows, desc="units sample", unit="utt", disable=not show_progress) as bar:
+        for ok, batch_rejects, consumed in iter_stage(stage, table, ray_config):
+            rejects.extend(batch_rejects)
+            for n, blob in zip(ok["n"].to_pylist(), ok["features"].to_pylist(), strict=True):
+                sample[filled : filled + n].numpy()[:] = np.frombuffer(blob, dtype="<f4").reshape(n, counter.dim)
+                filled += n
+            bar.update(consumed if ray_config.runner == "local" else ok.num_rows + len(batch_rejects))
+    encode_seconds = time.perf_counter() - started
+    sample = sample[:filled].to(device)
+    result = minibatch_kmeans(
+        sample, config.k, steps=config.kmeans_steps, batch_size=config.kmeans_batch_size,
+        init_size=config.kmeans_init_size, seed=seed,
+    )
+    meta = {
+        "encoder": counter.name,
+        "layer": counter.layer,
+        "frame_rate": counter.frame_rate,
+        "checkpoint": config.checkpoint,
+        "units_config": to_dict(config),
+        "units_config_hash": canonical_hash({"seed": seed, "units": to_dict(config)}),
+        "seed": seed,
+        "sample_frames": filled,
+        "corpus_frames": corpus_frames,
+        "inertia": result.inertia,
+        "used_clusters": result.used_clusters,
+        "toolkit_version": __version__,
+    }
+    codebook = save_codebook(result.centroids, out_path, meta)
+    return TrainReport(
+        codebook, int(sum(p > 0 for p in picked)) - len(rejects), filled, corpus_frames, result.inertia,
+        result.used_clusters, rejects, encode_seconds, result.seconds,
+    )
+
+
+def build_encoder_for_counting(config: UnitsConfig) -> Encoder:
+    """An encoder on CPU, for frame counts and dims on the driver (workers build their own)."""
+    return build_encoder(replace(config, device="cpu"))
+
+
+@dataclass
+class AssignReport:
+    units_path: Path
+    utterances: int
+    frames: int
+    rejects: list[Reject]
+    seconds: float
+    codebook: Codebook
+
+
+def assign_units(
+    manifest: pa.Table, codebook_path: str | Path, out_dir: str | Path, config: UnitsConfig,
+    ray_config: RayConfig, *, show_progress: bool = True,
+) -> AssignReport:
+    """Write OUT/units.parquet (UNITS_SCHEMA), OUT/units_rejects.parquet and OUT/units.json."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    codebook = load_codebook(codebook_path)
+    _check_codebook_matches(codebook, config)
+    stage = UnitsStage(config, codebook)
+    table = manifest.select(list(INPUT_COLUMNS))
+    units_path = out_dir / UNITS_FILE
+    if table.num_rows:
+        report = run_stage_to_parquet(stage, table, units_path, ray_config, show_progress=show_progress)
+        rejects, seconds = report.rejects, report.seconds
+    else:
+        pq.write_table(UNITS_SCHEMA.empty_table(), units_path)
+        rejects, seconds = [], 0.0
+    written = pq.read_table(units_path, columns=["n_frames"])
+    write_rejects(rejects, out_dir / REJECTS_FILE)
+    provenance = {
+        "stage": "units",
+        "toolkit_version": __version__,
+        "config": to_dict(config),
+        "codebook": {"path": str(Path(codebook_path).resolve()), "sha256": codebook.sha256, "k": codebook.k},
+        "counts": {"utterances": written.num_rows, "rejects": len(rejects),
+                   "frames": int(sum(written["n_frames"].to_pylist()))},
+    }
+    (out_dir / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return AssignReport(units_path, written.num_rows, provenance["counts"]["frames"], rejects, seconds, codebook)
+
+
+def _check_codebook_matches(codebook: Codebook, config: UnitsConfig) -> None:
+    """A codebook trained by this toolkit says which encoder made it; refuse a mismatch early."""
+    trained_with = codebook.meta.get("encoder")
+    if trained_with is not None and trained_with != config.encoder:
+        raise ValueError(f"{codebook.source} was trained on {trained_with} features; units.encoder is {config.encoder}")
+    rate = codebook.meta.get("frame_rate")
+    if rate is not None and float(rate) != float(config.frame_rate):
+        raise ValueError(f"{codebook.source} was trained at {rate} Hz; units.frame_rate is {config.frame_rate}")

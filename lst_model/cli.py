@@ -1,0 +1,178 @@
+"""`lst-model`: train, score, compare and build tasks for the LST and the flat baseline."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import click
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """Train and evaluate a small Latent Speech-Text Transformer on lst-data shards."""
+    from lst_data.progress import setup_logging
+
+    setup_logging(verbose)
+
+
+def _overrides(pairs: tuple[str, ...]) -> dict:
+    """`section.field=value` pairs (values parsed as YAML) into a nested dict."""
+    import yaml
+
+    nested: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--set")
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return nested
+
+
+@main.command()
+@click.option("--shards", "shard_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Run YAML (model/data/train sections, optional preset).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder; an existing checkpoint there is resumed.")
+@click.option("--set", "sets", multiple=True, help="Override a field: --set model.kind=baseline --set train.seed=1.")
+def train(shard_dir: Path, config_path: Path | None, out_dir: Path, sets: tuple[str, ...]) -> None:
+    """Train (or resume) on the shards' training utterances; held-out ones are left for `score`."""
+    from lst_model.config import load_run_spec
+    from lst_model.data import load_records, load_token_space, split_heldout
+    from lst_model.train import plot_losses
+    from lst_model.train import train as run_training
+
+    spec = load_run_spec(config_path, _overrides(sets))
+    space = load_token_space(shard_dir)
+    records, heldout = split_heldout(load_records(shard_dir), spec.data.heldout_fraction)
+    click.echo(f"{spec.model.kind}: {len(records)} training utterances ({len(heldout)} held out), {spec.steps} steps")
+
+    def report(row: dict) -> None:
+        click.echo(f"step {row['step'] + 1}/{spec.steps} loss {row['loss']:.4f} lr {row['lr']:.2e} {row['tokens_per_s']:.0f} tok/s")
+
+    result = run_training(spec, records, space, out_dir, progress_callback=report)
+    plot_losses({spec.model.kind: out_dir}, out_dir / "loss.png")
+    click.echo(json.dumps({"out": str(result.out_dir), "steps": result.steps, "final_loss": result.final_loss,
+                           "parameters": result.parameters, "tokens_per_second": round(result.tokens_per_second, 1),
+                           "global_positions_per_second": round(result.positions_per_second, 1)}))
+
+
+def _checkpoint_path(run: Path) -> Path:
+    from lst_model.train import CHECKPOINT
+
+    return run / CHECKPOINT if run.is_dir() else run
+
+
+@main.command()
+@click.option("--model", "run", required=True, type=click.Path(exists=True, path_type=Path), help="Run folder or checkpoint.pt.")
+@click.option("--task", "task_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Items JSONL from `build-task`.")
+@click.option("--shards", "shard_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Score the held-out continuation task of these shards.")
+@click.option("--mode", type=click.Choice(["speech", "text", "both"]), default="both", show_default=True, help="Held-out task modality.")
+@click.option("--seed", default=0, show_default=True, help="Held-out task: distractor and label choice.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), help="Write per-item scores (JSONL).")
+@click.option("--device", default="cpu", show_default=True)
+def score(run: Path, task_path: Path | None, shard_dir: Path | None, mode: str, seed: int, out_path: Path | None, device: str) -> None:
+    """Multiple-choice accuracy by summed and per-token log-likelihood of each ending."""
+    from lst_model.data import is_heldout, load_records
+    from lst_model.score import accuracy, read_items, score_items
+    from lst_model.tasks import heldout_continuation_items
+    from lst_model.train import load_model
+
+    if (task_path is None) == (shard_dir is None):
+        raise click.UsageError("give exactly one of --task and --shards")
+    model, spec, space = load_model(_checkpoint_path(run), device)
+    if task_path is not None:
+        items = read_items(task_path)
+    else:
+        heldout = [r for r in load_records(shard_dir) if is_heldout(r.id, spec.data.heldout_fraction)]
+        modes = ("speech", "text") if mode == "both" else (mode,)
+        items = [item for m in modes for item in heldout_continuation_items(heldout, m, seed=seed)]
+    scores = score_items(model, spec, space, items, device=device)
+    results = {m: accuracy([s for s in scores if s.mode == m]) for m in sorted({s.mode for s in scores})}
+    if out_path is not None:
+        out_path.write_text("".join(json.dumps({"id": s.id, "mode": s.mode, "label": s.label, "sums": s.sums,
+                                                "lengths": s.lengths}) + "\n" for s in scores), encoding="utf-8")
+    click.echo(json.dumps(results))
+
+
+@main.command()
+@click.option("--shards", "shard_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Run YAML (model sizes for FLOPs, patch size).")
+@click.option("--set", "sets", multiple=True, help="Override a field, e.g. --set preset=base.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+def compare(shard_dir: Path, config_path: Path | None, sets: tuple[str, ...], as_json: bool) -> None:
+    """Global positions and FLOPs per utterance: LST (each patching) vs the flat baseline."""
+    from lst_model.compare import compare as run_compare
+    from lst_model.compare import format_report
+    from lst_model.config import load_run_spec
+    from lst_model.data import load_records, load_token_space
+
+    spec = load_run_spec(config_path, _overrides(sets))
+    report = run_compare(load_records(shard_dir), load_token_space(shard_dir), spec, seed=spec.train.seed)
+    click.echo(json.dumps(report, indent=2) if as_json else "\n".join(format_report(report)))
+
+
+def _load_callable(spec: str):
+    module, _, attr = spec.partition(":")
+    if not attr:
+        raise click.BadParameter(f"expected MODULE:FACTORY, got {spec!r}", param_hint="--quantizer")
+    return getattr(importlib.import_module(module), attr)
+
+
+@main.command("build-task")
+@click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Multiple-choice JSONL (HellaSwag, StoryCloze or {context, endings, label}).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--mode", type=click.Choice(["speech", "text"]), required=True)
+@click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, path_type=Path), help="Text mode: the shards' tokenizer (SentencePiece .model or tokenizer.json).")
+@click.option("--quantizer", "quantizer_factory", help="Speech mode: MODULE:FACTORY; FACTORY(ARG) returns a callable float32 16 kHz audio -> unit ids.")
+@click.option("--quantizer-arg", default=None, help="Argument passed to the quantizer factory (e.g. a units model folder).")
+@click.option("--tts", "tts_argv", default=None, help='TTS command as a JSON list with "{out}" for the wav it writes; text on stdin. Default: espeak-ng.')
+def build_task(input_path: Path, out_path: Path, mode: str, tokenizer_path: Path | None, quantizer_factory: str | None,
+               quantizer_arg: str | None, tts_argv: str | None) -> None:
+    """Turn a text multiple-choice set into items for `score` (speech: TTS + the units quantizer)."""
+    from lst_model.score import write_items
+    from lst_model.tasks import (
+        DEFAULT_TTS,
+        CommandTTS,
+        build_speech_items,
+        build_text_items,
+        read_choice_jsonl,
+    )
+
+    choices = read_choice_jsonl(input_path)
+    if mode == "text":
+        if tokenizer_path is None:
+            raise click.UsageError("text mode needs --tokenizer")
+        from lst_data.tokenize.tokenizer import load_tokenizer
+
+        items = build_text_items(choices, load_tokenizer(tokenizer_path).encode)
+    else:
+        if quantizer_factory is None:
+            raise click.UsageError("speech mode needs --quantizer MODULE:FACTORY")
+        factory = _load_callable(quantizer_factory)
+        quantize = factory(quantizer_arg) if quantizer_arg is not None else factory()
+        tts = CommandTTS(json.loads(tts_argv) if tts_argv else DEFAULT_TTS)
+        items = build_speech_items(choices, tts, quantize)
+    write_items(items, out_path)
+    click.echo(f"{len(items)} {mode} items -> {out_path}")
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--x", "x_axis", type=click.Choice(["global_positions", "tokens", "train_flops"]), default="global_positions", show_default=True)
+def plot(runs: tuple[str, ...], out_path: Path, x_axis: str) -> None:
+    """Loss curves of runs (LABEL=RUN_DIR or RUN_DIR) on one PNG."""
+    from lst_model.train import plot_losses
+
+    named = dict(r.split("=", 1) if "=" in r else (Path(r).name, r) for r in runs)
+    click.echo(str(plot_losses(named, out_path, x=x_axis)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""The Latent Speech-Text Transformer (BLT-style) and the flat baseline.
+
+LST forward pass over a packed sequence of N tokens grouped into M global positions:
+
+1. patch encoder: token embeddings -> windowed causal self-attention layer(s); each patch's
+   query starts as the mean of its tokens' states and cross-attends to its own tokens only;
+2. global transformer: causal self-attention over the M patch vectors, RoPE (theta 5e5);
+3. patch decoder: token states (from the encoder) cross-attend, in every layer, to a learned
+   start vector and the global outputs of patches 0..j-1 (tokens of patch j never see patch
+   j's own global state, which already contains them), then windowed causal self-attention;
+4. one head over the whole token space; token i predicts token i + 1.
+
+Text tokens and markers are patches of length 1, so they follow the same path.
+The baseline is a plain causal transformer over the same token stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lst_model.config import ModelConfig
+
+
+@dataclass
+class Batch:
+    tokens: Tensor  # [B, N] token ids, PAD after each row's end
+    patch_index: Tensor  # [B, N] global position of each token, -1 on padding
+    n_patches: Tensor  # [B] global positions per row
+
+    @classmethod
+    def from_examples(cls, examples: Sequence, pad_id: int, flat: bool = False) -> Batch:
+        """Right-pad examples (tokens + patch_lengths) into tensors; `flat` makes every token a patch."""
+        width = max(len(ex.tokens) for ex in examples)
+        tokens = torch.full((len(examples), width), pad_id, dtype=torch.long)
+        patch_index = torch.full((len(examples), width), -1, dtype=torch.long)
+        n_patches = torch.zeros(len(examples), dtype=torch.long)
+        for row, ex in enumerate(examples):
+            n = len(ex.tokens)
+            tokens[row, :n] = torch.as_tensor(ex.tokens)
+            if flat:
+                patch_index[row, :n] = torch.arange(n)
+                n_patches[row] = n
+            else:
+                lengths = torch.as_tensor(ex.patch_lengths)
+                patch_index[row, :n] = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+                n_patches[row] = len(lengths)
+        return cls(tokens, patch_index, n_patches)
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.tokens.to(device), self.patch_index.to(device), self.n_patches.to(device))
+
+    @property
+    def valid(self) -> Tensor:
+        return self.patch_index >= 0
+
+
+def rope(x: Tensor, positions: Tensor, theta: float) -> Tensor:
+    """Rotary position embedding of x [B, H, T, D] at integer positions [T]."""
+    half = x.shape[-1] // 2
+    freqs = theta ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angles = positions.float()[:, None] * freqs[None, :]
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class Attention(nn.Module):
+    """Multi-head attention; self-attention with RoPE when `rope_theta` is set, else cross-attention."""
+
+    def __init__(self, dim: int, n_heads: int, kv_dim: int | None = None, rope_theta: float | None = None, dropout: float = 0.0):
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"width {dim} is not divisible by {n_heads} heads")
+        self.n_heads, self.rope_theta, self.dropout = n_heads, rope_theta, dropout
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.kv = nn.Linear(kv_dim or dim, 2 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: Tensor, mask: Tensor, context: Tensor | None = None) -> Tensor:
+        context = x if context is None else context
+        b, t, d = x.shape
+        q = self.q(x).view(b, t, self.n_heads, -1).transpose(1, 2)
+        k, v = (z.view(b, context.shape[1], self.n_heads, -1).transpose(1, 2) for z in self.kv(context).chunk(2, dim=-1))
+        if self.rope_theta is not None:
+            positions = torch.arange(t, device=x.device)
+            q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(b, t, d))
+
+
+class MLP(nn.Sequential):
+    def __init__(self, dim: int, ratio: int, dropout: float):
+        super().__init__(nn.Linear(dim, ratio * dim), nn.GELU(), nn.Linear(ratio * dim, dim), nn.Dropout(dropout))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: (self- or cross-) attention, then MLP."""
+
+    def __init__(self, dim: int, n_heads: int, mlp_ratio: int, dropout: float, *, rope_theta: float | None = None, kv_dim: int | None = None):
+        super().__init__()
+        self.norm_attn = nn.LayerNorm(dim)
+        self.norm_context = nn.LayerNorm(kv_dim) if kv_dim is not None else None
+        self.attn = Attention(dim, n_heads, kv_dim=kv_dim, rope_theta=rope_theta, dropout=dropout)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, mlp_ratio, dropout)
+
+    def forward(self, x: Tensor, mask: Tensor, context: Tensor | None = None) -> Tensor:
+        if context is not None and self.norm_context is not None:
+            context = self.norm_context(context)
+        x = x + self.attn(self.norm_attn(x), mask, context)
+        return x + self.mlp(self.norm_mlp(x))
+
+
+def causal_mask(n: int, device: torch.device, window: int | None = None) -> Tensor:
+    """[n, n] bool, True where query i may attend key j: j <= i (and i - j < window)."""
+    i = torch.arange(n, device=device)
+    allowed = i[None, :] <= i[:, None]
+    if window is not None:
+        allowed &= (i[:, None] - i[None, :]) < window
+    return allowed
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+class FlatTransformer(nn.Module):
+    """Baseline: every token (text, marker or unit) is its own global position."""
+
+    def __init__(self, config: ModelConfig, vocab_size: int):
+        super().__init__()
+        c = config
+        self.config = config
+        self.embed = nn.Embedding(vocab_size, c.d_global)
+        self.blocks = nn.ModuleList(
+            Block(c.d_global, c.n_global_heads, c.mlp_ratio, c.dropout, rope_theta=c.rope_theta) for _ in range(c.n_global_layers)
+        )
+        self.norm = nn.LayerNorm(c.d_global)
+        self.head = nn.Linear(c.d_global, vocab_size, bias=False)
+        self.apply(_init_weights)
+
+    def forward(self, batch: Batch) -> Tensor:
+        x = self.embed(batch.tokens)
+        mask = causal_mask(x.shape[1], x.device)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.head(self.norm(x))
+
+
+class LatentSpeechTextTransformer(nn.Module):
+    def __init__(self, config: ModelConfig, vocab_size: int):
+        super().__init__()
+        c = config
+        self.config = config
+        local = dict(n_heads=c.n_local_heads, mlp_ratio=c.mlp_ratio, dropout=c.dropout)
+        self.embed = nn.Embedding(vocab_size, c.d_local)
+        self.encoder = nn.ModuleList(Block(c.d_local, rope_theta=c.rope_theta, **local) for _ in range(c.n_encoder_layers))
+        self.patch_cross = Block(c.d_local, **local, kv_dim=c.d_local)
+        self.to_global = nn.Linear(c.d_local, c.d_global)
+        self.global_blocks = nn.ModuleList(
+            Block(c.d_global, c.n_global_heads, c.mlp_ratio, c.dropout, rope_theta=c.rope_theta) for _ in range(c.n_global_layers)
+        )
+        self.global_norm = nn.LayerNorm(c.d_global)
+        self.global_start = nn.Parameter(torch.zeros(c.d_global))
+        self.decoder_cross = nn.ModuleList(Block(c.d_local, **local, kv_dim=c.d_global) for _ in range(c.n_decoder_layers))
+        self.decoder_self = nn.ModuleList(Block(c.d_local, rope_theta=c.rope_theta, **local) for _ in range(c.n_decoder_layers))
+        self.norm = nn.LayerNorm(c.d_local)
+        self.head = nn.Linear(c.d_local, vocab_size, bias=False)
+        self.apply(_init_weights)
+
+    def forward(self, batch: Batch) -> Tensor:
+        tokens, patch_index = batch.tokens, batch.patch_index
+        n_tokens, n_patches = tokens.shape[1], int(batch.n_patches.max())
+        device = tokens.device
+        local_mask = causal_mask(n_tokens, device, self.config.local_window)
+
+        x = self.embed(tokens)
+        for block in self.encoder:
+            x = block(x, local_mask)
+
+        # Patch j's query pools and attends to patch j's tokens only.
+        membership = patch_index[:, None, :] == torch.arange(n_patches, device=device)[None, :, None]  # [B, M, N]
+        counts = membership.sum(-1, keepdim=True)
+        queries = (membership.to(x.dtype) @ x) / counts.clamp(min=1).to(x.dtype)
+        membership = membership | (counts == 0)  # padding patches: any key, result unused
+        patches = self.patch_cross(queries, membership[:, None], context=x)
+
+        h = self.to_global(patches)
+        global_mask = causal_mask(n_patches, device)
+        for block in self.global_blocks:
+            h = block(h, global_mask)
+        h = self.global_norm(h)
+
+        # Tokens of patch j see [start, g_0 .. g_{j-1}]: context index k <= j.
+        context = torch.cat([self.global_start.expand(h.shape[0], 1, -1).to(h.dtype), h], dim=1)
+        visible = torch.arange(n_patches + 1, device=device)[None, None, :] <= patch_index.clamp(min=0)[:, :, None]
+        y = x
+        for cross, self_block in zip(self.decoder_cross, self.decoder_self, strict=True):
+            y = cross(y, visible[:, None], context=context)
+            y = self_block(y, local_mask)
+        return self.head(self.norm(y))
+
+
+def build_model(config: ModelConfig, vocab_size: int) -> nn.Module:
+    if config.kind == "baseline":
+        return FlatTransformer(config, vocab_size)
+    return LatentSpeechTextTransformer(config, vocab_size)
+
+
+def token_log_probs(logits: Tensor, tokens: Tensor) -> Tensor:
+    """log p(token[i+1] | tokens[..i]) for every i: [B, N-1] (float32)."""
+    return torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
+
+
+def next_token_loss(logits: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+    """Mean next-token cross-entropy over real targets, and their count."""
+    targets = batch.tokens[:, 1:].masked_fill(~batch.valid[:, 1:], -100)
+    loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+    return loss, (targets != -100).sum()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

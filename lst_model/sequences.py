@@ -1,0 +1,221 @@
+"""Training sequences built on the fly from whole utterances (`SampleRecord`s).
+
+Three kinds of example, drawn with the mixture weights of `DataConfig`:
+
+- text:        BOS <t> bpe... EOS
+- speech:      BOS <s> units... EOS
+- interleaved: BOS, then alternating segments covering the utterance, each opened by its
+  marker: a text span of L words (L uniform in [min_text_words, max_text_words]) as their
+  BPE ids, then the next ~speech_ratio*L words as their unit frames, and so on; the first
+  segment's modality is drawn at random so both switch directions occur. EOS last.
+
+A speech segment of words [a, b) covers frames [F(a), F(b)) where F(k) is word k's first
+frame, F(0) = 0 and F(n_words) = n_frames: a word takes the silence after it, and the
+segments of an utterance tile its frames.
+
+Every example carries `patch_lengths` (global positions): 1 for each text or marker token,
+the speech patches of the chosen strategy for units. Examples are packed into sequences of
+exactly `seq_positions` global positions (the last example is cut at a patch boundary).
+The flat baseline packs the same example stream with every token its own position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lst_data.records import SampleRecord
+from lst_model.config import DataConfig
+from lst_model.tokens import TokenSpace
+
+ALIGNED = ("word_sil_sep", "word_sil_merged", "bpe")
+
+
+@dataclass(frozen=True)
+class Example:
+    """Token ids of one example and the lengths of its global positions (sum == len(tokens))."""
+
+    tokens: np.ndarray
+    patch_lengths: np.ndarray
+    kind: str
+
+    def __post_init__(self) -> None:
+        if int(self.patch_lengths.sum()) != len(self.tokens) or (self.patch_lengths <= 0).any():
+            raise ValueError("patch_lengths must be positive and sum to the number of tokens")
+
+    def positions(self, flat: bool) -> int:
+        return len(self.tokens) if flat else len(self.patch_lengths)
+
+
+def static_patch_lengths(n_frames: int, patch_size: int) -> list[int]:
+    """p tokens per patch; the last patch takes the remainder."""
+    full, rest = divmod(n_frames, patch_size)
+    return [patch_size] * full + ([rest] if rest else [])
+
+
+def crop_patch_lengths(lengths: Sequence[int], start: int, stop: int) -> list[int]:
+    """Patches of frames [start, stop): each patch intersected with the range, empty ones dropped.
+
+    Aligned patches follow word/silence/BPE boundaries of the whole record; a speech segment
+    of an interleaved example keeps those boundaries and only clips the patches at its ends.
+    """
+    cropped: list[int] = []
+    begin = 0
+    for length in lengths:
+        end = begin + int(length)
+        overlap = min(end, stop) - max(begin, start)
+        if overlap > 0:
+            cropped.append(overlap)
+        begin = end
+        if begin >= stop:
+            break
+    return cropped
+
+
+def speech_patch_lengths(record: SampleRecord, start: int, stop: int, strategy: str, patch_size: int) -> list[int]:
+    """Patches of the record's frames [start, stop) under a concrete strategy.
+
+    Static patches restart at `start` (as they would for an utterance that began there);
+    aligned ones come from `lst_data.patching` over the whole record and are cropped.
+    """
+    if strategy == "static":
+        return static_patch_lengths(stop - start, patch_size)
+    if strategy not in ALIGNED:
+        raise ValueError(f"not a concrete patching strategy: {strategy!r}")
+    from lst_data.patching import patch_lengths
+
+    return crop_patch_lengths(patch_lengths(record, strategy, patch_size=patch_size), start, stop)
+
+
+def curriculum_aligned_prob(progress: float) -> float:
+    """P(u) of the paper: 1 for u < U/3, linear to 0 at 2U/3, 0 after (progress = u/U)."""
+    if progress < 1 / 3:
+        return 1.0
+    if progress >= 2 / 3:
+        return 0.0
+    return float(2.0 - 3.0 * progress)
+
+
+class SequenceBuilder:
+    """Turns records into examples and examples into packed sequences."""
+
+    def __init__(self, space: TokenSpace, config: DataConfig):
+        self.space = space
+        self.config = config
+
+    # strategy -----------------------------------------------------------------------------
+    def resolve_strategy(self, strategy: str, rng: np.random.Generator, progress: float) -> str:
+        """A concrete strategy for one example; draws from `rng` exactly once either way,
+        so the example stream does not depend on the strategy (LST and baseline see the same data)."""
+        draw = rng.random()
+        if strategy == "mixed":
+            return self.config.aligned_strategy if draw < self.config.mixed_aligned_prob else "static"
+        if strategy == "curriculum":
+            return self.config.aligned_strategy if draw < curriculum_aligned_prob(progress) else "static"
+        return strategy
+
+    # examples -----------------------------------------------------------------------------
+    def text_example(self, record: SampleRecord) -> Example:
+        ids = self.space.text_to_ids([piece.id for piece in record.bpe])
+        tokens = np.concatenate([[self.space.bos, self.space.text_start], ids, [self.space.eos]])
+        return Example(tokens.astype(np.int64), np.ones(len(tokens), dtype=np.int64), "text")
+
+    def speech_example(self, record: SampleRecord, strategy: str) -> Example:
+        body, lengths = self._speech_segment(record, 0, record.n_frames, strategy)
+        tokens = np.concatenate([[self.space.bos], body, [self.space.eos]])
+        return Example(tokens.astype(np.int64), np.array([1, *lengths, 1], dtype=np.int64), "speech")
+
+    def interleaved_example(self, record: SampleRecord, rng: np.random.Generator, strategy: str) -> Example:
+        n_words = len(record.words)
+        starts = [0] + [w.start_frame for w in record.words[1:]] + [record.n_frames]
+        pieces_by_word: dict[int, list[int]] = {}
+        for piece in record.bpe:
+            pieces_by_word.setdefault(piece.word_index, []).append(piece.id)
+        token_parts: list[np.ndarray] = [np.array([self.space.bos])]
+        length_parts: list[list[int]] = [[1]]
+        speech = bool(rng.random() < 0.5)
+        word = 0
+        while word < n_words:
+            text_len = int(rng.integers(self.config.min_text_words, self.config.max_text_words + 1))
+            span = max(1, round(text_len * self.config.speech_ratio)) if speech else text_len
+            stop = min(n_words, word + span)
+            if speech and starts[stop] > starts[word]:
+                body, lengths = self._speech_segment(record, starts[word], starts[stop], strategy)
+                token_parts.append(body)
+                length_parts.append(lengths)
+            elif not speech:
+                ids = [i for w in range(word, stop) for i in pieces_by_word.get(w, [])]
+                if ids:
+                    token_parts.append(np.concatenate([[self.space.text_start], self.space.text_to_ids(ids)]))
+                    length_parts.append([1] * (len(ids) + 1))
+            word = stop
+            speech = not speech
+        token_parts.append(np.array([self.space.eos]))
+        length_parts.append([1])
+        tokens = np.concatenate(token_parts).astype(np.int64)
+        return Example(tokens, np.array([n for part in length_parts for n in part], dtype=np.int64), "interleaved")
+
+    def _speech_segment(self, record: SampleRecord, start: int, stop: int, strategy: str) -> tuple[np.ndarray, list[int]]:
+        units = self.space.units_to_ids(record.units[start:stop])
+        lengths = speech_patch_lengths(record, start, stop, strategy, self.config.patch_size)
+        return np.concatenate([[self.space.speech_start], units]), [1, *lengths]
+
+    def sample_example(self, record: SampleRecord, rng: np.random.Generator, progress: float) -> Example:
+        """One example of a kind drawn with the mixture weights (a fixed number of draws per call)."""
+        cfg = self.config
+        weights = np.array([cfg.interleaved_weight, cfg.text_weight, cfg.speech_weight], dtype=float)
+        kind = int(rng.choice(3, p=weights / weights.sum()))
+        strategy = self.resolve_strategy(cfg.patching, rng, progress)
+        sub_seed = int(rng.integers(2**63))
+        if kind == 1 or not record.words and kind == 0:
+            return self.text_example(record)
+        if kind == 2:
+            return self.speech_example(record, strategy)
+        return self.interleaved_example(record, np.random.default_rng(sub_seed), strategy)
+
+    # packing ------------------------------------------------------------------------------
+    def example_stream(self, records: Sequence[SampleRecord], rng: np.random.Generator, progress: float) -> Iterator[Example]:
+        while True:
+            record = records[int(rng.integers(len(records)))]
+            yield self.sample_example(record, rng, progress)
+
+
+def pack(examples: Iterator[Example], positions: int, flat: bool) -> Example:
+    """Concatenate examples into exactly `positions` global positions, cutting the last one at
+    a patch boundary (flat: every token is a position)."""
+    tokens: list[np.ndarray] = []
+    lengths: list[np.ndarray] = []
+    used = 0
+    for example in examples:
+        ex_lengths = np.ones(len(example.tokens), dtype=np.int64) if flat else example.patch_lengths
+        take = min(len(ex_lengths), positions - used)
+        n_tokens = int(ex_lengths[:take].sum())
+        tokens.append(example.tokens[:n_tokens])
+        lengths.append(ex_lengths[:take])
+        used += take
+        if used == positions:
+            break
+    return Example(np.concatenate(tokens), np.concatenate(lengths), "packed")
+
+
+def training_sequences(
+    builder: SequenceBuilder,
+    records: Sequence[SampleRecord],
+    *,
+    seed: int,
+    step: int,
+    n_sequences: int,
+    positions: int,
+    flat: bool,
+    progress: float,
+) -> list[Example]:
+    """The packed sequences of one training step: a function of (seed, step) only, so a resumed
+    run sees exactly the data an uninterrupted one would. Each row has its own example stream,
+    so the LST and the baseline start every row with the same examples (the baseline, with
+    more positions per example, reaches fewer of them)."""
+    return [
+        pack(builder.example_stream(records, np.random.default_rng([seed, step, row]), progress), positions, flat)
+        for row in range(n_sequences)
+    ]

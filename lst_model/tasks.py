@@ -1,0 +1,140 @@
+"""Multiple-choice tasks for `lst-model score`.
+
+- `heldout_continuation_items`: from the shard set itself, no external data: the prompt is
+  the first half of a held-out utterance (by words), the endings are its next few words and
+  as many words taken from another utterance, in speech (units) or text (BPE ids).
+- `build_speech_items` / `build_text_items`: a HellaSwag- or StoryCloze-style JSONL turned
+  into items. Speech items synthesize the prompt and each ending separately with a TTS
+  command (espeak-ng by default, run with argument lists, text on stdin) and quantize each
+  waveform with an injectable `audio -> units` callable (the units stage's quantizer), so the
+  speech benchmarks of the paper (sHellaSwag, sStoryCloze) can be rebuilt from their text.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lst_data.audio import read_audio
+from lst_data.records import SampleRecord
+from lst_data.text import normalize_text
+from lst_model.score import ChoiceItem
+
+Synthesizer = Callable[[str], np.ndarray]  # text -> float32 mono waveform at 16 kHz
+Quantizer = Callable[[np.ndarray], np.ndarray]  # waveform -> unit ids
+Encoder = Callable[[str], list[int]]  # normalized text -> BPE ids
+
+DEFAULT_TTS = ("espeak-ng", "-v", "en-us", "-w", "{out}", "--stdin")
+
+
+def _word_frames(record: SampleRecord, first: int, stop: int) -> list[int]:
+    begin = record.words[first].start_frame
+    end = record.words[stop].start_frame if stop < len(record.words) else record.n_frames
+    return record.units[begin:end].tolist()
+
+
+def _word_pieces(record: SampleRecord, first: int, stop: int) -> list[int]:
+    return [p.id for p in record.bpe if first <= p.word_index < stop]
+
+
+def heldout_continuation_items(
+    records: Sequence[SampleRecord], mode: str, seed: int = 0, continuation_words: int = 3, min_prompt_words: int = 3
+) -> list[ChoiceItem]:
+    """Two-way items from held-out utterances: which of two `continuation_words`-word endings
+    follows the prompt?
+
+    The prompt is the utterance's first half (at least `min_prompt_words` words; in speech
+    it starts at frame 0, so it includes the leading silence), the true ending the next
+    words, the distractor as many words from a random place in another utterance. A
+    speech span of words runs from the first word's first frame to the next word's first
+    frame (a word keeps the silence after it). The label position is random (`seed`).
+    """
+    need = min_prompt_words + continuation_words
+    usable = [r for r in records if len(r.words) >= need]
+    if len(usable) < 2:
+        raise ValueError(f"need at least two utterances with >= {need} words, got {len(usable)}")
+    span = _word_frames if mode == "speech" else _word_pieces
+    rng = np.random.default_rng(seed)
+    items = []
+    for index, record in enumerate(usable):
+        other = usable[(index + int(rng.integers(1, len(usable)))) % len(usable)]
+        cut = max(min_prompt_words, len(record.words) // 2)
+        cut = min(cut, len(record.words) - continuation_words)
+        other_start = int(rng.integers(0, len(other.words) - continuation_words + 1))
+        prompt = record.units[: record.words[cut].start_frame].tolist() if mode == "speech" else _word_pieces(record, 0, cut)
+        true_end = span(record, cut, cut + continuation_words)
+        false_end = span(other, other_start, other_start + continuation_words)
+        label = int(rng.integers(2))
+        if not prompt or not true_end or not false_end:
+            continue
+        endings = [false_end, true_end] if label else [true_end, false_end]
+        items.append(ChoiceItem(f"{record.id}:{mode}", mode, prompt, endings, label))
+    return items
+
+
+@dataclass(frozen=True)
+class ChoiceText:
+    id: str
+    context: str
+    endings: list[str]
+    label: int
+
+
+def parse_choice_line(data: dict, index: int) -> ChoiceText:
+    """HellaSwag (ctx | ctx_a + ctx_b, endings, label), StoryCloze (InputSentence1-4,
+    RandomFifthSentenceQuiz1-2, AnswerRightEnding 1-based) or generic (context, endings, label)."""
+    item_id = str(data.get("ind", data.get("InputStoryid", data.get("id", index))))
+    if "InputSentence1" in data:
+        context = " ".join(data[f"InputSentence{k}"] for k in range(1, 5))
+        endings = [data["RandomFifthSentenceQuiz1"], data["RandomFifthSentenceQuiz2"]]
+        return ChoiceText(item_id, context, endings, int(data["AnswerRightEnding"]) - 1)
+    context = data.get("ctx") or " ".join(filter(None, [data.get("ctx_a"), data.get("ctx_b")])) or data.get("context", "")
+    return ChoiceText(item_id, context, list(data["endings"]), int(data["label"]))
+
+
+def read_choice_jsonl(path: str | Path) -> list[ChoiceText]:
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [parse_choice_line(json.loads(line), i) for i, line in enumerate(lines) if line.strip()]
+
+
+class CommandTTS:
+    """Any TTS program as an argument list; `{out}` is replaced by the wav path to write and
+    the text goes to stdin (never through a shell)."""
+
+    def __init__(self, argv: Sequence[str] = DEFAULT_TTS, sample_rate: int = 16000):
+        if not any("{out}" in a for a in argv):
+            raise ValueError("the TTS command must contain {out} (the wav file it writes)")
+        self.argv, self.sample_rate = list(argv), sample_rate
+
+    def __call__(self, text: str) -> np.ndarray:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = str(Path(tmp) / "tts.wav")
+            subprocess.run([a.replace("{out}", out) for a in self.argv], input=text.encode("utf-8"), check=True, capture_output=True)
+            samples, _ = read_audio(out, self.sample_rate)
+            return samples
+
+
+def build_speech_items(choices: Sequence[ChoiceText], synthesize: Synthesizer, quantize: Quantizer) -> list[ChoiceItem]:
+    """Prompt and each ending synthesized separately, then quantized to units."""
+    def units(text: str) -> list[int]:
+        return [int(u) for u in np.asarray(quantize(synthesize(text))).reshape(-1)]
+
+    return [ChoiceItem(c.id, "speech", units(c.context), [units(e) for e in c.endings], c.label) for c in choices]
+
+
+def build_text_items(choices: Sequence[ChoiceText], encode: Encoder) -> list[ChoiceItem]:
+    """Prompt and endings normalized as transcripts are (lst_data.text) and BPE-encoded separately."""
+    return [
+        ChoiceItem(c.id, "text", encode(_normalized(c.context)), [encode(_normalized(e)) for e in c.endings], c.label)
+        for c in choices
+    ]
+
+
+def _normalized(text: str) -> str:
+    return normalize_text(text, numbers="expand").text

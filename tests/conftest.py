@@ -1,0 +1,41 @@
+"""Shared fixtures. Ray is started once per test session (it takes seconds on 2 cores)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("LST_DATA_NO_PROGRESS", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+MFA_FIXTURES = SHARED / "fixtures" / "mfa"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray runtime on loopback for the whole session (2 CPUs, no dashboard)."""
+    from lst_data.config import RayConfig
+    from lst_data.ray_env import ensure_ray
+
+    ensure_ray(RayConfig())
+    import ray
+
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory) -> Path:
+    """The espeak-ng demo corpus (MFA layout + ground_truth.json), synthesized once per session."""
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is not installed: run `make setup`")
+    from lst_data.demo import synthesize_demo_corpus
+
+    out = tmp_path_factory.mktemp("demo") / "corpus"
+    synthesize_demo_corpus(out, n_utterances=12)
+    return out

@@ -1,0 +1,173 @@
+"""`lst-data shard|stats|show|validate|diff|plot` through click's CliRunner, on real shards."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import struct
+import tarfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from lst_data.cli import main
+from lst_data.config import RunConfig
+from lst_data.rejects import Reject, write_rejects
+from lst_data.shards.reader import iter_raw_samples
+from lst_data.shards.synthetic import synthetic_tables
+from lst_data.shards.writer import EncodedSample, write_tar
+
+N = 14
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A run directory as the pipeline leaves it: four stage tables and two stages' rejects."""
+    run = tmp_path_factory.mktemp("run")
+    tables = synthetic_tables(N, seed=21)
+    for name, table in dataclasses.asdict(tables).items():
+        pq.write_table(table, run / f"{name}.parquet")
+    dropped = tables.manifest["id"][0].as_py()
+    units = tables.units.filter(pa.array([i != dropped for i in tables.units["id"].to_pylist()]))
+    pq.write_table(units, run / "units.parquet")
+    (run / "align").mkdir()
+    write_rejects([Reject("gone-1", "ingest", "audio_unreadable", "bad header")], run / "rejects.parquet")
+    write_rejects([Reject("gone-2", "align", "align_failed", "no path")], run / "align" / "rejects.parquet")
+    return run
+
+
+@pytest.fixture(scope="module")
+def shard_dir(run_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("out") / "shards"
+    result = CliRunner().invoke(main, ["shard", str(run_dir), "--out", str(out), "--samples-per-shard", "4"])
+    assert result.exit_code == 3, result.output  # finished, with rejects
+    return out
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_shard_command_writes_the_contract_files(shard_dir):
+    names = sorted(p.name for p in shard_dir.iterdir())
+    assert names == ["dataset.json", "index.parquet", "rejects.parquet",
+                     *[f"train-00000{i}.{ext}" for i in range(4) for ext in ("json", "tar")]]  # fmt: skip
+    rejects = pq.read_table(shard_dir / "rejects.parquet").to_pylist()
+    assert {(r["stage"], r["code"]) for r in rejects} == {
+        ("ingest", "audio_unreadable"), ("align", "align_failed"), ("shard", "missing_stage_output")}  # fmt: skip
+    assert json.loads((shard_dir / "dataset.json").read_text())["counts"]["samples"] == N - 1
+
+
+def test_stats_prints_totals_patches_and_rejects(shard_dir):
+    result = invoke("stats", str(shard_dir))
+    assert result.exit_code == 0, result.output
+    index = pq.read_table(shard_dir / "index.parquet")
+    units = sum(index["n_units"].to_pylist())
+    lines = [line.strip("│┃ ") for line in result.output.splitlines()]
+    assert any("utterances" in line and f" {N - 1} " in f" {line} " for line in lines)
+    assert any("units" in line and str(units) in line for line in lines)
+    for strategy in ("static", "word_sil_sep", "word_sil_merged", "bpe"):
+        assert any(line.startswith(strategy) for line in lines), strategy
+    static = next(line for line in lines if line.startswith("static")).split("│")
+    assert 3.0 < float(static[2]) <= 4.0  # mean of p = 4 patches, the last per utterance shorter
+    assert "missing_stage_output" in result.output and "align_failed" in result.output
+
+
+def test_show_prints_a_time_aligned_table(shard_dir):
+    first = pq.read_table(shard_dir / "index.parquet").to_pylist()[0]
+    key, members = next(iter_raw_samples(shard_dir / first["shard"]))
+    data = json.loads(members["json"])
+    result = invoke("show", str(shard_dir), data["id"])
+    assert result.exit_code == 0, result.output
+    word = data["words"][0]
+    assert data["text"] in result.output
+    row = next(line for line in result.output.splitlines() if f"{word['start_frame']}-{word['end_frame']}" in line and word["word"] in line)
+    piece = next(p for p in data["bpe"] if p["word_index"] == 0)
+    assert f"{piece['piece']}[{piece['start_frame']}-" in row
+    assert invoke("show", str(shard_dir), "no-such-id").exit_code != 0
+
+
+def test_validate_passes_good_shards(shard_dir):
+    result = invoke("validate", str(shard_dir))
+    assert result.exit_code == 0, result.output
+    assert f"{N - 1} samples" in result.output
+
+
+def test_validate_catches_a_corrupted_tar(shard_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(shard_dir, copy)
+    tar = copy / "train-000001.tar"
+    raw = bytearray(tar.read_bytes())
+    raw[700] ^= 0xFF  # inside the first member's data
+    tar.write_bytes(bytes(raw))
+    result = invoke("validate", str(copy))
+    assert result.exit_code == 1
+    assert "train-000001.tar: sha256 differs" in result.output
+
+
+def test_validate_catches_a_bad_span(shard_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(shard_dir, copy)
+    tar = copy / "train-000000.tar"
+    samples = []
+    for key, members in iter_raw_samples(tar):
+        data = json.loads(members["json"])
+        if not samples:
+            data["words"][0]["end_frame"] = data["n_frames"] + 3
+        members["json"] = json.dumps(data).encode()
+        samples.append(EncodedSample(data["id"], key, data["duration"], tuple(sorted((f"{key}.{s}", b) for s, b in members.items()))))
+    write_tar(tar, samples)
+    result = invoke("validate", str(copy))
+    assert result.exit_code == 1
+    assert f"{samples[0].key}: word 0 frames" in result.output and "outside [0," in result.output
+
+
+def test_diff_names_differing_samples(shard_dir, run_dir, tmp_path):
+    same = invoke("diff", str(shard_dir), str(shard_dir))
+    assert same.exit_code == 0 and f"identical: {N - 1} samples" in same.output
+    other_run = tmp_path / "run"
+    shutil.copytree(run_dir, other_run)
+    units = pq.read_table(other_run / "units.parquet").to_pylist()
+    units[0]["units"] = [(u + 1) % 100 for u in units[0]["units"]]
+    pq.write_table(pa.Table.from_pylist(units, schema=pq.read_schema(other_run / "units.parquet")), other_run / "units.parquet")
+    other = tmp_path / "shards"
+    assert invoke("shard", str(other_run), "--out", str(other), "--samples-per-shard", "4").exit_code == 3
+    result = invoke("diff", str(shard_dir), str(other))
+    assert result.exit_code == 1
+    assert f"sample {units[0]['id']}: differs in unit ids" in result.output
+    assert "bytes differ" in result.output
+
+
+def test_plot_writes_a_png(shard_dir, tmp_path):
+    sample_id = pq.read_table(shard_dir / "index.parquet")["id"][0].as_py()
+    out = tmp_path / "sample.png"
+    result = invoke("plot", str(shard_dir), sample_id, "-o", str(out))
+    assert result.exit_code == 0, result.output
+    header = out.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", header[16:24])
+    assert width >= 800 and 500 <= height <= 1000  # figure 8+ in wide, ~6 in tall at 100 dpi
+    assert out.stat().st_size > 20_000
+
+
+def test_plot_with_audio_draws_a_spectrogram(tmp_path):
+    from lst_data.shards.join import join_records
+    from lst_data.shards.plot import plot_record
+    from lst_data.shards.writer import FlacFromPaths, write_shards
+
+    tables = synthetic_tables(1, seed=22, audio_dir=tmp_path / "audio")
+    config = RunConfig(shard=dataclasses.replace(RunConfig().shard, include_audio=True))
+    paths = dict(zip(tables.manifest["id"].to_pylist(), tables.manifest["audio_path"].to_pylist(), strict=True))
+    write_shards(join_records(tables, config), tmp_path / "s", config, audio_source=FlacFromPaths(paths), show_progress=False)
+    from lst_data.shards.reader import iter_records
+
+    (record,) = list(iter_records(tmp_path / "s"))
+    assert record.audio is not None
+    out = plot_record(record, tmp_path / "a.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with tarfile.open(tmp_path / "s" / "train-000000.tar") as tar:
+        assert any(n.endswith(".flac") for n in tar.getnames())

@@ -1,0 +1,128 @@
+"""The training reader: exact epochs split by rank and worker, resampling, member checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from lst_data.config import RunConfig
+from lst_data.records import SampleRecord
+from lst_data.shards.join import join_records
+from lst_data.shards.layout import UnsafeMemberError
+from lst_data.shards.reader import ShardSet, iter_records, iter_shard, make_loader, shard_pipeline
+from lst_data.shards.synthetic import synthetic_tables
+from lst_data.shards.writer import write_shards
+
+N_SAMPLES = 37
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shards")
+    config = RunConfig(shard=dataclasses.replace(RunConfig().shard, samples_per_shard=5))
+    write_shards(join_records(synthetic_tables(N_SAMPLES, seed=11), config), out, config, show_progress=False)
+    return out
+
+
+def all_ids(shard_dir: Path) -> list[str]:
+    return [r.id for r in iter_records(shard_dir)]
+
+
+def test_iter_records_and_sidecar_lengths(shard_dir):
+    ids = all_ids(shard_dir)
+    assert len(ids) == len(set(ids)) == N_SAMPLES
+    shard_set = ShardSet.from_dir(shard_dir)
+    assert shard_set.total_samples == N_SAMPLES and len(shard_set.urls) == 8
+    assert shard_set.samples == (5,) * 7 + (2,)
+
+
+def test_epoch_mode_yields_every_sample_once_in_list_batches(shard_dir):
+    pipeline = shard_pipeline(shard_dir, batch_size=4, shuffle=False)
+    batches = list(pipeline)
+    assert all(isinstance(b, list) and all(isinstance(r, SampleRecord) for r in b) for b in batches)
+    assert [r.id for b in batches for r in b] == all_ids(shard_dir)
+    assert len(pipeline) == 10  # ceil(37 / 4), from the sidecars
+
+
+def test_ranks_get_disjoint_shards_covering_the_epoch(shard_dir, monkeypatch):
+    parts = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        pipeline = shard_pipeline(shard_dir, batch_size=3, shuffle=True, seed=7)
+        pipeline.set_epoch(3)
+        parts.append([r.id for b in pipeline for r in b])
+    assert not set(parts[0]) & set(parts[1])
+    assert sorted(parts[0] + parts[1]) == sorted(all_ids(shard_dir))
+
+
+def test_shuffle_depends_on_seed_and_epoch_only(shard_dir):
+    def order(seed: int, epoch: int) -> list[str]:
+        pipeline = shard_pipeline(shard_dir, batch_size=8, shuffle=True, seed=seed, shuffle_buffer=16)
+        pipeline.set_epoch(epoch)
+        return [r.id for b in pipeline for r in b]
+
+    assert order(1, 0) == order(1, 0)
+    assert order(1, 0) != order(1, 1)
+    assert sorted(order(1, 1)) == sorted(all_ids(shard_dir))
+
+
+def test_dataloader_workers_split_shards_and_batch_inside(shard_dir):
+    loader = make_loader(shard_dir, batch_size=4, shuffle=False, num_workers=2)
+    batches = list(loader)
+    ids = [r.id for b in batches for r in b]
+    assert sorted(ids) == sorted(all_ids(shard_dir))
+    assert all(len(b) <= 4 for b in batches)
+
+
+def test_resampled_mode_draws_a_fixed_number_of_batches(shard_dir):
+    pipeline = shard_pipeline(shard_dir, batch_size=4, shuffle=True, mode="resampled", epoch_samples=40, seed=3)
+    batches = list(pipeline)
+    assert len(batches) == 10 and all(len(b) == 4 for b in batches)
+    assert {r.id for b in batches for r in b} <= set(all_ids(shard_dir))
+
+
+def _tar_with(tmp_path: Path, shard_dir: Path, extra: tarfile.TarInfo, data: bytes = b"") -> Path:
+    """A copy of the first shard with one hostile member appended."""
+    source = sorted(shard_dir.glob("*.tar"))[0]
+    target = tmp_path / "evil-000000.tar"
+    with tarfile.open(source) as src, tarfile.open(target, "w") as dst:
+        for member in src.getmembers():
+            dst.addfile(member, src.extractfile(member))
+        dst.addfile(extra, io.BytesIO(data) if extra.isreg() else None)
+    return target
+
+
+@pytest.mark.parametrize(
+    "name, kind",
+    [("../escape.json", tarfile.REGTYPE), ("/abs/x.json", tarfile.REGTYPE), ("x.pyd", tarfile.REGTYPE),
+     ("link.json", tarfile.SYMTYPE)],
+)  # fmt: skip
+def test_hostile_members_are_refused(tmp_path, shard_dir, name, kind):
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    payload = json.dumps({"x": 1}).encode()
+    if kind == tarfile.SYMTYPE:
+        info.linkname = "/etc/passwd"
+    else:
+        info.size = len(payload)
+    evil = _tar_with(tmp_path, shard_dir, info, payload)
+    with pytest.raises(UnsafeMemberError):
+        list(iter_shard(evil))
+    if kind == tarfile.REGTYPE:  # webdataset itself skips links; names go through our check
+        evil.with_suffix(".json").write_bytes((shard_dir / "train-000000.json").read_bytes())
+        pipeline = shard_pipeline(tmp_path, split="evil", batch_size=2, shuffle=False)
+        with pytest.raises(UnsafeMemberError):
+            list(pipeline)
+
+
+def test_missing_sidecar_means_incomplete(tmp_path, shard_dir):
+    source = sorted(shard_dir.glob("*.tar"))[0]
+    (tmp_path / "train-000000.tar").write_bytes(source.read_bytes())
+    with pytest.raises(FileNotFoundError, match="sidecar"):
+        ShardSet.from_dir(tmp_path)

@@ -1,0 +1,160 @@
+"""Scoring and task building. Models are small and randomly initialised; speech items are
+synthesized with the real espeak-ng; the quantizer is a stand-in (the units stage's k-means
+quantizer needs a trained codebook): 25 Hz frames binned by log energy."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from lst_model.config import ModelConfig, load_run_spec
+from lst_model.model import build_model
+from lst_model.score import ChoiceItem, accuracy, read_items, score_items, write_items
+from lst_model.synthetic import ToyLanguage, synthetic_dataset_json, synthetic_records
+from lst_model.tasks import (
+    CommandTTS,
+    build_speech_items,
+    build_text_items,
+    heldout_continuation_items,
+    parse_choice_line,
+)
+from lst_model.tokens import TokenSpace
+
+LANGUAGE = ToyLanguage.make(2)
+RECORDS = synthetic_records(12, seed=2, language=LANGUAGE)
+SPACE = TokenSpace.from_dataset_json(synthetic_dataset_json(LANGUAGE))
+SMALL = ModelConfig(d_global=32, n_global_layers=1, n_global_heads=2, d_local=32, n_local_heads=2, local_window=8)
+
+
+def _model(kind):
+    torch.manual_seed(0)
+    spec = load_run_spec(overrides={"model": {**dataclasses.asdict(SMALL), "kind": kind}})
+    return build_model(spec.model, SPACE.size).eval(), spec
+
+
+@pytest.mark.parametrize("kind", ["lst", "baseline"])
+@pytest.mark.parametrize("mode", ["speech", "text"])
+def test_score_is_the_sum_of_autoregressive_next_token_log_probs(kind, mode):
+    """Scoring one padded batch must equal scoring each token from its prefix alone."""
+    from lst_model.model import Batch
+    from lst_model.score import choice_example
+
+    model, spec = _model(kind)
+    items = heldout_continuation_items(RECORDS, mode, seed=1)[:3]
+    scores = score_items(model, spec, SPACE, items, batch_size=4)
+    flat = kind == "baseline"
+    for item, score in zip(items, scores, strict=True):
+        for ending, total in zip(item.endings, score.sums, strict=True):
+            example, first = choice_example(item, ending, SPACE, 4)
+            expected = 0.0
+            for t in range(first, len(example.tokens)):
+                prefix = dataclasses.replace(example, tokens=example.tokens[:t], patch_lengths=_trim(example.patch_lengths, t))
+                with torch.no_grad():
+                    logits = model(Batch.from_examples([prefix], SPACE.pad, flat))
+                expected += float(torch.log_softmax(logits[0, -1].float(), -1)[example.tokens[t]])
+            assert total == pytest.approx(expected, abs=1e-3)
+        assert score.lengths == [len(e) for e in item.endings]
+
+
+def _trim(lengths, n_tokens):
+    out, used = [], 0
+    for length in lengths:
+        take = min(int(length), n_tokens - used)
+        if take <= 0:
+            break
+        out.append(take)
+        used += take
+    return np.array(out)
+
+
+@pytest.mark.parametrize("mode", ["speech", "text"])
+def test_heldout_items_hold_the_true_continuation(mode):
+    items = heldout_continuation_items(RECORDS, mode, seed=0, continuation_words=3)
+    assert len(items) == len([r for r in RECORDS if len(r.words) >= 6])
+    assert {i.label for i in items} == {0, 1}
+    for item in items:
+        record = next(r for r in RECORDS if item.id == f"{r.id}:{mode}")
+        true = item.endings[item.label]
+        if mode == "speech":
+            joined = item.prompt + true
+            assert joined == record.units[: len(joined)].tolist()
+        else:
+            pieces = [p.id for p in record.bpe]
+            assert item.prompt + true == pieces[: len(item.prompt) + len(true)]
+        assert item.endings[1 - item.label] != true
+
+
+def test_items_roundtrip_and_accuracy(tmp_path):
+    items = heldout_continuation_items(RECORDS, "text")
+    assert read_items(write_items(items, tmp_path / "items.jsonl")) == items
+    model, spec = _model("lst")
+    scores = score_items(model, spec, SPACE, items)
+    result = accuracy(scores)
+    assert result["n"] == len(items)
+    assert result["acc_sum"] == sum(int(np.argmax(s.sums)) == s.label for s in scores) / len(items)
+    with pytest.raises(ValueError):
+        ChoiceItem("x", "text", [1], [[2]], label=1)
+
+
+def test_parse_hellaswag_and_storycloze():
+    hella = parse_choice_line({"ind": 4, "ctx_a": "A man sits.", "ctx_b": "He", "ctx": "A man sits. He",
+                               "endings": ["runs.", "sleeps.", "eats.", "reads."], "label": 2}, 0)
+    assert (hella.id, hella.context, hella.label, len(hella.endings)) == ("4", "A man sits. He", 2, 4)
+    story = parse_choice_line({"InputStoryid": "s1", "InputSentence1": "One.", "InputSentence2": "Two.",
+                               "InputSentence3": "Three.", "InputSentence4": "Four.",
+                               "RandomFifthSentenceQuiz1": "Good.", "RandomFifthSentenceQuiz2": "Bad.",
+                               "AnswerRightEnding": 1}, 0)
+    assert (story.context, story.endings, story.label) == ("One. Two. Three. Four.", ["Good.", "Bad."], 0)
+
+
+def energy_quantizer(audio: np.ndarray, k: int = 8) -> np.ndarray:
+    """Stand-in quantizer: 40 ms frames, log-energy in k bins."""
+    frames = audio[: len(audio) // 640 * 640].reshape(-1, 640)
+    energy = np.log10(1e-8 + (frames**2).mean(axis=1))
+    return np.clip(((energy + 8) / 8 * k).astype(int), 0, k - 1)
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_build_speech_items_synthesizes_prompt_and_endings_separately(tmp_path):
+    choice = parse_choice_line({"context": "The cat sat on the mat.", "endings": ["It slept.", "It flew to the moon quickly."],
+                                "label": 0}, 0)
+    calls = []
+
+    def tts(text):
+        calls.append(text)
+        return CommandTTS()(text)
+
+    [item] = build_speech_items([choice], tts, energy_quantizer)
+    assert calls == ["The cat sat on the mat.", "It slept.", "It flew to the moon quickly."]
+    assert item.mode == "speech" and item.label == 0
+    assert len(item.endings[1]) > len(item.endings[0]) > 5, "units at 25 Hz follow the spoken length"
+    assert max(max(e) for e in item.endings) < 8
+    model, spec = _model("lst")
+    space = TokenSpace(SPACE.text_vocab_size, 8)
+    model = build_model(spec.model, space.size).eval()
+    [score] = score_items(model, spec, space, [item])
+    assert all(np.isfinite(score.sums))
+
+
+def test_command_tts_takes_argument_lists_only():
+    with pytest.raises(ValueError, match="{out}"):
+        CommandTTS(["espeak-ng", "--stdin"])
+
+
+def test_build_text_items_normalizes_then_encodes():
+    choice = parse_choice_line({"context": "Hello, World!", "endings": ["I have 2 cats."], "label": 0}, 0)
+    seen = []
+
+    def encode(text):
+        seen.append(text)
+        return [len(w) for w in text.split()]
+
+    [item] = build_text_items([choice], encode)
+    assert seen == ["hello world", "i have two cats"]
+    assert item.prompt == [5, 5] and item.endings == [[1, 4, 3, 4]]
+    assert json.loads(json.dumps(item.to_json()))["mode"] == "text"

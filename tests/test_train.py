@@ -1,0 +1,102 @@
+"""Training: exact resume, learning, logs/plots, and the CLI end to end on real shards
+(written by the shard stage's writer from synthetic toy utterances)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from lst_model.cli import main
+from lst_model.config import load_run_spec, replace
+from lst_model.synthetic import ToyLanguage, synthetic_dataset_json, synthetic_records, write_synthetic_shards
+from lst_model.tokens import TokenSpace
+from lst_model.train import CHECKPOINT, load_checkpoint, lr_factor, read_log, train
+
+LANGUAGE = ToyLanguage.make(0)
+RECORDS = synthetic_records(30, seed=0, language=LANGUAGE)
+SPACE = TokenSpace.from_dataset_json(synthetic_dataset_json(LANGUAGE))
+
+
+def _spec(kind: str = "lst", steps: int = 6, **train):
+    return load_run_spec(overrides={
+        "preset": "tiny",
+        "model": {"kind": kind, "d_global": 32, "d_local": 32, "dropout": 0.1},
+        "data": {"seq_positions": 32, "patching": "curriculum"},
+        "train": {"batch_size": 2, "budget_positions": 2 * 32 * steps, "log_every": 1, "checkpoint_every": 100,
+                  "warmup_steps": 2, "threads": 1, **train},
+    })
+
+
+@pytest.mark.parametrize("kind", ["lst", "baseline"])
+def test_resume_gives_the_same_loss_trajectory(tmp_path, kind):
+    spec = _spec(kind)
+    train(spec, RECORDS, SPACE, tmp_path / "straight")
+    train(spec, RECORDS, SPACE, tmp_path / "resumed", stop_at_step=3)
+    assert [r["step"] for r in read_log(tmp_path / "resumed")] == [0, 1, 2]
+    train(spec, RECORDS, SPACE, tmp_path / "resumed")
+    straight = [(r["step"], r["loss"], r["grad_norm"]) for r in read_log(tmp_path / "straight")]
+    resumed = [(r["step"], r["loss"], r["grad_norm"]) for r in read_log(tmp_path / "resumed")]
+    assert straight == resumed and len(straight) == 6
+    a = load_checkpoint(tmp_path / "straight" / CHECKPOINT)["model"]
+    b = load_checkpoint(tmp_path / "resumed" / CHECKPOINT)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_refuses_another_config(tmp_path):
+    train(_spec(steps=2), RECORDS, SPACE, tmp_path / "run")
+    with pytest.raises(ValueError, match="another config"):
+        train(replace(_spec(steps=2), train={"lr": 1e-4}), RECORDS, SPACE, tmp_path / "run")
+
+
+def test_learning_rate_schedule():
+    assert lr_factor(0, 10, 100, 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 10, 100, 0.1) == pytest.approx(1.0)
+    assert lr_factor(10, 10, 100, 0.1) == pytest.approx(1.0)
+    assert lr_factor(55, 10, 100, 0.1) == pytest.approx(0.55)
+    assert lr_factor(100, 10, 100, 0.1) == pytest.approx(0.1)
+
+
+def test_loss_falls_and_budget_is_in_global_positions(tmp_path):
+    spec = _spec("lst", steps=40, lr=3e-3)
+    result = train(spec, RECORDS, SPACE, tmp_path / "run")
+    rows = read_log(tmp_path / "run")
+    assert result.steps == 40
+    assert rows[-1]["cumulative"]["global_positions"] == 40 * 2 * 32
+    assert rows[-1]["cumulative"]["tokens"] > rows[-1]["cumulative"]["global_positions"], "speech patches hold several tokens"
+    first, last = sum(r["loss"] for r in rows[:5]) / 5, sum(r["loss"] for r in rows[-5:]) / 5
+    assert last < first - 0.5
+
+
+def test_cli_train_score_compare_plot(tmp_path):
+    shards = write_synthetic_shards(tmp_path / "shards", 40)
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "preset: tiny\nmodel: {d_global: 32, d_local: 32}\ndata: {seq_positions: 32, heldout_fraction: 0.2}\n"
+        "train: {batch_size: 2, budget_positions: 256, log_every: 2, threads: 1}\n",
+        encoding="utf-8",
+    )
+    runner = CliRunner()
+    for kind in ("lst", "baseline"):
+        result = runner.invoke(main, ["train", "--shards", str(shards), "--config", str(config),
+                                      "--out", str(tmp_path / kind), "--set", f"model.kind={kind}"])
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.output.strip().splitlines()[-1])
+        assert summary["steps"] == 4 and summary["tokens_per_second"] > 0
+        assert (tmp_path / kind / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = runner.invoke(main, ["score", "--model", str(tmp_path / "lst"), "--shards", str(shards),
+                                  "--out", str(tmp_path / "scores.jsonl")])
+    assert result.exit_code == 0, result.output
+    accuracies = json.loads(result.output.strip().splitlines()[-1])
+    assert set(accuracies) == {"speech", "text"} and accuracies["speech"]["n"] > 0
+    assert len((tmp_path / "scores.jsonl").read_text().splitlines()) == accuracies["speech"]["n"] + accuracies["text"]["n"]
+    result = runner.invoke(main, ["compare", "--shards", str(shards), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    positions = report["speech_only"]["positions_per_utterance"]
+    assert positions["baseline"] > 3 * positions["static"]
+    result = runner.invoke(main, ["plot", f"lst={tmp_path / 'lst'}", f"baseline={tmp_path / 'baseline'}",
+                                  "--out", str(tmp_path / "both.png")])
+    assert result.exit_code == 0 and (tmp_path / "both.png").stat().st_size > 1000
