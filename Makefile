@@ -10,13 +10,21 @@ PYTEST_FLAGS ?= -q -p no:cacheprovider
 
 export RAY_USAGE_STATS_ENABLED = 0
 
-.PHONY: setup system-packages test test-slow test-all demo bench lint clean help
+CORPUS ?= $(DEMO_DIR)/corpus
+OUT ?= build/run
+CONFIG ?=
+RAY_STATE ?= build/ray
+
+.PHONY: setup system-packages test test-slow test-all demo corpus cluster-up cluster-down submit bench lint clean help
 
 help:
 	@echo "make setup      install Debian tools (when missing) and .venv with torch 2.11 + the project"
 	@echo "make demo       synthesize the demo corpus and run it through the pipeline ($(DEMO_DIR))"
 	@echo "make test       the default test suite (< 10 min on 2 cores)"
 	@echo "make test-slow  the slow tests (CI runs them too)"
+	@echo "make corpus CORPUS=dir OUT=dir [CONFIG=run.yaml]   build shards from a corpus (resumes)"
+	@echo "make cluster-up / cluster-down   a loopback Ray head (state in $(RAY_STATE))"
+	@echo "make submit CORPUS=... OUT=...   ray job submit of the build to that head (or RAY_ADDRESS)"
 	@echo "make bench      every benchmark in benchmarks/ (ratios against a reference in the same run)"
 	@echo "make lint       ruff"
 
@@ -56,6 +64,20 @@ test-all:
 demo:
 	$(PY) -m lst_data.cli demo-corpus $(DEMO_DIR)/corpus
 	$(PY) -m lst_data.cli ingest $(DEMO_DIR)/corpus --out $(DEMO_DIR)/run
+
+corpus:
+	$(PY) -m lst_data.cli build $(CORPUS) --out $(OUT) --resume $(if $(CONFIG),--config $(CONFIG))
+
+cluster-up:
+	$(PY) -m pipelines.local_cluster up --state-dir $(RAY_STATE)
+
+cluster-down:
+	$(PY) -m pipelines.local_cluster down --state-dir $(RAY_STATE)
+
+# Paths are made absolute: the job runs in a copy of this folder on the head.
+submit:
+	$(PY) -m pipelines.local_cluster submit --state-dir $(RAY_STATE) $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)) -- \
+	  python -m pipelines.build_corpus $(abspath $(CORPUS)) --out $(abspath $(OUT)) --resume $(if $(CONFIG),--config $(abspath $(CONFIG)))
 
 bench:
 	@for bench in benchmarks/bench_*.py; do echo "== $$bench"; $(PY) $$bench || exit 1; done

@@ -1,5 +1,6 @@
 """Benchmark of lst_model: positions (LST vs baseline), held-out accuracy at equal
-global-position budget over 3 seeds, and CPU training throughput.
+global-position budget and at equal training FLOPs (a baseline given the LST run's FLOPs)
+over 3 seeds, and CPU training throughput.
 
     .venv/bin/python benchmarks/bench_model.py [--quick] [--shards DIR] [--steps N]
 
@@ -26,6 +27,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="training steps per run")
     parser.add_argument("--utterances", type=int, default=600, help="toy utterances when no --shards")
     parser.add_argument("--plot", type=Path, help="write the loss curves of seed 0 to this PNG")
+    parser.add_argument("--speech-weight", type=float, default=0.0,
+                        help="share of speech-only examples (taken from the text share; paper mix: 0)")
     args = parser.parse_args()
 
     import torch
@@ -36,7 +39,7 @@ def main() -> None:
     from lst_model.score import accuracy, score_items
     from lst_model.synthetic import write_synthetic_shards
     from lst_model.tasks import heldout_continuation_items
-    from lst_model.train import load_model, plot_losses, train
+    from lst_model.train import load_model, plot_losses, read_log, train
 
     torch.set_num_threads(1)
     steps = args.steps or (60 if args.quick else 300)
@@ -47,7 +50,8 @@ def main() -> None:
         records = load_records(shards)
         base = {
             "preset": "tiny",
-            "data": {"seq_positions": 128, "patching": "curriculum", "heldout_fraction": 0.2},
+            "data": {"seq_positions": 128, "patching": "curriculum", "heldout_fraction": 0.2,
+                     "text_weight": 0.67 - args.speech_weight, "speech_weight": args.speech_weight},
             "train": {"batch_size": 8, "budget_positions": 8 * 128 * steps, "log_every": 10,
                       "checkpoint_every": 10**9, "warmup_steps": max(1, steps // 10), "threads": 1},
         }
@@ -64,30 +68,42 @@ def main() -> None:
             ref = report["speech_only"]["positions_per_utterance"]["baseline"]
             print(f"speech_positions_per_utterance_{strategy}: {lst:.1f} positions (reference: baseline {ref:.1f} positions, ratio {ref / lst:.2f})")
 
-        results: dict[str, dict[str, list[float]]] = {"lst": {}, "baseline": {}}
-        throughput: dict[str, list[float]] = {"lst": [], "baseline": []}
+        arms = ("lst", "baseline", "baseline_flop_matched")
+        results: dict[str, dict[str, list[float]]] = {arm: {} for arm in arms}
+        throughput: dict[str, list[float]] = {arm: [] for arm in arms}
+        flops: dict[str, list[float]] = {arm: [] for arm in arms}
         for seed in seeds:
-            for kind in ("lst", "baseline"):
-                run_spec = load_run_spec(overrides={**base, "model": {"kind": kind}, "train": {**base["train"], "seed": seed}})
-                out = Path(tmp) / f"{kind}-{seed}"
+            for arm in arms:
+                kind = "lst" if arm == "lst" else "baseline"
+                budget = base["train"]["budget_positions"]
+                if arm == "baseline_flop_matched":  # as many training FLOPs as this seed's LST run
+                    budget = round(budget * flops["lst"][-1] / flops["baseline"][-1])
+                run_spec = load_run_spec(overrides={**base, "model": {"kind": kind},
+                                                    "train": {**base["train"], "seed": seed, "budget_positions": budget}})
+                out = Path(tmp) / f"{arm}-{seed}"
                 result = train(run_spec, train_records, space, out)
-                throughput[kind].append(result.tokens_per_second)
+                throughput[arm].append(result.tokens_per_second)
+                flops[arm].append(read_log(out)[-1]["cumulative"]["train_flops"])
                 model, loaded, _ = load_model(out / "checkpoint.pt")
                 for mode in ("speech", "text"):
                     items = heldout_continuation_items(heldout, mode, seed=seed)
                     acc = accuracy(score_items(model, loaded, space, items))
-                    results[kind].setdefault(f"{mode}_acc_per_token", []).append(acc["acc_per_token"])
-                    results[kind].setdefault(f"{mode}_acc_sum", []).append(acc["acc_sum"])
-                results[kind].setdefault("final_loss", []).append(result.final_loss)
+                    results[arm].setdefault(f"{mode}_acc_per_token", []).append(acc["acc_per_token"])
+                    results[arm].setdefault(f"{mode}_acc_sum", []).append(acc["acc_sum"])
             if seed == 0 and args.plot:
-                plot_losses({"lst": Path(tmp) / "lst-0", "baseline": Path(tmp) / "baseline-0"}, args.plot)
+                plot_losses({arm: Path(tmp) / f"{arm}-0" for arm in arms}, args.plot, x="train_flops")
 
         n_items = len(heldout_continuation_items(heldout, "speech"))
         print(f"# {len(train_records)} training / {len(heldout)} held-out utterances, {n_items} items per mode, "
-              f"{steps} steps x 8 x 128 global positions per run, seeds {seeds}")
-        for metric in results["lst"]:
-            lst, ref = results["lst"][metric], results["baseline"][metric]
-            print(f"heldout_{metric}: {_fmt(lst)} (reference: baseline {_fmt(ref)}, ratio {statistics.mean(lst) / statistics.mean(ref):.2f})")
+              f"{steps} steps x 8 x 128 global positions per run, seeds {seeds}, speech-only share {args.speech_weight}")
+        lst_f = statistics.mean(flops["lst"])
+        for arm in arms[1:]:
+            ref_f = statistics.mean(flops[arm])
+            print(f"train_flops_per_run_vs_{arm}: {lst_f / 1e12:.3f} TFLOP (reference: {arm} {ref_f / 1e12:.3f} TFLOP, ratio {lst_f / ref_f:.2f})")
+        for arm in arms[1:]:
+            for metric in results["lst"]:
+                lst, ref = results["lst"][metric], results[arm][metric]
+                print(f"heldout_{metric}_vs_{arm}: {_fmt(lst)} (reference: {arm} {_fmt(ref)}, ratio {statistics.mean(lst) / statistics.mean(ref):.2f})")
         lst_tps, ref_tps = statistics.mean(throughput["lst"]), statistics.mean(throughput["baseline"])
         print(f"train_throughput_cpu_1thread: {lst_tps:.0f} tokens/s (reference: baseline {ref_tps:.0f} tokens/s, ratio {lst_tps / ref_tps:.2f})")
 

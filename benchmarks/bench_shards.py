@@ -34,7 +34,9 @@ from lst_data.shards.writer import encode_sample, write_shards  # noqa: E402
 
 
 def line(name: str, value: float, unit: str, ref_name: str, ref: float, ref_unit: str | None = None) -> None:
-    print(f"{name}: {value:.1f} {unit} (reference: {ref_name} {ref:.1f} {ref_unit or unit}, ratio {value / ref:.2f})")
+    print(
+        f"{name}: {value:.1f} {unit} (reference: {ref_name} {ref:.1f} {ref_unit or unit}, ratio {value / ref:.2f})"
+    )
 
 
 def raw_tar_read(tars: list[Path]) -> int:
@@ -52,7 +54,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="Fewer samples (seconds instead of a minute).")
     args = parser.parse_args()
     n = 600 if args.quick else 4000
-    config = RunConfig(shard=dataclasses.replace(RunConfig().shard, samples_per_shard=100 if args.quick else 250))
+    config = RunConfig(
+        shard=dataclasses.replace(RunConfig().shard, samples_per_shard=100 if args.quick else 250)
+    )
     tables = synthetic_tables(n, seed=0, words_per_utterance=(5, 30))
     records = [r for r in join_records(tables, config)]
     with tempfile.TemporaryDirectory() as tmp:

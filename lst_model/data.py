@@ -12,10 +12,10 @@ from lst_model.tokens import TokenSpace
 
 
 def load_records(shard_dir: str | Path) -> list[SampleRecord]:
-    """Every sample of a shard set, in the reader's order (the shard stage's reader)."""
+    """Every sample of a shard set (without audio), in the reader's order (the shard stage's reader)."""
     from lst_data.shards.reader import iter_records
 
-    return list(iter_records(Path(shard_dir)))
+    return list(iter_records(Path(shard_dir), with_audio=False))
 
 
 def load_token_space(shard_dir: str | Path) -> TokenSpace:

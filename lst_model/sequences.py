@@ -16,7 +16,8 @@ segments of an utterance tile its frames.
 Every example carries `patch_lengths` (global positions): 1 for each text or marker token,
 the speech patches of the chosen strategy for units. Examples are packed into sequences of
 exactly `seq_positions` global positions (the last example is cut at a patch boundary).
-The flat baseline packs the same example stream with every token its own position.
+The flat baseline packs the same example stream with every token its own position (and
+still knows the LST patching of its tokens, for compute accounting).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def curriculum_aligned_prob(progress: float) -> float:
 
 
 class SequenceBuilder:
-    """Turns records into examples and examples into packed sequences."""
+    """Turns records into examples (text, speech, interleaved); `pack` makes sequences of them."""
 
     def __init__(self, space: TokenSpace, config: DataConfig):
         self.space = space
@@ -169,7 +170,7 @@ class SequenceBuilder:
         kind = int(rng.choice(3, p=weights / weights.sum()))
         strategy = self.resolve_strategy(cfg.patching, rng, progress)
         sub_seed = int(rng.integers(2**63))
-        if kind == 1 or not record.words and kind == 0:
+        if kind == 1 or (kind == 0 and not record.words):
             return self.text_example(record)
         if kind == 2:
             return self.speech_example(record, strategy)
@@ -183,18 +184,28 @@ class SequenceBuilder:
 
 
 def pack(examples: Iterator[Example], positions: int, flat: bool) -> Example:
-    """Concatenate examples into exactly `positions` global positions, cutting the last one at
-    a patch boundary (flat: every token is a position)."""
+    """Concatenate examples into exactly `positions` global positions (flat: every token is a
+    position), cutting the last example at a patch (flat: token) boundary.
+
+    The result always carries the LST patching of its tokens (a patch cut by a flat packing
+    is shortened), so the same packed data can be costed for both models;
+    `Batch.from_examples(..., flat=True)` makes every token its own position.
+    """
     tokens: list[np.ndarray] = []
     lengths: list[np.ndarray] = []
     used = 0
     for example in examples:
-        ex_lengths = np.ones(len(example.tokens), dtype=np.int64) if flat else example.patch_lengths
-        take = min(len(ex_lengths), positions - used)
-        n_tokens = int(ex_lengths[:take].sum())
+        if flat:
+            n_tokens = min(len(example.tokens), positions - used)
+            used += n_tokens
+            ex_lengths = example.patch_lengths[np.cumsum(example.patch_lengths) - example.patch_lengths < n_tokens].copy()
+            ex_lengths[-1] -= int(ex_lengths.sum()) - n_tokens
+        else:
+            ex_lengths = example.patch_lengths[: positions - used]
+            n_tokens = int(ex_lengths.sum())
+            used += len(ex_lengths)
         tokens.append(example.tokens[:n_tokens])
-        lengths.append(ex_lengths[:take])
-        used += take
+        lengths.append(ex_lengths)
         if used == positions:
             break
     return Example(np.concatenate(tokens), np.concatenate(lengths), "packed")

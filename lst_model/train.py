@@ -2,7 +2,8 @@
 
 The budget is counted in global positions (batch_size * seq_positions per step), so an LST
 and a baseline with equal budgets do the same number of global-transformer steps; the log
-also records tokens and FLOPs so the two can be compared on either axis.
+also records tokens and FLOPs so the two can be compared on either axis, and, per logged
+step, what the same batch costs under both models (`same_data`).
 
 Resume is exact because a step's data is a function of (seed, step) alone
 (`sequences.training_sequences`) and the checkpoint holds model, optimizer, scheduler and
@@ -11,6 +12,7 @@ torch RNG state; the log is cut back to the checkpoint's step before training co
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -145,6 +147,7 @@ def train(
     (out / "config.json").write_text(json.dumps({"spec": to_dict(spec), "token_space": space.to_dict()}, indent=2), encoding="utf-8")
 
     flat = spec.model.kind == "baseline"
+    both_models = {kind: dataclasses.replace(spec.model, kind=kind) for kind in ("lst", "baseline")}
     builder = SequenceBuilder(space, spec.data)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     totals = log_rows[-1]["cumulative"] if log_rows else {"tokens": 0, "global_positions": 0, "train_flops": 0}
@@ -159,7 +162,9 @@ def train(
                 positions=spec.data.seq_positions, flat=flat, progress=step / total,
             )
             batch = Batch.from_examples(sequences, space.pad, flat)
-            cost = batch_cost(spec.model, space.size, batch)
+            same_data = {kind: batch_cost(config, space.size, Batch.from_examples(sequences, space.pad, kind == "baseline"))
+                         for kind, config in both_models.items()}
+            cost = same_data[spec.model.kind]
             batch = batch.to(device)
             with autocast:
                 loss, _ = next_token_loss(model(batch), batch)
@@ -185,6 +190,9 @@ def train(
                     "tokens_per_s": window["tokens"] / window["seconds"],
                     "positions_per_s": window["global_positions"] / window["seconds"],
                     "window": window, "cumulative": totals,
+                    # this batch costed for both models (same tokens): the compute-control figure
+                    "same_data": {kind: {"global_positions": c.global_positions, "train_flops": c.train_flops}
+                                  for kind, c in same_data.items()},
                 }
                 log.write(json.dumps(row) + "\n")
                 log.flush()

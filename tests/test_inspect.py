@@ -85,7 +85,11 @@ def test_show_prints_a_time_aligned_table(shard_dir):
     assert result.exit_code == 0, result.output
     word = data["words"][0]
     assert data["text"] in result.output
-    row = next(line for line in result.output.splitlines() if f"{word['start_frame']}-{word['end_frame']}" in line and word["word"] in line)
+    row = next(
+        line
+        for line in result.output.splitlines()
+        if f"{word['start_frame']}-{word['end_frame']}" in line and word["word"] in line
+    )
     piece = next(p for p in data["bpe"] if p["word_index"] == 0)
     assert f"{piece['piece']}[{piece['start_frame']}-" in row
     assert invoke("show", str(shard_dir), "no-such-id").exit_code != 0
@@ -119,7 +123,14 @@ def test_validate_catches_a_bad_span(shard_dir, tmp_path):
         if not samples:
             data["words"][0]["end_frame"] = data["n_frames"] + 3
         members["json"] = json.dumps(data).encode()
-        samples.append(EncodedSample(data["id"], key, data["duration"], tuple(sorted((f"{key}.{s}", b) for s, b in members.items()))))
+        samples.append(
+            EncodedSample(
+                data["id"],
+                key,
+                data["duration"],
+                tuple(sorted((f"{key}.{s}", b) for s, b in members.items())),
+            )
+        )
     write_tar(tar, samples)
     result = invoke("validate", str(copy))
     assert result.exit_code == 1
@@ -133,7 +144,10 @@ def test_diff_names_differing_samples(shard_dir, run_dir, tmp_path):
     shutil.copytree(run_dir, other_run)
     units = pq.read_table(other_run / "units.parquet").to_pylist()
     units[0]["units"] = [(u + 1) % 100 for u in units[0]["units"]]
-    pq.write_table(pa.Table.from_pylist(units, schema=pq.read_schema(other_run / "units.parquet")), other_run / "units.parquet")
+    pq.write_table(
+        pa.Table.from_pylist(units, schema=pq.read_schema(other_run / "units.parquet")),
+        other_run / "units.parquet",
+    )
     other = tmp_path / "shards"
     assert invoke("shard", str(other_run), "--out", str(other), "--samples-per-shard", "4").exit_code == 3
     result = invoke("diff", str(shard_dir), str(other))
@@ -161,8 +175,16 @@ def test_plot_with_audio_draws_a_spectrogram(tmp_path):
 
     tables = synthetic_tables(1, seed=22, audio_dir=tmp_path / "audio")
     config = RunConfig(shard=dataclasses.replace(RunConfig().shard, include_audio=True))
-    paths = dict(zip(tables.manifest["id"].to_pylist(), tables.manifest["audio_path"].to_pylist(), strict=True))
-    write_shards(join_records(tables, config), tmp_path / "s", config, audio_source=FlacFromPaths(paths), show_progress=False)
+    paths = dict(
+        zip(tables.manifest["id"].to_pylist(), tables.manifest["audio_path"].to_pylist(), strict=True)
+    )
+    write_shards(
+        join_records(tables, config),
+        tmp_path / "s",
+        config,
+        audio_source=FlacFromPaths(paths),
+        show_progress=False,
+    )
     from lst_data.shards.reader import iter_records
 
     (record,) = list(iter_records(tmp_path / "s"))

@@ -158,3 +158,52 @@ def test_build_text_items_normalizes_then_encodes():
     assert seen == ["hello world", "i have two cats"]
     assert item.prompt == [5, 5] and item.endings == [[1, 4, 3, 4]]
     assert json.loads(json.dumps(item.to_json()))["mode"] == "text"
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_cli_build_task_and_score(tmp_path, monkeypatch):
+    """build-task in both modes (a SentencePiece BPE trained here; the stand-in quantizer
+    loaded through --quantizer MODULE:FACTORY), then score the items with a fresh model."""
+    from click.testing import CliRunner
+
+    from lst_data.tokenize.tokenizer import train_tokenizer
+    from lst_model.cli import main
+    from lst_model.train import save_checkpoint
+
+    (tmp_path / "toyquant.py").write_text(
+        "import numpy as np\n\n\ndef make(k='8'):\n"
+        "    def quantize(audio):\n"
+        "        frames = audio[: len(audio) // 640 * 640].reshape(-1, 640)\n"
+        "        energy = np.log10(1e-8 + (frames**2).mean(axis=1))\n"
+        "        return np.clip(((energy + 8) / 8 * int(k)).astype(int), 0, int(k) - 1)\n"
+        "    return quantize\n",
+        encoding="utf-8",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rows = [{"ctx": "The dog ran to the park.", "endings": ["It played with a ball.", "The moon is cheese."], "label": 0},
+            {"ctx": "She opened the book.", "endings": ["Cars fly.", "She read the first page."], "label": 1}]
+    source = tmp_path / "mc.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    texts = ["the dog ran to the park", "it played with a ball", "she opened the book and read the first page",
+             "the moon is cheese", "cars fly"] * 4
+    tokenizer = train_tokenizer(texts, tmp_path / "bpe.model", vocab_size=60, seed=0)
+    runner = CliRunner()
+    result = runner.invoke(main, ["build-task", "--input", str(source), "--mode", "text", "--tokenizer",
+                                  str(tmp_path / "bpe.model"), "--out", str(tmp_path / "text.jsonl")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["build-task", "--input", str(source), "--mode", "speech", "--quantizer", "toyquant:make",
+                                  "--quantizer-arg", "8", "--out", str(tmp_path / "speech.jsonl")])
+    assert result.exit_code == 0, result.output
+    text_items, speech_items = read_items(tmp_path / "text.jsonl"), read_items(tmp_path / "speech.jsonl")
+    assert [i.label for i in text_items] == [0, 1] == [i.label for i in speech_items]
+    assert text_items[0].prompt == tokenizer.encode("the dog ran to the park")
+    space = TokenSpace(tokenizer.vocab_size, 8)
+    model, spec = _model("lst")
+    model = build_model(spec.model, space.size)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    save_checkpoint(tmp_path / "checkpoint.pt", model=model, optimizer=optimizer, scheduler=scheduler, step=0, spec=spec, space=space)
+    for name in ("text", "speech"):
+        result = runner.invoke(main, ["score", "--model", str(tmp_path / "checkpoint.pt"), "--task", str(tmp_path / f"{name}.jsonl")])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output.strip().splitlines()[-1])[name]["n"] == 2

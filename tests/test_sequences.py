@@ -133,6 +133,18 @@ def test_curriculum_example_patching_follows_progress():
     assert 0.35 < sum(p == aligned for p in middle) / 200 < 0.65
 
 
+def test_mixed_chooses_per_example():
+    builder = SequenceBuilder(SPACE, DataConfig(patching="mixed", aligned_strategy="bpe", mixed_aligned_prob=0.25,
+                                                interleaved_weight=0, text_weight=0, speech_weight=1))
+    rng = np.random.default_rng(1)
+    record = RECORDS[3]
+    aligned = builder.speech_example(record, "bpe").patch_lengths.tolist()
+    static = builder.speech_example(record, "static").patch_lengths.tolist()
+    drawn = [builder.sample_example(record, rng, 0.9).patch_lengths.tolist() for _ in range(400)]
+    assert set(map(tuple, drawn)) == {tuple(aligned), tuple(static)}
+    assert 0.18 < drawn.count(aligned) / 400 < 0.32
+
+
 def test_mixture_weights():
     builder = SequenceBuilder(SPACE, DataConfig())
     rng = np.random.default_rng(0)
@@ -150,7 +162,7 @@ def test_packing_fills_exact_positions_and_shares_the_stream():
     lst = training_sequences(builder, RECORDS, flat=False, **kwargs)
     flat = training_sequences(builder, RECORDS, flat=True, **kwargs)
     for a, b in zip(lst, flat, strict=True):
-        assert len(a.patch_lengths) == 96 and len(b.tokens) == 96 == len(b.patch_lengths)
+        assert len(a.patch_lengths) == 96 and len(b.tokens) == 96 == b.patch_lengths.sum()
         assert a.tokens[:96].tolist() == b.tokens.tolist(), "baseline sees a prefix of the LST's data"
     assert sum(len(a.tokens) for a in lst) > 4 * 96, "speech patches hold several tokens"
     again = training_sequences(builder, RECORDS, flat=False, **kwargs)
@@ -165,3 +177,6 @@ def test_pack_cuts_at_patch_boundary():
     packed = pack(iter([example, example]), 5, flat=False)
     assert packed.patch_lengths.tolist() == [1, 1, 4, 4, 4]
     assert packed.tokens.tolist() == example.tokens[:14].tolist()
+    flat = pack(iter([example, example]), 5, flat=True)
+    assert flat.tokens.tolist() == example.tokens[:5].tolist()
+    assert flat.patch_lengths.tolist() == [1, 1, 3], "the LST patching of the same tokens, last patch cut"

@@ -80,12 +80,23 @@ def hello_world_tables(**override) -> JoinTables:
 def test_join_applies_the_frame_rule_by_hand():
     (record,) = list(join_records(hello_world_tables(), RunConfig()))
     # floor(0.1*25)=2, ceil(0.4*25)-1=9; floor(0.5*25)=12, ceil(0.9*25)-1=22
-    assert [(w.word, w.start_frame, w.end_frame) for w in record.words] == [("hello", 2, 9), ("world", 12, 22)]
+    assert [(w.word, w.start_frame, w.end_frame) for w in record.words] == [
+        ("hello", 2, 9),
+        ("world", 12, 22),
+    ]
     # the frames no word claims, with the rule of the aligner silence they overlap
-    assert [(s.start_frame, s.end_frame, s.rule) for s in record.silences] == [(0, 1, "edge"), (10, 11, "gap"), (23, 24, "edge")]
+    assert [(s.start_frame, s.end_frame, s.rule) for s in record.silences] == [
+        (0, 1, "edge"),
+        (10, 11, "gap"),
+        (23, 24, "edge"),
+    ]
     assert [(s.start, s.end) for s in record.silences] == [(0.0, 0.08), (0.4, 0.48), (0.92, 1.0)]
     # 'hello' has 8 frames shared 3:2 by characters: cut at 2 + round(8 * 3/5) = 7
-    assert [(p.piece, p.start_frame, p.end_frame) for p in record.bpe] == [("\u2581hel", 2, 6), ("lo", 7, 9), ("\u2581world", 12, 22)]
+    assert [(p.piece, p.start_frame, p.end_frame) for p in record.bpe] == [
+        ("\u2581hel", 2, 6),
+        ("lo", 7, 9),
+        ("\u2581world", 12, 22),
+    ]
     assert record.units.dtype == np.int16 and record.n_frames == 25
     assert record.aligner == {"backend": "pocketsphinx", "model_hash": "m" * 64}
     assert record.unit_info["k"] == 100 and record.text == "hello world"
@@ -96,7 +107,15 @@ def test_join_applies_the_frame_rule_by_hand():
     [
         ({"n_units": 20}, "expected 25"),  # 5 frames short of 1.0 s at 25 Hz
         ({"text": "hello there"}, "aligned words"),
-        ({"pieces": [{"id": 5, "piece": "\u2581hello", "word_index": 0}, {"id": 7, "piece": "x", "word_index": 4}]}, "BPE"),
+        (
+            {
+                "pieces": [
+                    {"id": 5, "piece": "\u2581hello", "word_index": 0},
+                    {"id": 7, "piece": "x", "word_index": 4},
+                ]
+            },
+            "BPE",
+        ),
     ],
 )
 def test_join_rejects_contradicting_rows(override, fragment):
@@ -114,7 +133,10 @@ def test_units_within_tolerance_are_accepted():
 def test_missing_stage_output_but_not_for_earlier_rejects(tmp_path):
     tables = synthetic_tables(6, seed=1)
     ids = tables.manifest["id"].to_pylist()
-    tables = dataclasses.replace(tables, units=tables.units.filter(pa.array([i not in ids[:2] for i in tables.units["id"].to_pylist()])))
+    tables = dataclasses.replace(
+        tables,
+        units=tables.units.filter(pa.array([i not in ids[:2] for i in tables.units["id"].to_pylist()])),
+    )
     prior = [Reject(ids[0], "units", "units_failed", "too short")]
     report = write(tables, tmp_path, RunConfig(), prior)
     rejects = {(r.id, r.stage, r.code) for r in read_rejects(tmp_path / "rejects.parquet")}
@@ -147,10 +169,15 @@ def test_shards_read_back_with_plain_tarfile(tmp_path):
             assert len(names) == 2 * sidecar["samples"]
             for json_name, npy_name in zip(names[::2], names[1::2], strict=True):
                 data = json.loads(tar.extractfile(json_name).read())
-                assert json_name == f"{sanitize_key(data['id'])}.json" and npy_name == json_name[:-5] + ".units.npy"
+                assert (
+                    json_name == f"{sanitize_key(data['id'])}.json"
+                    and npy_name == json_name[:-5] + ".units.npy"
+                )
                 array = np.load(io.BytesIO(tar.extractfile(npy_name).read()), allow_pickle=False)
                 assert array.dtype == np.int16 and array.tolist() == units[data["id"]]
-                assert data["text"] == manifest[data["id"]]["normalized_text"] and data["n_frames"] == len(array)
+                assert data["text"] == manifest[data["id"]]["normalized_text"] and data["n_frames"] == len(
+                    array
+                )
                 assert validation_errors(data, "sample") == []
                 seen.append(data["id"])
     assert sorted(seen) == sorted(manifest)
@@ -179,7 +206,9 @@ def test_plain_webdataset_reads_the_shards(tmp_path):
 
 def test_same_input_gives_identical_bytes_whatever_the_row_order(tmp_path):
     tables = synthetic_tables(30, seed=4)
-    reversed_tables = JoinTables(*(t.take(list(range(t.num_rows))[::-1]) for t in dataclasses.astuple(tables)))
+    reversed_tables = JoinTables(
+        *(t.take(list(range(t.num_rows))[::-1]) for t in dataclasses.astuple(tables))
+    )
     config = config_with(samples_per_shard=7)
     write(tables, tmp_path / "a", config)
     write(reversed_tables, tmp_path / "b", config)
@@ -228,7 +257,9 @@ def test_fewer_samples_remove_stale_shards(tmp_path):
 
 def test_byte_limit_closes_shards(tmp_path):
     limit = 40_000
-    report = write(synthetic_tables(40, seed=8), tmp_path, config_with(samples_per_shard=1000, max_shard_bytes=limit))
+    report = write(
+        synthetic_tables(40, seed=8), tmp_path, config_with(samples_per_shard=1000, max_shard_bytes=limit)
+    )
     sizes = [p.stat().st_size for p in tmp_path.glob("*.tar")]
     assert report.samples == 40 and len(sizes) > 1
     assert max(sizes) <= limit
@@ -238,7 +269,9 @@ def test_audio_members_are_flac_of_the_source(tmp_path):
     from lst_data.shards.writer import FlacFromPaths
 
     tables = synthetic_tables(4, seed=9, audio_dir=tmp_path / "audio")
-    paths = dict(zip(tables.manifest["id"].to_pylist(), tables.manifest["audio_path"].to_pylist(), strict=True))
+    paths = dict(
+        zip(tables.manifest["id"].to_pylist(), tables.manifest["audio_path"].to_pylist(), strict=True)
+    )
     config = config_with(include_audio=True)
     for out in ("a", "b"):
         write(tables, tmp_path / out, config, audio_source=FlacFromPaths(paths))
@@ -257,10 +290,14 @@ def test_unreadable_audio_is_a_reject(tmp_path):
     from lst_data.shards.writer import FlacFromPaths
 
     tables = synthetic_tables(3, seed=10, audio_dir=tmp_path / "audio")
-    paths = dict(zip(tables.manifest["id"].to_pylist(), tables.manifest["audio_path"].to_pylist(), strict=True))
+    paths = dict(
+        zip(tables.manifest["id"].to_pylist(), tables.manifest["audio_path"].to_pylist(), strict=True)
+    )
     broken = sorted(paths)[0]
     Path(paths[broken]).write_bytes(b"not audio")
-    report = write(tables, tmp_path / "out", config_with(include_audio=True), audio_source=FlacFromPaths(paths))
+    report = write(
+        tables, tmp_path / "out", config_with(include_audio=True), audio_source=FlacFromPaths(paths)
+    )
     assert report.samples == 2
     assert [(r.id, r.code) for r in report.rejects] == [(broken, "audio_unreadable")]
 
@@ -273,3 +310,30 @@ def test_sample_schema_names_the_record_fields():
     assert set(schema["properties"]) == set(record.to_json())
     for field, spans in (("words", record.words), ("bpe", record.bpe), ("silences", record.silences)):
         assert set(schema["properties"][field]["items"]["properties"]) == set(spans[0].__dict__)
+
+
+def test_checking_in_worker_processes_gives_the_same_bytes(tmp_path):
+    tables = synthetic_tables(12, seed=12)
+    bad = tables.units.to_pylist()
+    bad[3]["units"] = bad[3]["units"][:-1]  # n_frames no longer len(units): rejected by the join
+    tables = dataclasses.replace(tables, units=pa.Table.from_pylist(bad, schema=UNITS_SCHEMA))
+    config = config_with(samples_per_shard=5)
+    one = write(tables, tmp_path / "one", config)
+    two = write(tables, tmp_path / "two", config, workers=2)
+    assert one.samples == two.samples == 11 and [r.code for r in two.rejects] == ["invalid_record"]
+    for path in (tmp_path / "one").iterdir():
+        assert path.read_bytes() == (tmp_path / "two" / path.name).read_bytes(), path.name
+
+
+def test_writer_rejects_records_that_break_the_contract(tmp_path):
+    (record,) = list(join_records(hello_world_tables(), RunConfig()))
+    words = list(record.words)
+    words[1] = dataclasses.replace(words[1], end_frame=40)  # past n_frames = 25
+    broken = dataclasses.replace(record, id="broken", words=tuple(words))
+    empty_word = dataclasses.replace(record, id="empty", words=(dataclasses.replace(words[0], word=""), words[1]))
+    report = write_shards([record, broken, empty_word], tmp_path, RunConfig(), show_progress=False)
+    assert report.samples == 1
+    details = {r.id: r.detail for r in report.rejects}
+    assert set(details) == {"broken", "empty"} and {r.code for r in report.rejects} == {"invalid_record"}
+    assert "outside [0, 25)" in details["broken"]
+    assert "words/0/word" in details["empty"]

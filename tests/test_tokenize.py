@@ -222,6 +222,8 @@ def test_stage_rows_rejects_and_parquet(bpe, tmp_path):
     assert set(tokens["tokenizer_hash"].to_pylist()) == {bpe.hash}
     first = [TokenPiece(**p) for p in tokens["pieces"][0].as_py()]
     assert first == bpe.encode_words("the quick brown fox".split())
+    run_stage_to_parquet(stage, table, tmp_path / "again.parquet", RayConfig(runner="local", batch_size=2))
+    assert (tmp_path / "again.parquet").read_bytes() == (tmp_path / "tokens.parquet").read_bytes()
 
 
 def test_stage_refuses_a_model_that_changed(bpe, tmp_path):

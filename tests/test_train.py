@@ -66,6 +66,9 @@ def test_loss_falls_and_budget_is_in_global_positions(tmp_path):
     assert result.steps == 40
     assert rows[-1]["cumulative"]["global_positions"] == 40 * 2 * 32
     assert rows[-1]["cumulative"]["tokens"] > rows[-1]["cumulative"]["global_positions"], "speech patches hold several tokens"
+    same = rows[-1]["same_data"]
+    assert same["lst"]["global_positions"] == 2 * 32 == rows[-1]["global_positions"]
+    assert same["baseline"]["global_positions"] == rows[-1]["tokens"] > 2 * 32
     first, last = sum(r["loss"] for r in rows[:5]) / 5, sum(r["loss"] for r in rows[-5:]) / 5
     assert last < first - 0.5
 
@@ -100,3 +103,31 @@ def test_cli_train_score_compare_plot(tmp_path):
     result = runner.invoke(main, ["plot", f"lst={tmp_path / 'lst'}", f"baseline={tmp_path / 'baseline'}",
                                   "--out", str(tmp_path / "both.png")])
     assert result.exit_code == 0 and (tmp_path / "both.png").stat().st_size > 1000
+
+
+def test_demo_config_loads():
+    from pathlib import Path
+
+    spec = load_run_spec(Path(__file__).resolve().parent.parent / "lst_model" / "configs" / "demo.yaml")
+    assert spec.model.d_global == 64 and spec.data.patching == "curriculum" and spec.steps == 300
+
+
+@pytest.mark.slow
+def test_trained_models_find_the_true_continuation(tmp_path):
+    """Both models, trained briefly on toy utterances (a Markov chain over words), must pick
+    the true held-out text continuation far above chance (0.5)."""
+    from lst_model.data import split_heldout
+    from lst_model.score import accuracy, score_items
+    from lst_model.tasks import heldout_continuation_items
+    from lst_model.train import load_model
+
+    records = synthetic_records(300, seed=5, language=LANGUAGE)
+    train_records, heldout = split_heldout(records, 0.2)
+    for kind in ("lst", "baseline"):
+        spec = load_run_spec(overrides={"preset": "tiny", "model": {"kind": kind},
+                                        "train": {"batch_size": 8, "budget_positions": 8 * 128 * 120, "threads": 1,
+                                                  "checkpoint_every": 1000}})
+        train(spec, train_records, SPACE, tmp_path / kind)
+        model, spec, space = load_model(tmp_path / kind / CHECKPOINT)
+        result = accuracy(score_items(model, spec, space, heldout_continuation_items(heldout, "text")))
+        assert result["acc_per_token"] > 0.7, (kind, result)

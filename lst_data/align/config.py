@@ -28,7 +28,7 @@ class PocketsphinxConfig:
 
 @dataclass(frozen=True)
 class MfaConfig:
-    executable: str = doc("The `mfa` command of MFA's own environment (batch and train modes).", "mfa")
+    executable: str = doc("The `mfa` command of MFA's own environment (batch/train modes; locates its Python for 'worker').", "mfa")
     python: str | None = doc(
         "MFA environment's Python interpreter, for mode 'worker' (None: the interpreter beside `executable`).",
         None,
@@ -36,7 +36,7 @@ class MfaConfig:
     mode: str = doc(
         "'worker': one long-lived MFA process per worker aligns utterance by utterance (KalpyAligner, "
         "no speaker adaptation); 'batch': one `mfa align` run per batch, grouped by speaker "
-        "(speaker-adapted); 'train': `mfa train` on the batch's utterances, then align with that model.",
+        "(speaker-adapted); 'train': `mfa train` once on the whole manifest, then 'batch' with that model.",
         "worker",
     )
     acoustic_model: str | None = doc(
@@ -86,7 +86,7 @@ class AlignConfig:
     oov: str = doc("Out-of-vocabulary words: 'g2p' (fallback pronunciation, recorded) or 'reject'.", "g2p")
     trim_db: float = doc(
         "Acoustic backends: trim each word's leading/trailing 5 ms windows quieter than this many dB below "
-        "the utterance peak (or 10 dB above its noise floor, whichever is louder), so pauses before stops are "
+        "the utterance peak (or 6 dB above its noise floor, whichever is louder), so pauses before stops are "
         "not absorbed into the word. 0 disables. Imported TextGrids are never trimmed.",
         40.0,
     )

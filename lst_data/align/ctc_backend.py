@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lst_data.align.base import Aligner, AlignFailure, AlignRequest, Alignment, Interval, OovWord, hash_files
+from lst_data.align.base import Aligner, AlignFailure, Alignment, AlignRequest, Interval, OovWord, hash_files
 from lst_data.align.config import AlignConfig
 from lst_data.audio import AudioError, read_audio
 
@@ -121,7 +121,7 @@ class CtcAligner(Aligner):
             emission, _ = self.model(torch.from_numpy(samples).to(self.device)[None])
             log_probs = torch.log_softmax(emission, dim=-1).cpu()
         frames = log_probs.shape[1]
-        repeats = sum(a == b for a, b in zip(targets, targets[1:]))
+        repeats = sum(a == b for a, b in zip(targets, targets[1:], strict=False))
         if frames < len(targets) + repeats:
             return AlignFailure("align_failed", f"{frames} CTC frames cannot hold {len(targets)} tokens")
         path, scores = F.forced_align(log_probs, torch.tensor([targets], dtype=torch.int32), blank=self.vocab.blank)

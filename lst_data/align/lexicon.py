@@ -37,7 +37,7 @@ def strip_accents(word: str) -> str:
 
 def letter_pronunciation(word: str) -> list[str]:
     """A letter-to-sound guess in ARPAbet (empty when the word has no Latin letters)."""
-    letters = re.sub(r"(.)\1+", r"\1", strip_accents(word).lower())  # doubled letters sound once
+    letters = re.sub(r"([^aeiou])\1+", r"\1", strip_accents(word).lower())  # doubled consonants sound once
     if letters.endswith("e") and len(letters) > 2:
         letters = letters[:-1]  # silent final e
     phones: list[str] = []

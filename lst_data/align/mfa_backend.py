@@ -31,16 +31,21 @@ from typing import Any
 from lst_data.align.base import (
     Aligner,
     AlignFailure,
-    AlignRequest,
     Alignment,
+    AlignRequest,
     Interval,
     OovWord,
     hash_files,
     is_silence_label,
 )
 from lst_data.align.config import AlignConfig, MfaConfig
-from lst_data.align.lexicon import cmudict_entries, fallback_pronunciation, read_dictionary, write_mfa_dictionary
-from lst_data.align.textgrid_backend import index_textgrids
+from lst_data.align.lexicon import (
+    cmudict_entries,
+    fallback_pronunciation,
+    read_dictionary,
+    write_mfa_dictionary,
+)
+from lst_data.align.textgrid_backend import index_textgrids, lowercase_words
 from lst_data.align.textgrid_io import read_tiers, tiers_to_alignment
 from lst_data.tables import sanitize_key
 
@@ -92,8 +97,12 @@ class MfaAligner(Aligner):
     def model_hash(self) -> str:
         return self._model_hash
 
+    def normalize_word(self, word: str) -> str:
+        """MFA lower-cases words (ignore_case) in its output."""
+        return word.lower()
+
     def oov_words(self, words: Sequence[str]) -> list[str]:
-        return [w for w in words if w not in self.lexicon]
+        return [w for w in words if w not in self.lexicon and w.lower() not in self.lexicon]
 
     def _pronunciations(self, words: Iterable[str]) -> dict[str, tuple[list[str], str]] | AlignFailure:
         """Fallback pronunciations (phones, source) for the OOV words among `words`."""
@@ -223,7 +232,7 @@ def parse_worker_response(response: dict[str, Any], oov: list[OovWord]) -> Align
     phones: list[Interval] = []
     silences: list[Interval] = []
     for word in response["words"]:
-        interval = Interval(word["label"], float(word["begin"]), float(word["end"]))
+        interval = Interval(word["label"].lower(), float(word["begin"]), float(word["end"]))
         if is_silence_label(word["label"]):
             silences.append(interval)
             continue
@@ -258,7 +267,7 @@ def collect_batch_output(requests: Sequence[AlignRequest], out_dir: Path) -> lis
             outcomes.append(AlignFailure("align_failed", "missing from MFA's output (MFA could not align it)"))
             continue
         try:
-            outcomes.append(tiers_to_alignment(read_tiers(path)))
+            outcomes.append(lowercase_words(tiers_to_alignment(read_tiers(path))))
         except (ValueError, OSError, IndexError) as err:
             outcomes.append(AlignFailure("align_failed", f"unreadable MFA TextGrid {path.name}: {err}"))
     return outcomes

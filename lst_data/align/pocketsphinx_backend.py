@@ -17,8 +17,8 @@ import numpy as np
 from lst_data.align.base import (
     Aligner,
     AlignFailure,
-    AlignRequest,
     Alignment,
+    AlignRequest,
     Interval,
     OovWord,
     hash_files,

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lst_data.align.base import Aligner, AlignFailure, AlignRequest, Alignment, Interval
+from lst_data.align.base import Aligner, AlignFailure, Alignment, AlignRequest, Interval
 from lst_data.align.config import AlignConfig
 from lst_data.align.silence import silence_spans, trim_quiet_edges
 from lst_data.audio import AudioError, read_audio
@@ -85,7 +85,7 @@ class AlignStage(Stage):
 
     def __getstate__(self) -> dict[str, Any]:
         # Ray ships the stage to its actors before setup(); a loaded model never travels.
-        return {"config": self.config, "aligner": None}
+        return {**self.__dict__, "aligner": None}
 
     def process_batch(self, rows: list[dict[str, Any]]) -> StageResult:
         self.setup()
@@ -117,7 +117,7 @@ class AlignStage(Stage):
                 return self.reject(request.id, "align_failed", f"audio: {err}")
             alignment = trim_quiet_edges(alignment, samples, rate, self.config.trim_db)
         words = _clip(alignment.words, request.duration)
-        if any(b.start < a.end - 1e-6 for a, b in zip(words, words[1:])):
+        if any(b.start < a.end - 1e-6 for a, b in zip(words, words[1:], strict=False)):
             return self.reject(request.id, "align_failed", "word intervals overlap or are out of order")
         silences = silence_spans(words, alignment.labelled_silences, request.duration, self.config.min_silence)
         return {
@@ -154,7 +154,7 @@ def _clip(intervals: Sequence[Interval], duration: float) -> list[Interval]:
 
 
 def _first_difference(expected: list[str], found: list[str]) -> str:
-    for index, (want, got) in enumerate(zip(expected, found)):
+    for index, (want, got) in enumerate(zip(expected, found, strict=False)):
         if want != got:
             return f"word {index}: expected {want!r}, aligner gave {got!r}"
     return f"expected {len(expected)} words, aligner gave {len(found)}"

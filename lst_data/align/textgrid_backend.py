@@ -7,9 +7,10 @@ works as it is. No audio is read and nothing is trimmed: the TextGrid is the tru
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
-from lst_data.align.base import Aligner, AlignFailure, AlignRequest, Alignment, hash_files
+from lst_data.align.base import Aligner, AlignFailure, Alignment, AlignRequest, hash_files
 from lst_data.align.config import AlignConfig
 from lst_data.align.textgrid_io import read_tiers, tiers_to_alignment
 
@@ -21,6 +22,10 @@ def index_textgrids(directory: str | Path) -> dict[str, Path]:
         if path.suffix.lower() == ".textgrid" and path.is_file():
             index.setdefault(path.stem, path)
     return index
+
+
+def lowercase_words(alignment: Alignment) -> Alignment:
+    return replace(alignment, words=[replace(w, label=w.label.lower()) for w in alignment.words])
 
 
 class TextGridAligner(Aligner):
@@ -45,6 +50,10 @@ class TextGridAligner(Aligner):
     def model_hash(self) -> str:
         return self._model_hash
 
+    def normalize_word(self, word: str) -> str:
+        """TextGrids from MFA are lower-cased whatever the transcript said; compare without case."""
+        return word.lower()
+
     def align_batch(self, requests: Sequence[AlignRequest]) -> list[Alignment | AlignFailure]:
         return [self.align_one(r) for r in requests]
 
@@ -56,4 +65,4 @@ class TextGridAligner(Aligner):
             tiers = read_tiers(path, self.word_tier, self.phone_tier)
         except (ValueError, OSError, IndexError) as err:
             return AlignFailure("align_failed", f"{path.name}: {err}")
-        return tiers_to_alignment(tiers)
+        return lowercase_words(tiers_to_alignment(tiers))

@@ -19,10 +19,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from lst_data.frames import frames_for_duration
-from lst_data.patching import patches
-from lst_data.records import SampleRecord
 from lst_data.schemas import validation_errors
+from lst_data.shards.contract import DEFAULT_FRAME_TOLERANCE, record_problems
 from lst_data.shards.layout import (
     DATASET_FILE,
     INDEX_FILE,
@@ -32,8 +30,6 @@ from lst_data.shards.layout import (
     sidecar_path,
 )
 from lst_data.shards.reader import decode_members, iter_raw_samples
-
-DEFAULT_FRAME_TOLERANCE = 2
 
 
 @dataclass(frozen=True)
@@ -48,45 +44,6 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def record_problems(record: SampleRecord, frame_tolerance: int = DEFAULT_FRAME_TOLERANCE) -> list[str]:
-    """Contract violations of one decoded record (the JSON schema is checked separately)."""
-    n = record.n_frames
-    problems = []
-    expected = frames_for_duration(record.duration, record.frame_rate)
-    if abs(n - expected) > frame_tolerance:
-        problems.append(f"{n} units for {record.duration:.3f} s (expected {expected} +- {frame_tolerance})")
-    k = record.unit_info.get("k")
-    if n and isinstance(k, int) and (record.units.min() < 0 or record.units.max() >= k):
-        problems.append(f"unit ids outside [0, {k})")
-    for tier, spans in (("word", record.words), ("bpe", record.bpe), ("silence", record.silences)):
-        previous_end = -1
-        for i, span in enumerate(spans):
-            empty = span.end_frame == span.start_frame - 1
-            if (
-                span.start_frame < 0
-                or span.start_frame >= n
-                or span.end_frame >= n
-                or (span.end_frame < span.start_frame and not empty)
-            ):
-                problems.append(f"{tier} {i} frames {span.start_frame}..{span.end_frame} outside [0, {n})")
-            elif not empty and span.start_frame <= previous_end:
-                problems.append(f"{tier} {i} starts at frame {span.start_frame}, not after {previous_end}")
-            if not empty:
-                previous_end = max(previous_end, span.end_frame)
-    for i, piece in enumerate(record.bpe):
-        if not 0 <= piece.word_index < len(record.words):
-            problems.append(f"bpe {i} word_index {piece.word_index} outside the {len(record.words)} words")
-    if record.text.split() != [w.word for w in record.words]:
-        problems.append("text is not the words joined by spaces")
-    if not problems:
-        for strategy in ("word_sil_sep", "bpe"):
-            try:
-                patches(record, strategy)
-            except ValueError as err:
-                problems.append(f"{strategy} spans do not tile the frames: {err}")
-    return problems
 
 
 def _frame_tolerance(shard_dir: Path) -> int:

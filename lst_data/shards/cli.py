@@ -51,6 +51,13 @@ def find_tokenizer(run_dir: Path, configured: str | None) -> Path | None:
     default=None,
     help="Tokenizer model (for its vocab size); default: tokenizer.model or RUN_DIR/tokenizer.model.",
 )
+@click.option(
+    "--workers",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Processes that check records against the contract (the writer's main cost); output is identical.",
+)
 @config_options
 def shard(
     run_dir: Path,
@@ -59,6 +66,7 @@ def shard(
     samples_per_shard: int | None,
     include_audio: bool | None,
     tokenizer_path: Path | None,
+    workers: int,
     config_path: Path | None,
     runner: str | None,
 ) -> None:
@@ -113,6 +121,7 @@ def shard(
         carried_rejects=carried,
         provenance=provenance,
         tokenizer_vocab_size=vocab_size,
+        workers=workers,
     )
     print_summary(
         f"shard {run_dir} -> {out}",

@@ -73,3 +73,8 @@ class UnitsConfig:
         "batch; padding never changes the result).",
         200.0,
     )
+    codebook: str | None = doc(
+        "An existing codebook (.npy, this toolkit's codebook file, or a fairseq/textlesslib k-means "
+        "file) used by `lst-data build`; None trains one on the corpus into RUN/units/.",
+        None,
+    )

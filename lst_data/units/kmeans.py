@@ -48,22 +48,29 @@ class KMeansResult:
 
 def kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """k-means++ (D^2 sampling): each next centroid is a point drawn with probability ∝ its
-    squared distance to the nearest centroid chosen so far."""
+    squared distance to the nearest centroid chosen so far.
+
+    Distances use ||x||^2 - 2 x.p + ||p||^2 (one matrix-vector product per centroid, clamped
+    at 0 against rounding): k sequential steps, so the cost per step is what matters.
+    """
     n = points.shape[0]
-    first = int(torch.randint(n, (1,), generator=generator))
-    chosen = [first]
-    closest = ((points - points[first]) ** 2).sum(dim=1)
+    squares = (points * points).sum(dim=1)
+
+    def distances_to(index: int) -> torch.Tensor:
+        return torch.addmv(squares + squares[index], points, points[index], alpha=-2.0).clamp_(min=0.0)
+
+    chosen = [int(torch.randint(n, (1,), generator=generator))]
+    closest = distances_to(chosen[0])
     for _ in range(1, k):
-        cumulative = torch.cumsum(closest.double(), dim=0)
+        cumulative = torch.cumsum(closest, dim=0, dtype=torch.float64)
         total = float(cumulative[-1])
         if total <= 0:  # fewer distinct points than k: repeat points rather than fail
             index = int(torch.randint(n, (1,), generator=generator))
         else:
-            target = float(torch.rand(1, generator=generator)) * total
-            index = min(int(torch.searchsorted(cumulative, torch.tensor([target], dtype=torch.float64,
-                                                                        device=points.device))), n - 1)
+            target = torch.rand(1, generator=generator, dtype=torch.float64).to(points.device) * total
+            index = min(int(torch.searchsorted(cumulative, target)), n - 1)
         chosen.append(index)
-        closest = torch.minimum(closest, ((points - points[index]) ** 2).sum(dim=1))
+        torch.minimum(closest, distances_to(index), out=closest)
     return points[torch.tensor(chosen, device=points.device)].clone()
 
 
@@ -84,7 +91,7 @@ def minibatch_kmeans(
         batch = sample[rows].float()
         assigned = NearestCentroid(centroids, sample.device)(batch)
         batch_counts = torch.bincount(assigned, minlength=k).double()
-        sums = torch.zeros_like(centroids).index_add_(0, assigned, batch)
+        sums = _cluster_sums(assigned, batch, k)
         counts += batch_counts
         hit = batch_counts > 0
         # c <- c + (batch mean - c) * batch_count / total_count  (sklearn's per-centre rate)
@@ -93,6 +100,15 @@ def minibatch_kmeans(
         centroids[hit] += rate * (means - centroids[hit])
     inertia, used = sample_inertia(sample, centroids)
     return KMeansResult(centroids, inertia, used, time.perf_counter() - started)
+
+
+def _cluster_sums(assigned: torch.Tensor, batch: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-cluster sums of the batch, in a fixed order on every device (CUDA's index_add_ uses
+    atomics, whose float sums vary run to run; a one-hot product does not)."""
+    if batch.device.type == "cpu":
+        return torch.zeros(k, batch.shape[1], dtype=batch.dtype).index_add_(0, assigned, batch)
+    one_hot = torch.nn.functional.one_hot(assigned, k).to(batch.dtype)
+    return one_hot.T @ batch
 
 
 @torch.inference_mode()

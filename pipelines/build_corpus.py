@@ -1,0 +1,303 @@
+"""Corpus -> shards in one job: ingest -> align -> units -> tokenize -> shard.
+
+Run it locally (`lst-data build CORPUS --out RUN`, `make corpus`) or on a cluster
+(`ray job submit ... -- python -m pipelines.build_corpus CORPUS --out RUN`). Each stage
+streams its rows through Ray Data (or in-process with `--runner local`) and writes its
+tables under its own folder of the run directory:
+
+    RUN/config.yaml          the resolved config of the run
+    RUN/ingest/              manifest.parquet, rejects.parquet, ingest.json, audio/
+    RUN/align/               alignments.parquet, rejects.parquet, oov.parquet, align.json
+    RUN/units/               codebook.npy (+ .json), units.parquet, units_rejects.parquet, units.json
+    RUN/tokenize/            tokenizer.model, tokens.parquet, rejects.parquet
+    RUN/shards/              {split}-NNNNNN.tar + .json sidecars, index.parquet, rejects.parquet, dataset.json
+    RUN/build.json           what ran, what was kept, wall time per stage, reject counts
+
+Resume: a step is done when `RUN/<step>/done.json` holds the hash of everything its output
+depends on (its config sections, the seed, and the hashes of the steps it reads). A rerun
+skips done steps and redoes the rest; the shard step also keeps every finished shard. A
+killed run therefore resumes to the same bytes as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import pyarrow.parquet as pq
+import yaml
+
+from lst_data import __version__
+from lst_data.config import RunConfig, canonical_hash, to_dict
+from lst_data.rejects import Reject, read_rejects
+
+STEP_ORDER = ("ingest", "align", "units", "tokenize", "shard")
+
+
+@dataclass
+class StepResult:
+    rejects: list[Reject]
+    figures: dict[str, float | int | str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    sections: tuple[str, ...]  # config sections the output depends on
+    reads: tuple[str, ...]  # steps whose outputs it reads
+    run: Callable[[BuildContext], StepResult]
+    folder: str  # under the run directory
+
+
+@dataclass
+class StepOutcome:
+    name: str
+    skipped: bool
+    seconds: float
+    rejects: list[Reject]
+    figures: dict[str, float | int | str]
+
+
+@dataclass
+class BuildContext:
+    corpus: Path
+    run_dir: Path
+    config: RunConfig
+
+    def dir(self, step: str) -> Path:
+        path = self.run_dir / step
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def manifest(self):
+        return pq.read_table(self.run_dir / "ingest" / "manifest.parquet")
+
+
+def _ingest(ctx: BuildContext) -> StepResult:
+    from lst_data.ingest import ingest_corpus
+
+    report = ingest_corpus(ctx.corpus, ctx.dir("ingest"), ctx.config)
+    return StepResult(report.rejects, {"utterances": report.manifest.num_rows, "hours": report.hours})
+
+
+def _align(ctx: BuildContext) -> StepResult:
+    from lst_data.align.stage import align_manifest
+
+    report = align_manifest(ctx.run_dir / "ingest", ctx.dir("align"), ctx.config)
+    return StepResult(report.rejects, {"aligned": report.alignments.num_rows, "oov_words": report.oov.num_rows})
+
+
+CODEBOOK_FILE = "codebook.npy"
+
+
+def _units(ctx: BuildContext) -> StepResult:
+    from lst_data.units.stage import assign_units, train_codebook
+
+    manifest, cfg = ctx.manifest(), ctx.config
+    codebook = cfg.units.codebook or str(ctx.dir("units") / CODEBOOK_FILE)
+    rejects: list[Reject] = []
+    if cfg.units.codebook is None:
+        trained = train_codebook(manifest, codebook, cfg.units, cfg.seed, cfg.ray)
+        rejects += trained.rejects
+    report = assign_units(manifest, codebook, ctx.dir("units"), cfg.units, cfg.ray)
+    # Training samples frames from the same utterances assignment encodes: one reject each.
+    assigned = {(r.id, r.code) for r in report.rejects}
+    rejects = report.rejects + [r for r in rejects if (r.id, r.code) not in assigned]
+    return StepResult(rejects, {"utterances": report.utterances, "frames": report.frames})
+
+
+def _tokenize(ctx: BuildContext) -> StepResult:
+    from lst_data.rejects import write_rejects
+    from lst_data.stage import run_stage_to_parquet
+    from lst_data.tokenize.stage import TokenizeStage, prepare_tokenizer
+
+    manifest, cfg, out = ctx.manifest(), ctx.config, ctx.dir("tokenize")
+    tokenizer = prepare_tokenizer(cfg.tokenizer, manifest["normalized_text"].to_pylist(), out, cfg.seed)
+    stage = TokenizeStage(tokenizer.path, tokenizer.hash)
+    report = run_stage_to_parquet(stage, manifest.select(["id", "normalized_text"]), out / "tokens.parquet", cfg.ray)
+    write_rejects(report.rejects, out / "rejects.parquet")
+    return StepResult(report.rejects, {"vocab_size": tokenizer.vocab_size, "tokenized": report.rows_out})
+
+
+def _shard(ctx: BuildContext) -> StepResult:
+    from lst_data.shards.build import StageOutputs, build_shards
+
+    outputs = StageOutputs.from_run_dir(ctx.run_dir)
+    report = build_shards(outputs, ctx.dir(STEPS["shard"].folder), ctx.config)
+    return StepResult(report.new_rejects, {"samples": report.samples, "hours_out": report.hours, "shards": report.shards})
+
+
+STEPS = {
+    "ingest": Step("ingest", ("ingest",), (), _ingest, "ingest"),
+    "align": Step("align", ("align",), ("ingest",), _align, "align"),
+    "units": Step("units", ("units",), ("ingest",), _units, "units"),
+    "tokenize": Step("tokenize", ("tokenizer",), ("ingest",), _tokenize, "tokenize"),
+    "shard": Step("shard", ("shard",), ("ingest", "align", "units", "tokenize"), _shard, "shards"),
+}
+
+
+def step_hashes(config: RunConfig, corpus: Path) -> dict[str, str]:
+    """Hash of every step's inputs: its config sections, the seed, and its upstream steps' hashes."""
+    hashes: dict[str, str] = {}
+    for name in STEP_ORDER:
+        step = STEPS[name]
+        hashes[name] = canonical_hash(
+            {
+                "step": name,
+                "seed": config.seed,
+                "sections": {s: to_dict(getattr(config, s)) for s in step.sections},
+                "reads": {r: hashes[r] for r in step.reads},
+                "corpus": str(corpus.resolve()) if name == "ingest" else None,
+            }
+        )
+    return hashes
+
+
+def _done_marker(run_dir: Path, step: str) -> Path:
+    return run_dir / STEPS[step].folder / "done.json"
+
+
+def is_done(run_dir: Path, step: str, step_hash: str) -> bool:
+    marker = _done_marker(run_dir, step)
+    return marker.exists() and json.loads(marker.read_text(encoding="utf-8")).get("hash") == step_hash
+
+
+@dataclass
+class BuildReport:
+    outcomes: list[StepOutcome]
+    run_dir: Path
+    seconds: float
+
+    @property
+    def rejects(self) -> list[Reject]:
+        return [r for o in self.outcomes for r in o.rejects]
+
+
+def build_corpus(
+    corpus: str | Path, run_dir: str | Path, config: RunConfig, *, steps: tuple[str, ...] = STEP_ORDER,
+    on_step: Callable[[StepOutcome], None] | None = None,
+) -> BuildReport:
+    """Run (or resume) the steps over `corpus` into `run_dir`."""
+    started = time.perf_counter()
+    corpus, run_dir = Path(corpus), Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=True), encoding="utf-8")
+    hashes = step_hashes(config, corpus)
+    ctx = BuildContext(corpus, run_dir, config)
+    outcomes: list[StepOutcome] = []
+    for name in steps:
+        if is_done(run_dir, name, hashes[name]):
+            marker = json.loads(_done_marker(run_dir, name).read_text(encoding="utf-8"))
+            outcome = StepOutcome(name, True, 0.0, _stored_rejects(run_dir, name), marker.get("figures", {}))
+        else:
+            _done_marker(run_dir, name).unlink(missing_ok=True)
+            step_started = time.perf_counter()
+            result = STEPS[name].run(ctx)
+            seconds = time.perf_counter() - step_started
+            outcome = StepOutcome(name, False, seconds, result.rejects, result.figures)
+            _done_marker(run_dir, name).write_text(
+                json.dumps({"hash": hashes[name], "seconds": seconds, "figures": result.figures,
+                            "rejects": len(result.rejects)}, indent=2, sort_keys=True) + "\n",
+                encoding="utf-8",
+            )
+        outcomes.append(outcome)
+        if on_step is not None:
+            on_step(outcome)
+    report = BuildReport(outcomes, run_dir, time.perf_counter() - started)
+    _write_build_json(report, config, hashes)
+    return report
+
+
+_REJECT_FILES = {
+    "ingest": "ingest/rejects.parquet",
+    "align": "align/rejects.parquet",
+    "units": "units/units_rejects.parquet",
+    "tokenize": "tokenize/rejects.parquet",
+    "shard": None,  # the shard step's own rejects are the ones dataset.json counts as new
+}
+
+
+def _stored_rejects(run_dir: Path, step: str) -> list[Reject]:
+    relative = _REJECT_FILES[step]
+    if relative is None:
+        return [r for r in read_rejects(run_dir / "shards" / "rejects.parquet") if r.stage == "shard"]
+    return read_rejects(run_dir / relative)
+
+
+def _write_build_json(report: BuildReport, config: RunConfig, hashes: dict[str, str]) -> None:
+    summary = {
+        "toolkit_version": __version__,
+        "config_hash": config.hash,
+        "step_hashes": hashes,
+        "steps": [
+            {"name": o.name, "skipped": o.skipped, "seconds": round(o.seconds, 3), "rejects": len(o.rejects),
+             "figures": o.figures}
+            for o in report.outcomes
+        ],
+    }
+    (report.run_dir / "build.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def print_build_summary(report: BuildReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from lst_data.summary import print_summary
+
+    console = Console(soft_wrap=True)
+    table = Table(title=f"build {report.run_dir}", title_justify="left")
+    for column in ("step", "status", "wall s", "share", "rejects", "figures"):
+        table.add_column(column, justify="left" if column in ("step", "status", "figures") else "right")
+    ran = sum(o.seconds for o in report.outcomes) or 1.0
+    for o in report.outcomes:
+        figures = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in o.figures.items())
+        table.add_row(o.name, "kept" if o.skipped else "ran", f"{o.seconds:.1f}", f"{o.seconds / ran:.0%}",
+                      str(len(o.rejects)), figures)
+    console.print(table)
+    by_step = {o.name: o.figures for o in report.outcomes}
+    hours_in = float(by_step.get("ingest", {}).get("hours", 0.0))
+    hours_out = float(by_step.get("shard", {}).get("hours_out", 0.0))
+    figures = [("hours in (ingested)", f"{hours_in:.4f}"), ("hours out (in shards)", f"{hours_out:.4f}"),
+               ("wall time", f"{report.seconds:.1f} s")]
+    if hours_in and not any(o.skipped for o in report.outcomes):
+        figures.append(("real-time factor", f"{report.seconds / (hours_in * 3600):.3f} (wall s per audio s)"))
+    print_summary("totals", figures, report.rejects, console=console)
+
+
+@click.command("build")
+@click.argument("corpus", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
+@click.option("--resume", is_flag=True, help="Continue a run in OUT: done steps and finished shards are kept.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Run config (YAML); defaults in code (`lst-data config`).")
+@click.option("--runner", type=click.Choice(["ray", "local"]), default=None, help="Override ray.runner.")
+@click.option("--steps", default=",".join(STEP_ORDER), show_default=True,
+              help="Comma-separated steps to run, in pipeline order (e.g. ingest,align).")
+def build_command(corpus: Path, out: Path, resume: bool, config_path: Path | None, runner: str | None, steps: str) -> None:
+    """Build shards from CORPUS into the run directory OUT (ingest, align, units, tokenize, shard).
+
+    Exit code 0: every utterance is in the shards; 3: finished, with rejects; 1: failed.
+    """
+    from lst_data.ingest_cli import EXIT_WITH_REJECTS, load_run_config
+
+    chosen = tuple(s.strip() for s in steps.split(",") if s.strip())
+    unknown = [s for s in chosen if s not in STEPS]
+    if unknown:
+        raise click.BadParameter(f"unknown steps {unknown}; known: {', '.join(STEP_ORDER)}", param_hint="--steps")
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise click.UsageError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    config = load_run_config(config_path, runner)
+    report = build_corpus(corpus, out, config, steps=chosen,
+                          on_step=lambda o: click.echo(f"[{o.name}] {'kept (done)' if o.skipped else f'done in {o.seconds:.1f} s'}", err=True))
+    print_build_summary(report)
+    if report.rejects:
+        sys.exit(EXIT_WITH_REJECTS)
+
+
+if __name__ == "__main__":
+    build_command()
