@@ -61,9 +61,18 @@ test-slow:
 test-all:
 	$(call run_pytest,)
 
+# Exit code 3 means "finished, with rejects": the demo goes on and the summary lists them.
 demo:
-	$(PY) -m lst_data.cli demo-corpus $(DEMO_DIR)/corpus
-	$(PY) -m lst_data.cli ingest $(DEMO_DIR)/corpus --out $(DEMO_DIR)/run
+	@[ -f $(DEMO_DIR)/corpus/ground_truth.json ] || $(BIN)/lst-data demo-corpus $(DEMO_DIR)/corpus
+	$(BIN)/lst-data build $(DEMO_DIR)/corpus --out $(DEMO_DIR)/run --resume || [ $$? -eq 3 ]
+	$(BIN)/lst-data stats $(DEMO_DIR)/run/shards
+	$(BIN)/lst-model compare --shards $(DEMO_DIR)/run/shards
+	$(BIN)/lst-model train --shards $(DEMO_DIR)/run/shards --config lst_model/configs/demo.yaml --out $(DEMO_DIR)/lst
+	$(BIN)/lst-model train --shards $(DEMO_DIR)/run/shards --config lst_model/configs/demo.yaml --out $(DEMO_DIR)/baseline --set model.kind=baseline
+	$(BIN)/lst-model score --model $(DEMO_DIR)/lst --shards $(DEMO_DIR)/run/shards --mode both
+	$(BIN)/lst-model score --model $(DEMO_DIR)/baseline --shards $(DEMO_DIR)/run/shards --mode both
+	$(BIN)/lst-model plot lst=$(DEMO_DIR)/lst baseline=$(DEMO_DIR)/baseline --out $(DEMO_DIR)/loss_curves.png
+	@echo "demo done: shards in $(DEMO_DIR)/run/shards, loss curves in $(DEMO_DIR)/loss_curves.png"
 
 corpus:
 	$(PY) -m lst_data.cli build $(CORPUS) --out $(OUT) --resume $(if $(CONFIG),--config $(CONFIG))

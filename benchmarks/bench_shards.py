@@ -10,12 +10,16 @@ Every figure has a reference measured in the same run on the same data:
 - writer: `write_shards` (schema + span checks, canonical JSON, sidecars, index, dataset
   summary with patch statistics) vs `tarfile.addfile` of the same members, nothing else.
 - overhead: shard bytes per sample vs the JSON + units payload per sample.
+- context: plain `wds.WebDataset` through the same 2-worker loader, reading member bytes
+  without decoding, vs the same raw read: the floor the DataLoader + IPC put under any
+  webdataset reader on this machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import io
 import os
 import tarfile
@@ -24,6 +28,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("LST_DATA_NO_PROGRESS", "1")
+
+import webdataset as wds  # noqa: E402
 
 from lst_data.config import RunConfig  # noqa: E402
 from lst_data.shards.join import join_records  # noqa: E402
@@ -58,7 +64,7 @@ def main() -> None:
         shard=dataclasses.replace(RunConfig().shard, samples_per_shard=100 if args.quick else 250)
     )
     tables = synthetic_tables(n, seed=0, words_per_utterance=(5, 30))
-    records = [r for r in join_records(tables, config)]
+    records = list(join_records(tables, config))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "shards"
         started = time.perf_counter()
@@ -80,6 +86,8 @@ def main() -> None:
         shard_bytes = sum(p.stat().st_size for p in tars) / n
         line("shard_bytes_per_sample", shard_bytes, "bytes", "JSON + units payload", payload)
 
+        del records, tables  # DataLoader workers are forked: keep their heap small
+        gc.collect()
         raw_tar_read(tars)  # warm the page cache for both readers alike
         started = time.perf_counter()
         assert raw_tar_read(tars) == n
@@ -90,6 +98,24 @@ def main() -> None:
         read_rate = seen / (time.perf_counter() - started)
         assert seen == n
         line("shard_reader_throughput", read_rate, "samples/s", "raw tarfile read (no decoding)", raw_rate)
+
+        plain = wds.WebLoader(
+            wds.WebDataset(
+                [str(t) for t in tars], shardshuffle=False, nodesplitter=wds.split_by_node
+            ).batched(32, collation_fn=list),
+            batch_size=None,
+            num_workers=2,
+        )
+        started = time.perf_counter()
+        seen = sum(len(batch) for batch in plain)
+        plain_rate = seen / (time.perf_counter() - started)
+        line(
+            "plain_webdataset_loader_no_decoding",
+            plain_rate,
+            "samples/s",
+            "raw tarfile read (no decoding)",
+            raw_rate,
+        )
 
 
 if __name__ == "__main__":

@@ -13,25 +13,17 @@ import dataclasses
 import hashlib
 import json
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-
-def doc(text: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
-    """A dataclass field that carries its documentation (shown by `lst-data config`)."""
-    metadata = {"doc": text}
-    if callable(default) and not isinstance(default, (int, float, str, bool)):
-        return field(default_factory=default, metadata=metadata, **kwargs)
-    return field(default=default, metadata=metadata, **kwargs)
-
-
-from lst_data.align.config import AlignConfig  # noqa: E402  (each stage owns its section)
-from lst_data.shards.config import ShardConfig  # noqa: E402
-from lst_data.tokenize.config import TokenizerConfig  # noqa: E402
-from lst_data.units.config import UnitsConfig  # noqa: E402
+from lst_data.align.config import AlignConfig  # each stage owns its section
+from lst_data.config_fields import doc
+from lst_data.shards.config import ShardConfig
+from lst_data.tokenize.config import TokenizerConfig
+from lst_data.units.config import UnitsConfig
 
 
 @dataclass(frozen=True)
@@ -148,23 +140,27 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     return value
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Defaults, then the YAML file at `path`, then `overrides` (a nested dict)."""
+def read_config_data(path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The YAML mapping at `path` (empty when None) with `overrides` merged over it."""
     data: dict[str, Any] = {}
     if path is not None:
         loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
         data = loaded
-    data = _deep_merge(data, overrides or {})
-    return from_dict(RunConfig, data)
+    return deep_merge(data, overrides or {})
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults, then the YAML file at `path`, then `overrides` (a nested dict)."""
+    return from_dict(RunConfig, read_config_data(path, overrides))
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged

@@ -36,7 +36,10 @@ def ensure_ray(config: RayConfig) -> ModuleType:
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
+            # "local" always starts a fresh Ray: a bare init() would follow
+            # /tmp/ray/ray_current_cluster to whatever cluster ran last, dead or alive.
             ray.init(
+                address="local",
                 include_dashboard=False,
                 _node_ip_address="127.0.0.1",
                 log_to_driver=False,

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import fastjsonschema
 import jsonschema
 
 SCHEMA_DIR = Path(os.environ.get("LST_DATA_SCHEMA_DIR", Path(__file__).resolve().parent.parent / "schemas"))
@@ -29,8 +30,24 @@ def _validator(name: str, version: int) -> jsonschema.protocols.Validator:
     return cls(schema)
 
 
+@functools.cache
+def _compiled(name: str, version: int) -> Any:
+    """A compiled check (fastjsonschema, ~10x faster): the writer validates every sample.
+
+    `$id` is dropped so that `$ref`s resolve inside the document and never over a network;
+    the schemas use only keywords that draft 7 and 2020-12 read the same way.
+    """
+    schema = {k: v for k, v in load_schema(name, version).items() if k not in ("$id", "$schema")}
+    return fastjsonschema.compile(schema)
+
+
 def validation_errors(record: dict[str, Any], name: str, version: int = 1) -> list[str]:
     """Every violation of schema `name` in `record`, as 'path: message' lines."""
+    try:
+        _compiled(name, version)(record)
+        return []
+    except fastjsonschema.JsonSchemaValueException:
+        pass  # jsonschema lists every error, with paths
     errors = sorted(_validator(name, version).iter_errors(record), key=lambda e: list(e.absolute_path))
     return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors]
 

@@ -18,6 +18,11 @@ def print_summary(title: str, figures: Sequence[tuple[str, str]], rejects: Itera
     for name, value in figures:
         table.add_row(name, value)
     console.print(table)
+    print_rejects(rejects, console)
+
+
+def print_rejects(rejects: Iterable[Reject], console: Console) -> None:
+    """Rejects by stage and code, with what each code means."""
     counts = count_by_code(rejects)
     if not counts:
         console.print("rejects: none")

@@ -129,8 +129,9 @@ def _load_callable(spec: str):
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--mode", type=click.Choice(["speech", "text"]), required=True)
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, path_type=Path), help="Text mode: the shards' tokenizer (SentencePiece .model or tokenizer.json).")
-@click.option("--quantizer", "quantizer_factory", help="Speech mode: MODULE:FACTORY; FACTORY(ARG) returns a callable float32 16 kHz audio -> unit ids.")
-@click.option("--quantizer-arg", default=None, help="Argument passed to the quantizer factory (e.g. a units model folder).")
+@click.option("--quantizer", "quantizer_factory", default="lst_model.tasks:units_quantizer", show_default=True,
+              help="Speech mode: MODULE:FACTORY; FACTORY(ARG) returns a callable float32 16 kHz audio -> unit ids.")
+@click.option("--quantizer-arg", default=None, help="Argument of the quantizer factory (default factory: the codebook .npy the shards were made with).")
 @click.option("--tts", "tts_argv", default=None, help='TTS command as a JSON list with "{out}" for the wav it writes; text on stdin. Default: espeak-ng.')
 def build_task(input_path: Path, out_path: Path, mode: str, tokenizer_path: Path | None, quantizer_factory: str | None,
                quantizer_arg: str | None, tts_argv: str | None) -> None:
@@ -152,8 +153,6 @@ def build_task(input_path: Path, out_path: Path, mode: str, tokenizer_path: Path
 
         items = build_text_items(choices, load_tokenizer(tokenizer_path).encode)
     else:
-        if quantizer_factory is None:
-            raise click.UsageError("speech mode needs --quantizer MODULE:FACTORY")
         factory = _load_callable(quantizer_factory)
         quantize = factory(quantizer_arg) if quantizer_arg is not None else factory()
         tts = CommandTTS(json.loads(tts_argv) if tts_argv else DEFAULT_TTS)

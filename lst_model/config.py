@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from lst_data.config import ConfigError, _deep_merge, canonical_hash, doc, from_dict, to_dict
+from lst_data.config import ConfigError, canonical_hash, from_dict, read_config_data, to_dict
+from lst_data.config_fields import doc
 
 STRATEGIES = ("static", "word_sil_sep", "word_sil_merged", "bpe", "mixed", "curriculum")
 
@@ -117,13 +116,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def load_run_spec(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunSpec:
     """Defaults, then `preset` (model size), then the YAML file at `path`, then `overrides`."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-        data = loaded
-    data = _deep_merge(data, overrides or {})
+    data = read_config_data(path, overrides)
     preset = data.pop("preset", None)
     if preset is not None:
         if preset not in PRESETS:

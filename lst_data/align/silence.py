@@ -24,6 +24,7 @@ import numpy as np
 from lst_data.align.base import Alignment, Interval
 
 TRIM_WINDOW_S = 0.005
+SUSTAINED_WINDOWS = 3  # 15 ms of sound marks where a word really starts or ends
 MIN_UNIT_S = 0.010  # a trimmed word's first/last phone (or character) keeps at least this much
 _NOISE_MARGIN_DB = 6.0
 _EDGE_EPSILON_S = 0.001  # a leading/trailing stretch shorter than this is rounding, not silence
@@ -41,7 +42,9 @@ def loud_windows(samples: np.ndarray, sample_rate: int, trim_db: float) -> np.nd
 
 
 def trim_quiet_edges(alignment: Alignment, samples: np.ndarray, sample_rate: int, trim_db: float) -> Alignment:
-    """Move quiet 5 ms windows at each word's edges out of the word (phones/chars clipped along)."""
+    """Move quiet 5 ms windows at each word's edges out of the word (phones/chars clipped along).
+
+    The word is cut to [first, last] sustained loud stretch inside it (3 windows = 15 ms)."""
     if trim_db <= 0:
         return alignment
     loud = loud_windows(samples, sample_rate, trim_db)
@@ -52,12 +55,12 @@ def trim_quiet_edges(alignment: Alignment, samples: np.ndarray, sample_rate: int
     for index, word in enumerate(alignment.words):
         first = int(np.floor(round(word.start / TRIM_WINDOW_S, 6)))
         last = min(int(np.ceil(round(word.end / TRIM_WINDOW_S, 6))), loud.size)
-        inside = np.flatnonzero(loud[first:last])
+        inside = _sustained(loud[first:last])
         if inside.size == 0:
             words.append(word)  # nothing audible: leave the aligner's decision alone
             continue
         start = max(word.start, (first + inside[0]) * TRIM_WINDOW_S)
-        end = min(word.end, (first + inside[-1] + 1) * TRIM_WINDOW_S)
+        end = min(word.end, (first + inside[-1] + SUSTAINED_WINDOWS) * TRIM_WINDOW_S)
         mine = [u for u in units if u.word_index == index]
         if mine:  # never trim a whole phone away: a quiet /h/ is still the word's first phone
             start = min(start, max(word.start, mine[0].end - MIN_UNIT_S))
@@ -69,6 +72,16 @@ def trim_quiet_edges(alignment: Alignment, samples: np.ndarray, sample_rate: int
         phones=_clip_to_words(alignment.phones, words),
         chars=None if alignment.chars is None else _clip_to_words(alignment.chars, words),
     )
+
+
+def _sustained(loud: np.ndarray) -> np.ndarray:
+    """Indices where SUSTAINED_WINDOWS loud windows in a row begin. A lone loud window at a
+    word's edge is usually the neighbour's tail caught by the aligner's 10 ms frames (or a
+    click), and must not stop the trim."""
+    if loud.size < SUSTAINED_WINDOWS:
+        return np.flatnonzero(loud) if loud.all() else np.zeros(0, dtype=np.int64)
+    runs = np.lib.stride_tricks.sliding_window_view(loud, SUSTAINED_WINDOWS).all(axis=1)
+    return np.flatnonzero(runs)
 
 
 def _clip_to_words(units: Sequence[Interval], words: Sequence[Interval]) -> list[Interval]:

@@ -58,9 +58,10 @@ def stats(shard_dir: Path, patch_size: int) -> None:
     import numpy as np
 
     from lst_data.patching import PATCH_STRATEGIES, patches
-    from lst_data.rejects import REJECT_CODES, count_by_code, read_rejects
+    from lst_data.rejects import read_rejects
     from lst_data.shards.layout import REJECTS_FILE, shard_paths
     from lst_data.shards.reader import iter_records
+    from lst_data.summary import print_rejects
 
     totals: Counter[str] = Counter()
     seconds = 0.0
@@ -77,9 +78,8 @@ def stats(shard_dir: Path, patch_size: int) -> None:
         for strategy in PATCH_STRATEGIES:
             lengths[strategy].update(p.length for p in patches(record, strategy, patch_size=patch_size))
     console = _console()
-    table = Table(
-        title=f"{shard_dir}: {len(shard_paths(shard_dir))} shards", show_header=False, title_justify="left"
-    )
+    console.print(f"{shard_dir}: {len(shard_paths(shard_dir))} shards")
+    table = Table(show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
     share = totals["silence_frames"] / totals["units"] if totals["units"] else 0.0
@@ -111,16 +111,7 @@ def stats(shard_dir: Path, patch_size: int) -> None:
             str(values.max()),
         )
     console.print(patch_table)
-    counts = count_by_code(read_rejects(shard_dir / REJECTS_FILE))
-    if not counts:
-        console.print("rejects: none")
-        return
-    rejects = Table(title=f"rejects: {sum(counts.values())}", title_justify="left")
-    for column in ("stage", "code", "count", "meaning"):
-        rejects.add_column(column, justify="right" if column == "count" else "left")
-    for (stage, code), n in sorted(counts.items()):
-        rejects.add_row(stage, code, str(n), REJECT_CODES.get(code, ""))
-    console.print(rejects)
+    print_rejects(read_rejects(shard_dir / REJECTS_FILE), console)
 
 
 def segments(record: SampleRecord) -> list[dict[str, Any]]:

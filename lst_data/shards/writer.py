@@ -18,6 +18,7 @@ Only one shard's worth of serialized samples is in memory at a time.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -27,7 +28,7 @@ import json
 import logging
 import math
 import multiprocessing
-import multiprocessing.pool
+import re
 import tarfile
 import time
 from collections import Counter
@@ -252,9 +253,17 @@ def write_shards(
     settings = config.shard
     if settings.samples_per_shard < 1:
         raise ValueError("shard.samples_per_shard must be >= 1")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", settings.split):
+        raise ValueError(f"shard.split {settings.split!r} may use only [A-Za-z0-9_-] (it names the tars)")
     config_hash = shard_config_hash(config)
     report = ShardReport(out)
-    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    # spawn, not fork: the caller may hold threads (Ray, progress bars); a worker that dies
+    # raises BrokenProcessPool instead of hanging the job
+    pool = (
+        concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        if workers > 1
+        else None
+    )
     stream = _PushBackIterator(_valid_records(records, report.new_rejects, settings.frame_tolerance, pool))
     index = 0
     with contextlib.ExitStack() as stack:
@@ -310,7 +319,7 @@ def _valid_records(
     records: Iterable[SampleRecord | Reject],
     rejects: list[Reject],
     frame_tolerance: int,
-    pool: multiprocessing.pool.Pool | None,
+    pool: concurrent.futures.Executor | None,
 ) -> Iterator[SampleRecord]:
     """Records that pass schemas/sample.v1.json and the span checks of `lst-data validate`.
 

@@ -102,7 +102,9 @@ def safe_torch_load(path: str | Path) -> Any:
         with torch.serialization.safe_globals(stand_ins):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  (globals from modules torch blocks outright: os, sys, ...)
-        raise CheckpointError(f"{path}: refused by the weights-only loader ({str(err).splitlines()[-3:]})") from err
+        raise CheckpointError(
+            f"{path}: refused by the weights-only loader ({str(err).splitlines()[-3:]})"
+        ) from err
 
 
 def parse_conv_layers(spec: str) -> list[tuple[int, int, int]]:
@@ -169,7 +171,9 @@ def load_fairseq(path: str | Path) -> LoadedModel:
     state = {re.sub(r"^w2v_encoder\.(w2v_model\.)?", "", k): v for k, v in checkpoint["model"].items()}
     state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
-    n_conv = len({m.group(1) for k in state if (m := re.match(r"feature_extractor\.conv_layers\.(\d+)\.0\.weight", k))})
+    n_conv = len(
+        {m.group(1) for k in state if (m := re.match(r"feature_extractor\.conv_layers\.(\d+)\.0\.weight", k))}
+    )
     if n_conv == 0:
         raise CheckpointError(f"{path}: no feature_extractor.conv_layers.*.0.weight in the state dict")
     conv_weights = [state[f"feature_extractor.conv_layers.{i}.0.weight"] for i in range(n_conv)]
@@ -182,7 +186,9 @@ def load_fairseq(path: str | Path) -> LoadedModel:
     elif "feature_extractor.conv_layers.0.2.weight" in state:
         extractor_mode = "group_norm"
     else:
-        raise CheckpointError(f"{path}: conv feature extractor without normalization is not supported by torchaudio")
+        raise CheckpointError(
+            f"{path}: conv feature extractor without normalization is not supported by torchaudio"
+        )
     pos_v = state.get("encoder.pos_conv.0.weight_v")
     if pos_v is None:
         raise CheckpointError(f"{path}: no encoder.pos_conv.0.weight_v (weight-normed positional conv)")
@@ -269,8 +275,11 @@ def load_huggingface(folder: str | Path) -> LoadedModel:
     except KeyError as err:
         raise CheckpointError(f"{config_path}: missing {err}") from err
     config.update(
-        encoder_projection_dropout=0.0, encoder_attention_dropout=0.0, encoder_ff_interm_dropout=0.0,
-        encoder_dropout=0.0, encoder_layer_drop=0.0,
+        encoder_projection_dropout=0.0,
+        encoder_attention_dropout=0.0,
+        encoder_ff_interm_dropout=0.0,
+        encoder_dropout=0.0,
+        encoder_layer_drop=0.0,
     )
     model = wav2vec2_model(**config, aux_num_out=None)
     state: dict[str, torch.Tensor] = {}
@@ -279,7 +288,7 @@ def load_huggingface(folder: str | Path) -> LoadedModel:
             key = key.removeprefix(prefix)
         for source, target in _HF_SUBMODULES.items():
             if key.startswith(source):
-                state[target + key[len(source):]] = tensor
+                state[target + key[len(source) :]] = tensor
                 break
     _load_strict(model, state, folder)
     conv = [(int(c), int(k), int(s)) for c, k, s in config["extractor_conv_layer_config"]]

@@ -18,10 +18,18 @@ def _units_config(config, **overrides):
 
 
 def encoder_options(fn):
-    fn = click.option("--encoder", type=click.Choice(["mfcc", "logmel", "hubert"]), default=None,
-                      help="Override units.encoder.")(fn)
-    fn = click.option("--checkpoint", type=click.Path(exists=True, path_type=str), default=None,
-                      help="Override units.checkpoint (hubert: fairseq .pt or Hugging Face folder).")(fn)
+    fn = click.option(
+        "--encoder",
+        type=click.Choice(["mfcc", "logmel", "hubert"]),
+        default=None,
+        help="Override units.encoder.",
+    )(fn)
+    fn = click.option(
+        "--checkpoint",
+        type=click.Path(exists=True, path_type=str),
+        default=None,
+        help="Override units.checkpoint (hubert: fairseq .pt or Hugging Face folder).",
+    )(fn)
     fn = click.option("--layer", type=int, default=None, help="Override units.layer (hubert, 1-based).")(fn)
     fn = click.option("--frame-rate", type=float, default=None, help="Override units.frame_rate (Hz).")(fn)
     fn = click.option("--device", default=None, help="Override units.device (auto, cpu, cuda).")(fn)
@@ -35,14 +43,20 @@ def units() -> None:
 
 @units.command("train-kmeans")
 @click.argument("manifest_dir", type=click.Path(exists=True, path_type=Path))
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Codebook file to write (.npy, plus a .npy.json sidecar).")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Codebook file to write (.npy, plus a .npy.json sidecar).",
+)
 @click.option("--k", type=int, default=None, help="Override units.k (clusters).")
 @click.option("--sample-frames", type=int, default=None, help="Override units.sample_frames.")
 @click.option("--steps", "kmeans_steps", type=int, default=None, help="Override units.kmeans_steps.")
 @encoder_options
 @config_options
-def train_kmeans(manifest_dir: Path, out: Path, config_path: Path | None, runner: str | None, **overrides) -> None:
+def train_kmeans(
+    manifest_dir: Path, out: Path, config_path: Path | None, runner: str | None, **overrides
+) -> None:
     """Train a codebook on frames sampled from MANIFEST_DIR/manifest.parquet."""
     from lst_data.summary import print_summary
     from lst_data.units.stage import read_manifest, train_codebook
@@ -53,7 +67,10 @@ def train_kmeans(manifest_dir: Path, out: Path, config_path: Path | None, runner
     print_summary(
         f"units train-kmeans {manifest_dir} -> {out}",
         [
-            ("encoder", f"{config.units.encoder} @ {config.units.frame_rate:g} Hz, dim {report.codebook.dim}"),
+            (
+                "encoder",
+                f"{config.units.encoder} @ {config.units.frame_rate:g} Hz, dim {report.codebook.dim}",
+            ),
             ("k", str(report.codebook.k)),
             ("frames sampled", f"{report.sample_frames} of {report.corpus_frames}"),
             ("utterances used", str(report.utterances)),
@@ -68,13 +85,29 @@ def train_kmeans(manifest_dir: Path, out: Path, config_path: Path | None, runner
 
 @units.command("assign")
 @click.argument("manifest_dir", type=click.Path(exists=True, path_type=Path))
-@click.option("--codebook", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Codebook: .npy, torch file, or sklearn k-means saved by joblib/pickle (read safely).")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output directory (units.parquet, units_rejects.parquet, units.json).")
+@click.option(
+    "--codebook",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Codebook: .npy, torch file, or sklearn k-means saved by joblib/pickle (read safely); "
+    "default: units.codebook of the config.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output directory (units.parquet, units_rejects.parquet, units.json).",
+)
 @encoder_options
 @config_options
-def assign(manifest_dir: Path, codebook: Path, out: Path, config_path: Path | None, runner: str | None, **overrides) -> None:
+def assign(
+    manifest_dir: Path,
+    codebook: Path | None,
+    out: Path,
+    config_path: Path | None,
+    runner: str | None,
+    **overrides,
+) -> None:
     """Unit ids for every utterance of MANIFEST_DIR/manifest.parquet.
 
     Exit code 0: every utterance has units; 3: finished, with rejects.
@@ -83,6 +116,9 @@ def assign(manifest_dir: Path, codebook: Path, out: Path, config_path: Path | No
     from lst_data.units.stage import assign_units, read_manifest
 
     config = _units_config(load_run_config(config_path, runner), **overrides)
+    codebook = codebook or (Path(config.units.codebook) if config.units.codebook else None)
+    if codebook is None:
+        raise click.UsageError("no codebook: pass --codebook or set units.codebook in --config")
     manifest = read_manifest(manifest_dir)
     report = assign_units(manifest, codebook, out, config.units, config.ray)
     hours = report.frames / config.units.frame_rate / 3600
@@ -91,7 +127,11 @@ def assign(manifest_dir: Path, codebook: Path, out: Path, config_path: Path | No
         [
             ("utterances", f"{report.utterances} of {manifest.num_rows}"),
             ("frames", f"{report.frames} ({hours:.3f} h at {config.units.frame_rate:g} Hz)"),
-            ("encoder", config.units.encoder + (f" layer {config.units.layer}" if config.units.encoder == "hubert" else "")),
+            (
+                "encoder",
+                config.units.encoder
+                + (f" layer {config.units.layer}" if config.units.encoder == "hubert" else ""),
+            ),
             ("codebook", f"k = {report.codebook.k}, sha256 {report.codebook.sha256[:16]}"),
             ("wall time", f"{report.seconds:.1f} s ({config.ray.runner})"),
             ("config hash", config.section_hash("units")[:12]),

@@ -81,7 +81,13 @@ def save_codebook(centroids: np.ndarray | torch.Tensor, path: str | Path, meta: 
         np.save(handle, array, allow_pickle=False)
     tmp.replace(path)
     digest = sha256_file(path)
-    full_meta = {**meta, "k": int(array.shape[0]), "dim": int(array.shape[1]), "sha256": digest, "file": path.name}
+    full_meta = {
+        **meta,
+        "k": int(array.shape[0]),
+        "dim": int(array.shape[1]),
+        "sha256": digest,
+        "file": path.name,
+    }
     sidecar_path(path).write_text(json.dumps(full_meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return Codebook(array, digest, str(path), full_meta)
 
@@ -94,7 +100,9 @@ def load_codebook(path: str | Path) -> Codebook:
     digest = sha256_file(path)
     centroids = _read_centroids(path)
     if centroids.ndim != 2 or centroids.shape[0] < 1 or not np.issubdtype(centroids.dtype, np.floating):
-        raise CodebookError(f"{path}: centroids must be a float [k, dim] array, got {centroids.dtype} {centroids.shape}")
+        raise CodebookError(
+            f"{path}: centroids must be a float [k, dim] array, got {centroids.dtype} {centroids.shape}"
+        )
     if not np.isfinite(centroids).all():
         raise CodebookError(f"{path}: centroids contain NaN or inf")
     meta: dict[str, Any] = {}
@@ -102,7 +110,9 @@ def load_codebook(path: str | Path) -> Codebook:
     if sidecar.is_file():
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
         if meta.get("sha256") not in (None, digest):
-            raise CodebookError(f"{path}: sha256 {digest[:12]} differs from its sidecar's {meta['sha256'][:12]}")
+            raise CodebookError(
+                f"{path}: sha256 {digest[:12]} differs from its sidecar's {meta['sha256'][:12]}"
+            )
     return Codebook(np.ascontiguousarray(centroids, dtype=np.float32), digest, str(path), meta)
 
 
@@ -122,7 +132,9 @@ def _centroids_from_torch(obj: Any, path: Path) -> np.ndarray:
                 obj = obj[key]
                 break
         else:
-            raise CodebookError(f"{path}: torch file without cluster_centers / centroids (keys: {sorted(obj)[:8]})")
+            raise CodebookError(
+                f"{path}: torch file without cluster_centers / centroids (keys: {sorted(obj)[:8]})"
+            )
     if isinstance(obj, torch.Tensor):
         return obj.float().numpy()
     if isinstance(obj, np.ndarray):
@@ -217,7 +229,12 @@ class RestrictedUnpickler(pickle._Unpickler):  # the Python unpickler: joblib's 
     def load_build(self) -> None:
         state = self.stack[-1]
         inst = self.stack[-2]
-        if isinstance(inst, np.ndarray) and isinstance(state, tuple) and len(state) == 5 and state[2].hasobject:
+        if (
+            isinstance(inst, np.ndarray)
+            and isinstance(state, tuple)
+            and len(state) == 5
+            and state[2].hasobject
+        ):
             raise pickle.UnpicklingError("object arrays are refused")
         super().load_build()
         if isinstance(inst, _JoblibArrayWrapper):
@@ -240,7 +257,12 @@ class RestrictedUnpickler(pickle._Unpickler):  # the Python unpickler: joblib's 
         return array.reshape(shape[::-1]).T if state.get("order") == "F" else array.reshape(shape)
 
 
-_COMPRESSED = {b"\x1f\x8b": gzip.decompress, b"BZ": bz2.decompress, b"\xfd7zXZ": lzma.decompress, b"\x78": zlib.decompress}
+_COMPRESSED = {
+    b"\x1f\x8b": gzip.decompress,
+    b"BZ": bz2.decompress,
+    b"\xfd7zXZ": lzma.decompress,
+    b"\x78": zlib.decompress,
+}
 
 
 def read_sklearn_centers(path: str | Path) -> np.ndarray:
@@ -260,7 +282,9 @@ def read_sklearn_centers(path: str | Path) -> np.ndarray:
         return np.asarray(obj.state["cluster_centers_"])
     if isinstance(obj, np.ndarray):
         return obj
-    raise CodebookError(f"{path}: pickle holds {type(obj).__name__}, not a k-means model with cluster_centers_")
+    raise CodebookError(
+        f"{path}: pickle holds {type(obj).__name__}, not a k-means model with cluster_centers_"
+    )
 
 
 # ---------------------------------------------------------------- assignment
@@ -278,9 +302,14 @@ class NearestCentroid:
         self.half_norms = 0.5 * (self.centroids * self.centroids).sum(dim=1)
 
     @torch.inference_mode()
-    def __call__(self, features: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
-        """int64 [n] nearest-centroid ids of float [n, dim] features."""
+    def __call__(self, features: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """int64 [n] nearest-centroid ids of float [n, dim] features.
+
+        Rows go through in chunks so the [chunk, k] score block stays small (8 MB for k = 500
+        on CPU); GPUs get larger chunks to amortise kernel launches.
+        """
         features = features.to(self.centroids.device, torch.float32)
+        chunk = chunk or (65536 if self.centroids.device.type == "cuda" else 4096)
         out = torch.empty(features.shape[0], dtype=torch.long, device=self.centroids.device)
         for start in range(0, features.shape[0], chunk):
             block = features[start : start + chunk]

@@ -44,7 +44,9 @@ def _integer_ratio(numerator: float, denominator: float, what: str) -> int:
     return int(round(ratio))
 
 
-def pad_batch(waveforms: Sequence[torch.Tensor], left: int = 0, right: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(
+    waveforms: Sequence[torch.Tensor], left: int = 0, right: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, T] zero-padded batch (each waveform padded `left`/`right` first) and lengths [B]."""
     lengths = torch.tensor([w.shape[0] + left + right for w in waveforms], dtype=torch.long)
     batch = torch.zeros(len(waveforms), int(lengths.max()), dtype=torch.float32, device=waveforms[0].device)
@@ -111,12 +113,18 @@ class SpectralEncoder(Encoder):
         self.deltas, self.cmvn = config.deltas, config.cmvn
         self.device = resolve_device(config.device)
         self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=SAMPLE_RATE, n_fft=self.window, win_length=self.window, hop_length=self.hop,
-            n_mels=config.n_mels, center=False, power=2.0,
+            sample_rate=SAMPLE_RATE,
+            n_fft=self.window,
+            win_length=self.window,
+            hop_length=self.hop,
+            n_mels=config.n_mels,
+            center=False,
+            power=2.0,
         ).to(self.device)
         self.dct = (
             torchaudio.functional.create_dct(config.n_mfcc, config.n_mels, norm="ortho").to(self.device)
-            if kind == "mfcc" else None
+            if kind == "mfcc"
+            else None
         )
         base = config.n_mfcc if kind == "mfcc" else config.n_mels
         self.dim = base * (3 if self.deltas else 1) * self.stack
@@ -170,12 +178,18 @@ class HubertEncoder(Encoder):
         from lst_data.units.checkpoints import load_checkpoint
 
         if not config.checkpoint:
-            raise ValueError("units.encoder = 'hubert' needs units.checkpoint (a local fairseq .pt or HF folder)")
+            raise ValueError(
+                "units.encoder = 'hubert' needs units.checkpoint (a local fairseq .pt or HF folder)"
+            )
         loaded = load_checkpoint(config.checkpoint)
         if loaded.sample_rate != SAMPLE_RATE:
-            raise ValueError(f"{config.checkpoint}: model expects {loaded.sample_rate} Hz audio, not {SAMPLE_RATE}")
+            raise ValueError(
+                f"{config.checkpoint}: model expects {loaded.sample_rate} Hz audio, not {SAMPLE_RATE}"
+            )
         if not 1 <= config.layer <= loaded.num_layers:
-            raise ValueError(f"units.layer = {config.layer}; the checkpoint has layers 1..{loaded.num_layers}")
+            raise ValueError(
+                f"units.layer = {config.layer}; the checkpoint has layers 1..{loaded.num_layers}"
+            )
         self.layer = config.layer
         self.device = resolve_device(config.device)
         self.model = loaded.model.to(self.device)
@@ -187,10 +201,14 @@ class HubertEncoder(Encoder):
         for _, kernel, s in loaded.conv_layers[1:]:
             self.receptive_field += (kernel - 1) * stride
             stride *= s
-        self.pool = _integer_ratio(SAMPLE_RATE / self.hop, config.frame_rate, "hubert native rate / frame_rate")
+        self.pool = _integer_ratio(
+            SAMPLE_RATE / self.hop, config.frame_rate, "hubert native rate / frame_rate"
+        )
         self.frame_rate = config.frame_rate
         if config.hubert_padding not in ("center", "none"):
-            raise ValueError(f"units.hubert_padding must be 'center' or 'none', not {config.hubert_padding!r}")
+            raise ValueError(
+                f"units.hubert_padding must be 'center' or 'none', not {config.hubert_padding!r}"
+            )
         self.pad = self.receptive_field - self.hop if config.hubert_padding == "center" else 0
         self.bf16 = config.bf16 and self.device.type == "cuda"
         self.dim = self.model.encoder.feature_projection.projection.out_features
@@ -212,7 +230,9 @@ class HubertEncoder(Encoder):
             return feats, lengths
         pieces = [extractor(F.pad(w, (left, right))[None], None)[0][0] for w in waves]
         lengths = torch.tensor([p.shape[0] for p in pieces], device=self.device)
-        feats = torch.zeros(len(pieces), int(lengths.max()), pieces[0].shape[1], device=self.device, dtype=pieces[0].dtype)
+        feats = torch.zeros(
+            len(pieces), int(lengths.max()), pieces[0].shape[1], device=self.device, dtype=pieces[0].dtype
+        )
         for row, piece in enumerate(pieces):
             feats[row, : piece.shape[0]] = piece
         return feats, lengths
@@ -228,7 +248,9 @@ class HubertEncoder(Encoder):
         if self.normalize_waveform:
             waves = [F.layer_norm(w, w.shape) for w in waves]
         autocast = (
-            torch.autocast(device_type="cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+            torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            if self.bf16
+            else contextlib.nullcontext()
         )
         with autocast:
             feats, lengths = self._conv_features(waves)

@@ -112,7 +112,7 @@ def _cluster_sums(assigned: torch.Tensor, batch: torch.Tensor, k: int) -> torch.
 
 
 @torch.inference_mode()
-def sample_inertia(sample: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> tuple[float, int]:
+def sample_inertia(sample: torch.Tensor, centroids: torch.Tensor, chunk: int = 16384) -> tuple[float, int]:
     """Mean squared distance to the nearest centroid, and how many centroids are used."""
     nearest = NearestCentroid(centroids, centroids.device)
     total, used = 0.0, torch.zeros(centroids.shape[0], dtype=torch.bool, device=centroids.device)

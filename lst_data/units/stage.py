@@ -70,10 +70,11 @@ class _EncodingStage(Stage):
 
     def setup(self) -> None:
         if self.encoder is None:
-            torch.set_grad_enabled(False)
             self.encoder = build_encoder(self.config)
 
-    def encode_rows(self, rows: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], torch.Tensor | Reject]]:
+    def encode_rows(
+        self, rows: list[dict[str, Any]]
+    ) -> Iterator[tuple[dict[str, Any], torch.Tensor | Reject]]:
         """(row, features [n, dim] or a Reject) for every row, in input order."""
         assert self.encoder is not None, "setup() was not called"
         encoder = self.encoder
@@ -108,7 +109,8 @@ class _EncodingStage(Stage):
             return self.reject(row["id"], "audio_unreadable", str(err))
         if encoder.num_frames(samples.shape[0]) < 1:
             return self.reject(
-                row["id"], "units_failed",
+                row["id"],
+                "units_failed",
                 f"{samples.shape[0]} samples give no {encoder.frame_rate:g} Hz frame from {encoder.name} "
                 f"(needs >= {encoder.min_samples})",
             )
@@ -138,7 +140,12 @@ class FrameSampleStage(_EncodingStage):
             picked = select_frames(row["id"], outcome.shape[0], self.probability, self.seed)
             frames = outcome[picked.to(outcome.device)].float().cpu().numpy()
             result.rows.append(
-                {"id": row["id"], "n": frames.shape[0], "dim": frames.shape[1], "features": frames.astype("<f4").tobytes()}
+                {
+                    "id": row["id"],
+                    "n": frames.shape[0],
+                    "dim": frames.shape[1],
+                    "features": frames.astype("<f4").tobytes(),
+                }
             )
         return result
 
@@ -213,8 +220,13 @@ class TrainReport:
 
 
 def train_codebook(
-    manifest: pa.Table, out_path: str | Path, config: UnitsConfig, seed: int, ray_config: RayConfig,
-    *, show_progress: bool = True,
+    manifest: pa.Table,
+    out_path: str | Path,
+    config: UnitsConfig,
+    seed: int,
+    ray_config: RayConfig,
+    *,
+    show_progress: bool = True,
 ) -> TrainReport:
     """Sample frames across the corpus (Stage, on Ray or in process), train k-means, save the codebook.
 
@@ -232,7 +244,9 @@ def train_codebook(
     table = manifest.filter(wanted).select(list(INPUT_COLUMNS))
     total = sum(picked)
     if total < config.k:
-        raise ValueError(f"only {total} frames to train k = {config.k} centroids; use a larger corpus or smaller k")
+        raise ValueError(
+            f"only {total} frames to train k = {config.k} centroids; use a larger corpus or smaller k"
+        )
 
     device = resolve_device(config.device)
     sample = torch.empty(total, counter.dim, dtype=torch.float32)
@@ -240,18 +254,28 @@ def train_codebook(
     rejects: list[Reject] = []
     started = time.perf_counter()
     stage = FrameSampleStage(config, probability, seed)
-    with progress_bar(total=table.num_rows, desc="units sample", unit="utt", disable=not show_progress) as bar:
+    with progress_bar(
+        total=table.num_rows, desc="units sample", unit="utt", disable=not show_progress
+    ) as bar:
         for ok, batch_rejects, consumed in iter_stage(stage, table, ray_config):
             rejects.extend(batch_rejects)
             for n, blob in zip(ok["n"].to_pylist(), ok["features"].to_pylist(), strict=True):
-                sample[filled : filled + n].numpy()[:] = np.frombuffer(blob, dtype="<f4").reshape(n, counter.dim)
+                if filled + n > total:
+                    raise RuntimeError("decoded audio gave more frames than manifest num_samples promised")
+                sample[filled : filled + n].numpy()[:] = np.frombuffer(blob, dtype="<f4").reshape(
+                    n, counter.dim
+                )
                 filled += n
             bar.update(consumed if ray_config.runner == "local" else ok.num_rows + len(batch_rejects))
     encode_seconds = time.perf_counter() - started
     sample = sample[:filled].to(device)
     result = minibatch_kmeans(
-        sample, config.k, steps=config.kmeans_steps, batch_size=config.kmeans_batch_size,
-        init_size=config.kmeans_init_size, seed=seed,
+        sample,
+        config.k,
+        steps=config.kmeans_steps,
+        batch_size=config.kmeans_batch_size,
+        init_size=config.kmeans_init_size,
+        seed=seed,
     )
     meta = {
         "encoder": counter.name,
@@ -269,8 +293,15 @@ def train_codebook(
     }
     codebook = save_codebook(result.centroids, out_path, meta)
     return TrainReport(
-        codebook, int(sum(p > 0 for p in picked)) - len(rejects), filled, corpus_frames, result.inertia,
-        result.used_clusters, rejects, encode_seconds, result.seconds,
+        codebook,
+        int(sum(p > 0 for p in picked)) - len(rejects),
+        filled,
+        corpus_frames,
+        result.inertia,
+        result.used_clusters,
+        rejects,
+        encode_seconds,
+        result.seconds,
     )
 
 
@@ -290,8 +321,13 @@ class AssignReport:
 
 
 def assign_units(
-    manifest: pa.Table, codebook_path: str | Path, out_dir: str | Path, config: UnitsConfig,
-    ray_config: RayConfig, *, show_progress: bool = True,
+    manifest: pa.Table,
+    codebook_path: str | Path,
+    out_dir: str | Path,
+    config: UnitsConfig,
+    ray_config: RayConfig,
+    *,
+    show_progress: bool = True,
 ) -> AssignReport:
     """Write OUT/units.parquet (UNITS_SCHEMA), OUT/units_rejects.parquet and OUT/units.json."""
     out_dir = Path(out_dir)
@@ -314,18 +350,29 @@ def assign_units(
         "toolkit_version": __version__,
         "config": to_dict(config),
         "codebook": {"path": str(Path(codebook_path).resolve()), "sha256": codebook.sha256, "k": codebook.k},
-        "counts": {"utterances": written.num_rows, "rejects": len(rejects),
-                   "frames": int(sum(written["n_frames"].to_pylist()))},
+        "counts": {
+            "utterances": written.num_rows,
+            "rejects": len(rejects),
+            "frames": int(sum(written["n_frames"].to_pylist())),
+        },
     }
-    (out_dir / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return AssignReport(units_path, written.num_rows, provenance["counts"]["frames"], rejects, seconds, codebook)
+    (out_dir / PROVENANCE_FILE).write_text(
+        json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    return AssignReport(
+        units_path, written.num_rows, provenance["counts"]["frames"], rejects, seconds, codebook
+    )
 
 
 def _check_codebook_matches(codebook: Codebook, config: UnitsConfig) -> None:
     """A codebook trained by this toolkit says which encoder made it; refuse a mismatch early."""
     trained_with = codebook.meta.get("encoder")
     if trained_with is not None and trained_with != config.encoder:
-        raise ValueError(f"{codebook.source} was trained on {trained_with} features; units.encoder is {config.encoder}")
+        raise ValueError(
+            f"{codebook.source} was trained on {trained_with} features; units.encoder is {config.encoder}"
+        )
     rate = codebook.meta.get("frame_rate")
     if rate is not None and float(rate) != float(config.frame_rate):
-        raise ValueError(f"{codebook.source} was trained at {rate} Hz; units.frame_rate is {config.frame_rate}")
+        raise ValueError(
+            f"{codebook.source} was trained at {rate} Hz; units.frame_rate is {config.frame_rate}"
+        )
