@@ -2,21 +2,22 @@
 
 These are what the shard writer produces, what `lst-data show/validate` inspect and what
 `lst_model` trains on, so all three agree on one in-memory shape. `from_json`/`to_json`
-convert to and from the on-disk JSON of schemas/sample.v1.json.
+convert to and from the on-disk JSON of schemas/sample.v1.json. Spans are NamedTuples:
+a training reader builds tens of them per sample, and a tuple is several times cheaper
+to make than a frozen dataclass.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from lst_data import SCHEMA_VERSION
 
 
-@dataclass(frozen=True)
-class Word:
+class Word(NamedTuple):
     word: str
     start: float
     end: float
@@ -28,8 +29,7 @@ class Word:
         return self.end_frame - self.start_frame + 1
 
 
-@dataclass(frozen=True)
-class BpePiece:
+class BpePiece(NamedTuple):
     id: int
     piece: str
     word_index: int
@@ -41,8 +41,7 @@ class BpePiece:
         return self.end_frame - self.start_frame + 1
 
 
-@dataclass(frozen=True)
-class Silence:
+class Silence(NamedTuple):
     start: float
     end: float
     start_frame: int
@@ -84,9 +83,9 @@ class SampleRecord:
             "sample_rate": self.sample_rate,
             "frame_rate": self.frame_rate,
             "n_frames": self.n_frames,
-            "words": [w.__dict__ for w in self.words],
-            "bpe": [p.__dict__ for p in self.bpe],
-            "silences": [s.__dict__ for s in self.silences],
+            "words": [w._asdict() for w in self.words],
+            "bpe": [p._asdict() for p in self.bpe],
+            "silences": [s._asdict() for s in self.silences],
             "aligner": dict(self.aligner),
             "units": dict(self.unit_info),
         }

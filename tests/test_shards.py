@@ -309,7 +309,7 @@ def test_sample_schema_names_the_record_fields():
     schema = load_schema("sample")
     assert set(schema["properties"]) == set(record.to_json())
     for field, spans in (("words", record.words), ("bpe", record.bpe), ("silences", record.silences)):
-        assert set(schema["properties"][field]["items"]["properties"]) == set(spans[0].__dict__)
+        assert set(schema["properties"][field]["items"]["properties"]) == set(spans[0]._fields)
 
 
 def test_checking_in_worker_processes_gives_the_same_bytes(tmp_path):
@@ -328,10 +328,10 @@ def test_checking_in_worker_processes_gives_the_same_bytes(tmp_path):
 def test_writer_rejects_records_that_break_the_contract(tmp_path):
     (record,) = list(join_records(hello_world_tables(), RunConfig()))
     words = list(record.words)
-    words[1] = dataclasses.replace(words[1], end_frame=40)  # past n_frames = 25
+    words[1] = words[1]._replace(end_frame=40)  # past n_frames = 25
     broken = dataclasses.replace(record, id="broken", words=tuple(words))
     empty_word = dataclasses.replace(
-        record, id="empty", words=(dataclasses.replace(words[0], word=""), words[1])
+        record, id="empty", words=(words[0]._replace(word=""), words[1])
     )
     report = write_shards([record, broken, empty_word], tmp_path, RunConfig(), show_progress=False)
     assert report.samples == 1

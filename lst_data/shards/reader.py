@@ -3,7 +3,7 @@
 Security: shards come from other people. Only the members the contract names are read
 (`KEY.json`, `KEY.units.npy`, `KEY.flac`); a link, a member with any other name, an
 absolute or `..` path raises `UnsafeMemberError` before any byte of the tar is used.
-JSON is parsed with `json`, units with
+JSON is parsed with `orjson` (plain data only), units with
 `np.load(allow_pickle=False)`, FLAC stays bytes. No webdataset auto-decoder runs, so no
 `.pyd`/`.pickle` member can ever be unpickled.
 
@@ -23,7 +23,6 @@ inter-process transfer is 5-10x slower. Lengths come from the sidecars, not from
 from __future__ import annotations
 
 import io
-import json
 import math
 import random
 import re
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import webdataset as wds
 
 from lst_data.records import SampleRecord
@@ -71,7 +71,7 @@ def decode_members(key: str, members: dict[str, bytes], *, with_audio: bool = Tr
     missing = [s for s in ("json", "units.npy") if s not in members]
     if missing:
         raise ValueError(f"sample {key!r} lacks {', '.join(missing)}")
-    data = json.loads(members["json"])
+    data = orjson.loads(members["json"])
     if not isinstance(data, dict) or sanitize_key(str(data.get("id"))) != key:
         raise ValueError(f"sample {key!r}: its JSON id does not map to the member key")
     units = load_units(members["units.npy"])
