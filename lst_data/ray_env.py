@@ -7,6 +7,7 @@ address (config `ray.address` or RAY_ADDRESS).
 
 from __future__ import annotations
 
+import logging
 import os
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -48,6 +49,8 @@ def ensure_ray(config: RayConfig) -> ModuleType:
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # same inputs -> same output order
     context.enable_progress_bars = False
+    context.print_on_execution_start = False  # our stages print their own progress and summary
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     return ray.data
 
 

@@ -134,7 +134,7 @@ def iter_stage(stage: Stage, table: pa.Table, ray_config: RayConfig) -> Iterator
         fn_constructor_args=(stage,),
         batch_size=ray_config.batch_size,
         batch_format="pyarrow",
-        concurrency=stage_pool_size(stage, ray_config),
+        compute=ray_data.ActorPoolStrategy(size=stage_pool_size(stage, ray_config)),
         num_cpus=stage.resources.cpus * ray_config.cpus_per_worker,
         num_gpus=stage.resources.gpus,
     )
