@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
-
-# Exit codes shared by the data commands: the job finished, and some input was rejected.
-EXIT_WITH_REJECTS = 3
 
 
 def config_options(fn):
@@ -39,11 +35,11 @@ def ingest(corpus: Path, out: Path, layout: str, config_path: Path | None, runne
     Exit code 0: every utterance ingested; 3: finished, with rejects (see OUT/rejects.parquet).
     """
     from lst_data.ingest import ingest_corpus
-    from lst_data.summary import print_summary
+    from lst_data.summary import finish_command
 
     config = load_run_config(config_path, runner)
     report = ingest_corpus(corpus, out, config, layout=layout)
-    print_summary(
+    finish_command(
         f"ingest {corpus} -> {out}",
         [
             ("utterances", str(report.manifest.num_rows)),
@@ -55,8 +51,6 @@ def ingest(corpus: Path, out: Path, layout: str, config_path: Path | None, runne
         ],
         report.rejects,
     )
-    if report.rejects:
-        sys.exit(EXIT_WITH_REJECTS)
 
 
 @click.command("config")

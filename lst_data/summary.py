@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
 
 from rich.console import Console
 from rich.table import Table
 
 from lst_data.rejects import REJECT_CODES, Reject, count_by_code
+
+# Exit code of a data command that finished but rejected some input (1 stays "failed").
+EXIT_WITH_REJECTS = 3
+
+
+def finish_command(title: str, figures: Sequence[tuple[str, str]], rejects: Sequence[Reject]) -> None:
+    """Print the summary; exit with EXIT_WITH_REJECTS when anything was rejected."""
+    print_summary(title, figures, rejects)
+    if rejects:
+        sys.exit(EXIT_WITH_REJECTS)
 
 
 def print_summary(title: str, figures: Sequence[tuple[str, str]], rejects: Iterable[Reject], console: Console | None = None) -> None:

@@ -283,7 +283,8 @@ def build_command(corpus: Path, out: Path, resume: bool, config_path: Path | Non
 
     Exit code 0: every utterance is in the shards; 3: finished, with rejects; 1: failed.
     """
-    from lst_data.ingest_cli import EXIT_WITH_REJECTS, load_run_config
+    from lst_data.ingest_cli import load_run_config
+    from lst_data.summary import EXIT_WITH_REJECTS
 
     chosen = tuple(s.strip() for s in steps.split(",") if s.strip())
     unknown = [s for s in chosen if s not in STEPS]

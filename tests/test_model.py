@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from lst_model.config import PRESETS, ModelConfig, load_run_spec
 from lst_model.flops import batch_cost
 from lst_model.model import Batch, build_model, count_parameters
-from lst_model.sequences import SequenceBuilder
+from lst_model.sequences import SequenceBuilder, crop_patch_lengths
 from lst_model.synthetic import ToyLanguage, synthetic_dataset_json, synthetic_records
 from lst_model.tokens import TokenSpace
 
@@ -75,22 +75,11 @@ def test_rows_do_not_depend_on_padding_or_neighbours(kind):
     model = _model(kind)
     flat = kind == "baseline"
     short, long = _examples("word_sil_sep")[0], _examples("static")[1]
-    short = dataclasses.replace(short, tokens=short.tokens[:30], patch_lengths=_trim(short.patch_lengths, 30))
+    short = dataclasses.replace(short, tokens=short.tokens[:30], patch_lengths=np.array(crop_patch_lengths(short.patch_lengths, 0, 30)))
     with torch.no_grad():
         alone = model(Batch.from_examples([short], SPACE.pad, flat))
         together = model(Batch.from_examples([long, short], SPACE.pad, flat))
     torch.testing.assert_close(together[1, :30], alone[0], rtol=0, atol=1e-5)
-
-
-def _trim(lengths, n_tokens):
-    out, used = [], 0
-    for length in lengths:
-        take = min(int(length), n_tokens - used)
-        if take <= 0:
-            break
-        out.append(take)
-        used += take
-    return np.array(out)
 
 
 @pytest.mark.parametrize("kind", ["lst", "baseline"])

@@ -15,6 +15,7 @@ import torch
 from lst_model.config import ModelConfig, load_run_spec
 from lst_model.model import build_model
 from lst_model.score import ChoiceItem, accuracy, read_items, score_items, write_items
+from lst_model.sequences import crop_patch_lengths
 from lst_model.synthetic import ToyLanguage, synthetic_dataset_json, synthetic_records
 from lst_model.tasks import (
     CommandTTS,
@@ -53,23 +54,12 @@ def test_score_is_the_sum_of_autoregressive_next_token_log_probs(kind, mode):
             example, first = choice_example(item, ending, SPACE, 4)
             expected = 0.0
             for t in range(first, len(example.tokens)):
-                prefix = dataclasses.replace(example, tokens=example.tokens[:t], patch_lengths=_trim(example.patch_lengths, t))
+                prefix = dataclasses.replace(example, tokens=example.tokens[:t], patch_lengths=np.array(crop_patch_lengths(example.patch_lengths, 0, t)))
                 with torch.no_grad():
                     logits = model(Batch.from_examples([prefix], SPACE.pad, flat))
                 expected += float(torch.log_softmax(logits[0, -1].float(), -1)[example.tokens[t]])
             assert total == pytest.approx(expected, abs=1e-3)
         assert score.lengths == [len(e) for e in item.endings]
-
-
-def _trim(lengths, n_tokens):
-    out, used = [], 0
-    for length in lengths:
-        take = min(int(length), n_tokens - used)
-        if take <= 0:
-            break
-        out.append(take)
-        used += take
-    return np.array(out)
 
 
 @pytest.mark.parametrize("mode", ["speech", "text"])

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from lst_data.ingest_cli import EXIT_WITH_REJECTS, config_options
+from lst_data.ingest_cli import config_options
 
 
 @click.command("align")
@@ -30,7 +29,7 @@ def align(manifest_dir: Path, out: Path, backend: str | None, textgrid_dir: str 
     """
     from lst_data.align.stage import align_manifest
     from lst_data.config import ConfigError, load_config
-    from lst_data.summary import print_summary
+    from lst_data.summary import finish_command
 
     overrides: dict[str, Any] = {"align": {}}
     if runner:
@@ -48,7 +47,7 @@ def align(manifest_dir: Path, out: Path, backend: str | None, textgrid_dir: str 
     except ConfigError as err:
         raise click.UsageError(str(err)) from err
     top_oov = ", ".join(f"{r['word']} ({r['source']}) x{r['count']}" for r in report.oov.slice(0, 5).to_pylist())
-    print_summary(
+    finish_command(
         f"align {manifest_dir} -> {out} ({config.align.backend})",
         [
             ("utterances", str(report.alignments.num_rows + len(report.rejects))),
@@ -61,8 +60,6 @@ def align(manifest_dir: Path, out: Path, backend: str | None, textgrid_dir: str 
         ],
         report.rejects,
     )
-    if report.rejects:
-        sys.exit(EXIT_WITH_REJECTS)
 
 
 @click.command("export-textgrid")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from lst_data.ingest_cli import EXIT_WITH_REJECTS, config_options, load_run_config
+from lst_data.ingest_cli import config_options, load_run_config
 
 
 @click.command("shard")
@@ -57,7 +56,7 @@ def shard(
     Exit code 0: every utterance is in a shard; 3: finished, with rejects.
     """
     from lst_data.shards.build import MissingStageOutput, StageOutputs, build_shards, with_shard_overrides
-    from lst_data.summary import print_summary
+    from lst_data.summary import finish_command
 
     config = with_shard_overrides(
         load_run_config(config_path, runner),
@@ -70,7 +69,7 @@ def shard(
     except MissingStageOutput as err:
         raise click.ClickException(str(err)) from err
     report = build_shards(outputs, out, config, workers=workers)
-    print_summary(
+    finish_command(
         f"shard {run_dir} -> {out}",
         [
             ("samples", str(report.samples)),
@@ -83,5 +82,3 @@ def shard(
         ],
         report.rejects,
     )
-    if report.rejects:
-        sys.exit(EXIT_WITH_REJECTS)

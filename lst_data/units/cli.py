@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 import click
 
-from lst_data.ingest_cli import EXIT_WITH_REJECTS, config_options, load_run_config
+from lst_data.ingest_cli import config_options, load_run_config
 
 
 def _units_config(config, **overrides):
@@ -58,13 +57,13 @@ def train_kmeans(
     manifest_dir: Path, out: Path, config_path: Path | None, runner: str | None, **overrides
 ) -> None:
     """Train a codebook on frames sampled from MANIFEST_DIR/manifest.parquet."""
-    from lst_data.summary import print_summary
+    from lst_data.summary import finish_command
     from lst_data.units.stage import read_manifest, train_codebook
 
     config = _units_config(load_run_config(config_path, runner), **overrides)
     manifest = read_manifest(manifest_dir)
     report = train_codebook(manifest, out, config.units, config.seed, config.ray)
-    print_summary(
+    finish_command(
         f"units train-kmeans {manifest_dir} -> {out}",
         [
             (
@@ -112,7 +111,7 @@ def assign(
 
     Exit code 0: every utterance has units; 3: finished, with rejects.
     """
-    from lst_data.summary import print_summary
+    from lst_data.summary import finish_command
     from lst_data.units.stage import assign_units, read_manifest
 
     config = _units_config(load_run_config(config_path, runner), **overrides)
@@ -122,7 +121,7 @@ def assign(
     manifest = read_manifest(manifest_dir)
     report = assign_units(manifest, codebook, out, config.units, config.ray)
     hours = report.frames / config.units.frame_rate / 3600
-    print_summary(
+    finish_command(
         f"units assign {manifest_dir} -> {report.units_path}",
         [
             ("utterances", f"{report.utterances} of {manifest.num_rows}"),
@@ -138,5 +137,3 @@ def assign(
         ],
         report.rejects,
     )
-    if report.rejects:
-        sys.exit(EXIT_WITH_REJECTS)
