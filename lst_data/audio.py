@@ -55,12 +55,14 @@ def read_audio(path: str | Path, target_rate: int | None = 16000) -> tuple[np.nd
 
 
 def write_audio(path: str | Path, samples: np.ndarray, rate: int) -> None:
-    """Write mono audio; the container follows the suffix (.flac is 16-bit PCM, .wav float)."""
+    """Write mono 16-bit PCM audio; the container (.wav or .flac) follows the suffix.
+
+    16-bit, not float: libsndfile stamps float WAV files with the time of writing (PEAK
+    chunk), which would make the same audio written twice differ in bytes.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    subtype = "PCM_16" if path.suffix == ".flac" else "FLOAT"
-    clipped = np.clip(samples, -1.0, 1.0) if subtype == "PCM_16" else samples
-    sf.write(str(path), clipped, rate, subtype=subtype)
+    sf.write(str(path), np.clip(samples, -1.0, 1.0), rate, subtype="PCM_16")
 
 
 def encode_flac(samples: np.ndarray, rate: int) -> bytes:
