@@ -4,30 +4,40 @@ Used by tests/test_pipeline.py in its own process (a `ray.cluster_utils.Cluster`
 share a process with the session's local Ray). The head has no CPUs, so every actor runs
 on a worker node; once `RUN/<step>/` shows the stage started, the node hosting one of its
 actors is removed without warning. Ray restarts the actor on the spare node and retries
-its batch. Prints one JSON line: which node was killed and what the build reported.
+its batch. Prints one line, NODE_FAILURE_RESULT + JSON: the node killed, the node
+addresses (all loopback) and what the build reported.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
 from pathlib import Path
 
-import ray
-from ray.cluster_utils import Cluster
-from ray.util.state import list_actors
+# Loopback only: without these a Cluster's nodes bind the machine's external address.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ["LST_DATA_NO_PROGRESS"] = "1"
 
-from lst_data.config import load_config
-from pipelines.build_corpus import build_corpus
+import ray  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402
+from ray.util.state import list_actors  # noqa: E402
+
+from lst_data.config import load_config  # noqa: E402
+from pipelines.build_corpus import build_corpus  # noqa: E402
+
+RESULT_MARKER = "NODE_FAILURE_RESULT "
+LOOPBACK = "127.0.0.1"
 
 
 def main(corpus: str, out: str, watch_file: str, config_overrides: str) -> None:
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    workers = [cluster.add_node(num_cpus=1) for _ in range(3)]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": LOOPBACK})
+    workers = [cluster.add_node(num_cpus=1, node_ip_address=LOOPBACK) for _ in range(3)]
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address)
+    ray.init(address=cluster.address, log_to_driver=False)
     config = load_config(overrides=json.loads(config_overrides))
     result: dict = {}
 
@@ -54,7 +64,7 @@ def main(corpus: str, out: str, watch_file: str, config_overrides: str) -> None:
                 killed = victim.node_id
         time.sleep(0.2)
     thread.join()
-    print(json.dumps({"killed_node": killed, **result}))
+    print(RESULT_MARKER + json.dumps({"killed_node": killed, "node_ips": sorted({n["NodeManagerAddress"] for n in ray.nodes()}), **result}), flush=True)
     ray.shutdown()
     cluster.shutdown()
 

@@ -116,9 +116,11 @@ def test_node_removed_mid_job_gives_the_same_bytes(clean_build, demo_corpus, tmp
         cwd=REPO, capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("NODE_FAILURE_RESULT ")]
+    summary = json.loads(line.removeprefix("NODE_FAILURE_RESULT "))
     assert summary.get("error") is None, summary
     assert summary["killed_node"] is not None, "no node hosting an actor was found to kill"
+    assert summary["node_ips"] == ["127.0.0.1"], "test cluster nodes must stay on loopback"
     assert shard_bytes(out / "shards") == shard_bytes(clean_build / "shards")
 
 
