@@ -33,8 +33,9 @@ def timed_build(corpus: Path, out: Path, overrides: dict) -> tuple[float, dict[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="12 utterances instead of 36")
+    parser.add_argument("--utterances", type=int, default=None, help="demo utterances (default 36)")
     args = parser.parse_args()
-    n = 12 if args.quick else 36
+    n = args.utterances or (12 if args.quick else 36)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         corpus = synthesize_demo_corpus(tmp_path / "corpus", n_utterances=n)
