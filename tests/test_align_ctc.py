@@ -47,6 +47,55 @@ def random_ctc_checkpoint(tmp_path_factory) -> Path:
     return directory
 
 
+def write_as_huggingface(lst_checkpoint: Path, folder: Path) -> Path:
+    """The same random model in the layout of a Hugging Face Wav2Vec2ForCTC folder."""
+    from safetensors.torch import save_file
+
+    config = json.loads((lst_checkpoint / "config.json").read_text())
+    args = config["model"]
+    conv = args["extractor_conv_layer_config"]
+    folder.mkdir(parents=True)
+    hf_config = {
+        "model_type": "wav2vec2", "architectures": ["Wav2Vec2ForCTC"], "vocab_size": len(config["vocab"]),
+        "feat_extract_norm": "group", "conv_dim": [c for c, _, _ in conv], "conv_kernel": [k for _, k, _ in conv],
+        "conv_stride": [st for _, _, st in conv], "conv_bias": args["extractor_conv_bias"],
+        "hidden_size": args["encoder_embed_dim"], "num_hidden_layers": args["encoder_num_layers"],
+        "num_attention_heads": args["encoder_num_heads"], "intermediate_size": args["encoder_ff_interm_features"],
+        "hidden_act": "gelu", "num_conv_pos_embeddings": args["encoder_pos_conv_kernel"],
+        "num_conv_pos_embedding_groups": args["encoder_pos_conv_groups"], "do_stable_layer_norm": False,
+        "feat_proj_dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0, "hidden_dropout": 0.0,
+        "layerdrop": 0.0, "pad_token_id": 0,
+    }
+    (folder / "config.json").write_text(json.dumps(hf_config))
+    (folder / "vocab.json").write_text(json.dumps({("<pad>" if t == "<blank>" else t): i for i, t in enumerate(config["vocab"])}))
+    renames = [("aux.", "lm_head."), ("encoder.feature_projection.", "wav2vec2.feature_projection."),
+               ("encoder.transformer.", "wav2vec2.encoder."), ("feature_extractor.", "wav2vec2.feature_extractor.")]
+    state = {}
+    for key, tensor in torch.load(lst_checkpoint / "model.pt", weights_only=True).items():
+        source, target = next((a, b) for a, b in renames if key.startswith(a))
+        state[target + key.removeprefix(source)] = tensor.contiguous()
+    save_file(state, str(folder / "model.safetensors"))
+    return folder
+
+
+def test_huggingface_ctc_folder_loads_without_transformers(random_ctc_checkpoint, tmp_path):
+    """Weights only, through lst_data.ssl_checkpoints: the logits must be the original model's."""
+    from lst_data.align.ctc_backend import load_ctc_checkpoint
+
+    hf_folder = write_as_huggingface(random_ctc_checkpoint, tmp_path / "hf")
+    original, original_vocab = load_ctc_checkpoint(random_ctc_checkpoint)
+    converted, vocab = load_ctc_checkpoint(hf_folder)
+    wave = torch.randn(1, 16000)
+    with torch.inference_mode():
+        torch.testing.assert_close(converted(wave)[0], original(wave)[0], rtol=0, atol=1e-5)
+    assert vocab.blank == original_vocab.blank == 0
+    text = "the cat sat"
+    row = audio_row(tmp_path, "u", text, 1.5)
+    from_hf = ctc_stage(hf_folder).process_batch([row]).rows[0]
+    from_lst = ctc_stage(random_ctc_checkpoint).process_batch([row]).rows[0]
+    assert from_hf["words"] == from_lst["words"] and from_hf["chars"] == from_lst["chars"]
+
+
 def audio_row(tmp_path: Path, utt_id: str, text: str, seconds: float) -> dict:
     t = np.arange(int(seconds * RATE)) / RATE
     signal = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)

@@ -28,7 +28,7 @@ from torchaudio.models import wav2vec2_model
 
 from lst_data.config import RayConfig
 from lst_data.frames import frames_for_duration
-from lst_data.units.checkpoints import CheckpointError, load_checkpoint, parse_conv_layers
+from lst_data.ssl_checkpoints import CheckpointError, load_checkpoint, parse_conv_layers
 from lst_data.units.config import UnitsConfig
 from lst_data.units.encoders import HubertEncoder
 from lst_data.units.stage import assign_units, train_codebook

@@ -11,8 +11,9 @@ Checkpoint (a local directory, nothing is downloaded), one of:
   torchaudio.models.wav2vec2_model}, "vocab": [tokens, index = output id], "blank": 0,
   "word_delimiter": "|", "lowercase": true} and `model.pt` = the model's state dict
   (loaded with weights_only=True);
-- Hugging Face Wav2Vec2ForCTC (`config.json` with "architectures", `vocab.json`, weights):
-  needs the `transformers` package, converted with torchaudio's import_huggingface_model.
+- Hugging Face Wav2Vec2ForCTC / MMS (`config.json` with "architectures", `vocab.json`,
+  `model.safetensors` or `pytorch_model.bin`): read by lst_data.ssl_checkpoints (weights
+  only, no `transformers` needed), `lm_head` becoming torchaudio's `aux` layer.
 """
 
 from __future__ import annotations
@@ -57,10 +58,9 @@ def load_ctc_checkpoint(directory: str | Path):
         vocab = CtcVocab(config["vocab"], int(config.get("blank", 0)), config.get("word_delimiter"),
                          bool(config.get("lowercase", True)))
     elif "architectures" in config:
-        from torchaudio.models.wav2vec2.utils import import_huggingface_model
-        from transformers import Wav2Vec2ForCTC  # optional dependency, see the module docstring
+        from lst_data.ssl_checkpoints import load_huggingface
 
-        model = import_huggingface_model(Wav2Vec2ForCTC.from_pretrained(directory, local_files_only=True))
+        model = load_huggingface(directory, ctc_head=True).model
         ids = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
         tokens = [t for t, _ in sorted(ids.items(), key=lambda item: item[1])]
         blank = ids.get("<pad>", config.get("pad_token_id", 0))

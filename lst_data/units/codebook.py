@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lst_data.units.checkpoints import safe_torch_load
+from lst_data.ssl_checkpoints import safe_torch_load
 
 
 class CodebookError(ValueError):

@@ -175,7 +175,7 @@ class HubertEncoder(Encoder):
     name = "hubert"
 
     def __init__(self, config: UnitsConfig) -> None:
-        from lst_data.units.checkpoints import load_checkpoint
+        from lst_data.ssl_checkpoints import load_checkpoint
 
         if not config.checkpoint:
             raise ValueError(

@@ -257,7 +257,9 @@ def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{folder}: neither model.safetensors nor pytorch_model.bin")
 
 
-def load_huggingface(folder: str | Path) -> LoadedModel:
+def load_huggingface(folder: str | Path, *, ctc_head: bool = False) -> LoadedModel:
+    """A Hugging Face folder -> LoadedModel; `ctc_head` keeps a *ForCTC model's `lm_head`
+    as torchaudio's `aux` layer (what the CTC aligner needs; the units encoder drops it)."""
     folder = Path(folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -281,9 +283,14 @@ def load_huggingface(folder: str | Path) -> LoadedModel:
         encoder_dropout=0.0,
         encoder_layer_drop=0.0,
     )
-    model = wav2vec2_model(**config, aux_num_out=None)
+    if ctc_head and "vocab_size" not in hf:
+        raise CheckpointError(f"{config_path}: a CTC checkpoint needs vocab_size")
+    model = wav2vec2_model(**config, aux_num_out=int(hf["vocab_size"]) if ctc_head else None)
     state: dict[str, torch.Tensor] = {}
     for key, tensor in _read_hf_weights(folder).items():
+        if ctc_head and key.startswith("lm_head."):
+            state["aux." + key.removeprefix("lm_head.")] = tensor
+            continue
         for prefix in _HF_PREFIXES:
             key = key.removeprefix(prefix)
         for source, target in _HF_SUBMODULES.items():
