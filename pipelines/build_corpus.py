@@ -213,20 +213,14 @@ def build_corpus(
     return report
 
 
-_REJECT_FILES = {
-    "ingest": "ingest/rejects.parquet",
-    "align": "align/rejects.parquet",
-    "units": "units/units_rejects.parquet",
-    "tokenize": "tokenize/rejects.parquet",
-    "shard": None,  # the shard step's own rejects are the ones dataset.json counts as new
-}
-
-
 def _stored_rejects(run_dir: Path, step: str) -> list[Reject]:
-    relative = _REJECT_FILES[step]
-    if relative is None:
-        return [r for r in read_rejects(run_dir / "shards" / "rejects.parquet") if r.stage == "shard"]
-    return read_rejects(run_dir / relative)
+    """The rejects a kept step wrote: rows of its own stage in its folder's reject files.
+
+    Filtering by stage matters for the shard folder, whose rejects.parquet also carries
+    every earlier stage's rejects; step names are the stage names of their reject rows.
+    """
+    folder = run_dir / STEPS[step].folder
+    return [r for path in sorted(folder.glob("*rejects*.parquet")) for r in read_rejects(path) if r.stage == step]
 
 
 def _write_build_json(report: BuildReport, config: RunConfig, hashes: dict[str, str]) -> None:

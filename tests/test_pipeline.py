@@ -140,3 +140,18 @@ def test_ray_job_submit_to_loopback_head(clean_build, demo_corpus, tmp_path):
     finally:
         stop_head(head)
     assert shard_bytes(out / "shards") == shard_bytes(clean_build / "shards")
+
+
+def test_kept_step_reports_the_rejects_it_made(demo_corpus, tmp_path):
+    import shutil
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(demo_corpus, corpus)
+    (corpus / "spk_us" / "broken.wav").write_bytes(b"RIFF not really audio")
+    (corpus / "spk_us" / "broken.lab").write_text("broken file", encoding="utf-8")
+    config = load_config(overrides={**OVERRIDES, "ray": {"runner": "local"}})
+    (ran,) = build_corpus(corpus, tmp_path / "run", config, steps=("ingest",)).outcomes
+    (kept,) = build_corpus(corpus, tmp_path / "run", config, steps=("ingest",)).outcomes
+    assert not ran.skipped and kept.skipped
+    assert [(r.id, r.code) for r in ran.rejects] == [("broken", "audio_unreadable")]
+    assert kept.rejects == ran.rejects
