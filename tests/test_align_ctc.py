@@ -49,32 +49,13 @@ def random_ctc_checkpoint(tmp_path_factory) -> Path:
 
 def write_as_huggingface(lst_checkpoint: Path, folder: Path) -> Path:
     """The same random model in the layout of a Hugging Face Wav2Vec2ForCTC folder."""
-    from safetensors.torch import save_file
+    from hf_layout import hf_config, write_hf_folder  # tests/ is on sys.path under pytest
 
     config = json.loads((lst_checkpoint / "config.json").read_text())
-    args = config["model"]
-    conv = args["extractor_conv_layer_config"]
-    folder.mkdir(parents=True)
-    hf_config = {
-        "model_type": "wav2vec2", "architectures": ["Wav2Vec2ForCTC"], "vocab_size": len(config["vocab"]),
-        "feat_extract_norm": "group", "conv_dim": [c for c, _, _ in conv], "conv_kernel": [k for _, k, _ in conv],
-        "conv_stride": [st for _, _, st in conv], "conv_bias": args["extractor_conv_bias"],
-        "hidden_size": args["encoder_embed_dim"], "num_hidden_layers": args["encoder_num_layers"],
-        "num_attention_heads": args["encoder_num_heads"], "intermediate_size": args["encoder_ff_interm_features"],
-        "hidden_act": "gelu", "num_conv_pos_embeddings": args["encoder_pos_conv_kernel"],
-        "num_conv_pos_embedding_groups": args["encoder_pos_conv_groups"], "do_stable_layer_norm": False,
-        "feat_proj_dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0, "hidden_dropout": 0.0,
-        "layerdrop": 0.0, "pad_token_id": 0,
-    }
-    (folder / "config.json").write_text(json.dumps(hf_config))
+    hf = hf_config(config["model"], model_type="wav2vec2", architectures=["Wav2Vec2ForCTC"],
+                   vocab_size=len(config["vocab"]), pad_token_id=0)
+    write_hf_folder(folder, hf, torch.load(lst_checkpoint / "model.pt", weights_only=True), prefix="wav2vec2.")
     (folder / "vocab.json").write_text(json.dumps({("<pad>" if t == "<blank>" else t): i for i, t in enumerate(config["vocab"])}))
-    renames = [("aux.", "lm_head."), ("encoder.feature_projection.", "wav2vec2.feature_projection."),
-               ("encoder.transformer.", "wav2vec2.encoder."), ("feature_extractor.", "wav2vec2.feature_extractor.")]
-    state = {}
-    for key, tensor in torch.load(lst_checkpoint / "model.pt", weights_only=True).items():
-        source, target = next((a, b) for a, b in renames if key.startswith(a))
-        state[target + key.removeprefix(source)] = tensor.contiguous()
-    save_file(state, str(folder / "model.safetensors"))
     return folder
 
 

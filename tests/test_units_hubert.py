@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
-from test_units import _manifest, _signal  # noqa: E402  (tests/ is on sys.path under pytest)
+from hf_layout import hf_config, write_hf_folder  # tests/ is on sys.path under pytest
+from test_units import _manifest, _signal
 from torchaudio.models import wav2vec2_model
 
 from lst_data.config import RayConfig
@@ -39,26 +40,30 @@ CONV_25HZ = "[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 3"
 CONV_50HZ = [(24, 10, 5)] + [(24, 3, 2)] * 4 + [(24, 2, 2)] * 2  # HuBERT base: S = 320, R = 400
 
 
+def _tiny_args(conv, mode: str, conv_bias: bool, layer_norm_first: bool) -> dict:
+    return {
+        "extractor_mode": mode,
+        "extractor_conv_layer_config": conv,
+        "extractor_conv_bias": conv_bias,
+        "encoder_embed_dim": 48,
+        "encoder_projection_dropout": 0.0,
+        "encoder_pos_conv_kernel": 16,
+        "encoder_pos_conv_groups": 4,
+        "encoder_num_layers": 3,
+        "encoder_num_heads": 4,
+        "encoder_attention_dropout": 0.0,
+        "encoder_ff_interm_features": 96,
+        "encoder_ff_interm_dropout": 0.0,
+        "encoder_dropout": 0.0,
+        "encoder_layer_norm_first": layer_norm_first,
+        "encoder_layer_drop": 0.0,
+        "aux_num_out": None,
+    }
+
+
 def _tiny_model(conv, mode: str, conv_bias: bool, layer_norm_first: bool, seed: int):
     torch.manual_seed(seed)
-    model = wav2vec2_model(
-        extractor_mode=mode,
-        extractor_conv_layer_config=conv,
-        extractor_conv_bias=conv_bias,
-        encoder_embed_dim=48,
-        encoder_projection_dropout=0.0,
-        encoder_pos_conv_kernel=16,
-        encoder_pos_conv_groups=4,
-        encoder_num_layers=3,
-        encoder_num_heads=4,
-        encoder_attention_dropout=0.0,
-        encoder_ff_interm_features=96,
-        encoder_ff_interm_dropout=0.0,
-        encoder_dropout=0.0,
-        encoder_layer_norm_first=layer_norm_first,
-        encoder_layer_drop=0.0,
-        aux_num_out=None,
-    ).eval()
+    model = wav2vec2_model(**_tiny_args(conv, mode, conv_bias, layer_norm_first)).eval()
     with torch.no_grad():  # move every norm off its identity init so a mis-mapped key shows
         for param in model.parameters():
             param.add_(0.1 * torch.randn_like(param))
@@ -128,52 +133,15 @@ def _write_fairseq(model, path: Path, cfg_style: str, extra: dict | None = None)
 def _write_huggingface(
     model, folder: Path, conv, mode, conv_bias, layer_norm_first, weights: str, prefix: str
 ):
-    folder.mkdir(parents=True)
-    config = {
-        "model_type": "hubert" if prefix == "hubert." else "wav2vec2",
-        "architectures": ["HubertModel"],
-        "feat_extract_norm": mode.split("_")[0],
-        "conv_dim": [c for c, _, _ in conv],
-        "conv_kernel": [k for _, k, _ in conv],
-        "conv_stride": [s for _, _, s in conv],
-        "conv_bias": conv_bias,
-        "hidden_size": 48,
-        "num_hidden_layers": 3,
-        "num_attention_heads": 4,
-        "intermediate_size": 96,
-        "hidden_act": "gelu",
-        "num_conv_pos_embeddings": 16,
-        "num_conv_pos_embedding_groups": 4,
-        "do_stable_layer_norm": layer_norm_first,
-        "feat_proj_dropout": 0.1,
-        "attention_dropout": 0.1,
-        "activation_dropout": 0.1,
-        "hidden_dropout": 0.1,
-        "layerdrop": 0.1,
-        "feat_proj_layer_norm": True,
-        "sampling_rate": SR,
-        "do_normalize": False,
-    }
-    (folder / "config.json").write_text(json.dumps(config))
-    state = {}
-    for key, value in model.state_dict().items():
-        key = key.replace("encoder.feature_projection.", "feature_projection.").replace(
-            "encoder.transformer.", "encoder."
-        )
-        if weights == "bin":  # older transformers wrote the weight-norm halves as weight_g / weight_v
-            key = key.replace("parametrizations.weight.original0", "weight_g").replace(
-                "parametrizations.weight.original1", "weight_v"
-            )
-        state[prefix + key] = value.clone().contiguous()
-    state[prefix + "masked_spec_embed"] = torch.randn(48)
-    state["lm_head.weight"] = torch.randn(10, 48)  # a CTC head the units never use
-    if weights == "bin":
-        torch.save(state, folder / "pytorch_model.bin")
-    else:
-        from safetensors.torch import save_file
-
-        save_file(state, str(folder / "model.safetensors"))
-    return folder
+    config = hf_config(
+        _tiny_args(conv, mode, conv_bias, layer_norm_first),
+        model_type="hubert" if prefix == "hubert." else "wav2vec2",
+        architectures=["HubertModel"],
+        # Training-time dropouts as real configs carry them: the loader must run without them.
+        feat_proj_dropout=0.1, attention_dropout=0.1, activation_dropout=0.1, hidden_dropout=0.1, layerdrop=0.1,
+    )
+    extra = {prefix + "masked_spec_embed": torch.randn(48), "lm_head.weight": torch.randn(10, 48)}  # unused by units
+    return write_hf_folder(folder, config, model.state_dict(), prefix=prefix, weights=weights, extra_state=extra)
 
 
 def _reference(model, wave: torch.Tensor, pad: tuple[int, int], layer: int, pool: int) -> torch.Tensor:
