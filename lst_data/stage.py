@@ -175,7 +175,7 @@ def run_stage_to_parquet(
                 writer.write_table(ok)
             rows_out += ok.num_rows
             rejects.extend(batch_rejects)
-            bar.update(ok.num_rows + len(batch_rejects) if ray_config.runner == "ray" else consumed)
+            bar.update(consumed)
             bar.set_postfix(rejects=len(rejects))
     tmp.replace(out_path)
     return StageReport(stage.name, table.num_rows, rows_out, rejects, time.perf_counter() - started)
