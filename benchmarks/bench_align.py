@@ -31,7 +31,7 @@ from lst_data.align.stage import AlignReport, align_manifest  # noqa: E402
 from lst_data.audio import read_audio  # noqa: E402
 from lst_data.config import load_config  # noqa: E402
 from lst_data.demo import load_ground_truth, synthesize_demo_corpus  # noqa: E402
-from lst_data.ingest import ingest_corpus  # noqa: E402
+from lst_data.ingest.stage import ingest_corpus  # noqa: E402
 
 TARGET_WITHIN_50MS = 0.85
 

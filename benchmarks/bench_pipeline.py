@@ -47,7 +47,7 @@ def main() -> None:
             print(f"build_local_share_{step}: {seconds:.1f} s (reference: {local_wall:.1f} s whole build, ratio {seconds / local_wall:.2f})")
 
         from lst_data.config import RayConfig
-        from lst_data.ray_env import ensure_ray
+        from lst_data.core.ray_env import ensure_ray
 
         started = time.perf_counter()
         ensure_ray(RayConfig())

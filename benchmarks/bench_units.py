@@ -281,7 +281,7 @@ def _write_noise_corpus(folder: Path, minutes: float) -> Path:
     import pyarrow.parquet as pq
     import soundfile as sf
 
-    from lst_data.tables import MANIFEST_SCHEMA
+    from lst_data.core.tables import MANIFEST_SCHEMA
 
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -360,7 +360,7 @@ def bench_quality(quick: bool, tmp: Path) -> None:
     from lst_data.config import RayConfig, RunConfig
     from lst_data.demo import synthesize_demo_corpus
     from lst_data.frames import word_frame_spans
-    from lst_data.ingest import ingest_corpus
+    from lst_data.ingest.stage import ingest_corpus
     from lst_data.units.config import UnitsConfig
     from lst_data.units.metrics import normalized_edit_distance
     from lst_data.units.stage import assign_units, train_codebook

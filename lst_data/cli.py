@@ -13,9 +13,9 @@ import click
 
 # command name -> "module:attribute" of a click command or group
 LAZY_COMMANDS: dict[str, str] = {
-    "ingest": "lst_data.ingest_cli:ingest",
+    "ingest": "lst_data.ingest.cli:ingest",
     "demo-corpus": "lst_data.demo:demo_corpus_command",
-    "config": "lst_data.ingest_cli:config_command",
+    "config": "lst_data.ingest.cli:config_command",
     "align": "lst_data.align.cli:align",
     "export-textgrid": "lst_data.align.cli:export_textgrid",
     "units": "lst_data.units.cli:units",
@@ -52,7 +52,7 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="lst-data")
 def main(verbose: bool) -> None:
     """Prepare speech + text corpora for the Latent Speech-Text Transformer."""
-    from lst_data.progress import setup_logging
+    from lst_data.core.progress import setup_logging
 
     setup_logging(verbose)
 

@@ -13,7 +13,7 @@ import click
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """Train and evaluate a small Latent Speech-Text Transformer on lst-data shards."""
-    from lst_data.progress import setup_logging
+    from lst_data.core.progress import setup_logging
 
     setup_logging(verbose)
 

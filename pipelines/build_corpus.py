@@ -34,7 +34,7 @@ import yaml
 
 from lst_data import __version__
 from lst_data.config import RunConfig, canonical_hash, to_dict
-from lst_data.rejects import Reject, read_rejects
+from lst_data.core.rejects import Reject, read_rejects
 
 STEP_ORDER = ("ingest", "align", "units", "tokenize", "shard")
 
@@ -79,7 +79,7 @@ class BuildContext:
 
 
 def _ingest(ctx: BuildContext) -> StepResult:
-    from lst_data.ingest import ingest_corpus
+    from lst_data.ingest.stage import ingest_corpus
 
     report = ingest_corpus(ctx.corpus, ctx.dir("ingest"), ctx.config)
     return StepResult(report.rejects, {"utterances": report.manifest.num_rows, "hours": report.hours})
@@ -112,8 +112,8 @@ def _units(ctx: BuildContext) -> StepResult:
 
 
 def _tokenize(ctx: BuildContext) -> StepResult:
-    from lst_data.rejects import write_rejects
-    from lst_data.stage import run_stage_to_parquet
+    from lst_data.core.rejects import write_rejects
+    from lst_data.core.stage import run_stage_to_parquet
     from lst_data.tokenize.stage import TokenizeStage, prepare_tokenizer
 
     manifest, cfg, out = ctx.manifest(), ctx.config, ctx.dir("tokenize")
@@ -241,7 +241,7 @@ def print_build_summary(report: BuildReport) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from lst_data.summary import print_summary
+    from lst_data.core.summary import print_summary
 
     console = Console(soft_wrap=True)
     table = Table(title=f"build {report.run_dir}", title_justify="left")
@@ -277,8 +277,8 @@ def build_command(corpus: Path, out: Path, resume: bool, config_path: Path | Non
 
     Exit code 0: every utterance is in the shards; 3: finished, with rejects; 1: failed.
     """
-    from lst_data.ingest_cli import load_run_config
-    from lst_data.summary import EXIT_WITH_REJECTS
+    from lst_data.ingest.cli import load_run_config
+    from lst_data.core.summary import EXIT_WITH_REJECTS
 
     chosen = tuple(s.strip() for s in steps.split(",") if s.strip())
     unknown = [s for s in chosen if s not in STEPS]

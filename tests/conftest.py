@@ -20,7 +20,7 @@ MFA_FIXTURES = SHARED / "fixtures" / "mfa"
 def ray_local():
     """A local Ray runtime on loopback for the whole session (2 CPUs, no dashboard)."""
     from lst_data.config import RayConfig
-    from lst_data.ray_env import ensure_ray
+    from lst_data.core.ray_env import ensure_ray
 
     ensure_ray(RayConfig())
     import ray

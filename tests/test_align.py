@@ -20,10 +20,10 @@ from lst_data.align.stage import AlignStage, align_manifest
 from lst_data.audio import write_audio
 from lst_data.config import AlignConfig, load_config
 from lst_data.demo import load_ground_truth
-from lst_data.ingest import ingest_corpus
-from lst_data.rejects import read_rejects
-from lst_data.schemas import validation_errors
-from lst_data.tables import ALIGNMENT_SCHEMA
+from lst_data.ingest.stage import ingest_corpus
+from lst_data.core.rejects import read_rejects
+from lst_data.core.schemas import validation_errors
+from lst_data.core.tables import ALIGNMENT_SCHEMA
 
 RATE = 16000
 

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 from lst_data.align.config import AlignConfig, CtcConfig  # noqa: E402
 from lst_data.align.stage import AlignStage  # noqa: E402
 from lst_data.audio import write_audio  # noqa: E402
-from lst_data.schemas import validation_errors  # noqa: E402
+from lst_data.core.schemas import validation_errors  # noqa: E402
 
 RATE = 16000
 VOCAB = ["<blank>", "|", "'", *"abcdefghijklmnopqrstuvwxyz"]
@@ -138,7 +138,7 @@ def test_real_ctc_checkpoint_aligns_demo_corpus(demo_corpus, tmp_path):
     from lst_data.align.stage import align_manifest
     from lst_data.config import load_config
     from lst_data.demo import load_ground_truth
-    from lst_data.ingest import ingest_corpus
+    from lst_data.ingest.stage import ingest_corpus
 
     config = load_config(overrides={"ray": {"runner": "local"},
                                     "align": {"backend": "ctc", "ctc": {"checkpoint": os.environ["LST_DATA_CTC_CHECKPOINT"]}}})

@@ -146,7 +146,7 @@ def test_mfa_worker_aligns_demo_corpus(demo_corpus, tmp_path):
 
     from lst_data.align.stage import align_manifest
     from lst_data.config import load_config
-    from lst_data.ingest import ingest_corpus
+    from lst_data.ingest.stage import ingest_corpus
 
     model = os.environ.get("LST_DATA_MFA_MODEL", "english_us_arpa")
     config = load_config(overrides={"ray": {"runner": "local"}, "align": {"backend": "mfa", "mfa": {"acoustic_model": model}}})

@@ -11,9 +11,9 @@ import pytest
 import soundfile as sf
 
 from lst_data.config import load_config
-from lst_data.ingest import ingest_corpus
-from lst_data.rejects import REJECT_CODES, read_rejects
-from lst_data.schemas import validation_errors
+from lst_data.ingest.stage import ingest_corpus
+from lst_data.core.rejects import REJECT_CODES, read_rejects
+from lst_data.core.schemas import validation_errors
 
 RATE_IN = 22050
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from lst_data.cli import main
 from lst_data.config import RunConfig
-from lst_data.rejects import Reject, write_rejects
+from lst_data.core.rejects import Reject, write_rejects
 from lst_data.shards.reader import iter_raw_samples
 from lst_data.shards.synthetic import synthetic_tables
 from lst_data.shards.writer import EncodedSample, write_tar

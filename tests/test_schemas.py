@@ -5,9 +5,9 @@ import json
 import pytest
 
 from lst_data.records import SampleRecord
-from lst_data.rejects import REJECT_SCHEMA
-from lst_data.schemas import SCHEMA_DIR, load_schema
-from lst_data.tables import ALIGNMENT_SCHEMA, MANIFEST_SCHEMA, UNITS_SCHEMA
+from lst_data.core.rejects import REJECT_SCHEMA
+from lst_data.core.schemas import SCHEMA_DIR, load_schema
+from lst_data.core.tables import ALIGNMENT_SCHEMA, MANIFEST_SCHEMA, UNITS_SCHEMA
 
 
 @pytest.mark.parametrize(
@@ -50,7 +50,7 @@ def test_fast_check_and_jsonschema_agree_on_broken_samples():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from lst_data.schemas import _compiled, _validator, validation_errors
+    from lst_data.core.schemas import _compiled, _validator, validation_errors
 
     good = {
         "schema_version": 1, "id": "u", "text": "a b", "speaker": "s", "duration": 0.2, "sample_rate": 16000,

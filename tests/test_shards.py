@@ -17,12 +17,12 @@ import soundfile as sf
 import webdataset as wds
 
 from lst_data.config import RunConfig
-from lst_data.rejects import Reject, read_rejects
-from lst_data.schemas import load_schema, validation_errors
+from lst_data.core.rejects import Reject, read_rejects
+from lst_data.core.schemas import load_schema, validation_errors
 from lst_data.shards.join import JoinTables, Provenance, join_records
 from lst_data.shards.synthetic import synthetic_tables
 from lst_data.shards.writer import write_shards
-from lst_data.tables import ALIGNMENT_SCHEMA, MANIFEST_SCHEMA, UNITS_SCHEMA, sanitize_key
+from lst_data.core.tables import ALIGNMENT_SCHEMA, MANIFEST_SCHEMA, UNITS_SCHEMA, sanitize_key
 from lst_data.tokenize.stage import TOKENS_SCHEMA
 
 
@@ -343,7 +343,7 @@ def test_writer_rejects_records_that_break_the_contract(tmp_path):
 
 def test_build_shards_from_a_pipeline_run_dir_with_a_real_tokenizer(tmp_path):
     """The layout of `lst-data build` (one folder per stage) and tokens from the real tokenize stage."""
-    from lst_data.rejects import write_rejects
+    from lst_data.core.rejects import write_rejects
     from lst_data.shards.build import StageOutputs, build_shards
     from lst_data.shards.reader import iter_records
     from lst_data.tokenize.stage import TokenizeStage

@@ -17,10 +17,10 @@ import pytest
 from lst_data.config import RayConfig, RunConfig
 from lst_data.demo import load_ground_truth
 from lst_data.frames import frames_for_duration, silence_frame_runs, word_frame_spans
-from lst_data.ingest import ingest_corpus
+from lst_data.ingest.stage import ingest_corpus
 from lst_data.patching import average_patch_sizes, patches
 from lst_data.records import BpePiece, SampleRecord, Silence, Word
-from lst_data.stage import run_stage_to_parquet
+from lst_data.core.stage import run_stage_to_parquet
 from lst_data.tokenize.spans import bpe_frame_spans
 from lst_data.tokenize.stage import TokenizeStage, prepare_tokenizer
 from lst_data.tokenize.tokenizer import TokenPiece

@@ -210,7 +210,7 @@ def test_stage_rows_rejects_and_parquet(bpe, tmp_path):
         {"id": "c", "normalized_text": "sea shells"},
     ]
     table = pa.Table.from_pylist(rows)
-    from lst_data.stage import run_stage_to_parquet
+    from lst_data.core.stage import run_stage_to_parquet
 
     report = run_stage_to_parquet(
         stage, table, tmp_path / "tokens.parquet", RayConfig(runner="local", batch_size=2)
@@ -249,7 +249,7 @@ def test_prepare_tokenizer_trains_with_the_run_seed_or_loads_the_configured_mode
 
 def test_cli_train_and_encode(tmp_path):
     from lst_data.cli import main
-    from lst_data.tables import MANIFEST_SCHEMA
+    from lst_data.core.tables import MANIFEST_SCHEMA
 
     rows = [
         {

@@ -22,8 +22,8 @@ import torch
 
 from lst_data.config import RayConfig
 from lst_data.frames import frames_for_duration
-from lst_data.schemas import validate
-from lst_data.tables import MANIFEST_SCHEMA, UNITS_SCHEMA
+from lst_data.core.schemas import validate
+from lst_data.core.tables import MANIFEST_SCHEMA, UNITS_SCHEMA
 from lst_data.units.codebook import (
     CodebookError,
     NearestCentroid,
@@ -316,7 +316,7 @@ def test_cli_train_and_assign_on_demo_corpus(tmp_path, demo_corpus):
 
     from lst_data.cli import main
     from lst_data.config import RunConfig
-    from lst_data.ingest import ingest_corpus
+    from lst_data.ingest.stage import ingest_corpus
 
     ingest_corpus(demo_corpus, tmp_path / "run", replace(RunConfig(), ray=LOCAL))
     runner = CliRunner()
@@ -367,7 +367,7 @@ def test_same_word_gets_more_similar_units_than_different_words(tmp_path, demo_c
     from lst_data.config import RunConfig
     from lst_data.demo import load_ground_truth
     from lst_data.frames import word_frame_spans
-    from lst_data.ingest import ingest_corpus
+    from lst_data.ingest.stage import ingest_corpus
     from lst_data.units.metrics import normalized_edit_distance
 
     manifest = ingest_corpus(demo_corpus, tmp_path / "run", replace(RunConfig(), ray=LOCAL)).manifest

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from lst_data.ingest_cli import config_options
+from lst_data.ingest.cli import config_options
 
 
 @click.command("align")
@@ -29,7 +29,7 @@ def align(manifest_dir: Path, out: Path, backend: str | None, textgrid_dir: str 
     """
     from lst_data.align.stage import align_manifest
     from lst_data.config import ConfigError, load_config
-    from lst_data.summary import finish_command
+    from lst_data.core.summary import finish_command
 
     overrides: dict[str, Any] = {"align": {}}
     if runner:

@@ -6,13 +6,12 @@ Backend-specific settings live in their own nested section (`align.mfa.*`, `alig
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
-from lst_data.config_fields import doc
+from lst_data.core.config import Section, doc
 
 
-@dataclass(frozen=True)
-class PocketsphinxConfig:
+class PocketsphinxConfig(Section):
     model_dir: str | None = doc(
         "Acoustic model directory; None uses PocketSphinx's bundled US English model.", None
     )
@@ -23,17 +22,18 @@ class PocketsphinxConfig:
         "Probability of an optional silence between words. The library default (0.005) made "
         "word-initial stops swallow comma pauses on the demo corpus; 0.1 found all of them.",
         0.1,
+        gt=0,
+        le=1,
     )
 
 
-@dataclass(frozen=True)
-class MfaConfig:
+class MfaConfig(Section):
     executable: str = doc("The `mfa` command of MFA's own environment (batch/train modes; locates its Python for 'worker').", "mfa")
     python: str | None = doc(
         "MFA environment's Python interpreter, for mode 'worker' (None: the interpreter beside `executable`).",
         None,
     )
-    mode: str = doc(
+    mode: Literal["worker", "batch", "train"] = doc(
         "'worker': one long-lived MFA process per worker aligns utterance by utterance (KalpyAligner, "
         "no speaker adaptation); 'batch': one `mfa align` run per batch, grouped by speaker "
         "(speaker-adapted); 'train': `mfa train` once on the whole manifest, then 'batch' with that model.",
@@ -52,24 +52,22 @@ class MfaConfig:
         "None uses a temporary directory.",
         None,
     )
-    num_jobs: int = doc("`mfa align -j`: processes each batch run uses.", 1)
-    beam: int = doc("Viterbi beam.", 10)
-    retry_beam: int = doc("Beam for a second try when the first fails.", 40)
-    timeout: float = doc("Seconds one MFA call may take before it counts as failed (infrastructure fault).", 3600.0)
+    num_jobs: int = doc("`mfa align -j`: processes each batch run uses.", 1, ge=1, le=1024)
+    beam: int = doc("Viterbi beam.", 10, ge=1, le=10_000)
+    retry_beam: int = doc("Beam for a second try when the first fails.", 40, ge=1, le=10_000)
+    timeout: float = doc("Seconds one MFA call may take before it counts as failed (infrastructure fault).", 3600.0, gt=0)
 
 
-@dataclass(frozen=True)
-class CtcConfig:
+class CtcConfig(Section):
     checkpoint: str | None = doc(
         "Directory of a CTC checkpoint: config.json (torchaudio wav2vec2_model arguments + vocabulary) "
         "and model.pt (state dict, loaded with weights_only=True). See docs/align.md.",
         None,
     )
-    device: str = doc("'cpu', 'cuda', or 'auto' (cuda when available; each worker then asks Ray for a GPU).", "auto")
+    device: Literal["auto", "cpu", "cuda"] = doc("'cpu', 'cuda', or 'auto' (cuda when available; each worker then asks Ray for a GPU).", "auto")
 
 
-@dataclass(frozen=True)
-class TextGridConfig:
+class TextGridConfig(Section):
     directory: str | None = doc(
         "Directory searched (recursively) for ID.TextGrid or KEY.TextGrid, e.g. `mfa align` output.", None
     )
@@ -77,18 +75,18 @@ class TextGridConfig:
     phone_tier: str | None = doc("Phone tier name; None picks the tier named like 'phones', if any.", None)
 
 
-@dataclass(frozen=True)
-class AlignConfig:
-    backend: str = doc("Aligner backend: pocketsphinx (default), mfa, ctc, textgrid.", "pocketsphinx")
+class AlignConfig(Section):
+    backend: Literal["pocketsphinx", "mfa", "ctc", "textgrid"] = doc("Aligner backend: pocketsphinx (default), mfa, ctc, textgrid.", "pocketsphinx")
     min_silence: float = doc(
-        "Gaps between words at least this long (s) become silence spans (rule 'gap').", 0.05
+        "Gaps between words at least this long (s) become silence spans (rule 'gap').", 0.05, ge=0
     )
-    oov: str = doc("Out-of-vocabulary words: 'g2p' (fallback pronunciation, recorded) or 'reject'.", "g2p")
+    oov: Literal["g2p", "reject"] = doc("Out-of-vocabulary words: 'g2p' (fallback pronunciation, recorded) or 'reject'.", "g2p")
     trim_db: float = doc(
         "Acoustic backends: trim each word's leading/trailing 5 ms windows quieter than this many dB below "
         "the utterance peak (or 6 dB above its noise floor, whichever is louder), so pauses before stops are "
         "not absorbed into the word. 0 disables. Imported TextGrids are never trimmed.",
         40.0,
+        ge=0,
     )
     pocketsphinx: PocketsphinxConfig = doc("PocketSphinx backend.", PocketsphinxConfig)
     mfa: MfaConfig = doc("Montreal Forced Aligner backend.", MfaConfig)

@@ -26,9 +26,9 @@ from lst_data.align.config import AlignConfig
 from lst_data.align.silence import silence_spans, trim_quiet_edges
 from lst_data.audio import AudioError, read_audio
 from lst_data.config import ConfigError, RunConfig, to_dict
-from lst_data.rejects import Reject, write_rejects
-from lst_data.stage import Resources, Stage, StageResult, run_stage_to_parquet
-from lst_data.tables import ALIGNMENT_SCHEMA
+from lst_data.core.rejects import Reject, write_rejects
+from lst_data.core.stage import Resources, Stage, StageResult, run_stage_to_parquet
+from lst_data.core.tables import ALIGNMENT_SCHEMA
 
 BACKENDS: dict[str, str] = {
     "pocketsphinx": "lst_data.align.pocketsphinx_backend:PocketsphinxAligner",

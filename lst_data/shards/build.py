@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from lst_data.config import RunConfig
-from lst_data.rejects import Reject, read_rejects
+from lst_data.core.rejects import Reject, read_rejects
 from lst_data.shards.join import JoinTables, Provenance, join_records
 from lst_data.shards.writer import FlacFromPaths, ShardReport, write_shards
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from lst_data.schemas import validation_errors
+from lst_data.core.schemas import validation_errors
 from lst_data.shards.contract import DEFAULT_FRAME_TOLERANCE, record_problems
 from lst_data.shards.layout import (
     DATASET_FILE,

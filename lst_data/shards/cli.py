@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from lst_data.ingest_cli import config_options, load_run_config
+from lst_data.ingest.cli import config_options, load_run_config
 
 
 @click.command("shard")
@@ -56,7 +56,7 @@ def shard(
     Exit code 0: every utterance is in a shard; 3: finished, with rejects.
     """
     from lst_data.shards.build import MissingStageOutput, StageOutputs, build_shards, with_shard_overrides
-    from lst_data.summary import finish_command
+    from lst_data.core.summary import finish_command
 
     config = with_shard_overrides(
         load_run_config(config_path, runner),

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
-from lst_data.config_fields import doc
+from lst_data.core.config import FILE_NAME_PATTERN, Section, doc
 
 
-@dataclass(frozen=True)
-class ShardConfig:
-    split: str = doc("Split name used in shard file names ({split}-000000.tar).", "train")
-    samples_per_shard: int = doc("Most samples per shard.", 1000)
+class ShardConfig(Section):
+    split: str = doc("Split name used in shard file names ({split}-000000.tar).", "train", pattern=FILE_NAME_PATTERN, max_length=64)
+    samples_per_shard: int = doc("Most samples per shard.", 1000, ge=1, le=10_000_000)
     max_shard_bytes: int = doc(
         "Most bytes per shard tar (0 = no limit); a shard closes at whichever of this and "
         "samples_per_shard comes first. A single larger sample still gets a shard of its own.",
         0,
+        ge=0,
     )
     include_audio: bool = doc("Store KEY.flac (16 kHz mono) in each sample.", False)
-    order: str = doc(
+    order: Literal["hash", "id"] = doc(
         "Sample order across shards: 'hash' (sha1 of seed + id: deterministic and mixes "
         "speakers, so shards are not one speaker each) or 'id' (sorted ids).",
         "hash",
@@ -26,4 +26,6 @@ class ShardConfig:
         "How many frames len(units) may differ from floor(duration * frame_rate) before the "
         "sample is rejected as invalid_record (encoders pad or trim one frame at the edges).",
         2,
+        ge=0,
+        le=1000,
     )

@@ -10,7 +10,7 @@ import json
 from lst_data.frames import frames_for_duration
 from lst_data.patching import patches
 from lst_data.records import SampleRecord
-from lst_data.schemas import validation_errors
+from lst_data.core.schemas import validation_errors
 
 DEFAULT_FRAME_TOLERANCE = 2
 

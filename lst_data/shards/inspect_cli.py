@@ -58,10 +58,10 @@ def stats(shard_dir: Path, patch_size: int) -> None:
     import numpy as np
 
     from lst_data.patching import PATCH_STRATEGIES, patches
-    from lst_data.rejects import read_rejects
+    from lst_data.core.rejects import read_rejects
     from lst_data.shards.layout import REJECTS_FILE, shard_paths
     from lst_data.shards.reader import iter_records
-    from lst_data.summary import print_rejects
+    from lst_data.core.summary import print_rejects
 
     totals: Counter[str] = Counter()
     seconds = 0.0

@@ -33,7 +33,7 @@ from lst_data.frames import (
     word_frame_spans,
 )
 from lst_data.records import BpePiece, SampleRecord, Silence, Word
-from lst_data.rejects import Reject
+from lst_data.core.rejects import Reject
 from lst_data.tokenize.spans import bpe_frame_spans
 from lst_data.tokenize.tokenizer import TokenPiece
 

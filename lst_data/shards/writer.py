@@ -46,9 +46,9 @@ import lst_data
 from lst_data.audio import AudioError, read_audio
 from lst_data.config import RunConfig, canonical_hash, to_dict
 from lst_data.patching import average_patch_sizes
-from lst_data.progress import progress_bar
+from lst_data.core.progress import progress_bar
 from lst_data.records import SampleRecord
-from lst_data.rejects import Reject, count_by_code, write_rejects
+from lst_data.core.rejects import Reject, count_by_code, write_rejects
 from lst_data.shards.contract import sample_errors
 from lst_data.shards.join import STAGE, Provenance
 from lst_data.shards.layout import (
@@ -63,7 +63,7 @@ from lst_data.shards.layout import (
     write_json_atomic,
 )
 from lst_data.shards.reader import iter_shard
-from lst_data.tables import sanitize_key
+from lst_data.core.tables import sanitize_key
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ def train(
     """Train a BPE on the normalized transcripts of MANIFEST_DIR/manifest.parquet (or a .parquet file)."""
     import pyarrow.parquet as pq
 
-    from lst_data.ingest_cli import load_run_config
+    from lst_data.ingest.cli import load_run_config
     from lst_data.tokenize.tokenizer import train_tokenizer
 
     config = load_run_config(config_path, None)

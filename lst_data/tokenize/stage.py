@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from lst_data.stage import Stage, StageResult
+from lst_data.core.stage import Stage, StageResult
 from lst_data.tokenize.config import TokenizerConfig
 from lst_data.tokenize.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from lst_data.ingest_cli import config_options, load_run_config
+from lst_data.ingest.cli import config_options, load_run_config
 
 
 def _units_config(config, **overrides):
@@ -57,7 +57,7 @@ def train_kmeans(
     manifest_dir: Path, out: Path, config_path: Path | None, runner: str | None, **overrides
 ) -> None:
     """Train a codebook on frames sampled from MANIFEST_DIR/manifest.parquet."""
-    from lst_data.summary import finish_command
+    from lst_data.core.summary import finish_command
     from lst_data.units.stage import read_manifest, train_codebook
 
     config = _units_config(load_run_config(config_path, runner), **overrides)
@@ -111,7 +111,7 @@ def assign(
 
     Exit code 0: every utterance has units; 3: finished, with rejects.
     """
-    from lst_data.summary import finish_command
+    from lst_data.core.summary import finish_command
     from lst_data.units.stage import assign_units, read_manifest
 
     config = _units_config(load_run_config(config_path, runner), **overrides)

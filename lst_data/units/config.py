@@ -8,16 +8,15 @@ section keeps the config reference in one place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
-from lst_data.config_fields import doc
+from lst_data.core.config import Section, doc
 
 
-@dataclass(frozen=True)
-class UnitsConfig:
-    encoder: str = doc("Frame encoder: mfcc (offline default), logmel, hubert.", "mfcc")
-    frame_rate: float = doc("Unit frame rate in Hz (LST: 25 Hz = 40 ms).", 25.0)
-    k: int = doc("Codebook size (k-means clusters).", 100)
+class UnitsConfig(Section):
+    encoder: Literal["mfcc", "logmel", "hubert"] = doc("Frame encoder: mfcc (offline default), logmel, hubert.", "mfcc")
+    frame_rate: float = doc("Unit frame rate in Hz (LST: 25 Hz = 40 ms).", 25.0, gt=0, le=1000)
+    k: int = doc("Codebook size (k-means clusters; unit ids are int16).", 100, ge=2, le=32768)
 
     # hubert
     checkpoint: str | None = doc(
@@ -30,8 +29,10 @@ class UnitsConfig:
         "hubert only: transformer layer (1-based) whose output is quantized; LST and SpiritLM "
         "use layer 11 of mHuBERT-25Hz. Written as null in units.parquet for mfcc/logmel.",
         11,
+        ge=1,
+        le=128,
     )
-    hubert_padding: str = doc(
+    hubert_padding: Literal["center", "none"] = doc(
         "hubert only: 'center' zero-pads (R - S) / 2 samples on each side (R = receptive field, "
         "S = hop of the conv stack) so N samples give floor(N / S) frames, each centred on its "
         "40 ms slot (= lst_data.frames.frames_for_duration); 'none' feeds the audio as fairseq "
@@ -44,9 +45,10 @@ class UnitsConfig:
         "mfcc/logmel only: rate (Hz) of the 25 ms analysis frames; feature_rate / frame_rate "
         "consecutive frames are stacked into one unit frame (100 Hz -> 4 per 25 Hz frame).",
         100.0,
+        gt=0,
     )
-    n_mels: int = doc("mfcc/logmel: mel filterbank channels.", 40)
-    n_mfcc: int = doc("mfcc: cepstral coefficients kept (HuBERT's first-iteration targets use 13).", 13)
+    n_mels: int = doc("mfcc/logmel: mel filterbank channels.", 40, ge=1, le=512)
+    n_mfcc: int = doc("mfcc: cepstral coefficients kept (HuBERT's first-iteration targets use 13).", 13, ge=1, le=512)
     deltas: bool = doc("mfcc/logmel: append first and second time derivatives (x3 dimensions).", True)
     cmvn: bool = doc("mfcc/logmel: per-utterance mean and variance normalization of each dimension.", True)
 
@@ -56,22 +58,25 @@ class UnitsConfig:
         "sample_frames / corpus frames, decided by seed and utterance id, so any worker split "
         "gives the same sample). Memory is this many frames, whatever the corpus size.",
         500_000,
+        ge=1,
     )
-    kmeans_steps: int = doc("k-means training: mini-batch updates after k-means++ initialisation.", 300)
-    kmeans_batch_size: int = doc("k-means training: frames per mini-batch update.", 10_000)
+    kmeans_steps: int = doc("k-means training: mini-batch updates after k-means++ initialisation.", 300, ge=1)
+    kmeans_batch_size: int = doc("k-means training: frames per mini-batch update.", 10_000, ge=1)
     kmeans_init_size: int = doc(
         "k-means training: frames (a seeded subset of the sample) that k-means++ chooses the "
         "initial centroids from.",
         20_000,
+        ge=1,
     )
 
     # execution
-    device: str = doc("'auto' (cuda when available), 'cpu' or 'cuda[:n]'.", "auto")
+    device: str = doc("'auto' (cuda when available), 'cpu' or 'cuda[:n]'.", "auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
     bf16: bool = doc("Run the hubert encoder under bf16 autocast on GPU (never on CPU).", True)
     batch_seconds: float = doc(
         "Audio seconds per encoder forward pass (utterances are padded to the longest in the "
         "batch; padding never changes the result).",
         200.0,
+        gt=0,
     )
     codebook: str | None = doc(
         "An existing codebook (.npy, this toolkit's codebook file, or a fairseq/textlesslib k-means "

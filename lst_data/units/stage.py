@@ -1,12 +1,12 @@
 """The units stages: sample frames for k-means, and turn each utterance into unit ids.
 
-Both are `lst_data.stage.Stage`s, run by `run_stage`/`iter_stage` on Ray Data (one encoder
+Both are `lst_data.core.stage.Stage`s, run by `run_stage`/`iter_stage` on Ray Data (one encoder
 per actor, one GPU per actor when CUDA is present) or in process. Per-utterance problems
 become rejects: missing or undecodable audio (`audio_missing`, `audio_unreadable`) and
 audio too short for one frame (`units_failed`).
 
 Outputs of `assign_units` (in OUT):
-- `units.parquet`: `lst_data.tables.UNITS_SCHEMA`, one row per utterance: units int16,
+- `units.parquet`: `lst_data.core.tables.UNITS_SCHEMA`, one row per utterance: units int16,
   not deduplicated, n_frames = len(units) = encoder.num_frames(num_samples);
 - `units_rejects.parquet`, `units.json` (provenance: config, codebook hash, counts).
 """
@@ -28,10 +28,10 @@ import torch
 from lst_data import __version__
 from lst_data.audio import AudioError, read_audio
 from lst_data.config import RayConfig, canonical_hash, to_dict
-from lst_data.progress import progress_bar
-from lst_data.rejects import Reject, write_rejects
-from lst_data.stage import Resources, Stage, StageResult, iter_stage, run_stage_to_parquet
-from lst_data.tables import MANIFEST_SCHEMA, UNITS_SCHEMA
+from lst_data.core.progress import progress_bar
+from lst_data.core.rejects import Reject, write_rejects
+from lst_data.core.stage import Resources, Stage, StageResult, iter_stage, run_stage_to_parquet
+from lst_data.core.tables import MANIFEST_SCHEMA, UNITS_SCHEMA
 from lst_data.units.codebook import Codebook, NearestCentroid, load_codebook, save_codebook
 from lst_data.units.config import UnitsConfig
 from lst_data.units.encoders import SAMPLE_RATE, Encoder, build_encoder, resolve_device

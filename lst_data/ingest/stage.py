@@ -3,7 +3,7 @@
 The stage decodes every file once, downmixes and resamples it to 16 kHz mono (written
 to `OUT/audio/` only when the source is not already 16 kHz mono wav/flac), measures
 `num_samples` from the decoded signal, and normalizes the transcript. Every check that
-fails becomes a reject with a code (lst_data.rejects), so a bad file costs one row, not
+fails becomes a reject with a code (lst_data.core.rejects), so a bad file costs one row, not
 the job.
 """
 
@@ -22,10 +22,10 @@ import pyarrow as pa
 from lst_data import __version__
 from lst_data.audio import IN_PLACE_SUFFIXES, AudioError, decode, resample, to_mono, write_audio
 from lst_data.config import IngestConfig, RunConfig, to_dict
-from lst_data.corpus import CorpusEntry, read_corpus
-from lst_data.rejects import Reject, write_rejects
-from lst_data.stage import Resources, Stage, StageResult, run_stage_to_parquet
-from lst_data.tables import MANIFEST_SCHEMA, sanitize_key
+from lst_data.ingest.readers import CorpusEntry, read_corpus
+from lst_data.core.rejects import Reject, write_rejects
+from lst_data.core.stage import Resources, Stage, StageResult, run_stage_to_parquet
+from lst_data.core.tables import MANIFEST_SCHEMA, sanitize_key
 from lst_data.text import normalize_text
 
 ENTRY_SCHEMA = pa.schema(

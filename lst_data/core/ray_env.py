@@ -12,10 +12,10 @@ import os
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from lst_data.config import RayConfig
+from lst_data.core.config import RayConfig
 
 if TYPE_CHECKING:
-    from lst_data.stage import Stage
+    from lst_data.core.stage import Resources
 
 _LOCAL_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -54,12 +54,12 @@ def ensure_ray(config: RayConfig) -> ModuleType:
     return ray.data
 
 
-def stage_pool_size(stage: Stage, config: RayConfig) -> int:
+def stage_pool_size(resources: Resources, config: RayConfig) -> int:
     """Actors for a stage: config.num_workers, or as many as the cluster's CPUs allow."""
     import ray
 
     if config.num_workers > 0:
         return config.num_workers
     cpus = ray.cluster_resources().get("CPU", 1.0)
-    per_actor = max(stage.resources.cpus * config.cpus_per_worker, 0.01)
+    per_actor = max(resources.cpus * config.cpus_per_worker, 0.01)
     return max(1, int(cpus // per_actor))

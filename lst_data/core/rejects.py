@@ -51,7 +51,7 @@ class Reject:
 
     def __post_init__(self) -> None:
         if self.code not in REJECT_CODES:
-            raise ValueError(f"unknown reject code {self.code!r}; register it in lst_data.rejects")
+            raise ValueError(f"unknown reject code {self.code!r}; register it in lst_data.core.rejects")
 
 
 REJECT_SCHEMA = pa.schema(
@@ -79,6 +79,14 @@ def read_rejects(path: str | Path) -> list[Reject]:
     if not Path(path).exists():
         return []
     return [Reject(**row) for row in pq.read_table(path, schema=REJECT_SCHEMA).to_pylist()]
+
+
+def merge_rejects(rejects: Iterable[Reject]) -> list[Reject]:
+    """Rejects without repeats: one row per (id, stage, code), the first detail kept."""
+    seen: dict[tuple[str, str, str], Reject] = {}
+    for r in rejects:
+        seen.setdefault((r.id, r.stage, r.code), r)
+    return list(seen.values())
 
 
 def count_by_code(rejects: Iterable[Reject]) -> Counter[tuple[str, str]]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lst_data.audio import READABLE_SUFFIXES
-from lst_data.rejects import Reject
+from lst_data.core.rejects import Reject
 
 TRANSCRIPT_SUFFIXES = (".lab", ".txt")
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from lst_data.rejects import REJECT_CODES, Reject, count_by_code
+from lst_data.core.rejects import REJECT_CODES, Reject, count_by_code
 
 # Exit code of a data command that finished but rejected some input (1 stays "failed").
 EXIT_WITH_REJECTS = 3

@@ -11,7 +11,7 @@ from typing import Any
 import fastjsonschema
 import jsonschema
 
-SCHEMA_DIR = Path(os.environ.get("LST_DATA_SCHEMA_DIR", Path(__file__).resolve().parent.parent / "schemas"))
+SCHEMA_DIR = Path(os.environ.get("LST_DATA_SCHEMA_DIR", Path(__file__).resolve().parents[2] / "schemas"))
 
 
 @functools.cache

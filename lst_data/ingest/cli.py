@@ -34,8 +34,8 @@ def ingest(corpus: Path, out: Path, layout: str, config_path: Path | None, runne
 
     Exit code 0: every utterance ingested; 3: finished, with rejects (see OUT/rejects.parquet).
     """
-    from lst_data.ingest import ingest_corpus
-    from lst_data.summary import finish_command
+    from lst_data.ingest.stage import ingest_corpus
+    from lst_data.core.summary import finish_command
 
     config = load_run_config(config_path, runner)
     report = ingest_corpus(corpus, out, config, layout=layout)

@@ -1,0 +1,66 @@
+"""Options every `lst-data` and `lst-model` command shares, and the one way user errors end.
+
+`--config FILE` and repeatable `--set a.b=v` configure every command; a stage's own flags
+(`--backend`, `--k`, ...) are documented aliases that become `--set` assignments, so there
+is exactly one override mechanism. `run_cli` runs a click group so that a user error
+(`UserError`, or click's own usage errors) is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lst_data.core.errors import EXIT_USAGE, UserError
+
+
+def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--config, --set (repeatable) and --runner."""
+    fn = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                      help="Run config (YAML); defaults in code (`lst-data config`).")(fn)
+    fn = click.option("--set", "assignments", multiple=True, metavar="FIELD=VALUE",
+                      help="Override one config field, e.g. --set units.k=200 (repeatable; after --config).")(fn)
+    fn = click.option("--runner", type=click.Choice(["ray", "local"]), default=None,
+                      help="Alias of --set ray.runner=...: Ray Data (default) or in-process.")(fn)
+    return fn
+
+
+def alias_assignments(aliases: dict[str, Any]) -> list[str]:
+    """Stage flags given on the command line (None = not given) as `field=value` assignments."""
+    import json
+
+    return [f"{field}={json.dumps(value) if not isinstance(value, str) else json.dumps(value)}"
+            for field, value in aliases.items() if value is not None]
+
+
+def load_run_config(config_path: Path | None, assignments: Sequence[str] = (), runner: str | None = None,
+                    aliases: dict[str, Any] | None = None):
+    """The run config of a command: defaults, --config, stage-flag aliases, --set, --runner."""
+    from lst_data.config import load_config
+
+    ordered = [*alias_assignments(aliases or {}), *assignments]
+    if runner:
+        ordered.append(f"ray.runner={runner}")
+    return load_config(config_path, assignments=ordered)
+
+
+def run_cli(group: click.Group, prog_name: str, args: Sequence[str] | None = None) -> None:
+    """Run `group`; user errors become one line `PROG: error: ...` and exit 2."""
+    try:
+        rv = group.main(args=args, prog_name=prog_name, standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo(f"{prog_name}: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        message = err.format_message().replace("\n", " ")
+        hint = f" (see `{err.ctx.command_path} --help`)" if getattr(err, "ctx", None) is not None else ""
+        click.echo(f"{prog_name}: error: {message}{hint}", err=True)
+        sys.exit(EXIT_USAGE)
+    except UserError as err:
+        click.echo(f"{prog_name}: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", err=True)
+        sys.exit(EXIT_USAGE)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -1,0 +1,239 @@
+"""The one job runner: a stage over a table, on Ray Data or in this process, into a folder.
+
+`run_stage(stage, table, out_dir, config)` always writes the same four files:
+
+    OUT/<table>.parquet   the stage's rows (stage.output_schema)
+    OUT/rejects.parquet   every reject of the stage (and those handed in by its reader)
+    OUT/<stage>.json      provenance: toolkit version, config section and hash, counts,
+                          what the stage reports about its models, figures
+    OUT/done.json         written last: the fingerprint of the inputs, figures, counts
+
+Across the Ray boundary a batch travels as one Arrow table: the stage's output columns
+plus three `_reject_*` columns; a row with `_reject_code` set is a reject. The driver
+splits them again, so rejects ride the same stream as results and never vanish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from lst_data import __version__
+from lst_data.core.config import RayConfig, to_dict
+from lst_data.core.progress import progress_bar
+from lst_data.core.rejects import Reject, merge_rejects, write_rejects
+from lst_data.core.stage import Stage, StageResult
+
+if TYPE_CHECKING:
+    from lst_data.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+REJECTS_FILE = "rejects.parquet"
+DONE_FILE = "done.json"
+
+_REJECT_FIELDS = [
+    pa.field("_reject_stage", pa.string()),
+    pa.field("_reject_code", pa.string()),
+    pa.field("_reject_detail", pa.string()),
+]
+
+
+def _wire_schema(stage: Stage) -> pa.Schema:
+    return pa.schema([f.with_nullable(True) for f in stage.output_schema] + _REJECT_FIELDS)
+
+
+def encode_result(stage: Stage, result: StageResult) -> pa.Table:
+    """Results and rejects of one batch as one Arrow table (the wire format)."""
+    rows = [dict(r, _reject_stage=None, _reject_code=None, _reject_detail=None) for r in result.rows]
+    rows += [
+        {"id": r.id, "_reject_stage": r.stage, "_reject_code": r.code, "_reject_detail": r.detail}
+        for r in result.rejects
+    ]
+    return pa.Table.from_pylist(rows, schema=_wire_schema(stage))
+
+
+def decode_result(stage: Stage, table: pa.Table) -> tuple[pa.Table, list[Reject]]:
+    is_reject = pc.is_valid(table["_reject_code"])
+    rejected = table.filter(is_reject).select(["id", *[f.name for f in _REJECT_FIELDS]]).to_pylist()
+    ok = table.filter(pc.invert(is_reject)).drop_columns([f.name for f in _REJECT_FIELDS])
+    rejects = [Reject(r["id"], r["_reject_stage"], r["_reject_code"], r["_reject_detail"]) for r in rejected]
+    return ok.cast(stage.output_schema), rejects
+
+
+class _StageWorker:
+    """Ray Data callable class: one stage instance (and its model) per actor."""
+
+    def __init__(self, stage: Stage) -> None:
+        self.stage = stage
+        self.stage.setup()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return encode_result(self.stage, self.stage.process_batch(batch.to_pylist()))
+
+
+def _check_inputs(stage: Stage, table: pa.Table) -> None:
+    missing = [c for c in stage.input_columns if c not in table.column_names]
+    if missing:
+        raise ValueError(f"stage {stage.name!r} needs columns {missing}; input has {table.column_names}")
+
+
+def iter_stage(stage: Stage, table: pa.Table, ray_config: RayConfig) -> Iterator[tuple[pa.Table, list[Reject], int]]:
+    """Run `stage` over `table`; yield (ok rows, rejects, input rows consumed) per batch, in input order."""
+    _check_inputs(stage, table)
+    if ray_config.runner == "local":
+        stage.setup()
+        for batch in table.to_batches(max_chunksize=ray_config.batch_size):
+            result = stage.process_batch(batch.to_pylist())
+            ok, rejects = decode_result(stage, encode_result(stage, result))
+            yield ok, rejects, batch.num_rows
+        return
+    from lst_data.core.ray_env import ensure_ray, stage_pool_size
+
+    ray_data = ensure_ray(ray_config)
+    # Blocks are cut here, in the driver: a repartition would need CPU tasks that the
+    # actor pool may already hold (two 1-CPU actors on a 2-core machine deadlock).
+    blocks = [table.slice(i, ray_config.batch_size) for i in range(0, table.num_rows, ray_config.batch_size)]
+    ds = ray_data.from_arrow(blocks or [table])
+    mapped = ds.map_batches(
+        _StageWorker,
+        fn_constructor_args=(stage,),
+        batch_size=ray_config.batch_size,
+        batch_format="pyarrow",
+        compute=ray_data.ActorPoolStrategy(size=stage_pool_size(stage.resources, ray_config)),
+        num_cpus=stage.resources.cpus * ray_config.cpus_per_worker,
+        num_gpus=stage.resources.gpus,
+    )
+    for wire in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
+        ok, rejects = decode_result(stage, wire)
+        yield ok, rejects, wire.num_rows
+
+
+@dataclass
+class StageReport:
+    """What one stage run did: counts, rejects, wall time and the stage's own figures."""
+
+    stage: str
+    out_dir: Path
+    rows_in: int
+    rows_out: int
+    rejects: list[Reject]
+    seconds: float
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rejected(self) -> int:
+        return len(self.rejects)
+
+    def summary_rows(self) -> list[tuple[str, str]]:
+        """(what, value) lines for the end-of-command summary."""
+        rows = [("input rows", str(self.rows_in)), ("output rows", str(self.rows_out)),
+                ("rejected", str(self.rejected))]
+        rows += [(name.replace("_", " "), f"{value:.4g}" if isinstance(value, float) else str(value))
+                 for name, value in self.figures.items()]
+        rows.append(("wall time", f"{self.seconds:.1f} s"))
+        return rows
+
+
+def stream_to_parquet(
+    stage: Stage, table: pa.Table, out_path: Path, ray_config: RayConfig, *, show_progress: bool = True,
+) -> tuple[int, list[Reject]]:
+    """Stream `stage` over `table` into one Parquet file (written under a temporary name)."""
+    tmp = out_path.with_suffix(out_path.suffix + ".tmp")
+    rejects: list[Reject] = []
+    rows_out = 0
+    with (
+        pq.ParquetWriter(tmp, stage.output_schema) as writer,
+        progress_bar(total=table.num_rows, desc=stage.name, unit="utt", disable=not show_progress) as bar,
+    ):
+        if table.num_rows:
+            for ok, batch_rejects, consumed in iter_stage(stage, table, ray_config):
+                if ok.num_rows:
+                    writer.write_table(ok)
+                rows_out += ok.num_rows
+                rejects.extend(batch_rejects)
+                bar.update(consumed)
+                bar.set_postfix(rejects=len(rejects))
+    tmp.replace(out_path)
+    return rows_out, rejects
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def finish_stage(
+    name: str,
+    out_dir: Path,
+    *,
+    rows_in: int,
+    rows_out: int,
+    rejects: Iterable[Reject],
+    started: float,
+    config: RunConfig,
+    config_section: str,
+    provenance: dict[str, Any],
+    figures: dict[str, Any],
+    fingerprint: str | None,
+) -> StageReport:
+    """Write rejects.parquet, <name>.json and, last, done.json; return the report.
+
+    Shared by `run_stage` and by writers that are not row transforms (the shard writer).
+    """
+    rejects = merge_rejects(rejects)
+    write_rejects(rejects, out_dir / REJECTS_FILE)
+    seconds = time.perf_counter() - started
+    counts = {"input": rows_in, "output": rows_out, "rejects": len(rejects)}
+    write_json(out_dir / f"{name}.json", {
+        "stage": name,
+        "toolkit_version": __version__,
+        "config": to_dict(getattr(config, config_section)),
+        "config_hash": config.section_hash(config_section),
+        "counts": counts,
+        "figures": figures,
+        **provenance,
+    })
+    write_json(out_dir / DONE_FILE, {"hash": fingerprint, "seconds": seconds, "figures": figures,
+                                     "rejects": len(rejects)})
+    return StageReport(name, out_dir, rows_in, rows_out, rejects, seconds, figures)
+
+
+def run_stage(
+    stage: Stage,
+    table: pa.Table,
+    out_dir: str | Path,
+    config: RunConfig,
+    *,
+    prior_rejects: Iterable[Reject] = (),
+    fingerprint: str | None = None,
+    show_progress: bool = True,
+) -> StageReport:
+    """prepare -> batches (Ray or local) -> finalize; writes the four files of the module docstring.
+
+    `prior_rejects` are rejects of this stage found before its batches ran (a corpus
+    reader's); `fingerprint` identifies the inputs for resume (stored in done.json).
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / DONE_FILE).unlink(missing_ok=True)
+    rejects = list(prior_rejects)
+    rejects += stage.prepare(table, out_dir, config.ray) if table.num_rows else []
+    out_path = out_dir / f"{stage.table}.parquet"
+    rows_out, batch_rejects = stream_to_parquet(stage, table, out_path, config.ray, show_progress=show_progress)
+    output = pq.read_table(out_path, schema=stage.output_schema)
+    figures = stage.finalize(output, out_dir)
+    return finish_stage(
+        stage.name, out_dir, rows_in=table.num_rows, rows_out=rows_out, rejects=[*batch_rejects, *rejects],
+        started=started, config=config, config_section=stage.config_section, provenance=stage.provenance(),
+        figures=figures, fingerprint=fingerprint,
+    )

@@ -1,0 +1,1 @@
+"""Ingest stage: corpus readers (MFA, LibriSpeech, JSONL layouts) -> `manifest.parquet` rows."""
