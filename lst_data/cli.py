@@ -1,60 +1,58 @@
 """`lst-data`: the command line of the toolkit.
 
-Each stage owns its commands (in `lst_data/<stage>/cli.py`); they are loaded lazily, so
-`lst-data --help` stays fast and a stage's heavy imports (torch, ray) happen only when
-that stage's command runs.
+Each stage owns its commands (`lst_data/<stage>/cli.py`, thin modules that import only
+click at module level: a stage's heavy imports happen when its command runs). Every
+command takes `--config FILE` and `--set a.b=v`; a user error is one line and exit 2.
 """
 
 from __future__ import annotations
 
-import importlib
-
 import click
 
-# command name -> "module:attribute" of a click command or group
-LAZY_COMMANDS: dict[str, str] = {
-    "ingest": "lst_data.ingest.cli:ingest",
-    "demo-corpus": "lst_data.demo:demo_corpus_command",
-    "config": "lst_data.ingest.cli:config_command",
-    "align": "lst_data.align.cli:align",
-    "export-textgrid": "lst_data.align.cli:export_textgrid",
-    "units": "lst_data.units.cli:units",
-    "tokenizer": "lst_data.tokenize.cli:tokenizer",
-    "shard": "lst_data.shards.cli:shard",
-    "stats": "lst_data.shards.inspect_cli:stats",
-    "show": "lst_data.shards.inspect_cli:show",
-    "validate": "lst_data.shards.inspect_cli:validate",
-    "diff": "lst_data.shards.inspect_cli:diff",
-    "plot": "lst_data.shards.inspect_cli:plot",
-    "build": "pipelines.build_corpus:build_command",
-}
+from lst_data.align.cli import align, export_textgrid
+from lst_data.core.cli_options import run_cli
+from lst_data.demo import demo_corpus_command
+from lst_data.ingest.cli import ingest
+from lst_data.shards.cli import shard
+from lst_data.shards.inspect_cli import diff, plot, show, stats, validate
+from lst_data.tokenize.cli import tokenize, tokenizer
+from lst_data.units.cli import kmeans, units
+from pipelines.build_corpus import build_command
 
 
-class LazyGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
+@click.command("config")
+@click.option("--defaults-yaml", is_flag=True, help="Print the full default config as YAML.")
+def config_command(defaults_yaml: bool) -> None:
+    """Show every config field with its default and meaning."""
+    from lst_data.config import RunConfig
+    from lst_data.core.config import describe, to_dict
 
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in LAZY_COMMANDS:
-            module_name, attr = LAZY_COMMANDS[name].split(":")
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as err:
-                if err.name and module_name.startswith(err.name):
-                    return None  # that stage is not part of this install
-                raise
-            return getattr(module, attr)
-        return super().get_command(ctx, name)
+    if defaults_yaml:
+        import yaml
+
+        click.echo(yaml.safe_dump(to_dict(RunConfig()), sort_keys=False))
+        return
+    for name, default, text in describe(RunConfig):
+        click.echo(f"{name} = {default!r}\n    {text}")
 
 
-@click.group(cls=LazyGroup)
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging, and Ray's own notices and warnings.")
 @click.version_option(package_name="lst-data")
-def main(verbose: bool) -> None:
+def cli(verbose: bool) -> None:
     """Prepare speech + text corpora for the Latent Speech-Text Transformer."""
     from lst_data.core.progress import setup_logging
 
     setup_logging(verbose)
+
+
+for command in (ingest, align, export_textgrid, units, kmeans, tokenize, tokenizer, shard, build_command,
+                stats, show, validate, diff, plot, demo_corpus_command, config_command):
+    cli.add_command(command)
+
+
+def main() -> None:
+    run_cli(cli, "lst-data")
 
 
 if __name__ == "__main__":

@@ -8,12 +8,14 @@ tables under its own folder of the run directory:
     RUN/config.yaml          the resolved config of the run
     RUN/ingest/              manifest.parquet, rejects.parquet, ingest.json, audio/
     RUN/align/               alignments.parquet, rejects.parquet, oov.parquet, align.json
-    RUN/units/               codebook.npy (+ .json), units.parquet, units_rejects.parquet, units.json
-    RUN/tokenize/            tokenizer.model, tokens.parquet, rejects.parquet
-    RUN/shards/              {split}-NNNNNN.tar + .json sidecars, index.parquet, rejects.parquet, dataset.json
+    RUN/units/               codebook.npy (+ .json), units.parquet, rejects.parquet, units.json
+    RUN/tokenize/            tokenizer.model, tokens.parquet, rejects.parquet, tokenize.json
+    RUN/shards/              {split}-NNNNNN.tar + .json sidecars, index.parquet, rejects.parquet, dataset.json,
+                             shard.json
     RUN/build.json           what ran, what was kept, wall time per stage, reject counts
 
-Resume: a step is done when `RUN/<step>/done.json` holds the hash of everything its output
+Every step is one stage run by `lst_data.core.runner` (the shard writer ends the same way), so
+each folder also holds `done.json`, written last. Resume: a step is done when `RUN/<step>/done.json` holds the hash of everything its output
 depends on (its config sections, the seed, and the hashes of the steps it reads). A rerun
 skips done steps and redoes the rest; the shard step also keeps every finished shard. A
 killed run therefore resumes to the same bytes as an uninterrupted one.
@@ -25,24 +27,22 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
-import pyarrow.parquet as pq
 import yaml
 
 from lst_data import __version__
-from lst_data.config import RunConfig, canonical_hash, to_dict
+from lst_data.config import RunConfig
+from lst_data.core.cli_options import config_options, load_run_config, run_cli
+from lst_data.core.config import canonical_hash, to_dict
+from lst_data.core.errors import UserError
 from lst_data.core.rejects import Reject, read_rejects
+from lst_data.core.runner import DONE_FILE, REJECTS_FILE, StageReport
 
 STEP_ORDER = ("ingest", "align", "units", "tokenize", "shard")
-
-
-@dataclass
-class StepResult:
-    rejects: list[Reject]
-    figures: dict[str, float | int | str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Step:
     name: str
     sections: tuple[str, ...]  # config sections the output depends on
     reads: tuple[str, ...]  # steps whose outputs it reads
-    run: Callable[[BuildContext], StepResult]
+    run: Callable[[BuildContext, str], StageReport]  # (context, fingerprint) -> report
     folder: str  # under the run directory
 
 
@@ -60,7 +60,7 @@ class StepOutcome:
     skipped: bool
     seconds: float
     rejects: list[Reject]
-    figures: dict[str, float | int | str]
+    figures: dict[str, Any]
 
 
 @dataclass
@@ -70,66 +70,44 @@ class BuildContext:
     config: RunConfig
 
     def dir(self, step: str) -> Path:
-        path = self.run_dir / step
+        path = self.run_dir / STEPS[step].folder
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def manifest(self):
-        return pq.read_table(self.run_dir / "ingest" / "manifest.parquet")
+    @property
+    def manifest_dir(self) -> Path:
+        return self.run_dir / STEPS["ingest"].folder
 
 
-def _ingest(ctx: BuildContext) -> StepResult:
+def _ingest(ctx: BuildContext, fingerprint: str) -> StageReport:
     from lst_data.ingest.stage import ingest_corpus
 
-    report = ingest_corpus(ctx.corpus, ctx.dir("ingest"), ctx.config)
-    return StepResult(report.rejects, {"utterances": report.manifest.num_rows, "hours": report.hours})
+    return ingest_corpus(ctx.corpus, ctx.dir("ingest"), ctx.config, fingerprint=fingerprint)
 
 
-def _align(ctx: BuildContext) -> StepResult:
+def _align(ctx: BuildContext, fingerprint: str) -> StageReport:
     from lst_data.align.stage import align_manifest
 
-    report = align_manifest(ctx.run_dir / "ingest", ctx.dir("align"), ctx.config)
-    return StepResult(report.rejects, {"aligned": report.alignments.num_rows, "oov_words": report.oov.num_rows})
+    return align_manifest(ctx.manifest_dir, ctx.dir("align"), ctx.config, fingerprint=fingerprint)
 
 
-CODEBOOK_FILE = "codebook.npy"
+def _units(ctx: BuildContext, fingerprint: str) -> StageReport:
+    from lst_data.units.stage import quantize_manifest
+
+    return quantize_manifest(ctx.manifest_dir, ctx.dir("units"), ctx.config, fingerprint=fingerprint)
 
 
-def _units(ctx: BuildContext) -> StepResult:
-    from lst_data.units.stage import assign_units, train_codebook
+def _tokenize(ctx: BuildContext, fingerprint: str) -> StageReport:
+    from lst_data.tokenize.stage import tokenize_manifest
 
-    manifest, cfg = ctx.manifest(), ctx.config
-    codebook = cfg.units.codebook or str(ctx.dir("units") / CODEBOOK_FILE)
-    rejects: list[Reject] = []
-    if cfg.units.codebook is None:
-        trained = train_codebook(manifest, codebook, cfg.units, cfg.seed, cfg.ray)
-        rejects += trained.rejects
-    report = assign_units(manifest, codebook, ctx.dir("units"), cfg.units, cfg.ray)
-    # Training samples frames from the same utterances assignment encodes: one reject each.
-    assigned = {(r.id, r.code) for r in report.rejects}
-    rejects = report.rejects + [r for r in rejects if (r.id, r.code) not in assigned]
-    return StepResult(rejects, {"utterances": report.utterances, "frames": report.frames})
+    return tokenize_manifest(ctx.manifest_dir, ctx.dir("tokenize"), ctx.config, fingerprint=fingerprint)
 
 
-def _tokenize(ctx: BuildContext) -> StepResult:
-    from lst_data.core.rejects import write_rejects
-    from lst_data.core.stage import run_stage_to_parquet
-    from lst_data.tokenize.stage import TokenizeStage, prepare_tokenizer
-
-    manifest, cfg, out = ctx.manifest(), ctx.config, ctx.dir("tokenize")
-    tokenizer = prepare_tokenizer(cfg.tokenizer, manifest["normalized_text"].to_pylist(), out, cfg.seed)
-    stage = TokenizeStage(tokenizer.path, tokenizer.hash)
-    report = run_stage_to_parquet(stage, manifest.select(["id", "normalized_text"]), out / "tokens.parquet", cfg.ray)
-    write_rejects(report.rejects, out / "rejects.parquet")
-    return StepResult(report.rejects, {"vocab_size": tokenizer.vocab_size, "tokenized": report.rows_out})
-
-
-def _shard(ctx: BuildContext) -> StepResult:
+def _shard(ctx: BuildContext, fingerprint: str) -> StageReport:
     from lst_data.shards.build import StageOutputs, build_shards
 
     outputs = StageOutputs.from_run_dir(ctx.run_dir)
-    report = build_shards(outputs, ctx.dir(STEPS["shard"].folder), ctx.config)
-    return StepResult(report.new_rejects, {"samples": report.samples, "hours_out": report.hours, "shards": report.shards})
+    return build_shards(outputs, ctx.dir("shard"), ctx.config, fingerprint=fingerprint)
 
 
 STEPS = {
@@ -159,7 +137,7 @@ def step_hashes(config: RunConfig, corpus: Path) -> dict[str, str]:
 
 
 def _done_marker(run_dir: Path, step: str) -> Path:
-    return run_dir / STEPS[step].folder / "done.json"
+    return run_dir / STEPS[step].folder / DONE_FILE
 
 
 def is_done(run_dir: Path, step: str, step_hash: str) -> bool:
@@ -195,16 +173,8 @@ def build_corpus(
             marker = json.loads(_done_marker(run_dir, name).read_text(encoding="utf-8"))
             outcome = StepOutcome(name, True, 0.0, _stored_rejects(run_dir, name), marker.get("figures", {}))
         else:
-            _done_marker(run_dir, name).unlink(missing_ok=True)
-            step_started = time.perf_counter()
-            result = STEPS[name].run(ctx)
-            seconds = time.perf_counter() - step_started
-            outcome = StepOutcome(name, False, seconds, result.rejects, result.figures)
-            _done_marker(run_dir, name).write_text(
-                json.dumps({"hash": hashes[name], "seconds": seconds, "figures": result.figures,
-                            "rejects": len(result.rejects)}, indent=2, sort_keys=True) + "\n",
-                encoding="utf-8",
-            )
+            report = STEPS[name].run(ctx, hashes[name])
+            outcome = StepOutcome(name, False, report.seconds, report.rejects, report.figures)
         outcomes.append(outcome)
         if on_step is not None:
             on_step(outcome)
@@ -219,8 +189,7 @@ def _stored_rejects(run_dir: Path, step: str) -> list[Reject]:
     Filtering by stage matters for the shard folder, whose rejects.parquet also carries
     every earlier stage's rejects; step names are the stage names of their reject rows.
     """
-    folder = run_dir / STEPS[step].folder
-    return [r for path in sorted(folder.glob("*rejects*.parquet")) for r in read_rejects(path) if r.stage == step]
+    return [r for r in read_rejects(run_dir / STEPS[step].folder / REJECTS_FILE) if r.stage == step]
 
 
 def _write_build_json(report: BuildReport, config: RunConfig, hashes: dict[str, str]) -> None:
@@ -267,26 +236,24 @@ def print_build_summary(report: BuildReport) -> None:
 @click.argument("corpus", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue a run in OUT: done steps and finished shards are kept.")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Run config (YAML); defaults in code (`lst-data config`).")
-@click.option("--runner", type=click.Choice(["ray", "local"]), default=None, help="Override ray.runner.")
+@config_options
 @click.option("--steps", default=",".join(STEP_ORDER), show_default=True,
               help="Comma-separated steps to run, in pipeline order (e.g. ingest,align).")
-def build_command(corpus: Path, out: Path, resume: bool, config_path: Path | None, runner: str | None, steps: str) -> None:
+def build_command(corpus: Path, out: Path, resume: bool, config_path: Path | None, assignments: tuple[str, ...],
+                  runner: str | None, steps: str) -> None:
     """Build shards from CORPUS into the run directory OUT (ingest, align, units, tokenize, shard).
 
     Exit code 0: every utterance is in the shards; 3: finished, with rejects; 1: failed.
     """
-    from lst_data.ingest.cli import load_run_config
     from lst_data.core.summary import EXIT_WITH_REJECTS
 
     chosen = tuple(s.strip() for s in steps.split(",") if s.strip())
     unknown = [s for s in chosen if s not in STEPS]
     if unknown:
-        raise click.BadParameter(f"unknown steps {unknown}; known: {', '.join(STEP_ORDER)}", param_hint="--steps")
+        raise UserError(f"--steps: unknown steps {unknown}; known: {', '.join(STEP_ORDER)}")
     if out.exists() and any(out.iterdir()) and not resume:
-        raise click.UsageError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-    config = load_run_config(config_path, runner)
+        raise UserError(f"--out: {out} already holds a run: pass --resume to continue it, or choose another --out")
+    config = load_run_config(config_path, assignments, runner)
     report = build_corpus(corpus, out, config, steps=chosen,
                           on_step=lambda o: click.echo(f"[{o.name}] {'kept (done)' if o.skipped else f'done in {o.seconds:.1f} s'}", err=True))
     print_build_summary(report)
@@ -295,4 +262,4 @@ def build_command(corpus: Path, out: Path, resume: bool, config_path: Path | Non
 
 
 if __name__ == "__main__":
-    build_command()
+    run_cli(build_command, "build_corpus")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import model_validator
+
 from lst_data.core.config import Section, doc
 
 
@@ -92,3 +94,14 @@ class AlignConfig(Section):
     mfa: MfaConfig = doc("Montreal Forced Aligner backend.", MfaConfig)
     ctc: CtcConfig = doc("CTC (wav2vec2 / MMS) backend.", CtcConfig)
     textgrid: TextGridConfig = doc("Import of existing TextGrids.", TextGridConfig)
+
+    @model_validator(mode="after")
+    def _backend_inputs_given(self) -> AlignConfig:
+        required = {
+            "textgrid": ("align.textgrid.directory", self.textgrid.directory),
+            "ctc": ("align.ctc.checkpoint", self.ctc.checkpoint),
+            "mfa": ("align.mfa.acoustic_model", self.mfa.acoustic_model or (self.mfa.mode == "train" or None)),
+        }
+        if self.backend in required and required[self.backend][1] is None:
+            raise ValueError(f"align.backend {self.backend!r} needs {required[self.backend][0]}")
+        return self

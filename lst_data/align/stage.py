@@ -10,10 +10,8 @@ directory and writes alignments.parquet, rejects.parquet, oov.parquet and align.
 from __future__ import annotations
 
 import importlib
-import json
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +23,11 @@ from lst_data.align.base import Aligner, AlignFailure, Alignment, AlignRequest, 
 from lst_data.align.config import AlignConfig
 from lst_data.align.silence import silence_spans, trim_quiet_edges
 from lst_data.audio import AudioError, read_audio
-from lst_data.config import ConfigError, RunConfig, to_dict
-from lst_data.core.rejects import Reject, write_rejects
-from lst_data.core.stage import Resources, Stage, StageResult, run_stage_to_parquet
+from lst_data.config import RunConfig
+from lst_data.core.config import RayConfig, updated
+from lst_data.core.rejects import Reject
+from lst_data.core.runner import StageReport, read_manifest, run_stage
+from lst_data.core.stage import Resources, Stage, StageResult
 from lst_data.core.tables import ALIGNMENT_SCHEMA
 
 BACKENDS: dict[str, str] = {
@@ -39,36 +39,21 @@ BACKENDS: dict[str, str] = {
 # Backends that read the audio themselves; only their word edges are trimmed.
 ACOUSTIC_BACKENDS = frozenset({"pocketsphinx", "mfa", "ctc"})
 
+OOV_FILE = "oov.parquet"
 OOV_SCHEMA = pa.schema(
     [pa.field("word", pa.string()), pa.field("source", pa.string()), pa.field("count", pa.int64())]
 )
 
 
-def check_config(config: AlignConfig) -> None:
-    """Raise ConfigError for a config no worker could run, before any worker starts."""
-    if config.backend not in BACKENDS:
-        raise ConfigError(f"unknown align.backend {config.backend!r}; choose from {', '.join(BACKENDS)}")
-    if config.oov not in ("g2p", "reject"):
-        raise ConfigError(f"align.oov must be 'g2p' or 'reject', got {config.oov!r}")
-    required = {
-        "textgrid": ("align.textgrid.directory", config.textgrid.directory),
-        "ctc": ("align.ctc.checkpoint", config.ctc.checkpoint),
-        "mfa": ("align.mfa.acoustic_model", config.mfa.acoustic_model or (config.mfa.mode == "train" or None)),
-    }
-    if config.backend in required and required[config.backend][1] is None:
-        raise ConfigError(f"backend {config.backend!r} needs {required[config.backend][0]}")
-    if config.backend == "mfa" and config.mfa.mode not in ("worker", "batch", "train"):
-        raise ConfigError(f"align.mfa.mode must be 'worker', 'batch' or 'train', got {config.mfa.mode!r}")
-
-
 def make_aligner(config: AlignConfig) -> Aligner:
-    check_config(config)
     module_name, cls_name = BACKENDS[config.backend].split(":")
     return getattr(importlib.import_module(module_name), cls_name)(config)
 
 
 class AlignStage(Stage):
     name = "align"
+    table = "alignments"
+    config_section = "align"
     input_columns = ("id", "key", "audio_path", "duration", "speaker", "normalized_text")
     output_schema = ALIGNMENT_SCHEMA
     resources = Resources(cpus=1.0)
@@ -79,9 +64,28 @@ class AlignStage(Stage):
         if config.backend == "ctc" and config.ctc.device in ("auto", "cuda") and _cuda_available():
             self.resources = Resources(cpus=1.0, gpus=1.0)
 
+    def prepare(self, table: pa.Table, out_dir: Path, ray: RayConfig) -> list[Reject]:
+        """MFA train mode: train on the whole manifest once, then align in batch mode with that model."""
+        if self.config.backend == "mfa" and self.config.mfa.mode == "train":
+            from lst_data.align.mfa_backend import train_acoustic_model
+
+            requests = [AlignRequest.from_row(row) for row in table.to_pylist()]
+            model = train_acoustic_model(requests, out_dir / "mfa_acoustic_model.zip", self.config)
+            self.config = updated(self.config, {"mfa": {"mode": "batch", "acoustic_model": str(model.resolve())}})
+        return []
+
     def setup(self) -> None:
         if self.aligner is None:
             self.aligner = make_aligner(self.config)
+
+    def finalize(self, output: pa.Table, out_dir: Path) -> dict[str, Any]:
+        oov = oov_report(output)
+        pq.write_table(oov, out_dir / OOV_FILE)
+        self.model_hashes = sorted(set(output["model_hash"].to_pylist()))
+        return {"aligned": output.num_rows, "oov_words": oov.num_rows}
+
+    def provenance(self) -> dict[str, Any]:
+        return {"model_hash": getattr(self, "model_hashes", [])}
 
     def __getstate__(self) -> dict[str, Any]:
         # Ray ships the stage to its actors before setup(); a loaded model never travels.
@@ -168,62 +172,7 @@ def oov_report(alignments: pa.Table) -> pa.Table:
     return counts.sort_by([("count", "descending"), ("word", "ascending")]).cast(OOV_SCHEMA)
 
 
-def _with_trained_mfa_model(config: RunConfig, manifest: pa.Table, out_dir: Path) -> RunConfig:
-    """Train MFA on the whole manifest once, then align it in batch mode with that model."""
-    from lst_data.align.mfa_backend import train_acoustic_model
-
-    requests = [AlignRequest.from_row(row) for row in manifest.to_pylist()]
-    model = train_acoustic_model(requests, out_dir / "mfa_acoustic_model.zip", config.align)
-    mfa = replace(config.align.mfa, mode="batch", acoustic_model=str(model.resolve()))
-    return replace(config, align=replace(config.align, mfa=mfa))
-
-
-@dataclass
-class AlignReport:
-    alignments: pa.Table
-    rejects: list[Reject]
-    oov: pa.Table
-    seconds: float
-    audio_seconds: float
-
-    @property
-    def real_time_factor(self) -> float:
-        """Processing seconds per audio second (lower is faster)."""
-        return self.seconds / self.audio_seconds if self.audio_seconds else float("nan")
-
-
-def align_manifest(manifest_dir: str | Path, out_dir: str | Path, config: RunConfig) -> AlignReport:
+def align_manifest(manifest_dir: str | Path, out_dir: str | Path, config: RunConfig,
+                   *, fingerprint: str | None = None) -> StageReport:
     """Align MANIFEST_DIR/manifest.parquet into OUT_DIR (alignments, rejects, oov, align.json)."""
-    from lst_data import __version__
-
-    started = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = pq.read_table(Path(manifest_dir) / "manifest.parquet")
-    check_config(config.align)
-    if config.align.backend == "mfa" and config.align.mfa.mode == "train" and manifest.num_rows:
-        config = _with_trained_mfa_model(config, manifest, out_dir)
-    stage = AlignStage(config.align)
-    path = out_dir / "alignments.parquet"
-    rejects: list[Reject] = []
-    if manifest.num_rows:
-        rejects = run_stage_to_parquet(stage, manifest, path, config.ray).rejects
-    else:
-        pq.write_table(ALIGNMENT_SCHEMA.empty_table(), path)
-    alignments = pq.read_table(path, schema=ALIGNMENT_SCHEMA)
-    write_rejects(rejects, out_dir / "rejects.parquet")
-    oov = oov_report(alignments)
-    pq.write_table(oov, out_dir / "oov.parquet")
-    provenance = {
-        "stage": "align",
-        "toolkit_version": __version__,
-        "manifest": str((Path(manifest_dir) / "manifest.parquet").resolve()),
-        "config": to_dict(config.align),
-        "config_hash": config.section_hash("align"),
-        "model_hash": sorted(set(alignments["model_hash"].to_pylist())),
-        "counts": {"utterances": manifest.num_rows, "aligned": alignments.num_rows, "rejects": len(rejects),
-                   "oov_words": oov.num_rows},
-    }
-    (out_dir / "align.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    audio = float(pc.sum(manifest["duration"]).as_py() or 0.0)
-    return AlignReport(alignments, rejects, oov, time.perf_counter() - started, audio)
+    return run_stage(AlignStage(config.align), read_manifest(manifest_dir), out_dir, config, fingerprint=fingerprint)

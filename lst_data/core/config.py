@@ -165,7 +165,9 @@ def validate_section(cls: type[Section], data: dict[str, Any], where: str = "") 
                 parent = getattr(parent.model_fields.get(part, None), "annotation", parent)
             known = ", ".join(sorted(getattr(parent, "model_fields", {}))) or "none"
             raise ConfigError(f"unknown config field {field}; known here: {known}") from None
-        message = problem["msg"]
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "value_error":  # a rule over several fields: its message names them
+            raise ConfigError(f"config: {message}") from None
         if problem["type"] in ("finite_number",) or (isinstance(problem.get("input"), float) and not math.isfinite(problem["input"])):
             message = "must be a finite number"
         shown = "" if problem["type"] == "missing" else f" (got {_shown(problem.get('input'))})"

@@ -25,6 +25,16 @@ _LOCAL_ENV = {
 }
 
 
+def _verbose() -> bool:
+    return logging.getLogger("lst_data").isEnabledFor(logging.DEBUG)
+
+
+def _quiet_ray_loggers() -> None:
+    """Ray's notices (token auth, disabled progress bars) only with -v: a normal run shows our own lines."""
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.DEBUG if _verbose() else logging.ERROR)
+
+
 def ensure_ray(config: RayConfig) -> ModuleType:
     """Initialise Ray once per process and return the `ray.data` module."""
     for key, value in _LOCAL_ENV.items():
@@ -32,10 +42,11 @@ def ensure_ray(config: RayConfig) -> ModuleType:
     import ray
     import ray.data
 
+    _quiet_ray_loggers()
+
     if not ray.is_initialized():
-        address = config.address or os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address, log_to_driver=False)
+        if joins_cluster(config):
+            ray.init(address=config.address or os.environ["RAY_ADDRESS"], log_to_driver=False)
         else:
             # "local" always starts a fresh Ray: a bare init() would follow
             # /tmp/ray/ray_current_cluster to whatever cluster ran last, dead or alive.
@@ -50,8 +61,23 @@ def ensure_ray(config: RayConfig) -> ModuleType:
     context.execution_options.preserve_order = True  # same inputs -> same output order
     context.enable_progress_bars = False
     context.print_on_execution_start = False  # our stages print their own progress and summary
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    _quiet_ray_loggers()  # ray.init may have configured its loggers again
     return ray.data
+
+
+def joins_cluster(config: RayConfig) -> bool:
+    return bool(config.address or os.environ.get("RAY_ADDRESS"))
+
+
+def actor_options(config: RayConfig) -> dict[str, int]:
+    """Ray remote options of a stage's actors.
+
+    On a cluster, actors restart when their node goes away (Ray Data's default). On the
+    local Ray there is no other node to move to, and a restartable actor whose constructor
+    arguments sit in the object store (Ray Data always puts them there) makes Ray log an
+    error-level notice on every run; a crashed local actor fails the job instead.
+    """
+    return {} if joins_cluster(config) else {"max_restarts": 0}
 
 
 def stage_pool_size(resources: Resources, config: RayConfig) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,14 +98,26 @@ def iter_stage(stage: Stage, table: pa.Table, ray_config: RayConfig) -> Iterator
             ok, rejects = decode_result(stage, encode_result(stage, result))
             yield ok, rejects, batch.num_rows
         return
-    from lst_data.core.ray_env import ensure_ray, stage_pool_size
+    from lst_data.core.ray_env import ensure_ray
 
     ray_data = ensure_ray(ray_config)
     # Blocks are cut here, in the driver: a repartition would need CPU tasks that the
     # actor pool may already hold (two 1-CPU actors on a 2-core machine deadlock).
     blocks = [table.slice(i, ray_config.batch_size) for i in range(0, table.num_rows, ray_config.batch_size)]
     ds = ray_data.from_arrow(blocks or [table])
-    mapped = ds.map_batches(
+    with warnings.catch_warnings():
+        # max_restarts has no named parameter yet; passing it as a remote arg is deprecated.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
+        mapped = _map_stage(ds, stage, ray_config, ray_data)
+    for wire in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
+        ok, rejects = decode_result(stage, wire)
+        yield ok, rejects, wire.num_rows
+
+
+def _map_stage(ds: Any, stage: Stage, ray_config: RayConfig, ray_data: Any) -> Any:
+    from lst_data.core.ray_env import actor_options, stage_pool_size
+
+    return ds.map_batches(
         _StageWorker,
         fn_constructor_args=(stage,),
         batch_size=ray_config.batch_size,
@@ -112,10 +125,8 @@ def iter_stage(stage: Stage, table: pa.Table, ray_config: RayConfig) -> Iterator
         compute=ray_data.ActorPoolStrategy(size=stage_pool_size(stage.resources, ray_config)),
         num_cpus=stage.resources.cpus * ray_config.cpus_per_worker,
         num_gpus=stage.resources.gpus,
+        **actor_options(ray_config),
     )
-    for wire in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
-        ok, rejects = decode_result(stage, wire)
-        yield ok, rejects, wire.num_rows
 
 
 @dataclass
@@ -129,6 +140,12 @@ class StageReport:
     rejects: list[Reject]
     seconds: float
     figures: dict[str, Any] = field(default_factory=dict)
+    output: Path | None = None  # OUT/<table>.parquet of a row-transform stage
+
+    def read_output(self) -> pa.Table:
+        if self.output is None:
+            raise ValueError(f"stage {self.stage!r} writes no table")
+        return pq.read_table(self.output)
 
     @property
     def rejected(self) -> int:
@@ -165,6 +182,18 @@ def stream_to_parquet(
                 bar.set_postfix(rejects=len(rejects))
     tmp.replace(out_path)
     return rows_out, rejects
+
+
+def read_manifest(path: str | Path) -> pa.Table:
+    """manifest.parquet (or the folder holding it): the input of every stage after ingest."""
+    from lst_data.core.errors import InputError
+    from lst_data.core.tables import MANIFEST_SCHEMA
+
+    path = Path(path)
+    path = path / "manifest.parquet" if path.is_dir() else path
+    if not path.is_file():
+        raise InputError(f"no manifest at {path} (run `lst-data ingest` first)")
+    return pq.read_table(path, schema=MANIFEST_SCHEMA)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -232,8 +261,10 @@ def run_stage(
     rows_out, batch_rejects = stream_to_parquet(stage, table, out_path, config.ray, show_progress=show_progress)
     output = pq.read_table(out_path, schema=stage.output_schema)
     figures = stage.finalize(output, out_dir)
-    return finish_stage(
+    report = finish_stage(
         stage.name, out_dir, rows_in=table.num_rows, rows_out=rows_out, rejects=[*batch_rejects, *rejects],
         started=started, config=config, config_section=stage.config_section, provenance=stage.provenance(),
         figures=figures, fingerprint=fingerprint,
     )
+    report.output = out_path
+    return report

@@ -8,7 +8,13 @@ from collections.abc import Iterable, Sequence
 from rich.console import Console
 from rich.table import Table
 
+from typing import TYPE_CHECKING
+
 from lst_data.core.rejects import REJECT_CODES, Reject, count_by_code
+
+if TYPE_CHECKING:
+    from lst_data.config import RunConfig
+    from lst_data.core.runner import StageReport
 
 # Exit code of a data command that finished but rejected some input (1 stays "failed").
 EXIT_WITH_REJECTS = 3
@@ -19,6 +25,14 @@ def finish_command(title: str, figures: Sequence[tuple[str, str]], rejects: Sequ
     print_summary(title, figures, rejects)
     if rejects:
         sys.exit(EXIT_WITH_REJECTS)
+
+
+def finish_stage_command(title: str, report: StageReport, config: RunConfig) -> None:
+    """The summary of a command that ran one stage: its report's rows, runner and config hash."""
+    figures = report.summary_rows()
+    figures[-1] = (figures[-1][0], f"{figures[-1][1]} ({config.ray.runner})")
+    figures.append(("config hash", config.hash[:12]))
+    finish_command(title, figures, report.rejects)
 
 
 def print_summary(title: str, figures: Sequence[tuple[str, str]], rejects: Iterable[Reject], console: Console | None = None) -> None:

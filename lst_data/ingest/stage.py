@@ -9,22 +9,20 @@ the job.
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from lst_data import __version__
 from lst_data.audio import IN_PLACE_SUFFIXES, AudioError, decode, resample, to_mono, write_audio
-from lst_data.config import IngestConfig, RunConfig, to_dict
+from lst_data.config import RunConfig
+from lst_data.core.rejects import Reject
+from lst_data.core.runner import StageReport, run_stage
+from lst_data.core.stage import Resources, Stage, StageResult
+from lst_data.ingest.config import IngestConfig
 from lst_data.ingest.readers import CorpusEntry, read_corpus
-from lst_data.core.rejects import Reject, write_rejects
-from lst_data.core.stage import Resources, Stage, StageResult, run_stage_to_parquet
 from lst_data.core.tables import MANIFEST_SCHEMA, sanitize_key
 from lst_data.text import normalize_text
 
@@ -41,13 +39,24 @@ ENTRY_SCHEMA = pa.schema(
 
 class IngestStage(Stage):
     name = "ingest"
+    table = "manifest"
+    config_section = "ingest"
     input_columns = tuple(ENTRY_SCHEMA.names)
     output_schema = MANIFEST_SCHEMA
     resources = Resources(cpus=1.0)
 
-    def __init__(self, config: IngestConfig, audio_dir: str | Path) -> None:
+    def __init__(self, config: IngestConfig, audio_dir: str | Path, corpus: str | Path | None = None) -> None:
         self.config = config
         self.audio_dir = Path(audio_dir)
+        self.corpus = None if corpus is None else str(Path(corpus).resolve())
+
+    def provenance(self) -> dict[str, Any]:
+        return {"corpus": self.corpus}
+
+    def finalize(self, output: pa.Table, out_dir: Path) -> dict[str, Any]:
+        durations = output["duration"].to_pylist()
+        return {"utterances": output.num_rows, "hours": float(sum(durations)) / 3600,
+                "speakers": len(set(output["speaker"].to_pylist()))}
 
     def process_batch(self, rows: list[dict[str, Any]]) -> StageResult:
         result = StageResult()
@@ -138,49 +147,16 @@ def split_duplicates(items: Iterable[CorpusEntry | Reject]) -> tuple[list[Corpus
     return list(first_seen.values()), rejects
 
 
-@dataclass
-class IngestReport:
-    manifest: pa.Table
-    rejects: list[Reject]
-    seconds: float
-    out_dir: Path
-
-    @property
-    def hours(self) -> float:
-        return float(sum(self.manifest["duration"].to_pylist())) / 3600
-
-    @property
-    def speakers(self) -> int:
-        return len(set(self.manifest["speaker"].to_pylist()))
-
-
-def ingest_corpus(corpus: str | Path, out_dir: str | Path, config: RunConfig, layout: str = "auto") -> IngestReport:
-    """Read, check and normalize a corpus; write manifest.parquet, rejects.parquet, ingest.json."""
-    import pyarrow.parquet as pq
-
-    started = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def list_corpus(corpus: str | Path, layout: str = "auto") -> tuple[pa.Table, list[Reject]]:
+    """The ingest stage's input: one row per first-seen entry (sorted by id), and the reader's rejects."""
     entries, rejects = split_duplicates(read_corpus(corpus, layout))
     entries.sort(key=lambda e: e.id)
-    n_entries = len(entries) + len(rejects)
-    table = pa.Table.from_pylist([e.__dict__ for e in entries], schema=ENTRY_SCHEMA)
-    manifest_path = out_dir / "manifest.parquet"
-    stage = IngestStage(config.ingest, out_dir / "audio")
-    if table.num_rows:
-        report = run_stage_to_parquet(stage, table, manifest_path, config.ray)
-        rejects += report.rejects
-    else:
-        pq.write_table(MANIFEST_SCHEMA.empty_table(), manifest_path)
-    write_rejects(rejects, out_dir / "rejects.parquet")
-    manifest = pq.read_table(manifest_path, schema=MANIFEST_SCHEMA)
-    provenance = {
-        "stage": "ingest",
-        "toolkit_version": __version__,
-        "corpus": str(Path(corpus).resolve()),
-        "config": to_dict(config.ingest),
-        "config_hash": config.section_hash("ingest"),
-        "counts": {"entries": n_entries, "utterances": manifest.num_rows, "rejects": len(rejects)},
-    }
-    (out_dir / "ingest.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return IngestReport(manifest, rejects, time.perf_counter() - started, out_dir)
+    return pa.Table.from_pylist([e.__dict__ for e in entries], schema=ENTRY_SCHEMA), rejects
+
+
+def ingest_corpus(corpus: str | Path, out_dir: str | Path, config: RunConfig, layout: str = "auto",
+                  *, fingerprint: str | None = None) -> StageReport:
+    """Read, check and normalize a corpus into OUT (manifest.parquet, rejects.parquet, ingest.json)."""
+    entries, reader_rejects = list_corpus(corpus, layout)
+    stage = IngestStage(config.ingest, Path(out_dir) / "audio", corpus=corpus)
+    return run_stage(stage, entries, out_dir, config, prior_rejects=reader_rejects, fingerprint=fingerprint)

@@ -10,13 +10,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 
+from lst_data.core.config import RayConfig
+from lst_data.core.rejects import Reject
+from lst_data.core.runner import StageReport, read_manifest, run_stage
 from lst_data.core.stage import Stage, StageResult
 from lst_data.tokenize.config import TokenizerConfig
 from lst_data.tokenize.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
+
+if TYPE_CHECKING:
+    from lst_data.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +49,39 @@ class TokenizeStage(Stage):
     """
 
     name = "tokenize"
+    table = "tokens"
+    config_section = "tokenizer"
     input_columns: ClassVar[tuple[str, ...]] = ("id", "normalized_text")
     output_schema: ClassVar[pa.Schema] = TOKENS_SCHEMA
 
-    def __init__(self, model_path: str | Path, expected_hash: str | None = None) -> None:
-        self.model_path = str(model_path)
+    def __init__(self, config: TokenizerConfig | None = None, seed: int = 0, *,
+                 model_path: str | Path | None = None, expected_hash: str | None = None) -> None:
+        self.config = config or TokenizerConfig()
+        self.seed = seed
+        self.model_path = None if model_path is None else str(model_path)
         self.expected_hash = expected_hash
         self._tokenizer: Tokenizer | None = None
+        self.vocab_size: int | None = None
+
+    def prepare(self, table: pa.Table, out_dir: Path, ray: RayConfig) -> list[Reject]:
+        """The configured tokenizer, or a BPE trained on the stage's transcripts into out_dir."""
+        if self.model_path is None:
+            tokenizer = prepare_tokenizer(self.config, table["normalized_text"].to_pylist(), out_dir, self.seed)
+            self.model_path, self.expected_hash = str(tokenizer.path), tokenizer.hash
+            self.vocab_size = tokenizer.vocab_size
+        return []
+
+    def finalize(self, output: pa.Table, out_dir: Path) -> dict[str, Any]:
+        return {"tokenized": output.num_rows, "vocab_size": self.vocab_size}
+
+    def provenance(self) -> dict[str, Any]:
+        return {"tokenizer": {"path": self.model_path, "sha256": self.expected_hash}}
 
     def setup(self) -> None:
         if self._tokenizer is not None:
             return
+        if self.model_path is None:
+            raise RuntimeError("TokenizeStage: prepare() was not called and no model_path was given")
         tokenizer = load_tokenizer(self.model_path)
         if self.expected_hash is not None and tokenizer.hash != self.expected_hash:
             raise RuntimeError(
@@ -111,3 +139,11 @@ def prepare_tokenizer(
     )
     log.info("trained %s on the corpus: %d pieces", out_path, tokenizer.vocab_size)
     return tokenizer
+
+
+def tokenize_manifest(manifest_dir: str | Path, out_dir: str | Path, config: RunConfig,
+                      *, fingerprint: str | None = None) -> StageReport:
+    """BPE pieces for every transcript of MANIFEST_DIR/manifest.parquet (training the BPE when none is set)."""
+    stage = TokenizeStage(config.tokenizer, config.seed)
+    table = read_manifest(manifest_dir).select(list(TokenizeStage.input_columns))
+    return run_stage(stage, table, out_dir, config, fingerprint=fingerprint)

@@ -5,20 +5,20 @@ per actor, one GPU per actor when CUDA is present) or in process. Per-utterance 
 become rejects: missing or undecodable audio (`audio_missing`, `audio_unreadable`) and
 audio too short for one frame (`units_failed`).
 
-Outputs of `assign_units` (in OUT):
+Outputs of the units stage (in OUT, written by `lst_data.core.runner.run_stage`):
 - `units.parquet`: `lst_data.core.tables.UNITS_SCHEMA`, one row per utterance: units int16,
   not deduplicated, n_frames = len(units) = encoder.num_frames(num_samples);
-- `units_rejects.parquet`, `units.json` (provenance: config, codebook hash, counts).
+- `codebook.npy` (+ `.json`) when `units.codebook` is None: trained by the stage's `prepare`;
+- `rejects.parquet`, `units.json` (provenance: config, codebook hash, counts), `done.json`.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -27,20 +27,23 @@ import torch
 
 from lst_data import __version__
 from lst_data.audio import AudioError, read_audio
-from lst_data.config import RayConfig, canonical_hash, to_dict
+from lst_data.core.config import RayConfig, canonical_hash, to_dict, updated
+from lst_data.core.errors import ConfigError, InputError
 from lst_data.core.progress import progress_bar
-from lst_data.core.rejects import Reject, write_rejects
-from lst_data.core.stage import Resources, Stage, StageResult, iter_stage, run_stage_to_parquet
-from lst_data.core.tables import MANIFEST_SCHEMA, UNITS_SCHEMA
+from lst_data.core.rejects import Reject
+from lst_data.core.runner import StageReport, iter_stage, read_manifest, run_stage
+from lst_data.core.stage import Resources, Stage, StageResult
+from lst_data.core.tables import UNITS_SCHEMA
 from lst_data.units.codebook import Codebook, NearestCentroid, load_codebook, save_codebook
 from lst_data.units.config import UnitsConfig
 from lst_data.units.encoders import SAMPLE_RATE, Encoder, build_encoder, resolve_device
 from lst_data.units.kmeans import minibatch_kmeans, select_frames
 
+if TYPE_CHECKING:
+    from lst_data.config import RunConfig
+
 INPUT_COLUMNS = ("id", "audio_path", "num_samples")
-UNITS_FILE = "units.parquet"
-REJECTS_FILE = "units_rejects.parquet"
-PROVENANCE_FILE = "units.json"
+CODEBOOK_FILE = "codebook.npy"  # what the stage trains into its folder when units.codebook is None
 
 SAMPLE_SCHEMA = pa.schema(
     [
@@ -61,6 +64,8 @@ class _EncodingStage(Stage):
     """Reads audio, rejects what cannot be encoded, encodes the rest in length-sorted batches."""
 
     name = "units"
+    table = "units"
+    config_section = "units"
     input_columns = INPUT_COLUMNS
 
     def __init__(self, config: UnitsConfig) -> None:
@@ -151,25 +156,49 @@ class FrameSampleStage(_EncodingStage):
 
 
 class UnitsStage(_EncodingStage):
-    """Audio -> nearest-centroid unit ids (int16), one encoder + codebook per worker."""
+    """Audio -> nearest-centroid unit ids (int16), one encoder + codebook per worker.
+
+    `prepare` trains the codebook on the stage's own input when `units.codebook` is None
+    (into OUT/codebook.npy), else loads the configured one.
+    """
 
     output_schema = UNITS_SCHEMA
 
-    def __init__(self, config: UnitsConfig, codebook: Codebook) -> None:
+    def __init__(self, config: UnitsConfig, seed: int = 0, codebook: Codebook | None = None) -> None:
         super().__init__(config)
-        if codebook.k > np.iinfo(np.int16).max + 1:
-            raise ValueError(f"k = {codebook.k} does not fit int16 unit ids")
+        self.seed = seed
         self.codebook = codebook
         self.nearest: NearestCentroid | None = None
 
+    def prepare(self, table: pa.Table, out_dir: Path, ray: RayConfig) -> list[Reject]:
+        rejects: list[Reject] = []
+        if self.codebook is None and self.config.codebook is None:
+            trained = train_codebook(table, out_dir / CODEBOOK_FILE, self.config, self.seed, ray)
+            self.codebook, rejects = trained.codebook, trained.rejects
+        elif self.codebook is None:
+            self.codebook = load_codebook(self.config.codebook)
+        _check_codebook_matches(self.codebook, self.config)
+        dim = build_encoder_for_counting(self.config).dim
+        if self.codebook.dim != dim:
+            raise ConfigError(
+                f"units.codebook: {self.codebook.source} has dim {self.codebook.dim}; encoder {self.config.encoder} "
+                f"gives {dim} (was it trained with another encoder or config?)"
+            )
+        if self.codebook.k > np.iinfo(np.int16).max + 1:
+            raise ConfigError(f"codebook {self.codebook.source} has k = {self.codebook.k}: does not fit int16 unit ids")
+        return rejects
+
+    def finalize(self, output: pa.Table, out_dir: Path) -> dict[str, Any]:
+        return {"utterances": output.num_rows, "frames": int(sum(output["n_frames"].to_pylist()))}
+
+    def provenance(self) -> dict[str, Any]:
+        assert self.codebook is not None
+        return {"codebook": {"path": str(Path(self.codebook.source).resolve()), "sha256": self.codebook.sha256,
+                             "k": self.codebook.k}}
+
     def setup(self) -> None:
         super().setup()
-        assert self.encoder is not None
-        if self.codebook.dim != self.encoder.dim:
-            raise ValueError(
-                f"codebook {self.codebook.source} has dim {self.codebook.dim}; encoder {self.encoder.name} "
-                f"gives {self.encoder.dim} (was it trained with another encoder or config?)"
-            )
+        assert self.encoder is not None and self.codebook is not None, "prepare() was not called"
         self.nearest = NearestCentroid(self.codebook.centroids, self.encoder.device)
 
     def process_batch(self, rows: list[dict[str, Any]]) -> StageResult:
@@ -196,14 +225,6 @@ class UnitsStage(_EncodingStage):
 
 
 # ---------------------------------------------------------------- driver functions
-
-
-def read_manifest(manifest_dir: str | Path) -> pa.Table:
-    path = Path(manifest_dir)
-    path = path / "manifest.parquet" if path.is_dir() else path
-    if not path.is_file():
-        raise FileNotFoundError(f"no manifest at {path} (run `lst-data ingest` first)")
-    return pq.read_table(path, schema=MANIFEST_SCHEMA)
 
 
 @dataclass
@@ -236,7 +257,7 @@ def train_codebook(
     n_frames = [counter.num_frames(n) for n in manifest["num_samples"].to_pylist()]
     corpus_frames = sum(n_frames)
     if corpus_frames == 0:
-        raise ValueError("the manifest has no utterance long enough for one frame")
+        raise InputError("units: the manifest has no utterance long enough for one frame")
     probability = min(1.0, config.sample_frames / corpus_frames)
     ids = manifest["id"].to_pylist()
     picked = [len(select_frames(u, n, probability, seed)) for u, n in zip(ids, n_frames, strict=True)]
@@ -244,8 +265,8 @@ def train_codebook(
     table = manifest.filter(wanted).select(list(INPUT_COLUMNS))
     total = sum(picked)
     if total < config.k:
-        raise ValueError(
-            f"only {total} frames to train k = {config.k} centroids; use a larger corpus or smaller k"
+        raise ConfigError(
+            f"units.k: only {total} frames to train k = {config.k} centroids; use a larger corpus or a smaller units.k"
         )
 
     device = resolve_device(config.device)
@@ -307,72 +328,26 @@ def train_codebook(
 
 def build_encoder_for_counting(config: UnitsConfig) -> Encoder:
     """An encoder on CPU, for frame counts and dims on the driver (workers build their own)."""
-    return build_encoder(replace(config, device="cpu"))
+    return build_encoder(updated(config, {"device": "cpu"}))
 
 
-@dataclass
-class AssignReport:
-    units_path: Path
-    utterances: int
-    frames: int
-    rejects: list[Reject]
-    seconds: float
-    codebook: Codebook
-
-
-def assign_units(
-    manifest: pa.Table,
-    codebook_path: str | Path,
-    out_dir: str | Path,
-    config: UnitsConfig,
-    ray_config: RayConfig,
-    *,
-    show_progress: bool = True,
-) -> AssignReport:
-    """Write OUT/units.parquet (UNITS_SCHEMA), OUT/units_rejects.parquet and OUT/units.json."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    codebook = load_codebook(codebook_path)
-    _check_codebook_matches(codebook, config)
-    stage = UnitsStage(config, codebook)
-    table = manifest.select(list(INPUT_COLUMNS))
-    units_path = out_dir / UNITS_FILE
-    if table.num_rows:
-        report = run_stage_to_parquet(stage, table, units_path, ray_config, show_progress=show_progress)
-        rejects, seconds = report.rejects, report.seconds
-    else:
-        pq.write_table(UNITS_SCHEMA.empty_table(), units_path)
-        rejects, seconds = [], 0.0
-    written = pq.read_table(units_path, columns=["n_frames"])
-    write_rejects(rejects, out_dir / REJECTS_FILE)
-    provenance = {
-        "stage": "units",
-        "toolkit_version": __version__,
-        "config": to_dict(config),
-        "codebook": {"path": str(Path(codebook_path).resolve()), "sha256": codebook.sha256, "k": codebook.k},
-        "counts": {
-            "utterances": written.num_rows,
-            "rejects": len(rejects),
-            "frames": int(sum(written["n_frames"].to_pylist())),
-        },
-    }
-    (out_dir / PROVENANCE_FILE).write_text(
-        json.dumps(provenance, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
-    return AssignReport(
-        units_path, written.num_rows, provenance["counts"]["frames"], rejects, seconds, codebook
-    )
+def quantize_manifest(manifest_dir: str | Path, out_dir: str | Path, config: RunConfig,
+                      *, fingerprint: str | None = None, show_progress: bool = True) -> StageReport:
+    """Units for every utterance of MANIFEST_DIR/manifest.parquet (training the codebook when none is set)."""
+    stage = UnitsStage(config.units, config.seed)
+    return run_stage(stage, read_manifest(manifest_dir).select(list(INPUT_COLUMNS)), out_dir, config,
+                     fingerprint=fingerprint, show_progress=show_progress)
 
 
 def _check_codebook_matches(codebook: Codebook, config: UnitsConfig) -> None:
     """A codebook trained by this toolkit says which encoder made it; refuse a mismatch early."""
     trained_with = codebook.meta.get("encoder")
     if trained_with is not None and trained_with != config.encoder:
-        raise ValueError(
-            f"{codebook.source} was trained on {trained_with} features; units.encoder is {config.encoder}"
+        raise ConfigError(
+            f"units.codebook: {codebook.source} was trained on {trained_with} features; units.encoder is {config.encoder}"
         )
     rate = codebook.meta.get("frame_rate")
     if rate is not None and float(rate) != float(config.frame_rate):
-        raise ValueError(
-            f"{codebook.source} was trained at {rate} Hz; units.frame_rate is {config.frame_rate}"
+        raise ConfigError(
+            f"units.codebook: {codebook.source} was trained at {rate} Hz; units.frame_rate is {config.frame_rate}"
         )
