@@ -14,12 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from lst_data.cli import main
+from lst_data.cli import cli
 from lst_data.config import RunConfig
+from lst_data.core.config import updated
 from lst_data.core.rejects import Reject, write_rejects
 from lst_data.shards.reader import iter_raw_samples
 from lst_data.shards.synthetic import synthetic_tables
-from lst_data.shards.writer import EncodedSample, write_tar
+from lst_data.shards.members import EncodedSample
+from lst_data.shards.tar_io import write_tar
 
 N = 14
 
@@ -43,18 +45,18 @@ def run_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def shard_dir(run_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("out") / "shards"
-    result = CliRunner().invoke(main, ["shard", str(run_dir), "--out", str(out), "--samples-per-shard", "4"])
+    result = CliRunner().invoke(cli, ["shard", str(run_dir), "--out", str(out), "--samples-per-shard", "4"])
     assert result.exit_code == 3, result.output  # finished, with rejects
     return out
 
 
 def invoke(*args: str):
-    return CliRunner().invoke(main, list(args))
+    return CliRunner().invoke(cli, list(args))
 
 
 def test_shard_command_writes_the_contract_files(shard_dir):
     names = sorted(p.name for p in shard_dir.iterdir())
-    assert names == ["dataset.json", "index.parquet", "rejects.parquet",
+    assert names == ["dataset.json", "done.json", "index.parquet", "rejects.parquet", "shard.json",
                      *[f"train-00000{i}.{ext}" for i in range(4) for ext in ("json", "tar")]]  # fmt: skip
     rejects = pq.read_table(shard_dir / "rejects.parquet").to_pylist()
     assert {(r["stage"], r["code"]) for r in rejects} == {
@@ -123,14 +125,7 @@ def test_validate_catches_a_bad_span(shard_dir, tmp_path):
         if not samples:
             data["words"][0]["end_frame"] = data["n_frames"] + 3
         members["json"] = json.dumps(data).encode()
-        samples.append(
-            EncodedSample(
-                data["id"],
-                key,
-                data["duration"],
-                tuple(sorted((f"{key}.{s}", b) for s, b in members.items())),
-            )
-        )
+        samples.append(EncodedSample(data["id"], key, data["duration"], members))
     write_tar(tar, samples)
     result = invoke("validate", str(copy))
     assert result.exit_code == 1
@@ -171,10 +166,11 @@ def test_plot_writes_a_png(shard_dir, tmp_path):
 def test_plot_with_audio_draws_a_spectrogram(tmp_path):
     from lst_data.shards.join import join_records
     from lst_data.shards.plot import plot_record
-    from lst_data.shards.writer import FlacFromPaths, write_shards
+    from lst_data.shards.members import FlacFromPaths
+    from lst_data.shards.writer import write_shards
 
     tables = synthetic_tables(1, seed=22, audio_dir=tmp_path / "audio")
-    config = RunConfig(shard=dataclasses.replace(RunConfig().shard, include_audio=True))
+    config = updated(RunConfig(), {"shard": {"include_audio": True}})
     paths = dict(
         zip(tables.manifest["id"].to_pylist(), tables.manifest["audio_path"].to_pylist(), strict=True)
     )

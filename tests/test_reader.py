@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lst_data.config import RunConfig
+from lst_data.core.config import updated
 from lst_data.records import SampleRecord
 from lst_data.shards.join import join_records
 from lst_data.shards.layout import UnsafeMemberError
@@ -24,7 +25,7 @@ N_SAMPLES = 37
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards")
-    config = RunConfig(shard=dataclasses.replace(RunConfig().shard, samples_per_shard=5))
+    config = updated(RunConfig(), {"shard": {"samples_per_shard": 5}})
     write_shards(join_records(synthetic_tables(N_SAMPLES, seed=11), config), out, config, show_progress=False)
     return out
 
@@ -134,7 +135,7 @@ def test_fast_units_path_matches_np_load(units):
     import numpy as np
 
     from lst_data.shards.reader import load_units
-    from lst_data.shards.writer import units_npy_bytes
+    from lst_data.shards.members import units_npy_bytes
 
     array = np.asarray(units, dtype=np.int16)
     data = units_npy_bytes(array)

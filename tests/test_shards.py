@@ -17,17 +17,17 @@ import soundfile as sf
 import webdataset as wds
 
 from lst_data.config import RunConfig
+from lst_data.core.config import updated
 from lst_data.core.rejects import Reject, read_rejects
 from lst_data.core.schemas import load_schema, validation_errors
 from lst_data.shards.join import JoinTables, Provenance, join_records
 from lst_data.shards.synthetic import synthetic_tables
 from lst_data.shards.writer import write_shards
-from lst_data.core.tables import ALIGNMENT_SCHEMA, MANIFEST_SCHEMA, UNITS_SCHEMA, sanitize_key
-from lst_data.tokenize.stage import TOKENS_SCHEMA
+from lst_data.core.tables import ALIGNMENT_SCHEMA, MANIFEST_SCHEMA, TOKENS_SCHEMA, UNITS_SCHEMA, sanitize_key
 
 
 def config_with(**shard) -> RunConfig:
-    return RunConfig(shard=dataclasses.replace(RunConfig().shard, **shard))
+    return updated(RunConfig(), {"shard": shard})
 
 
 def write(tables: JoinTables, out: Path, config: RunConfig, prior: list[Reject] = (), **kwargs):
@@ -227,12 +227,12 @@ def test_resume_skips_done_shards_and_rewrites_missing_ones(tmp_path):
     kept_stat = (tmp_path / "train-000000.tar").stat().st_mtime_ns
     (tmp_path / "train-000002.tar").unlink()  # as if killed while writing shard 2
     report = write(tables, tmp_path, config)
-    assert (report.shards_skipped, report.shards_written) == (3, 1)
+    assert (report.shards_kept, report.shards_written) == (3, 1)
     assert (tmp_path / "train-000000.tar").stat().st_mtime_ns == kept_stat
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == original
     # a different config invalidates every shard
-    report = write(tables, tmp_path, dataclasses.replace(config, seed=1))
-    assert (report.shards_skipped, report.shards_written) == (0, 4)
+    report = write(tables, tmp_path, updated(config, {"seed": 1}))
+    assert (report.shards_kept, report.shards_written) == (0, 4)
 
 
 def test_resume_rewrites_a_shard_whose_inputs_changed(tmp_path):
@@ -244,7 +244,7 @@ def test_resume_rewrites_a_shard_whose_inputs_changed(tmp_path):
         row["units"] = [(u + 1) % 100 for u in row["units"]]
     changed = dataclasses.replace(tables, units=pa.Table.from_pylist(changed_units, schema=UNITS_SCHEMA))
     report = write(changed, tmp_path, config)
-    assert (report.shards_skipped, report.shards_written) == (0, 2)
+    assert (report.shards_kept, report.shards_written) == (0, 2)
 
 
 def test_fewer_samples_remove_stale_shards(tmp_path):
@@ -266,7 +266,7 @@ def test_byte_limit_closes_shards(tmp_path):
 
 
 def test_audio_members_are_flac_of_the_source(tmp_path):
-    from lst_data.shards.writer import FlacFromPaths
+    from lst_data.shards.members import FlacFromPaths
 
     tables = synthetic_tables(4, seed=9, audio_dir=tmp_path / "audio")
     paths = dict(
@@ -287,7 +287,7 @@ def test_audio_members_are_flac_of_the_source(tmp_path):
 
 
 def test_unreadable_audio_is_a_reject(tmp_path):
-    from lst_data.shards.writer import FlacFromPaths
+    from lst_data.shards.members import FlacFromPaths
 
     tables = synthetic_tables(3, seed=10, audio_dir=tmp_path / "audio")
     paths = dict(
@@ -358,7 +358,7 @@ def test_build_shards_from_a_pipeline_run_dir_with_a_real_tokenizer(tmp_path):
     (run / "tokenize").mkdir()
     texts = tables.manifest["normalized_text"].to_pylist()
     tokenizer = train_tokenizer(texts, run / "tokenize" / "tokenizer.model", 60, seed=0)
-    result = TokenizeStage(tokenizer.path, tokenizer.hash).process_batch(
+    result = TokenizeStage(model_path=tokenizer.path, expected_hash=tokenizer.hash).process_batch(
         tables.manifest.select(["id", "normalized_text"]).to_pylist()
     )
     pq.write_table(
@@ -369,7 +369,12 @@ def test_build_shards_from_a_pipeline_run_dir_with_a_real_tokenizer(tmp_path):
     )
 
     report = build_shards(StageOutputs.from_run_dir(run), run / "shards", RunConfig(), show_progress=False)
-    assert report.samples == 10 and [(r.id, r.stage) for r in report.rejects] == [("lost", "units")]
+    assert report.figures["samples"] == 10 and report.figures["shards_written"] == 1
+    assert [(r.id, r.stage) for r in report.rejects] == [("lost", "units")] and report.new_rejects == []
+    assert [(r.id, r.stage) for r in read_rejects(run / "shards" / "rejects.parquet")] == [("lost", "units")]
+    stage_json = json.loads((run / "shards" / "shard.json").read_text())
+    assert stage_json["counts"] == {"input": 10, "output": 10, "rejects": 1}
+    assert stage_json["tokenizer"]["hash"] == tokenizer.hash
     dataset = json.loads((run / "shards" / "dataset.json").read_text())
     assert dataset["tokenizer"]["vocab_size"] == tokenizer.vocab_size
     assert dataset["hashes"]["tokenizer"] == [tokenizer.hash]

@@ -1,4 +1,10 @@
-"""Load the JSON Schemas in `schemas/` (the single source of truth) and validate records."""
+"""Load the JSON Schemas (the single source of truth for every on-disk record) and validate records.
+
+The schemas are the files in the repository's `schemas/` folder. `lst_data/schemas` is a
+link to that folder, and pyproject lists `schemas/*.json` as package data of `lst_data`, so
+a checkout, an editable install and an installed wheel all find them beside this package.
+`LST_DATA_SCHEMA_DIR` points elsewhere (e.g. to test a schema change).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,13 @@ from typing import Any
 import fastjsonschema
 import jsonschema
 
-SCHEMA_DIR = Path(os.environ.get("LST_DATA_SCHEMA_DIR", Path(__file__).resolve().parents[2] / "schemas"))
+SCHEMA_DIR = Path(os.environ.get("LST_DATA_SCHEMA_DIR") or Path(__file__).resolve().parents[1] / "schemas")
+
+
+def schema_names(version: int = 1) -> list[str]:
+    """Names of every schema of `version` (`manifest`, `sample`, ...), sorted."""
+    suffix = f".v{version}.json"
+    return sorted(p.name[: -len(suffix)] for p in SCHEMA_DIR.glob(f"*{suffix}"))
 
 
 @functools.cache

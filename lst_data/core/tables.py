@@ -1,68 +1,87 @@
-"""Arrow schemas of the intermediate Parquet tables, keyed by `id`.
+"""Arrow schemas of every persisted table, derived from the JSON Schemas in `schemas/`.
 
-Stages never reach into each other's code: they meet only through these tables.
-The on-disk JSON Schemas in `schemas/` are the contract for users; a test keeps the
-field names here and there in agreement.
+Stages never reach into each other's code: they meet only through these tables. Each
+Arrow schema is made from its JSON Schema (`arrow_schema`), so a column cannot be added
+to one and forgotten in the other. The mapping:
+
+- string -> string, number -> float64, boolean -> bool, integer -> int64 unless the
+  property says `"x-arrow": "int32"` (or int16, ...): the width is part of the on-disk bytes;
+- array -> list of its items, object -> struct of its properties, in declared order;
+- a top-level column is non-null when it is required and its type does not allow null,
+  unless it says `"x-arrow-nullable": true` (columns pyarrow's group_by writes as nullable);
+  fields nested in lists and structs are nullable, as Arrow makes them by default.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
 
 import pyarrow as pa
 
-MANIFEST_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("audio_path", pa.string(), nullable=False),
-        pa.field("source_path", pa.string(), nullable=False),
-        pa.field("source_sample_rate", pa.int32(), nullable=False),
-        pa.field("sample_rate", pa.int32(), nullable=False),
-        pa.field("num_samples", pa.int64(), nullable=False),
-        pa.field("duration", pa.float64(), nullable=False),
-        pa.field("speaker", pa.string(), nullable=False),
-        pa.field("text", pa.string(), nullable=False),
-        pa.field("normalized_text", pa.string(), nullable=False),
-        pa.field("flags", pa.list_(pa.string()), nullable=False),
-    ]
-)
+from lst_data.core.schemas import load_schema
 
-_interval = [pa.field("start", pa.float64()), pa.field("end", pa.float64())]
+_SCALARS = {"string": pa.string(), "number": pa.float64(), "boolean": pa.bool_()}
 
-ALIGNMENT_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("backend", pa.string(), nullable=False),
-        pa.field("model_hash", pa.string(), nullable=False),
-        pa.field("words", pa.list_(pa.struct([pa.field("word", pa.string()), *_interval])), nullable=False),
-        pa.field(
-            "phones",
-            pa.list_(pa.struct([pa.field("phone", pa.string()), *_interval, pa.field("word_index", pa.int32())])),
-        ),
-        pa.field(
-            "chars",
-            pa.list_(pa.struct([pa.field("char", pa.string()), *_interval, pa.field("word_index", pa.int32())])),
-        ),
-        pa.field("silences", pa.list_(pa.struct([*_interval, pa.field("rule", pa.string())])), nullable=False),
-        pa.field("score", pa.float64()),
-        pa.field("oov", pa.list_(pa.struct([pa.field("word", pa.string()), pa.field("source", pa.string())]))),
-    ]
-)
 
-UNITS_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("units", pa.list_(pa.int16()), nullable=False),
-        pa.field("frame_rate", pa.float64(), nullable=False),
-        pa.field("n_frames", pa.int32(), nullable=False),
-        pa.field("encoder", pa.string(), nullable=False),
-        pa.field("layer", pa.int32()),
-        pa.field("codebook_hash", pa.string(), nullable=False),
-        pa.field("k", pa.int32(), nullable=False),
-    ]
-)
+def _resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    ref = node.get("$ref")
+    if ref is None:
+        return node
+    if not ref.startswith("#/"):
+        raise ValueError(f"only local $refs are supported, got {ref!r}")
+    target: Any = root
+    for part in ref[2:].split("/"):
+        target = target[part]
+    return _resolve({**target, **{k: v for k, v in node.items() if k != "$ref"}}, root)
+
+
+def _json_types(node: dict[str, Any]) -> list[str]:
+    declared = node.get("type", [])
+    return [declared] if isinstance(declared, str) else list(declared)
+
+
+def _arrow_type(node: dict[str, Any], root: dict[str, Any], where: str) -> pa.DataType:
+    node = _resolve(node, root)
+    kinds = [t for t in _json_types(node) if t != "null"]
+    if len(kinds) != 1:
+        raise ValueError(f"{where}: needs exactly one non-null JSON type for an Arrow column, got {kinds}")
+    kind = kinds[0]
+    if kind == "integer":
+        return pa.type_for_alias(node.get("x-arrow", "int64"))
+    if kind in _SCALARS:
+        return _SCALARS[kind]
+    if kind == "array":
+        return pa.list_(_arrow_type(node["items"], root, f"{where}[]"))
+    if kind == "object":
+        return pa.struct(
+            [pa.field(name, _arrow_type(sub, root, f"{where}.{name}")) for name, sub in node["properties"].items()]
+        )
+    raise ValueError(f"{where}: JSON type {kind!r} has no Arrow column type")
+
+
+def arrow_schema(name: str, version: int = 1) -> pa.Schema:
+    """The Arrow schema of table `name` from schemas/{name}.v{version}.json (see the module docstring)."""
+    root = load_schema(name, version)
+    required = set(root.get("required", ()))
+    fields = []
+    for column, node in root["properties"].items():
+        resolved = _resolve(node, root)
+        nullable = (
+            column not in required or "null" in _json_types(resolved) or bool(resolved.get("x-arrow-nullable"))
+        )
+        fields.append(pa.field(column, _arrow_type(node, root, f"{name}.{column}"), nullable=nullable))
+    return pa.schema(fields)
+
+
+MANIFEST_SCHEMA = arrow_schema("manifest")
+ALIGNMENT_SCHEMA = arrow_schema("alignment")
+OOV_SCHEMA = arrow_schema("oov")
+UNITS_SCHEMA = arrow_schema("units")
+TOKENS_SCHEMA = arrow_schema("tokens")
+REJECT_SCHEMA = arrow_schema("reject")
+INDEX_SCHEMA = arrow_schema("index")
 
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 

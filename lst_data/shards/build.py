@@ -11,16 +11,20 @@ folder below it, except in the shard output itself.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from lst_data.config import RunConfig
+from lst_data.core.errors import InputError
 from lst_data.core.rejects import Reject, read_rejects
+from lst_data.core.runner import DONE_FILE, StageReport, finish_stage
+from lst_data.shards.contract import STAGE
 from lst_data.shards.join import JoinTables, Provenance, join_records
-from lst_data.shards.writer import FlacFromPaths, ShardReport, write_shards
+from lst_data.shards.members import FlacFromPaths
+from lst_data.shards.writer import shard_config_hash, write_shards
 
 TABLE_FILES = {
     "manifest": ("ingest", "manifest.parquet"),
@@ -31,7 +35,7 @@ TABLE_FILES = {
 TOKENIZER_FILE = "tokenizer.model"  # what the tokenize stage trains into its folder
 
 
-class MissingStageOutput(FileNotFoundError):
+class MissingStageOutput(InputError):
     """The run directory lacks a table the shard step needs."""
 
 
@@ -53,7 +57,7 @@ class StageOutputs:
         for name, (folder, file) in TABLE_FILES.items():
             found = [p for p in (run_dir / folder / file, run_dir / file) if p.exists()]
             if not found:
-                raise MissingStageOutput(f"{run_dir} has neither {folder}/{file} nor {file}")
+                raise MissingStageOutput(f"{run_dir} has neither {folder}/{file} nor {file} (is it a `lst-data build` run?)")
             paths[name] = found[0]
         candidates = [tokenizer, paths["tokens"].parent / TOKENIZER_FILE, run_dir / TOKENIZER_FILE]
         model = next((Path(c) for c in candidates if c is not None and Path(c).exists()), None)
@@ -70,40 +74,65 @@ class StageOutputs:
         return JoinTables(**{name: pq.read_table(getattr(self, name)) for name in TABLE_FILES})
 
 
+@dataclass
+class ShardStageReport(StageReport):
+    """The shard step's StageReport; `rejects` holds the carried rejects of earlier stages too."""
+
+    @property
+    def new_rejects(self) -> list[Reject]:
+        """The rejects the shard step itself made."""
+        return [r for r in self.rejects if r.stage == STAGE]
+
+
 def build_shards(
     outputs: StageOutputs,
     out_dir: str | Path,
     config: RunConfig,
     *,
     workers: int = 1,
+    fingerprint: str | None = None,
     show_progress: bool = True,
-) -> ShardReport:
-    """Join the run's tables and write shards to `out_dir` (resuming finished shards)."""
+) -> ShardStageReport:
+    """Join the run's tables and write shards to `out_dir` (resuming finished shards).
+
+    Ends like every stage (`finish_stage`): OUT/rejects.parquet (carried + this stage's
+    rejects), OUT/shard.json and, last, OUT/done.json. Figures: samples, hours_out, shards,
+    shards_written, shards_kept, shards_rewritten.
+    """
     from lst_data.tokenize.tokenizer import load_tokenizer
 
+    started = time.perf_counter()
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DONE_FILE).unlink(missing_ok=True)
     tables = outputs.tables()
     carried = outputs.rejects(exclude=out)
-    vocab_size = load_tokenizer(outputs.tokenizer).vocab_size if outputs.tokenizer else None
+    tokenizer = load_tokenizer(outputs.tokenizer) if outputs.tokenizer else None
     provenance = Provenance()
     audio_source = None
     if config.shard.include_audio:
         ids, paths = tables.manifest["id"].to_pylist(), tables.manifest["audio_path"].to_pylist()
         audio_source = FlacFromPaths(dict(zip(ids, paths, strict=True)))
-    return write_shards(
+    report = write_shards(
         join_records(tables, config, prior_rejects=carried, provenance=provenance),
         out,
         config,
         audio_source=audio_source,
         carried_rejects=carried,
         provenance=provenance,
-        tokenizer_vocab_size=vocab_size,
+        tokenizer_vocab_size=tokenizer.vocab_size if tokenizer else None,
         workers=workers,
         show_progress=show_progress,
     )
-
-
-def with_shard_overrides(config: RunConfig, **overrides: object) -> RunConfig:
-    """`config` with the given shard.* fields replaced (None values are left alone)."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    return dataclasses.replace(config, shard=dataclasses.replace(config.shard, **given))
+    stage_report = finish_stage(
+        STAGE, out, rows_in=tables.manifest.num_rows, rows_out=report.samples, rejects=report.rejects,
+        started=started, config=config, config_section="shard",
+        provenance={
+            "shard_config_hash": shard_config_hash(config),
+            "tokenizer": {"path": str(outputs.tokenizer), "hash": tokenizer.hash} if tokenizer else None,
+            "shards_rewritten": [{"shard": name, "why": why} for name, why in report.rewritten],
+            "shards_removed": report.removed,
+        },
+        figures=report.figures(), fingerprint=fingerprint,
+    )
+    return ShardStageReport(**{f.name: getattr(stage_report, f.name) for f in fields(stage_report)})

@@ -6,18 +6,16 @@ from pathlib import Path
 
 import click
 
-from lst_data.ingest.cli import config_options, load_run_config
+from lst_data.core.cli_options import config_options, load_run_config
 
 
 @click.command("shard")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Shard directory.")
+@click.option("--split", default=None, help="Alias of --set shard.split=... (shard file name prefix).")
+@click.option("--samples-per-shard", type=int, default=None, help="Alias of --set shard.samples_per_shard=....")
 @click.option(
-    "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Shard directory."
-)
-@click.option("--split", default=None, help="Override shard.split (shard file name prefix).")
-@click.option("--samples-per-shard", type=int, default=None, help="Override shard.samples_per_shard.")
-@click.option(
-    "--include-audio/--no-audio", default=None, help="Override shard.include_audio (KEY.flac members)."
+    "--include-audio/--no-audio", default=None, help="Alias of --set shard.include_audio=... (KEY.flac members)."
 )
 @click.option(
     "--tokenizer",
@@ -28,7 +26,7 @@ from lst_data.ingest.cli import config_options, load_run_config
 )
 @click.option(
     "--workers",
-    type=int,
+    type=click.IntRange(min=1),
     default=1,
     show_default=True,
     help="Processes that check records against the contract (the writer's main cost); output is identical.",
@@ -43,6 +41,7 @@ def shard(
     tokenizer_path: Path | None,
     workers: int,
     config_path: Path | None,
+    assignments: tuple[str, ...],
     runner: str | None,
 ) -> None:
     """Join the stage tables of RUN_DIR by id and write shards to OUT.
@@ -55,26 +54,25 @@ def shard(
 
     Exit code 0: every utterance is in a shard; 3: finished, with rejects.
     """
-    from lst_data.shards.build import MissingStageOutput, StageOutputs, build_shards, with_shard_overrides
     from lst_data.core.summary import finish_command
+    from lst_data.shards.build import StageOutputs, build_shards
 
-    config = with_shard_overrides(
-        load_run_config(config_path, runner),
-        split=split,
-        samples_per_shard=samples_per_shard,
-        include_audio=include_audio,
+    config = load_run_config(
+        config_path,
+        assignments,
+        runner,
+        aliases={"shard.split": split, "shard.samples_per_shard": samples_per_shard, "shard.include_audio": include_audio},
     )
-    try:
-        outputs = StageOutputs.from_run_dir(run_dir, tokenizer_path or config.tokenizer.model)
-    except MissingStageOutput as err:
-        raise click.ClickException(str(err)) from err
+    outputs = StageOutputs.from_run_dir(run_dir, tokenizer_path or config.tokenizer.model)
     report = build_shards(outputs, out, config, workers=workers)
+    figures = report.figures
     finish_command(
         f"shard {run_dir} -> {out}",
         [
-            ("samples", str(report.samples)),
-            ("hours", f"{report.hours:.3f}"),
-            ("shards", f"{report.shards} ({report.shards_written} written, {report.shards_skipped} kept)"),
+            ("samples", str(figures["samples"])),
+            ("hours", f"{figures['hours_out']:.3f}"),
+            ("shards", f"{figures['shards']} ({figures['shards_written']} written, {figures['shards_kept']} kept)"),
+            ("rewritten (not whole, or inputs changed)", str(figures["shards_rewritten"])),
             ("rejected here", str(len(report.new_rejects))),
             ("rejected in all", str(len(report.rejects))),
             ("tokenizer", str(outputs.tokenizer or "none found: dataset.json has no vocab_size")),

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from lst_data.core.config import FILE_NAME_PATTERN, Section, doc
+from lst_data.core.config import Section, doc
+
+# No dot: a shard is found by the name {split}-NNNNNN.tar (lst_data.shards.layout).
+SPLIT_PATTERN = r"^[A-Za-z0-9_-]+$"
 
 
 class ShardConfig(Section):
-    split: str = doc("Split name used in shard file names ({split}-000000.tar).", "train", pattern=FILE_NAME_PATTERN, max_length=64)
+    split: str = doc(
+        "Split name used in shard file names ({split}-000000.tar): letters, digits, '_' and '-'.",
+        "train", pattern=SPLIT_PATTERN, max_length=64,
+    )
     samples_per_shard: int = doc("Most samples per shard.", 1000, ge=1, le=10_000_000)
     max_shard_bytes: int = doc(
         "Most bytes per shard tar (0 = no limit); a shard closes at whichever of this and "

@@ -1,27 +1,88 @@
-"""The per-sample contract checks, shared by the writer (before writing) and `lst-data validate`.
+"""The shard contract's checks, all in one place.
 
-Kept free of webdataset/torch imports: the writer runs these in worker processes.
+- `joined_row_problem` and friends: what only the join of the stage tables can see (units
+  vs duration, aligned words vs text, word times); `join_records` rejects such rows.
+- `sample_errors`: a record about to be written (schemas/sample.v1.json, span checks,
+  JSON-ability); the writer runs it in worker processes, so this module imports no
+  webdataset or torch.
+- `check_shard` / `check_dir`: a written shard directory, behind `lst-data validate`: per
+  shard, the sidecar exists and its sha256, byte size and sample count match the tar, and
+  every member is a regular file with a safe sample name; per sample, the JSON validates,
+  units are 1-D int16 below k, word / BPE / silence spans are monotonic and inside
+  [0, n_frames), words and silences tile the frames, each word's pieces tile the word, and
+  len(units) agrees with the duration within the tolerance the shards were written with.
 """
 
 from __future__ import annotations
 
 import json
+import tarfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import pyarrow.parquet as pq
+
+from lst_data.core.digests import file_sha256
+from lst_data.core.schemas import validation_errors
 from lst_data.frames import frames_for_duration
 from lst_data.patching import patches
 from lst_data.records import SampleRecord
-from lst_data.core.schemas import validation_errors
+from lst_data.shards.layout import DATASET_FILE, INDEX_FILE, Sidecar, UnsafeMemberError, shard_paths, sidecar_path
 
+STAGE = "shard"
 DEFAULT_FRAME_TOLERANCE = 2
+
+
+class InvalidRecord(ValueError):
+    """The joined rows contradict each other (reject code invalid_record)."""
+
+
+def frame_count_problem(n_frames: int, duration: float, frame_rate: float, tolerance: int) -> str | None:
+    """Why `n_frames` units cannot be `duration` seconds at `frame_rate` (None: within `tolerance`)."""
+    expected = frames_for_duration(duration, frame_rate)
+    if abs(n_frames - expected) <= tolerance:
+        return None
+    return f"{n_frames} units for {duration:.3f} s at {frame_rate:g} Hz (expected {expected} +- {tolerance})"
+
+
+def word_times_problem(words: Sequence[Mapping[str, Any]], latest_end: float) -> str | None:
+    """Why aligned word times are impossible: outside [0, latest_end] or out of order (None: fine)."""
+    previous_start = 0.0
+    for i, w in enumerate(words):
+        start, end = float(w["start"]), float(w["end"])
+        if not (0.0 <= start <= end <= latest_end):
+            return f"word {i} ({w['word']!r}) spans {start:.3f}-{end:.3f} s, outside 0-{latest_end:.3f} s"
+        if start < previous_start:
+            return f"word {i} ({w['word']!r}) starts at {start:.3f} s, before the previous word"
+        previous_start = start
+    return None
+
+
+def joined_row_problem(
+    duration: float, units: Mapping[str, Any], n_units: int, aligned: Sequence[Mapping[str, Any]],
+    text_words: Sequence[str], frame_tolerance: int,
+) -> str | None:
+    """The first contradiction between an utterance's manifest, units and alignment rows (None: none)."""
+    frame_rate = float(units["frame_rate"])
+    if n_units == 0 or n_units != units["n_frames"]:
+        return f"{n_units} units but n_frames = {units['n_frames']}"
+    problem = frame_count_problem(n_units, duration, frame_rate, frame_tolerance)
+    if problem:
+        return problem
+    if [w["word"] for w in aligned] != list(text_words):
+        return f"aligned words {' '.join(w['word'] for w in aligned)!r} != text {' '.join(text_words)!r}"
+    return word_times_problem(aligned, duration + frame_tolerance / frame_rate)
 
 
 def record_problems(record: SampleRecord, frame_tolerance: int = DEFAULT_FRAME_TOLERANCE) -> list[str]:
     """Contract violations of one decoded record (the JSON schema is checked separately)."""
     n = record.n_frames
     problems = []
-    expected = frames_for_duration(record.duration, record.frame_rate)
-    if abs(n - expected) > frame_tolerance:
-        problems.append(f"{n} units for {record.duration:.3f} s (expected {expected} +- {frame_tolerance})")
+    frames = frame_count_problem(n, record.duration, record.frame_rate, frame_tolerance)
+    if frames:
+        problems.append(frames)
     k = record.unit_info.get("k")
     if n and isinstance(k, int) and (record.units.min() < 0 or record.units.max() >= k):
         problems.append(f"unit ids outside [0, {k})")
@@ -62,3 +123,109 @@ def sample_errors(record: SampleRecord, frame_tolerance: int = DEFAULT_FRAME_TOL
     except ValueError as err:  # NaN or infinity has no JSON form
         return [str(err)]
     return validation_errors(data, "sample") or record_problems(record, frame_tolerance)
+
+
+# ---------------------------------------------------------------- a written shard directory
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: str  # shard name, or shard:sample id
+    what: str
+
+
+def _frame_tolerance(shard_dir: Path) -> int:
+    """The shard.frame_tolerance the shards were written with (dataset.json), else the default."""
+    try:
+        config = json.loads((shard_dir / DATASET_FILE).read_text(encoding="utf-8"))["config"]
+        return int(config["shard"].get("frame_tolerance", DEFAULT_FRAME_TOLERANCE))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return DEFAULT_FRAME_TOLERANCE  # a broken dataset.json is reported by check_dir
+
+
+def sidecar_problems(tar_path: Path, sidecar: Sidecar) -> list[str]:
+    """Where the tar on disk is not the one its sidecar describes (size, then sha256)."""
+    size = tar_path.stat().st_size
+    if sidecar.bytes != size:
+        return [f"{size} bytes, sidecar says {sidecar.bytes}"]
+    if sidecar.sha256 != file_sha256(tar_path):
+        return ["sha256 differs from the sidecar's (corrupted or replaced)"]
+    return []
+
+
+def check_shard(tar_path: Path, frame_tolerance: int = DEFAULT_FRAME_TOLERANCE) -> Iterator[Problem]:
+    from lst_data.shards.reader import decode_members, iter_raw_samples
+
+    name = tar_path.name
+    side = sidecar_path(tar_path)
+    sidecar = None
+    if not side.exists():
+        yield Problem(name, f"no sidecar {side.name}")
+    else:
+        try:
+            sidecar = Sidecar.read(side)
+        except (ValueError, TypeError) as err:
+            yield Problem(side.name, f"unreadable sidecar: {err}")
+        else:
+            for error in validation_errors(sidecar.to_json(), "sidecar"):
+                yield Problem(side.name, error)
+            for problem in sidecar_problems(tar_path, sidecar):
+                yield Problem(name, problem)
+    samples = 0
+    try:
+        for key, members in iter_raw_samples(tar_path):
+            samples += 1
+            where = f"{name}:{key}"
+            try:
+                data = json.loads(members["json"])
+                for error in validation_errors(data, "sample"):
+                    yield Problem(where, f"schema: {error}")
+                record = decode_members(key, members)
+            except (KeyError, ValueError) as err:
+                yield Problem(where, f"undecodable sample: {err}")
+                continue
+            for problem in record_problems(record, frame_tolerance):
+                yield Problem(where, problem)
+    except UnsafeMemberError as err:
+        yield Problem(name, f"unsafe member: {err}")
+        return
+    except (tarfile.TarError, OSError, EOFError) as err:
+        yield Problem(name, f"unreadable tar: {err}")
+        return
+    if sidecar is not None and sidecar.samples != samples:
+        yield Problem(name, f"{samples} samples, sidecar says {sidecar.samples}")
+
+
+def check_dir(shard_dir: str | Path) -> Iterator[Problem]:
+    """Every problem in a shard directory; none means it satisfies the contract."""
+    shard_dir = Path(shard_dir)
+    tars = shard_paths(shard_dir)
+    if not tars:
+        yield Problem(str(shard_dir), "no shards")
+        return
+    tolerance = _frame_tolerance(shard_dir)
+    total = 0
+    for tar_path in tars:
+        yield from check_shard(tar_path, tolerance)
+        try:
+            total += Sidecar.read(sidecar_path(tar_path)).samples
+        except (OSError, ValueError, TypeError):
+            pass  # reported by check_shard
+    index = shard_dir / INDEX_FILE
+    if index.exists():
+        try:
+            rows = pq.read_metadata(index).num_rows
+        except (OSError, ValueError) as err:
+            yield Problem(INDEX_FILE, f"unreadable: {err}")
+        else:
+            if rows != total:
+                yield Problem(INDEX_FILE, f"{rows} rows, sidecars count {total} samples")
+    dataset = shard_dir / DATASET_FILE
+    if dataset.exists():
+        try:
+            summary = json.loads(dataset.read_text(encoding="utf-8"))
+        except ValueError as err:
+            yield Problem(DATASET_FILE, f"not JSON: {err}")
+        else:
+            for error in validation_errors(summary, "dataset"):
+                yield Problem(DATASET_FILE, error)

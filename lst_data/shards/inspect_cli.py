@@ -6,10 +6,11 @@ are safe on shards from elsewhere, and none needs the stage tables that made the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
-from collections import Counter
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from lst_data.core.errors import InputError
 from lst_data.records import SampleRecord
 
 _dir_arg = click.argument("shard_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -26,6 +28,17 @@ _dir_arg = click.argument("shard_dir", type=click.Path(exists=True, file_okay=Fa
 def _console() -> Console:
     # wide enough that tables are not cut when the output is a pipe or a test runner
     return Console(width=160, soft_wrap=False)
+
+
+@contextlib.contextmanager
+def reading_shards(shard_dir: Path | str) -> Iterator[None]:
+    """Shards that cannot be read end the command with one line (a user's input, not a bug)."""
+    from lst_data.shards.layout import UnsafeMemberError
+
+    try:
+        yield
+    except (UnsafeMemberError, tarfile.TarError, EOFError, ValueError, OSError) as err:
+        raise InputError(f"{shard_dir}: unreadable shard ({err}); `lst-data validate {shard_dir}` lists the problems") from None
 
 
 def find_record(shard_dir: Path, sample_id: str) -> SampleRecord:
@@ -38,77 +51,83 @@ def find_record(shard_dir: Path, sample_id: str) -> SampleRecord:
 
     index = shard_dir / INDEX_FILE
     candidates: Iterator[SampleRecord]
-    if index.exists():
-        table = pq.read_table(index, columns=["id", "shard"])
-        hits = table.filter(pc.equal(table["id"], sample_id))["shard"].to_pylist()
-        candidates = (r for shard in hits for r in iter_shard(shard_dir / shard))
-    else:
-        candidates = iter_records(shard_dir)
-    for record in candidates:
-        if record.id == sample_id:
-            return record
-    raise click.ClickException(f"no sample {sample_id!r} in {shard_dir}")
+    with reading_shards(shard_dir):
+        if index.exists():
+            table = pq.read_table(index, columns=["id", "shard"])
+            hits = table.filter(pc.equal(table["id"], sample_id))["shard"].to_pylist()
+            candidates = (r for shard in hits for r in iter_shard(shard_dir / shard))
+        else:
+            candidates = iter_records(shard_dir)
+        for record in candidates:
+            if record.id == sample_id:
+                return record
+    raise InputError(f"no sample {sample_id!r} in {shard_dir}")
+
+
+def _summary_figures(shard_dir: Path, patch_size: int) -> dict[str, Any]:
+    """dataset.json's counts and patch lengths; tallied from the shards when it has none for `patch_size`."""
+    from lst_data.core.rejects import read_rejects
+    from lst_data.shards.layout import DATASET_FILE, REJECTS_FILE, shard_paths
+    from lst_data.shards.summary import tally_shards
+
+    dataset = shard_dir / DATASET_FILE
+    if dataset.exists():
+        try:
+            summary = json.loads(dataset.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise InputError(f"{dataset}: not JSON ({err})") from None
+        if summary.get("patch_lengths", {}).get("patch_size") == patch_size:
+            return summary
+    tars = shard_paths(shard_dir)
+    with reading_shards(shard_dir):
+        tally = tally_shards(tars, patch_size=patch_size)
+    return {"counts": tally.counts(len(tars), read_rejects(shard_dir / REJECTS_FILE)),
+            "patch_lengths": tally.patch_length_counts()}
 
 
 @click.command("stats")
 @_dir_arg
-@click.option("--patch-size", type=int, default=4, show_default=True, help="p of the static strategy.")
+@click.option("--patch-size", type=click.IntRange(min=1), default=4, show_default=True, help="p of the static strategy.")
 def stats(shard_dir: Path, patch_size: int) -> None:
-    """Hours, utterances, units, words, BPE pieces, silence share, patch sizes and rejects of SHARD_DIR."""
+    """Hours, utterances, units, words, BPE pieces, silence share, patch sizes and rejects of SHARD_DIR.
+
+    The figures are dataset.json's (written with the shards); without one, or for another
+    --patch-size than it was written with, the shards are read and tallied.
+    """
     import numpy as np
 
-    from lst_data.patching import PATCH_STRATEGIES, patches
     from lst_data.core.rejects import read_rejects
-    from lst_data.shards.layout import REJECTS_FILE, shard_paths
-    from lst_data.shards.reader import iter_records
     from lst_data.core.summary import print_rejects
+    from lst_data.shards.layout import REJECTS_FILE
 
-    totals: Counter[str] = Counter()
-    seconds = 0.0
-    lengths: dict[str, Counter[int]] = {s: Counter() for s in PATCH_STRATEGIES}
-    for record in iter_records(shard_dir, with_audio=False):
-        totals.update(
-            utterances=1,
-            units=record.n_frames,
-            words=len(record.words),
-            bpe=len(record.bpe),
-            silence_frames=sum(s.n_frames for s in record.silences),
-        )
-        seconds += record.duration
-        for strategy in PATCH_STRATEGIES:
-            lengths[strategy].update(p.length for p in patches(record, strategy, patch_size=patch_size))
+    summary = _summary_figures(shard_dir, patch_size)
+    counts = summary["counts"]
     console = _console()
-    console.print(f"{shard_dir}: {len(shard_paths(shard_dir))} shards")
+    console.print(f"{shard_dir}: {counts['shards']} shards")
     table = Table(show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
-    share = totals["silence_frames"] / totals["units"] if totals["units"] else 0.0
+    share = counts["silence_share"] or 0.0
     for name, value in (
-        ("hours", f"{seconds / 3600:.3f}"),
-        ("utterances", str(totals["utterances"])),
-        ("units", str(totals["units"])),
-        ("words", str(totals["words"])),
-        ("bpe pieces", str(totals["bpe"])),
+        ("hours", f"{counts['hours']:.3f}"),
+        ("utterances", str(counts["samples"])),
+        ("units", str(counts["units"])),
+        ("words", str(counts["words"])),
+        ("bpe pieces", str(counts["bpe"])),
         ("silence share", f"{share:.1%}"),
     ):
         table.add_row(name, value)
     console.print(table)
-    patch_table = Table(title="patch sizes (frames per patch)", title_justify="left")
+    patch_table = Table(title=f"patch sizes (frames per patch, static p = {patch_size})", title_justify="left")
     for column in ("strategy", "patches", "mean", "p10", "median", "p90", "max"):
         patch_table.add_column(column, justify="left" if column == "strategy" else "right")
-    for strategy, counter in lengths.items():
-        if not counter:
+    for strategy, rows in summary["patch_lengths"]["counts"].items():
+        if not rows:
             continue
-        values = np.repeat(np.fromiter(counter.keys(), int), np.fromiter(counter.values(), int))
+        values = np.repeat([r["length"] for r in rows], [r["count"] for r in rows])
         p10, p50, p90 = np.percentile(values, [10, 50, 90])
         patch_table.add_row(
-            strategy,
-            str(values.size),
-            f"{values.mean():.2f}",
-            f"{p10:g}",
-            f"{p50:g}",
-            f"{p90:g}",
-            str(values.max()),
+            strategy, str(values.size), f"{values.mean():.2f}", f"{p10:g}", f"{p50:g}", f"{p90:g}", str(values.max())
         )
     console.print(patch_table)
     print_rejects(read_rejects(shard_dir / REJECTS_FILE), console)
@@ -179,7 +198,7 @@ def show(shard_dir: Path, sample_id: str) -> None:
 @_dir_arg
 def validate(shard_dir: Path) -> None:
     """Check SHARD_DIR against the shard contract; exit 1 and list the problems if any."""
-    from lst_data.shards.check import check_dir
+    from lst_data.shards.contract import check_dir
     from lst_data.shards.layout import shard_paths
     from lst_data.shards.reader import ShardSet
 
@@ -208,11 +227,8 @@ def _digests(record: SampleRecord) -> dict[str, str]:
     return digests
 
 
-@click.command("diff")
-@click.argument("a", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("b", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def diff(a: Path, b: Path) -> None:
-    """Which shards and samples differ between shard directories A and B, and in what; exit 1 when they differ."""
+def _differences(a: Path, b: Path) -> tuple[int, int, int]:
+    """Print what differs between shard directories A and B; (differences, samples in A, shards in A)."""
     from lst_data.shards.layout import Sidecar, shard_paths, sidecar_path
     from lst_data.shards.reader import iter_records
 
@@ -244,10 +260,20 @@ def diff(a: Path, b: Path) -> None:
     for sample_id in sorted(in_a.keys() - seen_b):
         click.echo(f"sample {sample_id}: only in A")
         differences += 1
+    return differences, len(in_a), len(shards["A"])
+
+
+@click.command("diff")
+@click.argument("a", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("b", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def diff(a: Path, b: Path) -> None:
+    """Which shards and samples differ between shard directories A and B, and in what; exit 1 when they differ."""
+    with reading_shards(f"{a} or {b}"):
+        differences, samples, shards = _differences(a, b)
     if differences:
         click.echo(f"{differences} difference(s)")
         sys.exit(1)
-    click.echo(f"identical: {len(in_a)} samples in {len(shards['A'])} shards")
+    click.echo(f"identical: {samples} samples in {shards} shards")
 
 
 @click.command("plot")

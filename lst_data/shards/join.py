@@ -2,12 +2,9 @@
 
 The manifest drives the join: every manifest id either becomes a record or a reject,
 except ids an earlier stage already rejected (they are in that stage's rejects and are
-not counted twice). Checks made here are those only the joined view can make:
-
-- `missing_stage_output`: the id has no row in alignments, units or tokens;
-- `invalid_record`: len(units) != n_frames, len(units) off floor(duration * frame_rate)
-  by more than `shard.frame_tolerance` frames, aligned words != normalized text words,
-  word times outside the audio or out of order, BPE pieces that do not map onto the words.
+not counted twice). `missing_stage_output`: the id has no row in alignments, units or
+tokens; `invalid_record`: the rows contradict each other (the checks are in
+`lst_data.shards.contract`) or the BPE pieces do not map onto the words.
 
 Records come out in a deterministic order (`shard.order`), independent of the row order
 of the input tables, which Ray does not keep.
@@ -25,25 +22,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lst_data.config import RunConfig
-from lst_data.frames import (
-    FrameSpan,
-    frame_to_time,
-    frames_for_duration,
-    silence_frame_runs,
-    word_frame_spans,
-)
-from lst_data.records import BpePiece, SampleRecord, Silence, Word
 from lst_data.core.rejects import Reject
+from lst_data.frames import FrameSpan, frame_to_time, silence_frame_runs, word_frame_spans
+from lst_data.records import BpePiece, SampleRecord, Silence, Word
+from lst_data.shards.contract import STAGE, InvalidRecord, joined_row_problem
 from lst_data.tokenize.spans import bpe_frame_spans
 from lst_data.tokenize.tokenizer import TokenPiece
 
-STAGE = "shard"
 _BATCH_ROWS = 256
-
-
-class InvalidRecord(ValueError):
-    """The joined rows contradict each other (reject code invalid_record)."""
-
 
 @dataclass
 class Provenance:
@@ -151,21 +137,11 @@ def join_one(
     n_frames = int(unit_ids.shape[0])
     frame_rate = float(units["frame_rate"])
     duration = float(manifest["duration"])
-    if n_frames == 0 or n_frames != units["n_frames"]:
-        raise InvalidRecord(f"{n_frames} units but n_frames = {units['n_frames']}")
-    expected = frames_for_duration(duration, frame_rate)
-    if abs(n_frames - expected) > config.shard.frame_tolerance:
-        raise InvalidRecord(
-            f"{n_frames} units for {duration:.3f} s at {frame_rate:g} Hz (expected {expected} "
-            f"+- {config.shard.frame_tolerance})"
-        )
     aligned = alignment["words"]
     text_words = manifest["normalized_text"].split()
-    if [w["word"] for w in aligned] != text_words:
-        raise InvalidRecord(
-            f"aligned words {' '.join(w['word'] for w in aligned)!r} != text {manifest['normalized_text']!r}"
-        )
-    _check_word_times(aligned, duration + config.shard.frame_tolerance / frame_rate)
+    problem = joined_row_problem(duration, units, n_frames, aligned, text_words, config.shard.frame_tolerance)
+    if problem:
+        raise InvalidRecord(problem)
     word_spans = word_frame_spans([(w["start"], w["end"]) for w in aligned], frame_rate, n_frames)
     pieces = [TokenPiece(int(p["id"]), p["piece"], int(p["word_index"])) for p in tokens["pieces"]]
     try:
@@ -207,19 +183,6 @@ def join_one(
             "k": int(units["k"]),
         },
     )
-
-
-def _check_word_times(words: Sequence[Mapping[str, Any]], latest_end: float) -> None:
-    previous_start = 0.0
-    for i, w in enumerate(words):
-        start, end = float(w["start"]), float(w["end"])
-        if not (0.0 <= start <= end <= latest_end):
-            raise InvalidRecord(
-                f"word {i} ({w['word']!r}) spans {start:.3f}-{end:.3f} s, outside 0-{latest_end:.3f} s"
-            )
-        if start < previous_start:
-            raise InvalidRecord(f"word {i} ({w['word']!r}) starts at {start:.3f} s, before the previous word")
-        previous_start = start
 
 
 def silence_records(

@@ -1,0 +1,69 @@
+"""Pack encoded samples into shards: at most `samples_per_shard` samples and `max_shard_bytes` bytes."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+
+from lst_data.audio import AudioError
+from lst_data.core.rejects import Reject
+from lst_data.records import SampleRecord
+from lst_data.shards.contract import STAGE
+from lst_data.shards.members import AudioSource, EncodedSample, encode_sample
+from lst_data.shards.tar_io import tar_file_size
+
+
+class PushBackIterator(Iterator[SampleRecord]):
+    """An iterator that takes records back (a shard that turned out full, or not kept after all)."""
+
+    def __init__(self, source: Iterator[SampleRecord]) -> None:
+        self.source = source
+        self.pending: collections.deque[SampleRecord] = collections.deque()
+
+    def push_back(self, records: list[SampleRecord]) -> None:
+        self.pending.extendleft(reversed(records))
+
+    def __next__(self) -> SampleRecord:
+        return self.pending.popleft() if self.pending else next(self.source)
+
+
+def _audio_for(record: SampleRecord, audio_source: AudioSource | None, include_audio: bool) -> bytes | None:
+    if not include_audio:
+        return None
+    if record.audio is not None:
+        return record.audio
+    if audio_source is None:
+        raise ValueError("shard.include_audio is set but write_shards got no audio_source")
+    return audio_source(record)
+
+
+def next_shard(
+    stream: PushBackIterator,
+    max_samples: int,
+    max_bytes: int,
+    audio_source: AudioSource | None,
+    include_audio: bool,
+    rejects: list[Reject],
+) -> list[EncodedSample]:
+    """Encode samples until the shard is full by count or bytes (at least one sample per shard).
+
+    The record that would overflow `max_bytes` goes back onto the stream for the next shard;
+    a record whose audio cannot be read becomes an `audio_unreadable` reject.
+    """
+    shard: list[EncodedSample] = []
+    size = 0
+    for record in stream:
+        try:
+            audio = _audio_for(record, audio_source, include_audio)
+        except AudioError as err:
+            rejects.append(Reject(record.id, STAGE, "audio_unreadable", str(err)))
+            continue
+        sample = encode_sample(record, audio)
+        if shard and max_bytes and tar_file_size(size + sample.tar_bytes) > max_bytes:
+            stream.push_back([record])
+            break
+        shard.append(sample)
+        size += sample.tar_bytes
+        if len(shard) >= max_samples:
+            break
+    return shard
