@@ -18,9 +18,9 @@ from lst_data.cli import cli
 from lst_data.config import RunConfig
 from lst_data.core.config import updated
 from lst_data.core.rejects import Reject, write_rejects
+from lst_data.shards.members import EncodedSample
 from lst_data.shards.reader import iter_raw_samples
 from lst_data.shards.synthetic import synthetic_tables
-from lst_data.shards.members import EncodedSample
 from lst_data.shards.tar_io import write_tar
 
 N = 14
@@ -165,8 +165,8 @@ def test_plot_writes_a_png(shard_dir, tmp_path):
 
 def test_plot_with_audio_draws_a_spectrogram(tmp_path):
     from lst_data.shards.join import join_records
-    from lst_data.shards.plot import plot_record
     from lst_data.shards.members import FlacFromPaths
+    from lst_data.shards.plot import plot_record
     from lst_data.shards.writer import write_shards
 
     tables = synthetic_tables(1, seed=22, audio_dir=tmp_path / "audio")
@@ -189,3 +189,75 @@ def test_plot_with_audio_draws_a_spectrogram(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with tarfile.open(tmp_path / "s" / "train-000000.tar") as tar:
         assert any(n.endswith(".flac") for n in tar.getnames())
+
+
+def test_stats_prints_dataset_json_figures_without_reading_tars(shard_dir, tmp_path):
+    """The figures come from dataset.json's tally: a changed count shows, with the tars gone."""
+    copy = tmp_path / "copy"
+    shutil.copytree(shard_dir, copy)
+    dataset = json.loads((copy / "dataset.json").read_text())
+    dataset["counts"]["units"] = 123457
+    (copy / "dataset.json").write_text(json.dumps(dataset))
+    for tar in copy.glob("*.tar"):
+        tar.write_bytes(b"not a tar")
+    result = invoke("stats", str(copy))
+    assert result.exit_code == 0, result.output
+    assert "123457" in result.output
+
+
+def test_stats_tallies_the_shards_for_another_patch_size(shard_dir):
+    default, other = invoke("stats", str(shard_dir)), invoke("stats", str(shard_dir), "--patch-size", "2")
+    assert default.exit_code == other.exit_code == 0, other.output
+
+    def static_row(output: str) -> list[str]:
+        lines = [line.strip("│┃ ") for line in output.splitlines()]
+        return next(line for line in lines if line.startswith("static")).split("│")
+
+    assert 3.0 < float(static_row(default.output)[2]) <= 4.0
+    assert 1.0 < float(static_row(other.output)[2]) <= 2.0 and static_row(other.output)[-1].strip() == "2"
+    units = [line for line in default.output.splitlines() if " units " in f" {line} "]
+    assert units and units == [line for line in other.output.splitlines() if " units " in f" {line} "]
+
+
+def _lst_data(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the real entry point (`lst_data.cli.main`'s error handling): (exit code, stdout, stderr)."""
+    from lst_data.core.cli_options import run_cli
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        run_cli(cli, "lst-data", list(args))
+    out = capsys.readouterr()
+    return exited.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["show-unknown-id", "stats-broken-tar", "show-broken-tar", "shard-no-tables", "stats-bad-patch-size"],
+)
+def test_user_mistakes_are_one_line_and_exit_2(case, shard_dir, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(shard_dir, broken)
+    (broken / "dataset.json").unlink()
+    (broken / "index.parquet").unlink()
+    (broken / "train-000000.tar").write_bytes(b"\0" * 100 + b"garbage")
+    args = {
+        "show-unknown-id": ("show", str(shard_dir), "no-such-id"),
+        "stats-broken-tar": ("stats", str(broken)),
+        "show-broken-tar": ("show", str(broken), "whatever"),
+        "shard-no-tables": ("shard", str(tmp_path), "--out", str(tmp_path / "out")),
+        "stats-bad-patch-size": ("stats", str(shard_dir), "--patch-size", "0"),
+    }[case]
+    code, out, err = _lst_data(capsys, *args)
+    assert code == 2, out + err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("lst-data: error: "), err
+
+
+def test_validate_lists_problems_of_a_broken_directory(shard_dir, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(shard_dir, broken)
+    (broken / "train-000000.tar").write_bytes(b"garbage")
+    (broken / "train-000001.json").write_text("{not json")
+    (broken / "dataset.json").write_text("[]")
+    code, out, err = _lst_data(capsys, "validate", str(broken))
+    assert code == 1, out + err
+    assert "train-000000.tar: " in out and "train-000001.json: unreadable sidecar" in out and "dataset.json: " in out

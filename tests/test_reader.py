@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import tarfile
@@ -134,8 +133,8 @@ def test_missing_sidecar_means_incomplete(tmp_path, shard_dir):
 def test_fast_units_path_matches_np_load(units):
     import numpy as np
 
-    from lst_data.shards.reader import load_units
     from lst_data.shards.members import units_npy_bytes
+    from lst_data.shards.reader import load_units
 
     array = np.asarray(units, dtype=np.int16)
     data = units_npy_bytes(array)

@@ -1,27 +1,148 @@
-"""The JSON Schemas in schemas/ and the Arrow schemas in code name the same fields."""
+"""The JSON Schemas in schemas/ are the one source: Arrow schemas come from them, and every
+table and record the toolkit writes validates against its schema."""
 
 import json
+from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from lst_data.config import RunConfig
+from lst_data.core import tables
+from lst_data.core.config import updated
+from lst_data.core.schemas import SCHEMA_DIR, load_schema, schema_names, validation_errors
 from lst_data.records import SampleRecord
-from lst_data.core.rejects import REJECT_SCHEMA
-from lst_data.core.schemas import SCHEMA_DIR, load_schema
-from lst_data.core.tables import ALIGNMENT_SCHEMA, MANIFEST_SCHEMA, UNITS_SCHEMA
+
+_interval = [pa.field("start", pa.float64()), pa.field("end", pa.float64())]
+
+# Written out by hand (not derived): the Arrow schemas of the stage tables as they are on disk.
+# A change here changes Parquet files and shard bytes.
+EXPECTED_ARROW = {
+    "manifest": pa.schema([
+        pa.field("id", pa.string(), nullable=False), pa.field("key", pa.string(), nullable=False),
+        pa.field("audio_path", pa.string(), nullable=False), pa.field("source_path", pa.string(), nullable=False),
+        pa.field("source_sample_rate", pa.int32(), nullable=False), pa.field("sample_rate", pa.int32(), nullable=False),
+        pa.field("num_samples", pa.int64(), nullable=False), pa.field("duration", pa.float64(), nullable=False),
+        pa.field("speaker", pa.string(), nullable=False), pa.field("text", pa.string(), nullable=False),
+        pa.field("normalized_text", pa.string(), nullable=False), pa.field("flags", pa.list_(pa.string()), nullable=False),
+    ]),
+    "alignment": pa.schema([
+        pa.field("id", pa.string(), nullable=False), pa.field("backend", pa.string(), nullable=False),
+        pa.field("model_hash", pa.string(), nullable=False),
+        pa.field("words", pa.list_(pa.struct([pa.field("word", pa.string()), *_interval])), nullable=False),
+        pa.field("phones", pa.list_(pa.struct([pa.field("phone", pa.string()), *_interval, pa.field("word_index", pa.int32())]))),
+        pa.field("chars", pa.list_(pa.struct([pa.field("char", pa.string()), *_interval, pa.field("word_index", pa.int32())]))),
+        pa.field("silences", pa.list_(pa.struct([*_interval, pa.field("rule", pa.string())])), nullable=False),
+        pa.field("score", pa.float64()),
+        pa.field("oov", pa.list_(pa.struct([pa.field("word", pa.string()), pa.field("source", pa.string())]))),
+    ]),
+    "oov": pa.schema([pa.field("word", pa.string()), pa.field("source", pa.string()), pa.field("count", pa.int64())]),
+    "units": pa.schema([
+        pa.field("id", pa.string(), nullable=False), pa.field("units", pa.list_(pa.int16()), nullable=False),
+        pa.field("frame_rate", pa.float64(), nullable=False), pa.field("n_frames", pa.int32(), nullable=False),
+        pa.field("encoder", pa.string(), nullable=False), pa.field("layer", pa.int32()),
+        pa.field("codebook_hash", pa.string(), nullable=False), pa.field("k", pa.int32(), nullable=False),
+    ]),
+    "tokens": pa.schema([
+        pa.field("id", pa.string(), nullable=False), pa.field("tokenizer_hash", pa.string(), nullable=False),
+        pa.field("pieces", pa.list_(pa.struct([pa.field("id", pa.int32()), pa.field("piece", pa.string()),
+                                               pa.field("word_index", pa.int32())])), nullable=False),
+    ]),
+    "reject": pa.schema([pa.field(n, pa.string(), nullable=False) for n in ("id", "stage", "code", "detail")]),
+    "index": pa.schema([
+        pa.field("id", pa.string(), nullable=False), pa.field("key", pa.string(), nullable=False),
+        pa.field("shard", pa.string(), nullable=False), pa.field("duration", pa.float64(), nullable=False),
+        pa.field("n_units", pa.int32(), nullable=False), pa.field("n_words", pa.int32(), nullable=False),
+        pa.field("n_bpe", pa.int32(), nullable=False), pa.field("speaker", pa.string(), nullable=False),
+    ]),
+}  # fmt: skip
+ARROW_CONSTANTS = {"manifest": "MANIFEST_SCHEMA", "alignment": "ALIGNMENT_SCHEMA", "oov": "OOV_SCHEMA",
+                   "units": "UNITS_SCHEMA", "tokens": "TOKENS_SCHEMA", "reject": "REJECT_SCHEMA", "index": "INDEX_SCHEMA"}
+RECORD_SCHEMAS = ("sample", "sidecar", "dataset")  # JSON files, not tables
 
 
-@pytest.mark.parametrize(
-    "name, arrow_schema",
-    [("manifest", MANIFEST_SCHEMA), ("reject", REJECT_SCHEMA), ("alignment", ALIGNMENT_SCHEMA), ("units", UNITS_SCHEMA)],
-)
-def test_json_schema_matches_arrow_schema(name, arrow_schema):
-    path = SCHEMA_DIR / f"{name}.v1.json"
-    if not path.exists():
-        pytest.fail(f"schemas/{path.name} is missing")
-    schema = load_schema(name)
-    assert set(schema["properties"]) == set(arrow_schema.names)
-    required = {f.name for f in arrow_schema if not f.nullable}
-    assert required <= set(schema["required"])
+@pytest.mark.parametrize("name", sorted(EXPECTED_ARROW))
+def test_derived_arrow_schema_is_the_on_disk_one(name):
+    derived = tables.arrow_schema(name)
+    assert derived.equals(EXPECTED_ARROW[name]), f"{name}:\n{derived}\n!=\n{EXPECTED_ARROW[name]}"
+    assert getattr(tables, ARROW_CONSTANTS[name]).equals(EXPECTED_ARROW[name])
+
+
+def test_every_schema_is_a_table_or_a_record():
+    assert set(schema_names()) == set(EXPECTED_ARROW) | set(RECORD_SCHEMAS)
+
+
+def test_integer_width_comes_from_the_annotation(tmp_path, monkeypatch):
+    """Without `x-arrow` an integer is int64; the annotation is what makes units int16."""
+    schema = load_schema("units")
+    plain = json.loads(json.dumps(schema))
+    del plain["properties"]["units"]["items"]["x-arrow"]
+    (tmp_path / "units.v1.json").write_text(json.dumps(plain))
+    monkeypatch.setattr("lst_data.core.schemas.SCHEMA_DIR", tmp_path)
+    load_schema.cache_clear()
+    try:
+        assert tables.arrow_schema("units").field("units").type == pa.list_(pa.int64())
+    finally:
+        load_schema.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> dict[str, list[dict]]:
+    """Every table and record the shard step writes from a pipeline-layout run, plus the stage tables."""
+    from lst_data.align.stage import oov_report
+    from lst_data.core.rejects import Reject, write_rejects
+    from lst_data.shards.build import StageOutputs, build_shards
+    from lst_data.shards.layout import shard_paths, sidecar_path
+    from lst_data.shards.reader import iter_raw_samples
+    from lst_data.shards.synthetic import synthetic_tables
+
+    run = tmp_path_factory.mktemp("run")
+    made = synthetic_tables(8, seed=40)
+    alignments = made.alignments.to_pylist()
+    alignments[0]["oov"] = [{"word": alignments[0]["words"][0]["word"], "source": "cmudict"}]
+    alignments[1]["oov"] = [{"word": alignments[1]["words"][0]["word"], "source": "letters"}]
+    files = {"manifest": made.manifest, "alignments": pa.Table.from_pylist(alignments, schema=tables.ALIGNMENT_SCHEMA),
+             "units": made.units, "tokens": made.tokens}
+    for name, table in files.items():
+        pq.write_table(table, run / f"{name}.parquet")
+    pq.write_table(oov_report(files["alignments"]), run / "oov.parquet")
+    write_rejects([Reject("gone", "units", "units_failed", "too short")], run / "units_rejects.parquet")
+    out = run / "shards"
+    build_shards(StageOutputs.from_run_dir(run), out, updated(RunConfig(), {"shard": {"samples_per_shard": 3}}),
+                 show_progress=False)
+    tars = shard_paths(out)
+    found = {
+        "manifest": run / "manifest.parquet", "alignment": run / "alignments.parquet", "oov": run / "oov.parquet",
+        "units": run / "units.parquet", "tokens": run / "tokens.parquet", "reject": out / "rejects.parquet",
+        "index": out / "index.parquet",
+    }
+    records = {}
+    for name, path in found.items():
+        table = pq.read_table(path)
+        assert table.schema.remove_metadata().equals(EXPECTED_ARROW[name]), name
+        records[name] = table.to_pylist()
+    records["sample"] = [json.loads(m["json"]) for t in tars for _, m in iter_raw_samples(t, with_audio=False)]
+    records["sidecar"] = [json.loads(sidecar_path(t).read_text()) for t in tars]
+    records["dataset"] = [json.loads((out / "dataset.json").read_text())]
+    return records
+
+
+@pytest.mark.parametrize("name", sorted(set(EXPECTED_ARROW) | set(RECORD_SCHEMAS)))
+def test_every_written_table_and_record_validates(written, name):
+    rows = written[name]
+    assert rows, f"nothing of {name} was written"
+    problems = [(i, e) for i, row in enumerate(rows) for e in validation_errors(row, name)]
+    assert problems == []
+
+
+def test_schemas_are_found_inside_the_package():
+    """The wheel carries lst_data/schemas; the checkout's link points at the same files."""
+    import lst_data
+
+    package_dir = Path(lst_data.__file__).parent / "schemas"
+    assert SCHEMA_DIR.resolve() == package_dir.resolve()
+    assert sorted(p.name for p in package_dir.glob("*.json")) == sorted(p.name for p in SCHEMA_DIR.glob("*.json"))
 
 
 def test_sample_schema_matches_record():

@@ -20,10 +20,10 @@ from lst_data.config import RunConfig
 from lst_data.core.config import updated
 from lst_data.core.rejects import Reject, read_rejects
 from lst_data.core.schemas import load_schema, validation_errors
-from lst_data.shards.join import JoinTables, Provenance, join_records
-from lst_data.shards.synthetic import synthetic_tables
-from lst_data.shards.writer import write_shards
 from lst_data.core.tables import ALIGNMENT_SCHEMA, MANIFEST_SCHEMA, TOKENS_SCHEMA, UNITS_SCHEMA, sanitize_key
+from lst_data.shards.join import JoinTables, Provenance, join_records
+from lst_data.shards.synthetic import TOKENIZER_HASH, synthetic_tables
+from lst_data.shards.writer import write_shards
 
 
 def config_with(**shard) -> RunConfig:
@@ -188,7 +188,7 @@ def test_shards_read_back_with_plain_tarfile(tmp_path):
     assert validation_errors(dataset, "dataset") == []
     assert dataset["counts"]["samples"] == 23 and dataset["tokenizer"]["vocab_size"] == 321
     assert dataset["units"] == {"k": 100, "frame_rate": 25.0}
-    assert dataset["hashes"]["tokenizer"] == ["t" * 64]
+    assert dataset["hashes"]["tokenizer"] == [TOKENIZER_HASH]
     assert abs(dataset["counts"]["hours"] - sum(manifest[i]["duration"] for i in seen) / 3600) < 1e-5
     assert set(dataset["average_patch_sizes"]) == {"static", "word_sil_sep", "word_sil_merged", "bpe"}
 
@@ -233,6 +233,41 @@ def test_resume_skips_done_shards_and_rewrites_missing_ones(tmp_path):
     # a different config invalidates every shard
     report = write(tables, tmp_path, updated(config, {"seed": 1}))
     assert (report.shards_kept, report.shards_written) == (0, 4)
+
+
+def test_resume_rewrites_a_damaged_shard_and_reports_it(tmp_path):
+    """A tar of the right size whose bytes differ from its sidecar's sha256 is not kept."""
+    tables = synthetic_tables(12, seed=8)
+    config = config_with(samples_per_shard=6)
+    write(tables, tmp_path, config)
+    original = (tmp_path / "train-000001.tar").read_bytes()
+    damaged = bytearray(original)
+    damaged[600] ^= 0xFF  # in the first member's data: same size, other bytes
+    (tmp_path / "train-000001.tar").write_bytes(bytes(damaged))
+    report = write(tables, tmp_path, config)
+    assert (report.shards_kept, report.shards_written) == (1, 1)
+    assert [name for name, _ in report.rewritten] == ["train-000001.tar"]
+    assert "sha256" in report.rewritten[0][1]
+    assert (tmp_path / "train-000001.tar").read_bytes() == original
+    assert report.figures()["shards_rewritten"] == 1
+
+
+def test_shard_tally_agrees_with_the_patching_module(tmp_path):
+    """dataset.json's patch means come from ShardTally; patching.average_patch_sizes is the reference."""
+    from lst_data.patching import average_patch_sizes
+    from lst_data.shards.reader import iter_records
+    from lst_data.shards.summary import ShardTally
+
+    write(synthetic_tables(15, seed=9), tmp_path, config_with(samples_per_shard=4))
+    tally = ShardTally()
+    for record in iter_records(tmp_path):
+        tally.add(record)
+    reference = average_patch_sizes(iter_records(tmp_path))
+    assert tally.average_patch_sizes() == reference
+    dataset = json.loads((tmp_path / "dataset.json").read_text())
+    assert dataset["average_patch_sizes"] == reference
+    static = {(r["kind"], r["length"]): r["count"] for r in dataset["patch_lengths"]["counts"]["static"]}
+    assert sum(static.values()) == reference["static"]["n_patches"] and max(length for _, length in static) == 4
 
 
 def test_resume_rewrites_a_shard_whose_inputs_changed(tmp_path):

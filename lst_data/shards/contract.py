@@ -29,7 +29,14 @@ from lst_data.core.schemas import validation_errors
 from lst_data.frames import frames_for_duration
 from lst_data.patching import patches
 from lst_data.records import SampleRecord
-from lst_data.shards.layout import DATASET_FILE, INDEX_FILE, Sidecar, UnsafeMemberError, shard_paths, sidecar_path
+from lst_data.shards.layout import (
+    DATASET_FILE,
+    INDEX_FILE,
+    Sidecar,
+    UnsafeMemberError,
+    shard_paths,
+    sidecar_path,
+)
 
 STAGE = "shard"
 DEFAULT_FRAME_TOLERANCE = 2

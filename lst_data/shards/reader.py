@@ -36,6 +36,7 @@ import numpy as np
 import orjson
 import webdataset as wds
 
+from lst_data.core.tables import sanitize_key
 from lst_data.records import SampleRecord
 from lst_data.shards.layout import (
     Sidecar,
@@ -44,7 +45,6 @@ from lst_data.shards.layout import (
     shard_paths,
     sidecar_path,
 )
-from lst_data.core.tables import sanitize_key
 
 MODES = ("epoch", "resampled")
 

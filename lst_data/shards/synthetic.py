@@ -14,14 +14,14 @@ import numpy as np
 import pyarrow as pa
 
 from lst_data.audio import write_audio
+from lst_data.core.tables import ALIGNMENT_SCHEMA, MANIFEST_SCHEMA, TOKENS_SCHEMA, UNITS_SCHEMA, sanitize_key
 from lst_data.frames import frames_for_duration
 from lst_data.shards.join import JoinTables
-from lst_data.core.tables import ALIGNMENT_SCHEMA, MANIFEST_SCHEMA, UNITS_SCHEMA, sanitize_key
-from lst_data.tokenize.stage import TOKENS_SCHEMA
 
 VOCABULARY = ("the", "cat", "sat", "on", "a", "mat", "speech", "units", "are", "tokens", "hello", "world")
 SAMPLE_RATE = 16000
 FRAME_RATE = 25.0
+TOKENIZER_HASH = "7" * 64
 
 
 def synthetic_tables(
@@ -77,7 +77,7 @@ def synthetic_tables(
         alignments.append(
             {
                 "id": utterance_id,
-                "backend": "synthetic",
+                "backend": "textgrid",  # schema-valid: alignments imported, as from TextGrids
                 "model_hash": "a" * 64,
                 "words": word_rows,
                 "phones": None,
@@ -111,7 +111,7 @@ def synthetic_tables(
                         "word_index": word_index,
                     }
                 )
-        tokens.append({"id": utterance_id, "tokenizer_hash": "t" * 64, "pieces": pieces})
+        tokens.append({"id": utterance_id, "tokenizer_hash": TOKENIZER_HASH, "pieces": pieces})
     return JoinTables(
         manifest=pa.Table.from_pylist(manifest, schema=MANIFEST_SCHEMA),
         alignments=pa.Table.from_pylist(alignments, schema=ALIGNMENT_SCHEMA),
