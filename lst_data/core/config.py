@@ -33,11 +33,16 @@ class Section(BaseModel):
     )
 
 
-def doc(text: str, default: Any, **constraints: Any) -> Any:
-    """A documented field (shown by `lst-data config`); a class default means a nested section."""
+def doc(text: str, default: Any, *, names_file: bool = False, **constraints: Any) -> Any:
+    """A documented field (shown by `lst-data config`); a class default means a nested section.
+
+    `names_file` marks a path whose *content* the stage's output depends on (a model, a
+    codebook): resume fingerprints the file, not its name.
+    """
     if isinstance(default, type):
         return Field(default_factory=default, description=text, **constraints)
-    return Field(default, description=text, **constraints)
+    extra = {"names_file": True} if names_file else None
+    return Field(default, description=text, json_schema_extra=extra, **constraints)
 
 
 # A name that becomes part of a file name: never a path.

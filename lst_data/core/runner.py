@@ -6,7 +6,8 @@
     OUT/rejects.parquet   every reject of the stage (and those handed in by its reader)
     OUT/<stage>.json      provenance: toolkit version, config section and hash, counts,
                           what the stage reports about its models, figures
-    OUT/done.json         written last: the fingerprint of the inputs, figures, counts
+    OUT/done.json         written last: the fingerprint of the inputs (their hash and, by
+                          component, what they were), figures, counts
 
 Across the Ray boundary a batch travels as one Arrow table: the stage's output columns
 plus three `_reject_*` columns; a row with `_reject_code` set is a reject. The driver
@@ -29,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lst_data import __version__
-from lst_data.core.config import RayConfig, to_dict
+from lst_data.core.config import RayConfig, canonical_hash, to_dict
 from lst_data.core.progress import progress_bar
 from lst_data.core.rejects import Reject, merge_rejects, write_rejects
 from lst_data.core.stage import Stage, StageResult
@@ -212,7 +213,7 @@ def finish_stage(
     config_section: str,
     provenance: dict[str, Any],
     figures: dict[str, Any],
-    fingerprint: str | None,
+    fingerprint: dict[str, Any] | None,
 ) -> StageReport:
     """Write rejects.parquet, <name>.json and, last, done.json; return the report.
 
@@ -231,8 +232,10 @@ def finish_stage(
         "figures": figures,
         **provenance,
     })
-    write_json(out_dir / DONE_FILE, {"hash": fingerprint, "seconds": seconds, "figures": figures,
-                                     "rejects": len(rejects)})
+    write_json(out_dir / DONE_FILE, {
+        "hash": None if fingerprint is None else canonical_hash(fingerprint), "inputs": fingerprint,
+        "seconds": seconds, "figures": figures, "rejects": len(rejects),
+    })
     return StageReport(name, out_dir, rows_in, rows_out, rejects, seconds, figures)
 
 
@@ -243,7 +246,7 @@ def run_stage(
     config: RunConfig,
     *,
     prior_rejects: Iterable[Reject] = (),
-    fingerprint: str | None = None,
+    fingerprint: dict[str, Any] | None = None,
     show_progress: bool = True,
 ) -> StageReport:
     """prepare -> batches (Ray or local) -> finalize; writes the four files of the module docstring.

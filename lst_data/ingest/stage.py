@@ -9,6 +9,7 @@ the job.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pyarrow as pa
 
 from lst_data.audio import IN_PLACE_SUFFIXES, AudioError, decode, resample, to_mono, write_audio
 from lst_data.config import RunConfig
+from lst_data.core.config import RayConfig
 from lst_data.core.rejects import Reject
 from lst_data.core.runner import StageReport, run_stage
 from lst_data.core.stage import Resources, Stage, StageResult
@@ -49,6 +51,12 @@ class IngestStage(Stage):
         self.config = config
         self.audio_dir = Path(audio_dir)
         self.corpus = None if corpus is None else str(Path(corpus).resolve())
+
+    def prepare(self, table: pa.Table, out_dir: Path, ray: RayConfig) -> list[Reject]:
+        # Converted audio of an earlier run (of utterances since edited or deleted) never lingers.
+        if self.audio_dir.is_dir():
+            shutil.rmtree(self.audio_dir)
+        return []
 
     def provenance(self) -> dict[str, Any]:
         return {"corpus": self.corpus}
@@ -154,9 +162,14 @@ def list_corpus(corpus: str | Path, layout: str = "auto") -> tuple[pa.Table, lis
     return pa.Table.from_pylist([e.__dict__ for e in entries], schema=ENTRY_SCHEMA), rejects
 
 
-def ingest_corpus(corpus: str | Path, out_dir: str | Path, config: RunConfig, layout: str = "auto",
-                  *, fingerprint: str | None = None) -> StageReport:
-    """Read, check and normalize a corpus into OUT (manifest.parquet, rejects.parquet, ingest.json)."""
-    entries, reader_rejects = list_corpus(corpus, layout)
+def ingest_corpus(corpus: str | Path, out_dir: str | Path, config: RunConfig, layout: str = "auto", *,
+                  listing: tuple[pa.Table, list[Reject]] | None = None,
+                  fingerprint: dict[str, Any] | None = None) -> StageReport:
+    """Read, check and normalize a corpus into OUT (manifest.parquet, rejects.parquet, ingest.json).
+
+    `listing` is `list_corpus(corpus, layout)` when the caller already made it (the build does,
+    to fingerprint the corpus).
+    """
+    entries, reader_rejects = listing or list_corpus(corpus, layout)
     stage = IngestStage(config.ingest, Path(out_dir) / "audio", corpus=corpus)
     return run_stage(stage, entries, out_dir, config, prior_rejects=reader_rejects, fingerprint=fingerprint)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from lst_data.core.config import Section, doc
 
 
@@ -12,6 +10,7 @@ class TokenizerConfig(Section):
         "Path of a SentencePiece .model (e.g. LLaMA-2's tokenizer.model) or a Hugging Face "
         "tokenizer.json; None trains a SentencePiece BPE on the corpus's normalized transcripts.",
         None,
+        names_file=True,
     )
     vocab_size: int = doc(
         "Vocabulary size when training a BPE on the corpus. A soft limit: a corpus too small "

@@ -142,7 +142,7 @@ def prepare_tokenizer(
 
 
 def tokenize_manifest(manifest_dir: str | Path, out_dir: str | Path, config: RunConfig,
-                      *, fingerprint: str | None = None) -> StageReport:
+                      *, fingerprint: dict[str, Any] | None = None) -> StageReport:
     """BPE pieces for every transcript of MANIFEST_DIR/manifest.parquet (training the BPE when none is set)."""
     stage = TokenizeStage(config.tokenizer, config.seed)
     table = read_manifest(manifest_dir).select(list(TokenizeStage.input_columns))

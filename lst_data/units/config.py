@@ -24,6 +24,7 @@ class UnitsConfig(Section):
         "mhubert_base_25hz.pt) or a Hugging Face model folder (config.json + model.safetensors "
         "or pytorch_model.bin). Loaded with weights_only; never downloaded.",
         None,
+        names_file=True,
     )
     layer: int = doc(
         "hubert only: transformer layer (1-based) whose output is quantized; LST and SpiritLM "
@@ -82,4 +83,5 @@ class UnitsConfig(Section):
         "An existing codebook (.npy, this toolkit's codebook file, or a fairseq/textlesslib k-means "
         "file) used by `lst-data build`; None trains one on the corpus into RUN/units/.",
         None,
+        names_file=True,
     )

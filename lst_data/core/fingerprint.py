@@ -1,0 +1,77 @@
+"""Content fingerprints: what decides whether a step's earlier output can be kept.
+
+A step is kept on resume only when the fingerprint of everything its output depends on is
+unchanged: its config sections, the *content* of every file those sections name (a
+codebook replaced under the same path changes the fingerprint), the corpus listing with
+its transcripts, and the fingerprints of the steps it reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from lst_data.core.config import Section, canonical_hash
+
+_CHUNK = 1 << 20
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, read in chunks (bounded memory)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def path_fingerprint(value: str) -> str:
+    """Content hash of a file or of a whole folder (relative paths + bytes); a name that is no path hashes as itself."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return file_digest(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return canonical_hash([(p.relative_to(path).as_posix(), file_digest(p)) for p in files])
+    return canonical_hash({"name": value})
+
+
+def named_files(section: Section, prefix: str = "") -> dict[str, str]:
+    """{dotted field: value} for every set field of `section` (nested too) marked as naming a file."""
+    found: dict[str, str] = {}
+    for name, info in type(section).model_fields.items():
+        value = getattr(section, name)
+        if isinstance(value, Section):
+            found.update(named_files(value, f"{prefix}{name}."))
+        elif value is not None and (info.json_schema_extra or {}).get("names_file"):
+            found[prefix + name] = str(value)
+    return found
+
+
+def files_fingerprint(sections: Iterable[Section]) -> dict[str, str]:
+    """{dotted field: content hash} of every file the sections name."""
+    return {field: path_fingerprint(value) for section in sections for field, value in named_files(section).items()}
+
+
+def table_fingerprint(table: pa.Table) -> str:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+
+
+def listing_fingerprint(entries: pa.Table, audio_column: str, extra: Any) -> str:
+    """A corpus listing (entries with their transcript bytes) plus size and mtime of every audio file."""
+    stats = []
+    for path in entries[audio_column].to_pylist():
+        try:
+            st = os.stat(path)
+            stats.append((path, st.st_size, st.st_mtime_ns))
+        except OSError:
+            stats.append((path, None, None))
+    return canonical_hash({"entries": table_fingerprint(entries), "audio": stats, "extra": extra})

@@ -1,0 +1,63 @@
+"""One build per output folder: an exclusive `flock` on OUT/.lock, held for the whole build.
+
+The lock file records who holds it (pid, host, start time) so that a second build can say
+whom it waits for. The kernel drops a `flock` when its process dies, however it dies, so a
+lock file left by a dead build is taken over (with a warning naming the dead holder).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = ".lock"
+
+
+class OutputLocked(RuntimeError):
+    """Another live build holds the lock on this output folder."""
+
+
+def _holder(text: str) -> str:
+    try:
+        info = json.loads(text)
+        return f"pid {info['pid']} on {info['host']}, started {info['started']}"
+    except (ValueError, KeyError, TypeError):
+        return "an unknown process"
+
+
+@contextmanager
+def exclusive_output(out_dir: Path) -> Iterator[None]:
+    """Hold OUT/.lock for the duration of the block; raise OutputLocked at once if another build holds it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held_by = _holder(path.read_text(encoding="utf-8", errors="replace"))
+            raise OutputLocked(f"{out_dir} is being built by another build ({held_by}); "
+                               "wait for it to finish or choose another --out") from None
+        previous = os.pread(fd, 4096, 0).decode("utf-8", errors="replace")
+        if previous.strip():
+            log.warning("%s: taking over the lock of a build that ended without releasing it (%s)",
+                        out_dir, _holder(previous))
+        record = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # released cleanly: the next build takes it without a warning
+    finally:
+        os.close(fd)
