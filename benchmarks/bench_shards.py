@@ -10,6 +10,8 @@ Every figure has a reference measured in the same run on the same data:
 - writer: `write_shards` (schema + span checks, canonical JSON, sidecars, index, dataset
   summary with patch statistics) vs `tarfile.addfile` of the same members, nothing else.
 - overhead: shard bytes per sample vs the JSON + units payload per sample.
+- stats: the figures of `lst-data stats` read from dataset.json vs tallying the shards
+  again (what `stats` did before the writer stored its tally).
 - context: plain `wds.WebDataset` through the same 2-worker loader, reading member bytes
   without decoding, vs the same raw read: the floor the DataLoader + IPC put under any
   webdataset reader on this machine.
@@ -18,7 +20,6 @@ Every figure has a reference measured in the same run on the same data:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import io
 import os
@@ -32,11 +33,15 @@ os.environ.setdefault("LST_DATA_NO_PROGRESS", "1")
 import webdataset as wds  # noqa: E402
 
 from lst_data.config import RunConfig  # noqa: E402
+from lst_data.core.config import updated  # noqa: E402
+from lst_data.shards.inspect_cli import summary_figures  # noqa: E402
 from lst_data.shards.join import join_records  # noqa: E402
 from lst_data.shards.layout import shard_paths  # noqa: E402
+from lst_data.shards.members import encode_sample  # noqa: E402
 from lst_data.shards.reader import make_loader  # noqa: E402
+from lst_data.shards.summary import tally_shards  # noqa: E402
 from lst_data.shards.synthetic import synthetic_tables  # noqa: E402
-from lst_data.shards.writer import encode_sample, write_shards  # noqa: E402
+from lst_data.shards.writer import write_shards  # noqa: E402
 
 
 def line(name: str, value: float, unit: str, ref_name: str, ref: float, ref_unit: str | None = None) -> None:
@@ -60,9 +65,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="Fewer samples (seconds instead of a minute).")
     args = parser.parse_args()
     n = 600 if args.quick else 4000
-    config = RunConfig(
-        shard=dataclasses.replace(RunConfig().shard, samples_per_shard=100 if args.quick else 250)
-    )
+    config = updated(RunConfig(), {"shard": {"samples_per_shard": 100 if args.quick else 250}})
     tables = synthetic_tables(n, seed=0, words_per_utterance=(5, 30))
     records = list(join_records(tables, config))
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,17 +77,26 @@ def main() -> None:
         started = time.perf_counter()
         with tarfile.open(Path(tmp) / "plain.tar", "w") as tar:
             for record in records:
-                for name, data in encode_sample(record, None).members:
-                    info = tarfile.TarInfo(name)
+                sample = encode_sample(record, None)
+                for suffix, data in sorted(sample.members.items()):
+                    info = tarfile.TarInfo(f"{sample.key}.{suffix}")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
         plain_rate = n / (time.perf_counter() - started)
         line("shard_writer_throughput", write_rate, "samples/s", "plain tarfile.addfile", plain_rate)
 
         tars = shard_paths(out)
-        payload = sum(len(data) for r in records for _, data in encode_sample(r, None).members) / n
+        payload = sum(len(data) for r in records for data in encode_sample(r, None).members.values()) / n
         shard_bytes = sum(p.stat().st_size for p in tars) / n
         line("shard_bytes_per_sample", shard_bytes, "bytes", "JSON + units payload", payload)
+
+        started = time.perf_counter()
+        summary_figures(out, patch_size=4)
+        stats_ms = (time.perf_counter() - started) * 1000
+        started = time.perf_counter()
+        tally_shards(tars, patch_size=4)
+        tally_ms = (time.perf_counter() - started) * 1000
+        line("stats_figures_from_dataset_json", stats_ms, "ms", "tally of the shards (the old `stats`)", tally_ms)
 
         del records, tables  # DataLoader workers are forked: keep their heap small
         gc.collect()

@@ -21,7 +21,8 @@ from lst_data.core.config import updated
 from lst_data.core.rejects import Reject, read_rejects
 from lst_data.core.schemas import load_schema, validation_errors
 from lst_data.core.tables import ALIGNMENT_SCHEMA, MANIFEST_SCHEMA, TOKENS_SCHEMA, UNITS_SCHEMA, sanitize_key
-from lst_data.shards.join import JoinTables, Provenance, join_records
+from lst_data.shards.build import shard_tables
+from lst_data.shards.join import JoinTables, join_records
 from lst_data.shards.synthetic import TOKENIZER_HASH, synthetic_tables
 from lst_data.shards.writer import write_shards
 
@@ -31,16 +32,7 @@ def config_with(**shard) -> RunConfig:
 
 
 def write(tables: JoinTables, out: Path, config: RunConfig, prior: list[Reject] = (), **kwargs):
-    provenance = Provenance()
-    return write_shards(
-        join_records(tables, config, prior_rejects=prior, provenance=provenance),
-        out,
-        config,
-        carried_rejects=prior,
-        provenance=provenance,
-        show_progress=False,
-        **kwargs,
-    )
+    return shard_tables(tables, out, config, carried_rejects=prior, show_progress=False, **kwargs)
 
 
 def hello_world_tables(**override) -> JoinTables:

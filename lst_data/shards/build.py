@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -24,7 +25,7 @@ from lst_data.core.runner import DONE_FILE, StageReport, finish_stage
 from lst_data.shards.contract import STAGE
 from lst_data.shards.join import JoinTables, Provenance, join_records
 from lst_data.shards.members import FlacFromPaths
-from lst_data.shards.writer import shard_config_hash, write_shards
+from lst_data.shards.writer import ShardReport, shard_config_hash, write_shards
 
 TABLE_FILES = {
     "manifest": ("ingest", "manifest.parquet"),
@@ -84,6 +85,26 @@ class ShardStageReport(StageReport):
         return [r for r in self.rejects if r.stage == STAGE]
 
 
+def shard_tables(
+    tables: JoinTables,
+    out_dir: str | Path,
+    config: RunConfig,
+    *,
+    carried_rejects: list[Reject] = (),
+    **write_options: Any,
+) -> ShardReport:
+    """Join `tables` (skipping ids in `carried_rejects`) and write the shards; `write_options` go to `write_shards`."""
+    provenance = Provenance()
+    return write_shards(
+        join_records(tables, config, prior_rejects=carried_rejects, provenance=provenance),
+        out_dir,
+        config,
+        carried_rejects=carried_rejects,
+        provenance=provenance,
+        **write_options,
+    )
+
+
 def build_shards(
     outputs: StageOutputs,
     out_dir: str | Path,
@@ -99,7 +120,7 @@ def build_shards(
     rejects), OUT/shard.json and, last, OUT/done.json. Figures: samples, hours_out, shards,
     shards_written, shards_kept, shards_rewritten.
     """
-    from lst_data.tokenize.tokenizer import load_tokenizer
+    from lst_data.tokenize import load_tokenizer
 
     started = time.perf_counter()
     out = Path(out_dir)
@@ -108,21 +129,13 @@ def build_shards(
     tables = outputs.tables()
     carried = outputs.rejects(exclude=out)
     tokenizer = load_tokenizer(outputs.tokenizer) if outputs.tokenizer else None
-    provenance = Provenance()
     audio_source = None
     if config.shard.include_audio:
         ids, paths = tables.manifest["id"].to_pylist(), tables.manifest["audio_path"].to_pylist()
         audio_source = FlacFromPaths(dict(zip(ids, paths, strict=True)))
-    report = write_shards(
-        join_records(tables, config, prior_rejects=carried, provenance=provenance),
-        out,
-        config,
-        audio_source=audio_source,
-        carried_rejects=carried,
-        provenance=provenance,
-        tokenizer_vocab_size=tokenizer.vocab_size if tokenizer else None,
-        workers=workers,
-        show_progress=show_progress,
+    report = shard_tables(
+        tables, out, config, carried_rejects=carried, audio_source=audio_source,
+        tokenizer_vocab_size=tokenizer.vocab_size if tokenizer else None, workers=workers, show_progress=show_progress,
     )
     stage_report = finish_stage(
         STAGE, out, rows_in=tables.manifest.num_rows, rows_out=report.samples, rejects=report.rejects,

@@ -64,7 +64,7 @@ def find_record(shard_dir: Path, sample_id: str) -> SampleRecord:
     raise InputError(f"no sample {sample_id!r} in {shard_dir}")
 
 
-def _summary_figures(shard_dir: Path, patch_size: int) -> dict[str, Any]:
+def summary_figures(shard_dir: Path, patch_size: int) -> dict[str, Any]:
     """dataset.json's counts and patch lengths; tallied from the shards when it has none for `patch_size`."""
     from lst_data.core.rejects import read_rejects
     from lst_data.shards.layout import DATASET_FILE, REJECTS_FILE, shard_paths
@@ -100,7 +100,7 @@ def stats(shard_dir: Path, patch_size: int) -> None:
     from lst_data.core.summary import print_rejects
     from lst_data.shards.layout import REJECTS_FILE
 
-    summary = _summary_figures(shard_dir, patch_size)
+    summary = summary_figures(shard_dir, patch_size)
     counts = summary["counts"]
     console = _console()
     console.print(f"{shard_dir}: {counts['shards']} shards")

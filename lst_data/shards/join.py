@@ -26,8 +26,7 @@ from lst_data.core.rejects import Reject
 from lst_data.frames import FrameSpan, frame_to_time, silence_frame_runs, word_frame_spans
 from lst_data.records import BpePiece, SampleRecord, Silence, Word
 from lst_data.shards.contract import STAGE, InvalidRecord, joined_row_problem
-from lst_data.tokenize.spans import bpe_frame_spans
-from lst_data.tokenize.tokenizer import TokenPiece
+from lst_data.tokenize import TokenPiece, bpe_frame_spans
 
 _BATCH_ROWS = 256
 
