@@ -8,6 +8,7 @@ own dependencies come from the test's interpreter, lst_data from the wheel.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,12 +21,20 @@ from lst_data.shards.synthetic import synthetic_tables
 from lst_data.shards.writer import write_shards
 
 REPO = Path(__file__).resolve().parents[1]
+# What the wheel is built from; copied, because setuptools writes build/ and *.egg-info beside the sources.
+SOURCES = ("pyproject.toml", "README.md", "schemas", "lst_data", "lst_model", "pipelines")
 
 
 def test_wheel_install_validates_shards(tmp_path):
-    wheel_dir, target, shards = tmp_path / "wheel", tmp_path / "site", tmp_path / "shards"
+    source, wheel_dir, target, shards = (tmp_path / name for name in ("source", "wheel", "site", "shards"))
+    source.mkdir()
+    for name in SOURCES:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, source / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(REPO / name, source / name)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheel_dir), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheel_dir), str(source)],
         check=True, cwd=tmp_path, timeout=600,
     )
     (wheel,) = wheel_dir.glob("lst_data-*.whl")
