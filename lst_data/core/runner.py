@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from lst_data import __version__
 from lst_data.core.config import RayConfig, canonical_hash, to_dict
+from lst_data.core.paths import inside
 from lst_data.core.progress import progress_bar
 from lst_data.core.rejects import Reject, merge_rejects, write_rejects
 from lst_data.core.stage import Stage, StageResult
@@ -260,7 +261,7 @@ def run_stage(
     (out_dir / DONE_FILE).unlink(missing_ok=True)
     rejects = list(prior_rejects)
     rejects += stage.prepare(table, out_dir, config.ray) if table.num_rows else []
-    out_path = out_dir / f"{stage.table}.parquet"
+    out_path = inside(out_dir, f"{stage.table}.parquet")
     rows_out, batch_rejects = stream_to_parquet(stage, table, out_path, config.ray, show_progress=show_progress)
     output = pq.read_table(out_path, schema=stage.output_schema)
     figures = stage.finalize(output, out_dir)

@@ -20,6 +20,7 @@ import pyarrow as pa
 from lst_data.audio import IN_PLACE_SUFFIXES, AudioError, decode, resample, to_mono, write_audio
 from lst_data.config import RunConfig
 from lst_data.core.config import RayConfig
+from lst_data.core.paths import inside
 from lst_data.core.rejects import Reject
 from lst_data.core.runner import StageReport, run_stage
 from lst_data.core.stage import Resources, Stage, StageResult
@@ -134,7 +135,7 @@ class IngestStage(Stage):
         """Reference the source when it is already usable; otherwise write the 16 kHz mono copy once."""
         if not converted and source.suffix.lower() in IN_PLACE_SUFFIXES:
             return str(source)
-        target = self.audio_dir / f"{key}.{self.config.audio_format}"
+        target = inside(self.audio_dir, f"{key}.{self.config.audio_format}")
         write_audio(target, samples, self.config.sample_rate)
         return str(target.resolve())
 
