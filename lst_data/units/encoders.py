@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
+from lst_data.core.errors import ConfigError
 from lst_data.units.config import UnitsConfig
 
 SAMPLE_RATE = 16000
@@ -40,7 +41,7 @@ def resolve_device(name: str) -> torch.device:
 def _integer_ratio(numerator: float, denominator: float, what: str) -> int:
     ratio = numerator / denominator
     if ratio < 1 or abs(ratio - round(ratio)) > 1e-9:
-        raise ValueError(f"{what} must be a whole multiple: {numerator} / {denominator} = {ratio}")
+        raise ConfigError(f"{what} must be a whole multiple: {numerator} / {denominator} = {ratio}")
     return int(round(ratio))
 
 
@@ -102,12 +103,10 @@ class SpectralEncoder(Encoder):
     """
 
     def __init__(self, config: UnitsConfig, kind: str) -> None:
-        if kind not in ("mfcc", "logmel"):
-            raise ValueError(f"unknown spectral encoder {kind!r}")
         self.name = kind
         self.frame_rate = config.frame_rate
-        self.hop = _integer_ratio(SAMPLE_RATE, config.feature_rate, "sample_rate / feature_rate")
-        self.stack = _integer_ratio(config.feature_rate, config.frame_rate, "feature_rate / frame_rate")
+        self.hop = _integer_ratio(SAMPLE_RATE, config.feature_rate, "units: 16000 Hz / units.feature_rate")
+        self.stack = _integer_ratio(config.feature_rate, config.frame_rate, "units.feature_rate / units.frame_rate")
         self.window = int(round(0.025 * SAMPLE_RATE))
         self.pad = max(0, self.window - self.hop)
         self.deltas, self.cmvn = config.deltas, config.cmvn
@@ -178,16 +177,16 @@ class HubertEncoder(Encoder):
         from lst_data.ssl_checkpoints import load_checkpoint
 
         if not config.checkpoint:
-            raise ValueError(
-                "units.encoder = 'hubert' needs units.checkpoint (a local fairseq .pt or HF folder)"
+            raise ConfigError(
+                "units.checkpoint: units.encoder = 'hubert' needs a local fairseq .pt or Hugging Face folder"
             )
         loaded = load_checkpoint(config.checkpoint)
         if loaded.sample_rate != SAMPLE_RATE:
-            raise ValueError(
-                f"{config.checkpoint}: model expects {loaded.sample_rate} Hz audio, not {SAMPLE_RATE}"
+            raise ConfigError(
+                f"units.checkpoint: {config.checkpoint} expects {loaded.sample_rate} Hz audio, not {SAMPLE_RATE}"
             )
         if not 1 <= config.layer <= loaded.num_layers:
-            raise ValueError(
+            raise ConfigError(
                 f"units.layer = {config.layer}; the checkpoint has layers 1..{loaded.num_layers}"
             )
         self.layer = config.layer
@@ -202,13 +201,9 @@ class HubertEncoder(Encoder):
             self.receptive_field += (kernel - 1) * stride
             stride *= s
         self.pool = _integer_ratio(
-            SAMPLE_RATE / self.hop, config.frame_rate, "hubert native rate / frame_rate"
+            SAMPLE_RATE / self.hop, config.frame_rate, "units: the hubert checkpoint's native rate / units.frame_rate"
         )
         self.frame_rate = config.frame_rate
-        if config.hubert_padding not in ("center", "none"):
-            raise ValueError(
-                f"units.hubert_padding must be 'center' or 'none', not {config.hubert_padding!r}"
-            )
         self.pad = self.receptive_field - self.hop if config.hubert_padding == "center" else 0
         self.bf16 = config.bf16 and self.device.type == "cuda"
         self.dim = self.model.encoder.feature_projection.projection.out_features
@@ -266,8 +261,6 @@ class HubertEncoder(Encoder):
 
 
 def build_encoder(config: UnitsConfig) -> Encoder:
-    if config.encoder in ("mfcc", "logmel"):
-        return SpectralEncoder(config, config.encoder)
     if config.encoder == "hubert":
         return HubertEncoder(config)
-    raise ValueError(f"units.encoder must be mfcc, logmel or hubert, not {config.encoder!r}")
+    return SpectralEncoder(config, config.encoder)
