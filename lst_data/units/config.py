@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import model_validator
+
 from lst_data.core.config import Section, doc
 
 
@@ -85,3 +87,13 @@ class UnitsConfig(Section):
         None,
         names_file=True,
     )
+
+    @model_validator(mode="after")
+    def _rates_divide(self) -> UnitsConfig:
+        # Checked on load, so a bad rate stops the run before any stage starts.
+        if self.encoder != "hubert":
+            for what, ratio in (("16000 Hz / units.feature_rate", 16000 / self.feature_rate),
+                                ("units.feature_rate / units.frame_rate", self.feature_rate / self.frame_rate)):
+                if ratio < 1 or abs(ratio - round(ratio)) > 1e-9:
+                    raise ValueError(f"{what} must be a whole number >= 1, got {ratio:g}")
+        return self
