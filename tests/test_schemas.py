@@ -145,6 +145,18 @@ def test_schemas_are_found_inside_the_package():
     assert sorted(p.name for p in package_dir.glob("*.json")) == sorted(p.name for p in SCHEMA_DIR.glob("*.json"))
 
 
+@pytest.mark.parametrize("record_class, name", [("Sidecar", "sidecar"), ("Reject", "reject")])
+def test_python_records_name_the_schema_fields(record_class, name):
+    import dataclasses
+
+    from lst_data.core.rejects import Reject
+    from lst_data.shards.layout import Sidecar
+
+    cls = {"Sidecar": Sidecar, "Reject": Reject}[record_class]
+    fields = [f.name for f in dataclasses.fields(cls)]
+    assert fields == list(load_schema(name)["properties"]) and set(fields) == set(load_schema(name)["required"])
+
+
 def test_sample_schema_matches_record():
     import numpy as np
 

@@ -72,7 +72,7 @@ def shard(
             ("samples", str(figures["samples"])),
             ("hours", f"{figures['hours_out']:.3f}"),
             ("shards", f"{figures['shards']} ({figures['shards_written']} written, {figures['shards_kept']} kept)"),
-            ("rewritten (not whole, or inputs changed)", str(figures["shards_rewritten"])),
+            ("shards rewritten", str(figures["shards_rewritten"])),
             ("rejected here", str(len(report.new_rejects))),
             ("rejected in all", str(len(report.rejects))),
             ("tokenizer", str(outputs.tokenizer or "none found: dataset.json has no vocab_size")),
