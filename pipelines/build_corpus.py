@@ -197,7 +197,9 @@ def build_corpus(
             else:
                 _clear_step_folder(run_dir, name)
                 report = STEPS[name].run(ctx, inputs[name])
-                outcome = StepOutcome(name, False, report.seconds, report.rejects, report.figures, reason)
+                # The shard folder's rejects also carry every earlier stage's: count each step's own.
+                own = [r for r in report.rejects if r.stage == name]
+                outcome = StepOutcome(name, False, report.seconds, own, report.figures, reason)
             outcomes.append(outcome)
             if on_step is not None:
                 on_step(outcome)

@@ -28,7 +28,7 @@ from lst_data.core.config import RayConfig, updated
 from lst_data.core.rejects import Reject
 from lst_data.core.runner import StageReport, read_manifest, run_stage
 from lst_data.core.stage import Resources, Stage, StageResult
-from lst_data.core.tables import ALIGNMENT_SCHEMA
+from lst_data.core.tables import ALIGNMENT_SCHEMA, OOV_SCHEMA
 
 BACKENDS: dict[str, str] = {
     "pocketsphinx": "lst_data.align.pocketsphinx_backend:PocketsphinxAligner",
@@ -40,9 +40,6 @@ BACKENDS: dict[str, str] = {
 ACOUSTIC_BACKENDS = frozenset({"pocketsphinx", "mfa", "ctc"})
 
 OOV_FILE = "oov.parquet"
-OOV_SCHEMA = pa.schema(
-    [pa.field("word", pa.string()), pa.field("source", pa.string()), pa.field("count", pa.int64())]
-)
 
 
 def make_aligner(config: AlignConfig) -> Aligner:

@@ -15,6 +15,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lst_data.core.tables import REJECT_SCHEMA
+
 REJECT_CODES: dict[str, str] = {
     # ingest
     "audio_missing": "the audio file named by the corpus does not exist",
@@ -54,14 +56,6 @@ class Reject:
             raise ValueError(f"unknown reject code {self.code!r}; register it in lst_data.core.rejects")
 
 
-REJECT_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("stage", pa.string(), nullable=False),
-        pa.field("code", pa.string(), nullable=False),
-        pa.field("detail", pa.string(), nullable=False),
-    ]
-)
 
 
 def rejects_to_table(rejects: Iterable[Reject]) -> pa.Table:

@@ -18,6 +18,7 @@ from lst_data.core.config import RayConfig
 from lst_data.core.rejects import Reject
 from lst_data.core.runner import StageReport, read_manifest, run_stage
 from lst_data.core.stage import Stage, StageResult
+from lst_data.core.tables import TOKENS_SCHEMA
 from lst_data.tokenize.config import TokenizerConfig
 from lst_data.tokenize.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 
@@ -25,18 +26,6 @@ if TYPE_CHECKING:
     from lst_data.config import RunConfig
 
 log = logging.getLogger(__name__)
-
-PIECE_TYPE = pa.struct(
-    [pa.field("id", pa.int32()), pa.field("piece", pa.string()), pa.field("word_index", pa.int32())]
-)
-
-TOKENS_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("tokenizer_hash", pa.string(), nullable=False),
-        pa.field("pieces", pa.list_(PIECE_TYPE), nullable=False),
-    ]
-)
 
 TRAINED_MODEL_NAME = "tokenizer.model"
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lst_data.units.codebook import NearestCentroid
+from lst_data.units.nearest import NearestCentroid
 
 
 def utterance_generator(seed: int, utterance_id: str) -> torch.Generator:

@@ -34,7 +34,8 @@ from lst_data.core.rejects import Reject
 from lst_data.core.runner import StageReport, iter_stage, read_manifest, run_stage
 from lst_data.core.stage import Resources, Stage, StageResult
 from lst_data.core.tables import UNITS_SCHEMA
-from lst_data.units.codebook import Codebook, NearestCentroid, load_codebook, save_codebook
+from lst_data.units.codebook import Codebook, load_codebook, save_codebook
+from lst_data.units.nearest import NearestCentroid
 from lst_data.units.config import UnitsConfig
 from lst_data.units.encoders import SAMPLE_RATE, Encoder, build_encoder, resolve_device
 from lst_data.units.kmeans import minibatch_kmeans, select_frames
