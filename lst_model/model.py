@@ -270,11 +270,12 @@ def token_log_probs(logits: Tensor, tokens: Tensor) -> Tensor:
     return torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
 
 
-def next_token_loss(logits: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
-    """Mean next-token cross-entropy over real targets, and their count."""
+def summed_next_token_loss(logits: Tensor, batch: Batch) -> Tensor:
+    """Next-token cross-entropy summed over real targets (the caller divides by the step's
+    target count, so micro-batches and ranks add up to the mean over the whole step)."""
     targets = batch.tokens[:, 1:].masked_fill(~batch.valid[:, 1:], -100)
-    loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
-    return loss, (targets != -100).sum()
+    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=-100, reduction="sum")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -255,16 +255,17 @@ def training_sequences(
     *,
     seed: int,
     step: int,
-    n_sequences: int,
+    rows: Sequence[int],
     positions: int,
     flat: bool,
     progress: float,
 ) -> list[Example]:
-    """The packed sequences of one training step: a function of (seed, step) only, so a resumed
-    run sees exactly the data an uninterrupted one would. Each row has its own example stream,
-    so the LST and the baseline start every row with the same examples (the baseline, with
-    more positions per example, reaches fewer of them)."""
+    """Packed sequences `rows` of one training step: a function of (seed, step, row) only, so
+    a resumed run sees exactly the data an uninterrupted one would, and processes or
+    accumulation micro-steps can each build just their rows. Each row has its own example
+    stream, so the LST and the baseline start every row with the same examples (the
+    baseline, with more positions per example, reaches fewer of them)."""
     return [
         pack(builder.example_stream(records, np.random.default_rng([seed, step, row]), progress), positions, flat)
-        for row in range(n_sequences)
+        for row in rows
     ]

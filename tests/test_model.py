@@ -166,3 +166,27 @@ def test_presets_span_tiny_to_about_100m_parameters():
     assert sizes["tiny"] < 5e6
     assert 80e6 < sizes["base"] < 130e6
     assert sizes["tiny"] < sizes["small"] < sizes["base"]
+
+
+def test_presets_keep_the_papers_proportions():
+    for name, preset in PRESETS.items():
+        config = ModelConfig(**preset)
+        assert config.d_local * 2 == config.d_global, name
+        assert config.n_encoder_layers == 1, name
+        assert abs(config.n_decoder_layers - 0.36 * config.n_global_layers) <= 0.7 and config.n_decoder_layers >= 1, name
+
+
+@pytest.mark.parametrize("vocab", [SPACE, TokenSpace(32000, 501)], ids=["toy", "llama2+hubert"])
+def test_every_preset_spends_fewer_flops_than_the_baseline_on_speech(vocab):
+    """A speech-only utterance, static p=4, at equal global width: the LST's forward FLOPs
+    stay below the baseline's (the old tiny preset, local width = global width, cost 1.64x)."""
+    builder = SequenceBuilder(vocab, load_run_spec().data)
+    lst_total = base_total = 0
+    for record in RECORDS:
+        example = builder.speech_example(record, "static")
+        for name, preset in PRESETS.items():
+            lst = batch_cost(ModelConfig(**preset, kind="lst"), vocab.size, Batch.from_examples([example], vocab.pad))
+            base = batch_cost(ModelConfig(**preset, kind="baseline"), vocab.size, Batch.from_examples([example], vocab.pad, True))
+            assert lst.forward_flops < 0.7 * base.forward_flops, (name, record.id)
+            lst_total, base_total = lst_total + lst.forward_flops, base_total + base.forward_flops
+    assert lst_total < base_total

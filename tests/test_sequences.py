@@ -178,7 +178,7 @@ def test_text_share_comes_from_the_text_corpus():
 def test_packing_fills_exact_positions_and_shares_the_stream():
     spec = load_run_spec(overrides={"data": {"patching": "static"}})
     builder = SequenceBuilder(SPACE, spec.data)
-    kwargs = dict(seed=3, step=7, n_sequences=4, positions=96, progress=0.0)
+    kwargs = dict(seed=3, step=7, rows=range(4), positions=96, progress=0.0)
     lst = training_sequences(builder, RECORDS, flat=False, **kwargs)
     flat = training_sequences(builder, RECORDS, flat=True, **kwargs)
     for a, b in zip(lst, flat, strict=True):
