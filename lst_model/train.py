@@ -201,7 +201,7 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
     if t.threads:
         torch.set_num_threads(t.threads)
-    if texts is None:
+    if texts is None and ranks.main:
         log.warning("no text corpus: the transcripts of the speech utterances stand in for the text share "
                     "(the paper uses an independent text corpus; lst-model train --text)")
     fingerprint = corpus_fingerprint(texts) or ""
@@ -306,8 +306,9 @@ def train(
                 if ranks.main:
                     save_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, step=step + 1,
                                     spec=spec, space=space, rng_states=rng_states, text_corpus=fingerprint)
+    if ranks.world_size > 1:
+        dist.barrier()  # every rank returns after rank 0's checkpoint is on disk
     if owns_group:
-        dist.barrier()
         dist.destroy_process_group()
     rows = read_log(out)
     seconds = sum(r["window"]["seconds"] for r in rows) or float("nan")
