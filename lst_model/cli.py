@@ -77,16 +77,23 @@ def train(shard_dir: Path, config_path: Path | None, out_dir: Path, sets: tuple[
     spec = load_run_spec(config_path, _overrides(sets))
     space = load_token_space(shard_dir)
     texts = _text_corpus(text_path, tokenizer_path, shard_dir, space)
-    records, heldout = split_heldout(load_records(shard_dir), spec.data.heldout_fraction)
     main_rank = Distributed.from_env().main
+    corpus = f", text corpus of {len(texts)} documents" if texts is not None else ""
+    if spec.data.input == "stream":  # records are read by the DataLoader workers, never all at once
+        from lst_data.shards.reader import ShardSet
+
+        records = None
+        summary = f"{ShardSet.from_dir(shard_dir).total_samples} utterances streamed ({spec.data.stream_mode})"
+    else:
+        records, heldout = split_heldout(load_records(shard_dir), spec.data.heldout_fraction)
+        summary = f"{len(records)} training utterances ({len(heldout)} held out)"
     if main_rank:
-        corpus = f", text corpus of {len(texts)} documents" if texts is not None else ""
-        click.echo(f"{spec.model.kind}: {len(records)} training utterances ({len(heldout)} held out){corpus}, {spec.steps} steps")
+        click.echo(f"{spec.model.kind}: {summary}{corpus}, {spec.steps} steps")
 
     def report(row: dict) -> None:
         click.echo(f"step {row['step'] + 1}/{spec.steps} loss {row['loss']:.4f} lr {row['lr']:.2e} {row['tokens_per_s']:.0f} tok/s")
 
-    result = run_training(spec, records, space, out_dir, texts=texts, progress_callback=report)
+    result = run_training(spec, records, space, out_dir, texts=texts, shard_dir=shard_dir, progress_callback=report)
     if not main_rank:
         return
     plot_losses({spec.model.kind: out_dir}, out_dir / "loss.png")

@@ -52,6 +52,11 @@ class DataConfig:
         "continuation task.",
         0.1,
     )
+    input: str = doc("'memory' (records loaded once; a step's rows are a function of (seed, step, row)) or "
+                     "'stream' (built and packed in DataLoader workers from the shards; lst_model.stream).", "memory")
+    stream_mode: str = doc("Streaming: 'epoch' (every utterance once per epoch) or 'resampled' (shards drawn with replacement).",
+                           "epoch")
+    shuffle_buffer: int = doc("Streaming: utterances in each worker's shuffle buffer.", 1000)
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,7 @@ class TrainConfig:
     checkpoint_every: int = doc("Steps between checkpoints (the last step is always saved).", 100)
     device: str = doc("'auto' (cuda when available), 'cpu' or 'cuda'.", "auto")
     threads: int = doc("torch CPU threads (0 = torch's default).", 0)
+    loader_workers: int = doc("Streaming input: DataLoader worker processes per rank (0 = in the training process).", 2)
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,10 @@ class RunSpec:
                 raise ConfigError(f"data.{name} must be one of {STRATEGIES}")
         if self.data.aligned_strategy not in STRATEGIES[1:4]:
             raise ConfigError(f"data.aligned_strategy must be one of {STRATEGIES[1:4]}")
+        if self.data.input not in ("memory", "stream"):
+            raise ConfigError(f"data.input must be 'memory' or 'stream', got {self.data.input!r}")
+        if self.data.stream_mode not in ("epoch", "resampled"):
+            raise ConfigError(f"data.stream_mode must be 'epoch' or 'resampled', got {self.data.stream_mode!r}")
         if self.train.grad_accum < 1 or self.train.batch_size % self.train.grad_accum:
             raise ConfigError(f"train.grad_accum must be >= 1 and divide train.batch_size ({self.train.batch_size})")
         weights = (self.data.interleaved_weight, self.data.text_weight, self.data.speech_weight)

@@ -30,7 +30,7 @@ still knows the LST patching of its tokens, for compute accounting).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -194,27 +194,35 @@ class SequenceBuilder:
         deficit[self.token_shares == 0] = -np.inf
         return int(np.argmax(deficit))
 
-    def sample_example(self, kind: int, record: SampleRecord, rng: np.random.Generator, progress: float) -> Example:
-        """One example of KINDS[kind] (a fixed number of draws per call, whatever the kind or strategy)."""
+    def sample_example(self, kind: int, record: SampleRecord | None, rng: np.random.Generator, progress: float) -> Example:
+        """One example of KINDS[kind] (a fixed number of draws per call, whatever the kind or
+        strategy); `record` may be None only for a text example from the text corpus."""
         strategy = self.resolve_strategy(self.config.patching, rng, progress)
         text_index = int(rng.integers(len(self.texts))) if self.texts else 0
         sub_seed = int(rng.integers(2**63))
         if kind == 1:
             return self.text_document_example(self.texts[text_index]) if self.texts else self.text_example(record)
-        if kind == 2:
-            return self.speech_example(record, strategy)
-        if not record.words:
+        if kind == 2 or not record.words:
             return self.speech_example(record, strategy)
         return self.interleaved_example(record, np.random.default_rng(sub_seed), strategy)
 
-    # packing ------------------------------------------------------------------------------
+    # streams ------------------------------------------------------------------------------
     def example_stream(self, records: Sequence[SampleRecord], rng: np.random.Generator, progress: float) -> Iterator[Example]:
-        """Examples mixed by token share (see the module doc), utterances drawn uniformly."""
+        """Examples mixed by token share (see the module doc), utterances drawn uniformly from a list."""
+        return self.examples_from(lambda: records[int(rng.integers(len(records)))], rng, lambda: progress)
+
+    def examples_from(self, next_record: Callable[[], SampleRecord | None], rng: np.random.Generator,
+                      progress: Callable[[], float]) -> Iterator[Example]:
+        """Examples mixed by token share; `next_record()` gives the next utterance (None: there
+        are no more, and the stream ends). Text examples from a text corpus consume none."""
         tokens_so_far = np.zeros(len(KINDS))
         while True:
             kind = self.next_kind(tokens_so_far)
-            record = records[int(rng.integers(len(records)))]
-            example = self.sample_example(kind, record, rng, progress)
+            from_corpus = kind == 1 and bool(self.texts)
+            record = None if from_corpus else next_record()
+            if record is None and not from_corpus:
+                return
+            example = self.sample_example(kind, record, rng, progress())
             tokens_so_far[KINDS.index(example.kind)] += len(example.tokens)
             yield example
 

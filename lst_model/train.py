@@ -41,9 +41,10 @@ from torch import nn
 from lst_data.config import to_dict
 from lst_data.records import SampleRecord
 from lst_model.config import RunSpec, run_spec_from_dict
-from lst_model.flops import Cost, batch_cost
+from lst_model.flops import batch_cost
 from lst_model.model import Batch, build_model, count_parameters, summed_next_token_loss
 from lst_model.sequences import SequenceBuilder, training_sequences
+from lst_model.stream import PackedShardStream, StreamCursor, StreamPosition, batch_from_tensors
 from lst_model.text_corpus import corpus_fingerprint
 from lst_model.tokens import TokenSpace
 
@@ -130,7 +131,8 @@ def _set_rng_state(state: torch.Tensor, device: torch.device) -> None:
 
 
 def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, step: int, spec: RunSpec, space: TokenSpace,
-                    rng_states: list[torch.Tensor] | None = None, text_corpus: str | None = None) -> None:
+                    rng_states: list[torch.Tensor] | None = None, text_corpus: str | None = None,
+                    stream: dict[str, int] | None = None) -> None:
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -141,6 +143,8 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, step:
         "rng_states": rng_states if rng_states is not None else [torch.get_rng_state()],  # one per rank
         "text_corpus": text_corpus or "",
     }
+    if stream is not None:
+        state["stream"] = stream  # streaming input: epoch and micro-batches consumed
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)  # a killed run never leaves a half-written checkpoint
@@ -175,12 +179,15 @@ def train(
     out_dir: str | Path,
     *,
     texts: Sequence[np.ndarray] | None = None,
+    shard_dir: str | Path | None = None,
     stop_at_step: int | None = None,
     progress_callback=None,
 ) -> TrainResult:
     """Train (or resume from `out_dir/checkpoint.pt`) until spec.steps, or until `stop_at_step`.
 
     `texts`: BPE ids of the text corpus for the text share (None: transcripts stand in).
+    With `data.input = 'stream'` the rows come from `shard_dir` through `lst_model.stream`
+    (DataLoader workers) and `records` is not used.
     Writes `checkpoint.pt`, `log.jsonl` (one line per logged step: loss, lr, tokens, global
     positions, FLOPs, throughput) and `config.json` into `out_dir` (rank 0). Under torchrun
     (WORLD_SIZE > 1) it joins or starts the process group and trains with DDP.
@@ -211,6 +218,7 @@ def train(
     total = spec.steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t.warmup_steps, total, t.min_lr_ratio))
     start = 0
+    stream_position = None
     checkpoint = out / CHECKPOINT
     torch.manual_seed(t.seed + ranks.rank)  # dropout: one stream per rank
     if checkpoint.exists():
@@ -226,6 +234,7 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng_states"][ranks.rank], device)
         start = state["step"]
+        stream_position = state.get("stream")
     log_rows = [row for row in read_log(out) if row["step"] < start]
     if ranks.main:
         (out / LOG).write_text("".join(json.dumps(row) + "\n" for row in log_rows), encoding="utf-8")
@@ -237,6 +246,14 @@ def train(
     flat = spec.model.kind == "baseline"
     both_models = {kind: dataclasses.replace(spec.model, kind=kind) for kind in ("lst", "baseline")}
     builder = SequenceBuilder(space, spec.data, texts)
+    cursor = None
+    if spec.data.input == "stream":
+        if shard_dir is None:
+            raise ValueError("data.input = 'stream' needs shard_dir")
+        rows_per_micro = t.batch_size // (ranks.world_size * t.grad_accum)
+        dataset = PackedShardStream(shard_dir, spec, space, rows=rows_per_micro, world_size=ranks.world_size, texts=texts)
+        cursor = StreamCursor(dataset, t.loader_workers, StreamPosition(**stream_position) if stream_position else None,
+                              any_exhausted=lambda flag: bool(ranks.all_sum([flag], device, torch.int64)[0]))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     totals = log_rows[-1]["cumulative"] if log_rows else {"tokens": 0, "global_positions": 0, "train_flops": 0}
     stop = total if stop_at_step is None else min(total, stop_at_step)
@@ -245,25 +262,29 @@ def train(
     with (out / LOG).open("a", encoding="utf-8") if ranks.main else nullcontext() as log_file:
         for step in range(start, stop):
             began = time.perf_counter()
-            micro_batches = []
+            micro_batches, costs = [], []
             for rows in ranks.rows(t.batch_size, t.grad_accum):
+                if cursor is not None:
+                    item = cursor.next()
+                    micro_batches.append(batch_from_tensors(item))
+                    costs.append(item["cost"])
+                    continue
                 sequences = training_sequences(
                     builder, records, seed=t.seed, step=step, rows=rows,
                     positions=spec.data.seq_positions, flat=flat, progress=step / total,
                 )
-                micro_batches.append((sequences, Batch.from_examples(sequences, space.pad, flat)))
-            same_data = {kind: sum((batch_cost(config, space.size, Batch.from_examples(seqs, space.pad, kind == "baseline"))
-                                    for seqs, _ in micro_batches), start=Cost(0, 0, 0, 0))
-                         for kind, config in both_models.items()}
-            sums = ranks.all_sum([sum(int(b.valid[:, 1:].sum()) for _, b in micro_batches),
-                                  *(v for c in same_data.values() for v in (c.tokens, c.global_positions, c.train_flops))],
-                                 device, torch.int64).tolist()
+                micro_batches.append(Batch.from_examples(sequences, space.pad, flat))
+                costs.append(torch.tensor([[c.tokens, c.global_positions, c.train_flops] for c in
+                                           (batch_cost(config, space.size, Batch.from_examples(sequences, space.pad, kind == "baseline"))
+                                            for kind, config in both_models.items())]))
+            sums = ranks.all_sum([sum(int(b.valid[:, 1:].sum()) for b in micro_batches),
+                                  *torch.stack(costs).sum(0).flatten().tolist()], device, torch.int64).tolist()
             n_targets = sums[0]
             same_data = {kind: {"tokens": sums[1 + 3 * i], "global_positions": sums[2 + 3 * i], "train_flops": sums[3 + 3 * i]}
                          for i, kind in enumerate(both_models)}
             optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
-            for index, (_, batch) in enumerate(micro_batches):
+            for index, batch in enumerate(micro_batches):
                 batch = batch.to(device)
                 sync = index == len(micro_batches) - 1 or ranks.world_size == 1
                 with (nullcontext() if sync else wrapped.no_sync()), autocast:
@@ -305,7 +326,8 @@ def train(
                     rng_states = gathered
                 if ranks.main:
                     save_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, step=step + 1,
-                                    spec=spec, space=space, rng_states=rng_states, text_corpus=fingerprint)
+                                    spec=spec, space=space, rng_states=rng_states, text_corpus=fingerprint,
+                                    stream=cursor.state() if cursor is not None else None)
     if ranks.world_size > 1:
         dist.barrier()  # every rank returns after rank 0's checkpoint is on disk
     if owns_group:
