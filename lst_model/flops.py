@@ -59,14 +59,10 @@ def _document_pairs(sizes: list[int], window: int | None, dense: bool) -> int:
     return sum(_window_pairs(size, window, False) for size in sizes)
 
 
-def _decoder_pairs(patch_index: torch.Tensor, document: torch.Tensor) -> int:
+def _decoder_pairs(patch_index: torch.Tensor, first_patch: torch.Tensor) -> int:
     """(token, context) pairs the decoder cross-attention allows: the start vector plus the
     global states of the token's document before its target's patch (see model.py)."""
     following = torch.cat([patch_index[1:], patch_index[-1:]])
-    first_patch = torch.zeros_like(patch_index)
-    for doc in document.unique():
-        in_doc = document == doc
-        first_patch[in_doc] = patch_index[in_doc].min()
     return int((following - first_patch).clamp(min=0).sum()) + len(patch_index)
 
 
@@ -85,12 +81,16 @@ def row_cost(config: ModelConfig, vocab_size: int, patch_index: torch.Tensor, de
         flops = c.n_global_layers * _block(n, c.d_global, c.mlp_ratio) + 2 * n * c.d_global * vocab_size
         return Cost(n, n, flops + attention, attention)
     m = int(patch_index.max()) + 1 if n else 0
-    doc_patches = [int(patch_index[document == d].unique().numel()) for d in range(len(doc_tokens))]
+    # documents and patches are contiguous and in order: a document's patches run from the
+    # patch of its first token to the patch of its last
+    doc_end = torch.tensor(doc_tokens).cumsum(0) - 1
+    doc_first_patch = patch_index[doc_end - torch.tensor(doc_tokens) + 1] if n else patch_index
+    doc_patches = (patch_index[doc_end] - doc_first_patch + 1).tolist() if n else []
     n_local = c.n_encoder_layers + c.n_decoder_layers
     attention = 4 * c.d_local * (
         n_local * _document_pairs(doc_tokens, c.local_window, dense)
         + (m * n if dense else n)  # patch queries -> their tokens
-        + c.n_decoder_layers * (n * (m + 1) if dense else _decoder_pairs(patch_index, document))  # tokens -> global states
+        + c.n_decoder_layers * (n * (m + 1) if dense else _decoder_pairs(patch_index, doc_first_patch[document]))  # tokens -> global states
     ) + 4 * c.d_global * c.n_global_layers * _document_pairs(doc_patches, None, dense)
     flops = n_local * _block(n, c.d_local, c.mlp_ratio)
     flops += 2 * m * n * c.d_local if dense else 2 * n * c.d_local  # mean-pooled patch queries

@@ -190,3 +190,23 @@ def test_every_preset_spends_fewer_flops_than_the_baseline_on_speech(vocab):
             assert lst.forward_flops < 0.7 * base.forward_flops, (name, record.id)
             lst_total, base_total = lst_total + lst.forward_flops, base_total + base.forward_flops
     assert lst_total < base_total
+
+
+def test_sparse_attention_count_equals_the_pairs_the_masks_allow():
+    """On a packed row of two documents, the default (non-dense) count must equal the True
+    entries of the masks the model builds (local windowed, global, decoder cross-attention)."""
+    from lst_model.model import document_causal_mask, patch_documents, target_patch_index
+
+    config = dataclasses.replace(SMALL, kind="lst")
+    first, second = _examples("word_sil_sep")
+    batch = Batch.from_examples([pack(iter([first, second]), 10**6, False)], SPACE.pad)
+    n_patches = int(batch.n_patches.max())
+    local = int(document_causal_mask(batch.document, config.local_window).sum())
+    patch_document = patch_documents(batch, n_patches)
+    global_pairs = int(document_causal_mask(patch_document).sum())
+    before = torch.arange(n_patches)[None, None, :] < target_patch_index(batch)[:, :, None]
+    decoder = int((before & (patch_document[:, None, :] == batch.document[:, :, None])).sum()) + batch.tokens.shape[1]
+    n_local = config.n_encoder_layers + config.n_decoder_layers
+    expected = (4 * config.d_local * (n_local * local + batch.tokens.shape[1] + config.n_decoder_layers * decoder)
+                + 4 * config.d_global * config.n_global_layers * global_pairs)
+    assert batch_cost(config, SPACE.size, batch).attention_flops == expected

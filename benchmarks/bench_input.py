@@ -1,0 +1,104 @@
+"""Benchmark of the streaming training input (lst_model.stream): utterances/s through the
+whole input pipeline (read, decode, build examples, pack, collate; 2 DataLoader workers)
+against a raw `tarfile` read of the same shards (and the shard reader alone, the bound on
+it), and its packed global positions/s against
+what the trainer consumes (tiny preset, CPU, measured in the same run).
+
+    .venv/bin/python benchmarks/bench_input.py [--utterances 4000] [--workers 2] [--shards DIR]
+
+Without --shards it writes toy shards (lst_model.synthetic, through the shard stage's writer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def raw_tar_samples_per_second(shard_dir: Path) -> tuple[float, int]:
+    """Every member of every tar read into memory with the standard library; samples = distinct keys."""
+    began = time.perf_counter()
+    keys = 0
+    for tar_path in sorted(shard_dir.glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            last = None
+            for member in tar:
+                tar.extractfile(member).read()
+                key = member.name.split(".", 1)[0]
+                keys += key != last
+                last = key
+    return keys / (time.perf_counter() - began), keys
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--utterances", type=int, default=4000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--shards", type=Path)
+    parser.add_argument("--train-steps", type=int, default=20)
+    args = parser.parse_args()
+
+    import torch
+
+    from lst_data.shards.reader import make_loader
+    from lst_model.config import load_run_spec, replace
+    from lst_model.data import load_records, load_token_space
+    from torch.utils.data import DataLoader
+
+    from lst_model.stream import PackedShardStream
+    from lst_model.synthetic import write_synthetic_shards
+    from lst_model.train import read_log, train
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = args.shards or write_synthetic_shards(Path(tmp) / "shards", args.utterances, samples_per_shard=100)
+        space = load_token_space(shards)
+        spec = load_run_spec(overrides={"preset": "tiny", "data": {"input": "stream", "heldout_fraction": 0.0,
+                                                                   "patching": "curriculum"},
+                                        "train": {"batch_size": 8, "loader_workers": args.workers,
+                                                  "budget_positions": 8 * 128 * args.train_steps, "threads": 1,
+                                                  "log_every": args.train_steps, "checkpoint_every": 10**9}})
+        raw_tar_samples_per_second(shards)  # warm the page cache for both measurements
+        raw_rate, n_samples = raw_tar_samples_per_second(shards)
+
+        # one exact epoch through the DataLoader, worker start included
+        loader = DataLoader(PackedShardStream(shards, spec, space, rows=spec.train.batch_size), batch_size=None,
+                            num_workers=args.workers, prefetch_factor=4)
+        began = time.perf_counter()
+        positions = batches = 0
+        for item in loader:
+            positions += int(item["cost"][0, 1])
+            batches += 1
+        seconds = time.perf_counter() - began
+        pipeline_rate = n_samples / seconds
+        n_shards = len(list(shards.glob("*.tar")))
+
+        # the shard reader alone (lst_data.shards.reader.make_loader, same workers): the bound on the above
+        began = time.perf_counter()
+        read = sum(len(batch) for batch in make_loader(shards, batch_size=32, shuffle=True, num_workers=args.workers,
+                                                       with_audio=False))
+        reader_rate = read / (time.perf_counter() - began)
+
+        run = Path(tmp) / "run"
+        train(replace(spec, data={"input": "memory"}), load_records(shards), space, run)
+        trainer_rate = read_log(run)[-1]["positions_per_s"]
+
+    print(f"# {n_samples} utterances in {n_shards} shards, {args.workers} workers, "
+          f"{batches} micro-batches of 8 x 128 positions in the epoch")
+    print(f"input_pipeline_samples_per_s: {pipeline_rate:.0f} utterances/s (reference: raw tarfile read "
+          f"{raw_rate:.0f} samples/s, ratio {pipeline_rate / raw_rate:.2f})")
+    print(f"shard_reader_samples_per_s: {reader_rate:.0f} samples/s (reference: raw tarfile read {raw_rate:.0f} "
+          f"samples/s, ratio {reader_rate / raw_rate:.2f})")
+    produced = positions / seconds
+    print(f"input_pipeline_packed_positions_per_s: {produced:.0f} positions/s (reference: trainer consumption "
+          f"{trainer_rate:.0f} positions/s, tiny preset, CPU 1 thread, ratio {produced / trainer_rate:.2f})")
+
+
+if __name__ == "__main__":
+    main()
