@@ -45,12 +45,11 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from torch.utils.data import DataLoader
 
     from lst_data.shards.reader import make_loader
     from lst_model.config import load_run_spec, replace
     from lst_model.data import load_records, load_token_space
-    from torch.utils.data import DataLoader
-
     from lst_model.stream import PackedShardStream
     from lst_model.synthetic import write_synthetic_shards
     from lst_model.train import read_log, train

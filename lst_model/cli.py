@@ -42,8 +42,7 @@ _TOKENIZER_HELP = "The shards' tokenizer for --text (default: tokenizer.model be
 
 def _text_corpus(text_path: Path | None, tokenizer_path: Path | None, shard_dir: Path, space) -> list | None:
     """The --text corpus as BPE ids, or None when none is given."""
-    from lst_data.config import ConfigError
-    from lst_model.text_corpus import find_tokenizer, load_text_corpus
+    from lst_model.text_corpus import TextCorpusError, find_tokenizer, load_text_corpus
 
     if text_path is None:
         return None
@@ -53,7 +52,7 @@ def _text_corpus(text_path: Path | None, tokenizer_path: Path | None, shard_dir:
     dataset = json.loads((shard_dir / "dataset.json").read_text(encoding="utf-8"))
     try:
         return load_text_corpus(text_path, tokenizer_path, dataset, space.text_vocab_size)
-    except ConfigError as err:
+    except TextCorpusError as err:
         raise click.UsageError(str(err)) from None
 
 

@@ -17,9 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from lst_data.config import ConfigError
 
 TOKENIZER_FILE = "tokenizer.model"
+
+
+class TextCorpusError(ValueError):
+    """A user's text corpus or tokenizer cannot be used (the CLI turns it into a usage error)."""
 
 
 def iter_documents(path: str | Path) -> Iterator[str]:
@@ -30,7 +33,7 @@ def iter_documents(path: str | Path) -> Iterator[str]:
 
         parquet = pq.ParquetFile(path)
         if "text" not in parquet.schema_arrow.names:
-            raise ConfigError(f"--text {path}: a Parquet text corpus needs a 'text' column")
+            raise TextCorpusError(f"--text {path}: a Parquet text corpus needs a 'text' column")
         for batch in parquet.iter_batches(columns=["text"], batch_size=4096):
             yield from (t for t in batch.column(0).to_pylist() if t)
         return
@@ -41,7 +44,7 @@ def iter_documents(path: str | Path) -> Iterator[str]:
             if path.suffix == ".jsonl":
                 record = json.loads(line)
                 if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                    raise ConfigError(f"--text {path}:{number}: each JSONL line needs a string field 'text'")
+                    raise TextCorpusError(f"--text {path}:{number}: each JSONL line needs a string field 'text'")
                 yield record["text"]
             else:
                 yield line.rstrip("\n")
@@ -63,7 +66,7 @@ def load_text_corpus(path: str | Path, tokenizer_path: str | Path, dataset: dict
 
     tokenizer = load_tokenizer(tokenizer_path)
     if tokenizer.vocab_size != text_vocab_size:
-        raise ConfigError(f"--tokenizer {tokenizer_path}: vocabulary {tokenizer.vocab_size} != the shards' {text_vocab_size}")
+        raise TextCorpusError(f"--tokenizer {tokenizer_path}: vocabulary {tokenizer.vocab_size} != the shards' {text_vocab_size}")
     ingest = (dataset.get("config") or {}).get("ingest") or {}
     lowercase = bool(ingest.get("lowercase", True))
     numbers = "expand" if ingest.get("numbers") == "expand" else "flag"
@@ -73,7 +76,7 @@ def load_text_corpus(path: str | Path, tokenizer_path: str | Path, dataset: dict
         if normalized:
             documents.append(np.asarray(tokenizer.encode(normalized), dtype=np.int32))
     if not documents:
-        raise ConfigError(f"--text {path}: no non-empty documents")
+        raise TextCorpusError(f"--text {path}: no non-empty documents")
     return documents
 
 
