@@ -235,7 +235,8 @@ def train(
         _set_rng_state(state["rng_states"][ranks.rank], device)
         start = state["step"]
         stream_position = state.get("stream")
-    log_rows = [row for row in read_log(out) if row["step"] < start]
+    # only rank 0 reads and rewrites the log (another rank could read it half-rewritten)
+    log_rows = [row for row in read_log(out) if row["step"] < start] if ranks.main else []
     if ranks.main:
         (out / LOG).write_text("".join(json.dumps(row) + "\n" for row in log_rows), encoding="utf-8")
         (out / "config.json").write_text(json.dumps({"spec": to_dict(spec), "token_space": space.to_dict(),
