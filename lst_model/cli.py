@@ -35,6 +35,16 @@ def _overrides(pairs: tuple[str, ...]) -> dict:
     return nested
 
 
+def _run_spec(config_path: Path | None, sets: tuple[str, ...]):
+    """The run's spec; a bad field is a one-line usage error (exit 2), not a traceback."""
+    from lst_model.config import load_run_spec
+
+    try:
+        return load_run_spec(config_path, _overrides(sets))
+    except ValueError as err:  # the config loader's errors (ConfigError is a ValueError)
+        raise click.UsageError(str(err)) from None
+
+
 _TEXT_HELP = ("Independent text corpus for the text share of the mixture: plain text (a document per line), "
               "JSONL with a 'text' field, or Parquet with a 'text' column. Without it the transcripts stand in.")
 _TOKENIZER_HELP = "The shards' tokenizer for --text (default: tokenizer.model beside the shards or in a sibling stage folder)."
@@ -68,12 +78,11 @@ def train(shard_dir: Path, config_path: Path | None, out_dir: Path, sets: tuple[
     """Train (or resume) on the shards' training utterances; held-out ones are left for `score`.
 
     Distributed: `torchrun --nproc_per_node N -m lst_model.cli train ...` (DDP; rank 0 prints and writes)."""
-    from lst_model.config import load_run_spec
     from lst_model.data import load_records, load_token_space, split_heldout
     from lst_model.train import Distributed, plot_losses
     from lst_model.train import train as run_training
 
-    spec = load_run_spec(config_path, _overrides(sets))
+    spec = _run_spec(config_path, sets)
     space = load_token_space(shard_dir)
     texts = _text_corpus(text_path, tokenizer_path, shard_dir, space)
     main_rank = Distributed.from_env().main
@@ -152,10 +161,9 @@ def compare(shard_dir: Path, config_path: Path | None, sets: tuple[str, ...], as
     """Global positions and FLOPs: per utterance and over the training mixture, LST (each patching) vs the flat baseline."""
     from lst_model.compare import compare as run_compare
     from lst_model.compare import format_report
-    from lst_model.config import load_run_spec
     from lst_model.data import load_records, load_token_space
 
-    spec = load_run_spec(config_path, _overrides(sets))
+    spec = _run_spec(config_path, sets)
     space = load_token_space(shard_dir)
     texts = _text_corpus(text_path, tokenizer_path, shard_dir, space)
     if texts is None:

@@ -132,3 +132,11 @@ def test_trained_models_find_the_true_continuation(tmp_path):
         model, spec, space = load_model(tmp_path / kind / CHECKPOINT)
         result = accuracy(score_items(model, spec, space, heldout_continuation_items(heldout, "text")))
         assert result["acc_per_token"] > 0.7, (kind, result)
+
+
+@pytest.mark.parametrize("setting,field", [("data.input=bogus", "data.input"), ("train.grad_accum=3", "train.grad_accum"),
+                                           ("data.stream_mode=sometimes", "data.stream_mode")])
+def test_bad_run_settings_are_one_line_usage_errors(tmp_path, setting, field):
+    shards = write_synthetic_shards(tmp_path / "shards", 4)
+    result = CliRunner().invoke(main, ["train", "--shards", str(shards), "--out", str(tmp_path / "run"), "--set", setting])
+    assert result.exit_code == 2 and field in result.output and "Traceback" not in result.output
