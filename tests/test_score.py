@@ -54,10 +54,13 @@ def test_score_is_the_sum_of_autoregressive_next_token_log_probs(kind, mode):
             example, first = choice_example(item, ending, SPACE, 4)
             expected = 0.0
             for t in range(first, len(example.tokens)):
-                prefix = dataclasses.replace(example, tokens=example.tokens[:t], patch_lengths=np.array(crop_patch_lengths(example.patch_lengths, 0, t)))
+                # Generation knows where token t's (static) patch lies, not its value: a placeholder
+                # stands at t, so token t-1 reads the global states up to the patch before t's (BLT).
+                tokens = np.concatenate([example.tokens[:t], [SPACE.pad]])
+                prefix = dataclasses.replace(example, tokens=tokens, patch_lengths=np.array(crop_patch_lengths(example.patch_lengths, 0, t + 1)))
                 with torch.no_grad():
                     logits = model(Batch.from_examples([prefix], SPACE.pad, flat))
-                expected += float(torch.log_softmax(logits[0, -1].float(), -1)[example.tokens[t]])
+                expected += float(torch.log_softmax(logits[0, -2].float(), -1)[example.tokens[t]])
             assert total == pytest.approx(expected, abs=1e-3)
         assert score.lengths == [len(e) for e in item.endings]
 

@@ -95,9 +95,10 @@ def test_cli_train_score_compare_plot(tmp_path):
     accuracies = json.loads(result.output.strip().splitlines()[-1])
     assert set(accuracies) == {"speech", "text"} and accuracies["speech"]["n"] > 0
     assert len((tmp_path / "scores.jsonl").read_text().splitlines()) == accuracies["speech"]["n"] + accuracies["text"]["n"]
-    result = runner.invoke(main, ["compare", "--shards", str(shards), "--json"])
+    result = runner.invoke(main, ["compare", "--shards", str(shards), "--json", "--mixture-tokens", "5000"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    assert "transcripts stand in" in result.stderr
+    report = json.loads(result.stdout)
     positions = report["speech_only"]["positions_per_utterance"]
     assert positions["baseline"] > 3 * positions["static"]
     result = runner.invoke(main, ["plot", f"lst={tmp_path / 'lst'}", f"baseline={tmp_path / 'baseline'}",
@@ -131,3 +132,11 @@ def test_trained_models_find_the_true_continuation(tmp_path):
         model, spec, space = load_model(tmp_path / kind / CHECKPOINT)
         result = accuracy(score_items(model, spec, space, heldout_continuation_items(heldout, "text")))
         assert result["acc_per_token"] > 0.7, (kind, result)
+
+
+@pytest.mark.parametrize("setting,field", [("data.input=bogus", "data.input"), ("train.grad_accum=3", "train.grad_accum"),
+                                           ("data.stream_mode=sometimes", "data.stream_mode")])
+def test_bad_run_settings_are_one_line_usage_errors(tmp_path, setting, field):
+    shards = write_synthetic_shards(tmp_path / "shards", 4)
+    result = CliRunner().invoke(main, ["train", "--shards", str(shards), "--out", str(tmp_path / "run"), "--set", setting])
+    assert result.exit_code == 2 and field in result.output and "Traceback" not in result.output
