@@ -181,14 +181,16 @@ def test_load_records_verifies_by_default(two_shards_one_flipped):
 
 
 def test_resampled_mode_hashes_each_tar_once_per_worker(shard_dir, monkeypatch):
-    import lst_data.shards.reader as reader
+    import lst_data.shards.pipeline as pipeline_module
 
     verified = []
-    real = reader.verify_shard
-    monkeypatch.setattr(reader, "verify_shard", lambda path, limits: verified.append(path.name) or real(path, limits))
+    real = pipeline_module.verify_shard
+    monkeypatch.setattr(
+        pipeline_module, "verify_shard", lambda path, limits: verified.append(path.name) or real(path, limits)
+    )
     pipeline = shard_pipeline(shard_dir, batch_size=4, shuffle=True, mode="resampled", epoch_samples=200, seed=3)
-    assert sum(len(b) for b in pipeline) == 200
-    assert len(verified) == len(set(verified)) <= 8
+    assert sum(len(b) for b in pipeline) == 200  # 40+ shard draws from 8 shards
+    assert len(verified) == len(set(verified)) >= 4
 
 
 @pytest.mark.parametrize("units", [[], [0], [1, -2, 32767], list(range(1000))])

@@ -45,7 +45,7 @@ def reading_shards(shard_dir: Path | str) -> Iterator[None]:
     """Shards that cannot be read end the command with one line (a user's input, not a bug)."""
     try:
         yield
-    except (tarfile.TarError, EOFError, ValueError, OSError, KeyError) as err:  # BadShardError is a ValueError
+    except (tarfile.TarError, EOFError, ValueError, OSError) as err:  # BadShardError is a ValueError
         raise InputError(f"{shard_dir}: bad shard data ({err}); `lst-data validate {shard_dir}` lists the problems") from None
 
 
@@ -71,11 +71,13 @@ def find_record(shard_dir: Path, sample_id: str, verify: bool = True) -> SampleR
     from lst_data.shards.reader import iter_records, iter_shard
 
     candidates: Iterator[SampleRecord]
-    with reading_shards(shard_dir):
+    with reading_shards(shard_dir):  # the search stops at the record: check whole tars first
         if (shard_dir / INDEX_FILE).exists():
-            candidates = (r for tar in _index_shards(shard_dir, sample_id) for r in iter_shard(tar, verify=verify))
+            candidates = (
+                r for tar in _index_shards(shard_dir, sample_id) for r in iter_shard(tar, verify=verify, scan_first=True)
+            )
         else:
-            candidates = iter_records(shard_dir, verify=verify)
+            candidates = iter_records(shard_dir, verify=verify, scan_first=True)
         for record in candidates:
             if record.id == sample_id:
                 return record
@@ -98,7 +100,7 @@ def summary_figures(shard_dir: Path, patch_size: int, verify: bool = True) -> di
         tars, summary = listed_shards(shard_dir)
         if summary is not None and summary.get("patch_lengths", {}).get("patch_size") == patch_size:
             for tar_path in tars if verify else ():
-                verify_shard(tar_path)
+                verify_shard(tar_path, count_samples=True)  # no sample is read: count them in a header scan
             return summary
     with reading_shards(shard_dir):
         tally = tally_shards(tars, patch_size=patch_size)

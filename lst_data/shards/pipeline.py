@@ -27,6 +27,7 @@ from typing import Any
 import webdataset as wds
 
 from lst_data.records import SampleRecord
+from lst_data.shards.layout import Sidecar
 from lst_data.shards.reader import (
     DEFAULT_LIMITS,
     READ_ERRORS,
@@ -36,6 +37,7 @@ from lst_data.shards.reader import (
     bad_shard,
     decode_members,
     iter_raw_samples,
+    sample_count_problem,
     verify_shard,
 )
 
@@ -46,7 +48,7 @@ class _ShardSamples:
     """Pipeline stage: shard urls -> (shard name, key, raw members), through the checked tar reader.
 
     Used instead of `wds.tarfile_to_samples`: it verifies each tar against its sidecar
-    first (unless `verify` is off), refuses links, sparse and oversized members instead of
+    (size and sha256 first, the sample count at its end; unless `verify` is off), refuses links, sparse and oversized members instead of
     reading them, checks every name before reading, and is 3x faster on small members
     (seekable files, no per-member dict and regex of webdataset's generic grouping). A
     tar verified once is not hashed again by this worker while its size, mtime and inode
@@ -60,23 +62,27 @@ class _ShardSamples:
         self.verify = verify
         self.limits = limits
         self.handler = handler
-        self.verified: set[tuple[str, int, int, int]] = set()
+        self.verified: dict[tuple[str, int, int, int], Sidecar] = {}
 
-    def _verify(self, tar_path: Path) -> None:
+    def _verified_sidecar(self, tar_path: Path) -> Sidecar:
         stat = tar_path.stat()
         identity = (str(tar_path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
         if identity not in self.verified:
-            verify_shard(tar_path, self.limits)
-            self.verified.add(identity)
+            self.verified[identity] = verify_shard(tar_path, self.limits)
+        return self.verified[identity]
 
     def __call__(self, source: Iterator[dict[str, Any]]) -> Iterator[tuple[str, str, dict[str, bytes]]]:
         for shard in source:
             tar_path = Path(shard["url"])
             try:
-                if self.verify:
-                    self._verify(tar_path)
+                sidecar = self._verified_sidecar(tar_path) if self.verify else None
+                samples = 0
                 for key, members in iter_raw_samples(tar_path, with_audio=self.with_audio, limits=self.limits):
+                    samples += 1
                     yield tar_path.name, key, members
+                miscount = sidecar and sample_count_problem(tar_path, sidecar, samples)
+                if miscount:
+                    raise miscount
             except READ_ERRORS as err:
                 if not self.handler(err if isinstance(err, BadShardError) else bad_shard(tar_path, err)):
                     break
@@ -153,10 +159,11 @@ def shard_pipeline(
 ) -> ShardPipeline:
     """A pipeline over the shards of `shard_dir` that yields batches (lists) of SampleRecord.
 
-    Every tar is verified against its sidecar before its samples are used (`verify=False`
-    skips that extra read and trusts the tars); a bad shard or sample is a BadShardError
-    naming the shard and the reason, given to `handler`: the default raises (training
-    stops), `SkipAndCount()` skips the shard (or the sample) and counts it.
+    Every tar's size and sha256 are checked against its sidecar before its samples are
+    used, and its sample count at its end (`verify=False` skips that extra read and trusts
+    the tars); a bad shard or sample is a BadShardError naming the shard and the reason,
+    given to `handler`: the default raises (training stops), `SkipAndCount()` skips the
+    rest of the shard (or the one sample) and counts it.
 
     `shuffle` must be given: it shuffles shards (epoch mode) and samples (a buffer of
     `shuffle_buffer`). In resampled mode, each of the `world_size * num_workers` streams

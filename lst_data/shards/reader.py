@@ -5,8 +5,8 @@ reads tars through this module. This module imports neither webdataset nor torch
 `lst-data` inspection commands stay small (importing torch alone takes ~800 MB of RSS here).
 
 Security: shards come from other people (see `lst_data.shards.safe_tar`). By default each
-tar is first verified against its sidecar (size, sha256, sample count: one extra
-sequential read; `verify=False` opts out for speed). Only the members the contract names
+tar is first verified against its sidecar (size and sha256: one extra sequential read;
+the sample count as it is read; `verify=False` opts out for speed). Only the members the contract names
 are read (`KEY.json`, `KEY.units.npy`, `KEY.flac`); a link, a sparse or oversized member
 (`ReadLimits`), a member with any other name, an absolute or `..` path is refused before
 its data is read. JSON is parsed with `orjson` under a byte cap and decoded by the strict
@@ -50,6 +50,7 @@ from lst_data.shards.safe_tar import (
     iter_sample_members,
     open_tar,
     read_sidecar,
+    sample_count_problem,
     verify_shard,
 )
 
@@ -152,23 +153,34 @@ def listed_shards(shard_dir: str | Path, split: str | None = None) -> tuple[list
 
 
 def iter_shard(
-    tar_path: str | Path, *, with_audio: bool = True, verify: bool = True, limits: ReadLimits = DEFAULT_LIMITS
+    tar_path: str | Path,
+    *,
+    with_audio: bool = True,
+    verify: bool = True,
+    limits: ReadLimits = DEFAULT_LIMITS,
+    scan_first: bool = False,
 ) -> Iterator[SampleRecord]:
     """Records of one tar, in order; BadShardError (shard name and reason) for anything wrong with it.
 
-    `verify` (default) first checks the tar against its sidecar: size, sha256 and sample
-    count, in one extra sequential read. `verify=False` skips that read for speed and trusts
-    the tar (every header, member and JSON is still checked).
+    `verify` (default) first checks the tar against its sidecar (size, then sha256: one
+    extra sequential read at ~1 GB/s) and, at its end, the number of samples read against
+    the sidecar's. `verify=False` skips both for speed and trusts the tar (every header,
+    member and JSON is still checked). `scan_first` (with `verify`) checks every header
+    and the count before the first sample, for callers that may stop early (`show`).
     """
     tar_path = Path(tar_path)
-    if verify:
-        verify_shard(tar_path, limits)
+    sidecar = verify_shard(tar_path, limits, count_samples=scan_first) if verify else None
+    samples = 0
     try:
         for key, members in iter_raw_samples(tar_path, with_audio=with_audio, limits=limits):
+            samples += 1
             try:
                 yield decode_members(key, members, with_audio=with_audio, limits=limits)
             except ValueError as err:
                 raise bad_shard(tar_path, f"sample {key}: {err}") from None
+        miscount = sidecar and sample_count_problem(tar_path, sidecar, samples)
+        if miscount:
+            raise miscount
     except BadShardError:
         raise
     except READ_ERRORS as err:
@@ -188,16 +200,19 @@ def iter_records(
     verify: bool = True,
     limits: ReadLimits = DEFAULT_LIMITS,
     handler: Callable[[Exception], bool] = reraise,
+    scan_first: bool = False,
 ) -> Iterator[SampleRecord]:
     """Every record of every shard in `shard_dir` (one split or all), in shard order.
 
     A bad shard (see `iter_shard`) goes to `handler`, as in webdataset: the default raises
     its BadShardError; `SkipAndCount()` logs it, counts it and goes on with the next shard;
-    a handler that returns False stops the iteration.
+    a handler that returns False stops the iteration. `scan_first`: see `iter_shard`.
     """
     for tar_path in listed_shards(shard_dir, split)[0]:
         try:
-            yield from iter_shard(tar_path, with_audio=with_audio, verify=verify, limits=limits)
+            yield from iter_shard(
+                tar_path, with_audio=with_audio, verify=verify, limits=limits, scan_first=scan_first
+            )
         except BadShardError as err:
             if not handler(err):
                 return
@@ -258,6 +273,7 @@ __all__ = [
     "BadShardError",
     "ReadLimits",
     "ShardSet",
+    "sample_count_problem",
     "SkipAndCount",
     "UnsafeMemberError",
     "decode_members",

@@ -7,8 +7,10 @@
   names that are not `KEY.{flac,json,units.npy}` and members over the size cap of
   `ReadLimits` (JSON has its own, smaller cap: a parsed JSON can take ~30x its bytes).
 - `scan_tar` is one sequential pass over a tar (bounded memory): its size and sha256 and
-  every header checked, samples counted, no member data kept. `verify_shard` compares
-  that with the sidecar: the tar is the one the sidecar describes, or `BadShardError`.
+  every header checked, samples counted, no member data kept (what `validate` and
+  `stats` use). `verify_shard` compares a tar with its sidecar (size, sha256, and with
+  `count_samples` the scan's count): the tar is the one the sidecar describes, or
+  `BadShardError`; readers check the count as they read (`sample_count_problem`).
 
 webdataset's own tar reading (`tarfile_to_samples`) allocates a member's declared size;
 the reader uses `iter_sample_members` instead.
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from lst_data.core.digests import file_sha256
 from lst_data.core.errors import UserError
 from lst_data.shards.layout import Sidecar, UnsafeMemberError, sidecar_path, split_member_name
 
@@ -173,17 +176,32 @@ def read_sidecar(tar_path: Path) -> Sidecar:
         raise bad_shard(tar_path, f"unreadable sidecar {side.name}: {err}") from None
 
 
-def verify_shard(tar_path: Path, limits: ReadLimits = DEFAULT_LIMITS) -> Sidecar:
-    """The sidecar of a tar that is exactly what the sidecar describes (size, sha256, samples); else BadShardError."""
+def verify_shard(tar_path: Path, limits: ReadLimits = DEFAULT_LIMITS, *, count_samples: bool = False) -> Sidecar:
+    """The sidecar of a tar whose size and sha256 are the sidecar's; else BadShardError.
+
+    The hash is `hashlib.file_digest` (~1 GB/s). Readers count the samples as they read
+    them (`sample_count_problem` at the end of the tar); tools that read no samples
+    (`stats`) pass `count_samples`, which hashes during a header scan instead (~40 us a
+    member: tarfile's header parsing).
+    """
     sidecar = read_sidecar(tar_path)
-    size_problems = sidecar_mismatches(sidecar, tar_path.stat().st_size, None)
-    if size_problems:  # no need to read a tar of the wrong size
-        raise bad_shard(tar_path, size_problems[0])
+    size = tar_path.stat().st_size
+    if size != sidecar.bytes:  # no need to read a tar of the wrong size
+        raise bad_shard(tar_path, sidecar_mismatches(sidecar, size, None)[0])
     try:
-        scan = scan_tar(tar_path, limits)
+        if count_samples:
+            scan = scan_tar(tar_path, limits)
+            problems = sidecar_mismatches(sidecar, scan.bytes, scan.sha256, scan.samples)
+        else:
+            problems = sidecar_mismatches(sidecar, size, file_sha256(tar_path))
     except (ValueError, OSError, EOFError, tarfile.TarError) as err:
         raise bad_shard(tar_path, err) from None
-    problems = sidecar_mismatches(sidecar, scan.bytes, scan.sha256, scan.samples)
     if problems:
         raise bad_shard(tar_path, "; ".join(problems))
     return sidecar
+
+
+def sample_count_problem(tar_path: Path, sidecar: Sidecar, samples: int) -> BadShardError | None:
+    """The error for a tar that held `samples` samples when its sidecar says otherwise (None: they agree)."""
+    problems = sidecar_mismatches(sidecar, sidecar.bytes, None, samples)
+    return bad_shard(tar_path, problems[0]) if problems else None
