@@ -8,41 +8,21 @@ from pathlib import Path
 
 import click
 
+from lst_data.core.cli_options import Commands, config_file_options, run_cli
+from lst_model.config import load_run_spec
 
-@click.group()
+
+@click.group(cls=Commands)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def main(verbose: bool) -> None:
+def cli(verbose: bool) -> None:
     """Train and evaluate a small Latent Speech-Text Transformer on lst-data shards."""
     from lst_data.core.progress import setup_logging
 
     setup_logging(verbose)
 
 
-def _overrides(pairs: tuple[str, ...]) -> dict:
-    """`section.field=value` pairs (values parsed as YAML) into a nested dict."""
-    import yaml
-
-    nested: dict = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--set")
-        *parents, leaf = key.split(".")
-        node = nested
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return nested
-
-
-def _run_spec(config_path: Path | None, sets: tuple[str, ...]):
-    """The run's spec; a bad field is a one-line usage error (exit 2), not a traceback."""
-    from lst_model.config import load_run_spec
-
-    try:
-        return load_run_spec(config_path, _overrides(sets))
-    except ValueError as err:  # the config loader's errors (ConfigError is a ValueError)
-        raise click.UsageError(str(err)) from None
+def main() -> None:
+    run_cli(cli, "lst-model")
 
 
 _TEXT_HELP = ("Independent text corpus for the text share of the mixture: plain text (a document per line), "
@@ -66,14 +46,13 @@ def _text_corpus(text_path: Path | None, tokenizer_path: Path | None, shard_dir:
         raise click.UsageError(str(err)) from None
 
 
-@main.command()
+@cli.command()
 @click.option("--shards", "shard_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Run YAML (model/data/train sections, optional preset).")
+@config_file_options
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder; an existing checkpoint there is resumed.")
-@click.option("--set", "sets", multiple=True, help="Override a field: --set model.kind=baseline --set train.seed=1.")
 @click.option("--text", "text_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help=_TEXT_HELP)
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, path_type=Path), help=_TOKENIZER_HELP)
-def train(shard_dir: Path, config_path: Path | None, out_dir: Path, sets: tuple[str, ...], text_path: Path | None,
+def train(shard_dir: Path, config_path: Path | None, out_dir: Path, assignments: tuple[str, ...], text_path: Path | None,
           tokenizer_path: Path | None) -> None:
     """Train (or resume) on the shards' training utterances; held-out ones are left for `score`.
 
@@ -82,7 +61,7 @@ def train(shard_dir: Path, config_path: Path | None, out_dir: Path, sets: tuple[
     from lst_model.train import Distributed, plot_losses
     from lst_model.train import train as run_training
 
-    spec = _run_spec(config_path, sets)
+    spec = load_run_spec(config_path, assignments=assignments)
     space = load_token_space(shard_dir)
     texts = _text_corpus(text_path, tokenizer_path, shard_dir, space)
     main_rank = Distributed.from_env().main
@@ -116,7 +95,7 @@ def _checkpoint_path(run: Path) -> Path:
     return run / CHECKPOINT if run.is_dir() else run
 
 
-@main.command()
+@cli.command()
 @click.option("--model", "run", required=True, type=click.Path(exists=True, path_type=Path), help="Run folder or checkpoint.pt.")
 @click.option("--task", "task_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Items JSONL from `build-task`.")
 @click.option("--shards", "shard_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Score the held-out continuation task of these shards.")
@@ -148,22 +127,21 @@ def score(run: Path, task_path: Path | None, shard_dir: Path | None, mode: str, 
     click.echo(json.dumps(results))
 
 
-@main.command()
+@cli.command()
 @click.option("--shards", "shard_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Run YAML (model sizes for FLOPs, patch size).")
-@click.option("--set", "sets", multiple=True, help="Override a field, e.g. --set preset=base.")
+@config_file_options
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
 @click.option("--text", "text_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help=_TEXT_HELP)
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, path_type=Path), help=_TOKENIZER_HELP)
 @click.option("--mixture-tokens", default=100_000, show_default=True, help="Tokens of the training mixture drawn for its figures.")
-def compare(shard_dir: Path, config_path: Path | None, sets: tuple[str, ...], as_json: bool, text_path: Path | None,
+def compare(shard_dir: Path, config_path: Path | None, assignments: tuple[str, ...], as_json: bool, text_path: Path | None,
             tokenizer_path: Path | None, mixture_tokens: int) -> None:
     """Global positions and FLOPs: per utterance and over the training mixture, LST (each patching) vs the flat baseline."""
     from lst_model.compare import compare as run_compare
     from lst_model.compare import format_report
     from lst_model.data import load_records, load_token_space
 
-    spec = _run_spec(config_path, sets)
+    spec = load_run_spec(config_path, assignments=assignments)
     space = load_token_space(shard_dir)
     texts = _text_corpus(text_path, tokenizer_path, shard_dir, space)
     if texts is None:
@@ -179,7 +157,7 @@ def _load_callable(spec: str):
     return getattr(importlib.import_module(module), attr)
 
 
-@main.command("build-task")
+@cli.command("build-task")
 @click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Multiple-choice JSONL (HellaSwag, StoryCloze or {context, endings, label}).")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--mode", type=click.Choice(["speech", "text"]), required=True)
@@ -216,7 +194,7 @@ def build_task(input_path: Path, out_path: Path, mode: str, tokenizer_path: Path
     click.echo(f"{len(items)} {mode} items -> {out_path}")
 
 
-@main.command()
+@cli.command()
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--x", "x_axis", type=click.Choice(["global_positions", "tokens", "train_flops"]), default="global_positions", show_default=True)

@@ -16,12 +16,12 @@ the ratio is what compares.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from lst_data.core.config import updated
 from lst_data.records import SampleRecord
 from lst_model.config import RunSpec
 from lst_model.flops import row_cost
@@ -56,10 +56,10 @@ def mixture_cost(records: Sequence[SampleRecord], space: TokenSpace, spec: RunSp
                  texts: Sequence[np.ndarray] | None = None, mixture_tokens: int = 100_000) -> dict:
     """Tokens, global positions and forward FLOPs of the training mixture, per model/strategy."""
     result: dict[str, dict[str, float]] = {}
-    base_model = dataclasses.replace(spec.model, kind="baseline")
-    lst_model = dataclasses.replace(spec.model, kind="lst")
+    base_model = updated(spec.model, {"kind": "baseline"})
+    lst_model = updated(spec.model, {"kind": "lst"})
     for strategy in CONCRETE:
-        builder = SequenceBuilder(space, dataclasses.replace(spec.data, patching=strategy), texts)
+        builder = SequenceBuilder(space, updated(spec.data, {"patching": strategy}), texts)
         stream = builder.example_stream(records, np.random.default_rng(seed), 0.0)
         totals = {"tokens": 0, "lst_positions": 0, "lst_flops": 0, "baseline_flops": 0}
         while totals["tokens"] < mixture_tokens:
@@ -82,8 +82,8 @@ def compare(records: Sequence[SampleRecord], space: TokenSpace, spec: RunSpec, s
             texts: Sequence[np.ndarray] | None = None, mixture_tokens: int = 100_000) -> dict:
     """Per-utterance means and totals, and the whole training mixture; see the module doc."""
     builder = SequenceBuilder(space, spec.data)
-    lst_model = dataclasses.replace(spec.model, kind="lst")
-    base_model = dataclasses.replace(spec.model, kind="baseline")
+    lst_model = updated(spec.model, {"kind": "lst"})
+    base_model = updated(spec.model, {"kind": "baseline"})
     rng = np.random.default_rng(seed)
     speech_positions = {name: 0 for name in ("baseline", *CONCRETE)}
     interleaved = {name: [0, 0] for name in ("baseline", *CONCRETE)}

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from lst_data.core.config import updated
 from lst_model.config import RunSpec
 from lst_model.data import is_heldout
 from lst_model.flops import batch_cost
@@ -83,7 +84,7 @@ class PackedShardStream(IterableDataset):
         rng = np.random.default_rng([t.seed, self.position.epoch, rank, worker])
         examples = builder.examples_from(lambda: next(records, None), rng, progress)
         flat = self.spec.model.kind == "baseline"
-        both = {kind: dataclasses.replace(self.spec.model, kind=kind) for kind in ("lst", "baseline")}
+        both = {kind: updated(self.spec.model, {"kind": kind}) for kind in ("lst", "baseline")}
         while True:
             sequences = []
             for _ in range(self.rows):

@@ -21,7 +21,6 @@ and the checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -38,7 +37,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lst_data.config import to_dict
+from lst_data.core.config import to_dict, updated
+from lst_data.core.errors import ConfigError
 from lst_data.records import SampleRecord
 from lst_model.config import RunSpec, run_spec_from_dict
 from lst_model.flops import batch_cost
@@ -200,7 +200,7 @@ def train(
     if owns_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if t.batch_size % (ranks.world_size * t.grad_accum):
-        raise ValueError(f"train.batch_size {t.batch_size} does not split over {ranks.world_size} processes x "
+        raise ConfigError(f"train.batch_size {t.batch_size} does not split over {ranks.world_size} processes x "
                          f"{t.grad_accum} accumulation steps")
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -245,7 +245,7 @@ def train(
     wrapped = nn.parallel.DistributedDataParallel(model) if ranks.world_size > 1 else model
 
     flat = spec.model.kind == "baseline"
-    both_models = {kind: dataclasses.replace(spec.model, kind=kind) for kind in ("lst", "baseline")}
+    both_models = {kind: updated(spec.model, {"kind": kind}) for kind in ("lst", "baseline")}
     builder = SequenceBuilder(space, spec.data, texts)
     cursor = None
     if spec.data.input == "stream":

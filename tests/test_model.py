@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from lst_data.core.config import updated
 from lst_model.config import PRESETS, ModelConfig, load_run_spec
 from lst_model.flops import batch_cost
 from lst_model.model import Batch, build_model, count_parameters
@@ -32,7 +33,7 @@ def _examples(strategy: str):
 
 def _model(kind: str):
     torch.manual_seed(0)
-    return build_model(dataclasses.replace(SMALL, kind=kind), SPACE.size).eval()
+    return build_model(updated(SMALL, {"kind": kind}), SPACE.size).eval()
 
 
 @pytest.mark.parametrize("kind,strategy", [("lst", "static"), ("lst", "word_sil_sep"), ("lst", "word_sil_merged"),
@@ -151,8 +152,8 @@ def test_flop_accounting_matches_torch_counter(kind):
 
 def test_lst_uses_fewer_global_positions_than_baseline():
     example = _examples("static")[0]
-    lst = batch_cost(dataclasses.replace(SMALL, kind="lst"), SPACE.size, Batch.from_examples([example], SPACE.pad))
-    base = batch_cost(dataclasses.replace(SMALL, kind="baseline"), SPACE.size, Batch.from_examples([example], SPACE.pad, True))
+    lst = batch_cost(updated(SMALL, {"kind": "lst"}), SPACE.size, Batch.from_examples([example], SPACE.pad))
+    base = batch_cost(updated(SMALL, {"kind": "baseline"}), SPACE.size, Batch.from_examples([example], SPACE.pad, True))
     n_units = len(example.tokens) - 3
     assert base.global_positions == len(example.tokens)
     assert lst.global_positions == 3 + -(-n_units // 4)
@@ -197,7 +198,7 @@ def test_sparse_attention_count_equals_the_pairs_the_masks_allow():
     entries of the masks the model builds (local windowed, global, decoder cross-attention)."""
     from lst_model.model import document_causal_mask, patch_documents, target_patch_index
 
-    config = dataclasses.replace(SMALL, kind="lst")
+    config = updated(SMALL, {"kind": "lst"})
     first, second = _examples("word_sil_sep")
     batch = Batch.from_examples([pack(iter([first, second]), 10**6, False)], SPACE.pad)
     n_patches = int(batch.n_patches.max())

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from lst_data.text import normalize_text
 from lst_data.tokenize.tokenizer import load_tokenizer, train_tokenizer
-from lst_model.cli import main
+from lst_model.cli import cli
 from lst_model.synthetic import ToyLanguage, write_synthetic_shards
 from lst_model.text_corpus import find_tokenizer, iter_documents, load_text_corpus
 
@@ -66,7 +66,7 @@ def test_every_format_gives_the_shards_tokenizers_ids_of_the_normalized_text(sha
 
 def test_cli_trains_on_the_text_corpus(shards, tmp_path):
     text = _write_all_formats(tmp_path)[1]
-    result = CliRunner().invoke(main, [
+    result = CliRunner().invoke(cli, [
         "train", "--shards", str(shards), "--out", str(tmp_path / "run"), "--text", str(text),
         "--set", "preset=tiny", "--set", "data.seq_positions=32", "--set", "train.batch_size=2",
         "--set", "train.budget_positions=128", "--set", "train.threads=1"])
@@ -76,7 +76,7 @@ def test_cli_trains_on_the_text_corpus(shards, tmp_path):
     assert len(config["text_corpus_sha256"]) == 64
     # resuming against another corpus is refused
     (tmp_path / "other.txt").write_text("other words entirely\n", encoding="utf-8")
-    again = CliRunner().invoke(main, [
+    again = CliRunner().invoke(cli, [
         "train", "--shards", str(shards), "--out", str(tmp_path / "run"), "--text", str(tmp_path / "other.txt"),
         "--set", "preset=tiny", "--set", "data.seq_positions=32", "--set", "train.batch_size=2",
         "--set", "train.budget_positions=128", "--set", "train.threads=1"])
@@ -90,7 +90,7 @@ def test_cli_trains_on_the_text_corpus(shards, tmp_path):
 def test_bad_text_corpus_is_a_one_line_user_error(shards, tmp_path, content, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(content, encoding="utf-8")
-    result = CliRunner().invoke(main, ["compare", "--shards", str(shards), "--text", str(path), "--mixture-tokens", "100"])
+    result = CliRunner().invoke(cli, ["compare", "--shards", str(shards), "--text", str(path), "--mixture-tokens", "100"])
     assert result.exit_code == 2 and message in result.output
     assert "Traceback" not in result.output
 
@@ -99,6 +99,6 @@ def test_tokenizer_of_another_vocabulary_is_refused(shards, tmp_path):
     other = train_tokenizer(TRAINING_TEXT, tmp_path / "small.model", vocab_size=60, seed=0)
     assert other.vocab_size != 96
     (tmp_path / "c.txt").write_text("hello there\n", encoding="utf-8")
-    result = CliRunner().invoke(main, ["compare", "--shards", str(shards), "--text", str(tmp_path / "c.txt"),
+    result = CliRunner().invoke(cli, ["compare", "--shards", str(shards), "--text", str(tmp_path / "c.txt"),
                                        "--tokenizer", str(other.path), "--mixture-tokens", "100"])
     assert result.exit_code == 2 and "vocabulary 60 != the shards' 96" in result.output
