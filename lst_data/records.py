@@ -185,24 +185,34 @@ _SPAN_CHECKS = {
 }
 
 
+def _column_ok(check: Any, column: tuple[Any, ...]) -> bool:
+    """`check` holds for every value of a span field (set/min/max in C: ~5x faster than value by value)."""
+    types = set(map(type, column))
+    if check is _is_str:
+        return types <= {str}
+    if check is _is_seconds:
+        return types <= {float, int} and all(map(math.isfinite, column)) and 0 <= min(column) <= max(column) <= MAX_SECONDS
+    return types <= {int} and (-1 if check is _is_end_frame else 0) <= min(column) <= max(column) <= MAX_INT
+
+
 def _spans(cls: type, items: Any, where: str) -> tuple[Any, ...]:
     """A span array of the schema (a list of flat objects with exactly the span's fields), as NamedTuples."""
     name, checks = _SPAN_CHECKS[cls]
     if type(items) is not list:
         raise MalformedSample(f"{where}: {name} spans are not a list")
     fields = cls._fields
-    required = set(fields) - set(cls._field_defaults)
-    spans = []
-    for i, item in enumerate(items):
-        if type(item) is not dict or not required <= item.keys() <= set(fields):
-            raise MalformedSample(f"{where}: {name} {i} is not an object with the fields {', '.join(fields)}")
-        values = [item.get(f, cls._field_defaults.get(f)) for f in fields]
-        for field_name, value, check in zip(fields, values, checks, strict=True):
-            if not check(value):
-                raise MalformedSample(f"{where}: {name} {i} {field_name} is of the wrong type or out of range")
-            if check is _is_seconds and type(value) is int:
-                values[fields.index(field_name)] = float(value)
-        spans.append(cls(*values))
+    try:
+        spans = [cls(**item) for item in items]
+    except TypeError:  # not an object, or a missing or unknown field
+        required = set(fields) - set(cls._field_defaults)
+        i = next(i for i, item in enumerate(items) if type(item) is not dict or not required <= item.keys() <= set(fields))
+        raise MalformedSample(f"{where}: {name} {i} is not an object with the fields {', '.join(fields)}") from None
+    for field_name, check, column in zip(fields, checks, zip(*spans, strict=True), strict=False):
+        if not _column_ok(check, column):
+            i = next(i for i, value in enumerate(column) if not check(value))
+            raise MalformedSample(f"{where}: {name} {i} {field_name} is of the wrong type or out of range")
+        if check is _is_seconds and int in set(map(type, column)):
+            spans = [span._replace(**{field_name: float(getattr(span, field_name))}) for span in spans]
     return tuple(spans)
 
 

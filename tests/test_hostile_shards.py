@@ -289,6 +289,8 @@ def test_nested_json_under_the_size_cap_is_refused_by_depth(good_dir, tmp_path):
         (lambda d: d["words"][0].update(start_frame=2**40), "word 0 start_frame is of the wrong type or out of range"),
         (lambda d: d["words"][0].update(start="0.1"), "word 0 start is of the wrong type"),
         (lambda d: d["bpe"][0].update(extra=1), "bpe 0 is not an object with the fields"),
+        (lambda d: d["silences"][-1].pop("end_frame"), "silence .* is not an object with the fields"),
+        (lambda d: d["words"][-1].update(end=-0.5), "word .* end is of the wrong type or out of range"),
         (lambda d: d.update(duration=1e300), "duration missing, of the wrong type or out of range"),
         (lambda d: d.update(sample_rate=True), "sample_rate"),
         (lambda d: d.update(aligner={"backend": [[["deep"]]]}), "aligner is not an object of plain values"),

@@ -17,7 +17,6 @@ from click.testing import CliRunner
 from lst_data.cli import cli
 from lst_data.config import RunConfig
 from lst_data.core.config import updated
-from lst_data.core.errors import InputError
 from lst_data.core.rejects import Reject, write_rejects
 from lst_data.shards.members import EncodedSample
 from lst_data.shards.reader import iter_raw_samples
@@ -192,7 +191,7 @@ def test_plot_with_audio_draws_a_spectrogram(tmp_path):
         assert any(n.endswith(".flac") for n in tar.getnames())
 
 
-def test_stats_prints_dataset_json_figures_without_reading_tars(shard_dir, tmp_path):
+def test_stats_prints_dataset_json_figures_without_reading_tars(shard_dir, tmp_path, capsys):
     """The figures come from dataset.json's tally: a changed count shows, with the tars gone (--no-verify)."""
     copy = tmp_path / "copy"
     shutil.copytree(shard_dir, copy)
@@ -204,27 +203,26 @@ def test_stats_prints_dataset_json_figures_without_reading_tars(shard_dir, tmp_p
     result = invoke("stats", str(copy), "--no-verify")
     assert result.exit_code == 0, result.output
     assert "123457" in result.output
-    verified = invoke("stats", str(copy))  # the default checks each tar against its sidecar first
-    assert isinstance(verified.exception, InputError) and "train-000000.tar: 9 bytes, sidecar says" in str(verified.exception)
+    code, _, err = _lst_data(capsys, "stats", str(copy))  # the default checks each tar against its sidecar first
+    assert code == 2 and "train-000000.tar: 9 bytes, sidecar says" in err
 
 
-def test_stats_refuses_a_dataset_json_that_lists_other_shards(shard_dir, tmp_path):
+def test_stats_refuses_a_dataset_json_that_lists_other_shards(shard_dir, tmp_path, capsys):
     copy = tmp_path / "copy"
     shutil.copytree(shard_dir, copy)
     (copy / "train-000003.tar").unlink()
-    result = invoke("stats", str(copy), "--no-verify")
-    assert isinstance(result.exception, InputError) and "dataset.json lists 4 shards, 3 are in" in str(result.exception)
-    assert "missing: train-000003.tar" in str(result.exception)
+    code, _, err = _lst_data(capsys, "stats", str(copy), "--no-verify")
+    assert code == 2 and "dataset.json lists 4 shards, 3 are in" in err and "missing: train-000003.tar" in err
 
 
-def test_show_follows_only_shards_of_the_directory(shard_dir, tmp_path):
+def test_show_follows_only_shards_of_the_directory(shard_dir, tmp_path, capsys):
     copy = tmp_path / "copy"
     shutil.copytree(shard_dir, copy)
     index = pq.read_table(copy / "index.parquet").to_pylist()
     index[0]["shard"] = "../../elsewhere-000000.tar"
     pq.write_table(pa.Table.from_pylist(index, schema=pq.read_schema(copy / "index.parquet")), copy / "index.parquet")
-    result = invoke("show", str(copy), index[0]["id"])
-    assert isinstance(result.exception, InputError) and "not a shard of this directory" in str(result.exception)
+    code, _, err = _lst_data(capsys, "show", str(copy), index[0]["id"])
+    assert code == 2 and "not a shard of this directory" in err
 
 
 def test_stats_tallies_the_shards_for_another_patch_size(shard_dir):
