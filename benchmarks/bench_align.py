@@ -27,9 +27,10 @@ import pyarrow.parquet as pq  # noqa: E402
 from lst_data.align.evaluate import AlignmentScores, evaluate_alignments  # noqa: E402
 from lst_data.align.export import export_textgrids  # noqa: E402
 from lst_data.align.silence import TRIM_WINDOW_S, loud_windows  # noqa: E402
-from lst_data.align.stage import AlignReport, align_manifest  # noqa: E402
+from lst_data.align.stage import align_manifest  # noqa: E402
 from lst_data.audio import read_audio  # noqa: E402
 from lst_data.config import load_config  # noqa: E402
+from lst_data.core.runner import StageReport  # noqa: E402
 from lst_data.demo import load_ground_truth, synthesize_demo_corpus  # noqa: E402
 from lst_data.ingest.stage import ingest_corpus  # noqa: E402
 
@@ -56,10 +57,11 @@ def uniform_baseline(truth: dict, corpus: Path) -> list[dict]:
     return rows
 
 
-def report_backend(name: str, report: AlignReport, scores: AlignmentScores | None, baseline: AlignmentScores) -> None:
-    n = report.alignments.num_rows + len(report.rejects)
-    line(f"align_{name}_speed", report.audio_seconds / report.seconds, "audio-s/s per core", 1.0, "audio-s/s", "real time")
-    line(f"align_{name}_utterances", n / report.seconds, "utt/s per core", n / report.audio_seconds, "utt/s", "real time")
+def report_backend(name: str, report: StageReport, audio_seconds: float, scores: AlignmentScores | None,
+                   baseline: AlignmentScores) -> None:
+    n = report.rows_out + len(report.rejects)
+    line(f"align_{name}_speed", audio_seconds / report.seconds, "audio-s/s per core", 1.0, "audio-s/s", "real time")
+    line(f"align_{name}_utterances", n / report.seconds, "utt/s per core", n / audio_seconds, "utt/s", "real time")
     print(f"align_{name}_rejects: {len(report.rejects)} of {n}")
     if scores is None:
         return
@@ -81,15 +83,16 @@ def main() -> None:
         corpus = synthesize_demo_corpus(work / "corpus", n_utterances=12 if args.quick else 48)
         truth = load_ground_truth(corpus)
         local = {"ray": {"runner": "local", "batch_size": 16}}
-        ingest_corpus(corpus, work / "manifest", load_config(overrides=local))
+        manifest = ingest_corpus(corpus, work / "manifest", load_config(overrides=local)).read_output()
+        audio_seconds = sum(manifest["duration"].to_pylist())
         baseline = evaluate_alignments(uniform_baseline(truth, corpus), truth)
 
-        def run(name: str, align: dict, score: bool = True) -> AlignReport:
+        def run(name: str, align: dict, score: bool = True) -> StageReport:
             start = time.perf_counter()
             report = align_manifest(work / "manifest", work / name, load_config(overrides={**local, "align": align}))
             report.seconds = time.perf_counter() - start
-            scores = evaluate_alignments(report.alignments.to_pylist(), truth) if score else None
-            report_backend(name, report, scores, baseline)
+            scores = evaluate_alignments(report.read_output().to_pylist(), truth) if score else None
+            report_backend(name, report, audio_seconds, scores, baseline)
             return report
 
         run("pocketsphinx", {"backend": "pocketsphinx"})

@@ -46,7 +46,7 @@ def main() -> None:
         for step, seconds in local_steps.items():
             print(f"build_local_share_{step}: {seconds:.1f} s (reference: {local_wall:.1f} s whole build, ratio {seconds / local_wall:.2f})")
 
-        from lst_data.config import RayConfig
+        from lst_data.core.config import RayConfig
         from lst_data.core.ray_env import ensure_ray
 
         started = time.perf_counter()

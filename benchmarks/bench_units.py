@@ -26,7 +26,6 @@ import multiprocessing as mp
 import os
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -145,6 +144,7 @@ def _write_hubert_base_25hz(folder: Path) -> Path:
 
 
 def bench_rtf(quick: bool, tmp: Path) -> None:
+    from lst_data.core.config import updated
     from lst_data.units.codebook import NearestCentroid
     from lst_data.units.config import UnitsConfig
     from lst_data.units.encoders import build_encoder
@@ -158,8 +158,8 @@ def bench_rtf(quick: bool, tmp: Path) -> None:
         ]
         config = UnitsConfig(encoder=encoder_name, device="cpu")
         if encoder_name == "hubert":
-            config = replace(
-                config, checkpoint=str(_write_hubert_base_25hz(tmp / "hubert_base_25hz")), layer=11
+            config = updated(
+                config, {"checkpoint": str(_write_hubert_base_25hz(tmp / "hubert_base_25hz")), "layer": 11}
             )
         load_started = time.perf_counter()
         encoder = build_encoder(config)
@@ -316,9 +316,10 @@ def _write_noise_corpus(folder: Path, minutes: float) -> Path:
 
 def _train_child(queue, corpus: str, sample_frames: int) -> None:
     torch.set_num_threads(2)
-    from lst_data.config import RayConfig
+    from lst_data.core.config import RayConfig
+    from lst_data.core.runner import read_manifest
     from lst_data.units.config import UnitsConfig
-    from lst_data.units.stage import read_manifest, train_codebook
+    from lst_data.units.stage import train_codebook
 
     manifest = read_manifest(corpus)
     before = _reset_peak_memory()
@@ -355,29 +356,26 @@ def bench_memory_vs_corpus(quick: bool, tmp: Path) -> None:
 
 
 def bench_quality(quick: bool, tmp: Path) -> None:
-    import pyarrow.parquet as pq
-
-    from lst_data.config import RayConfig, RunConfig
+    from lst_data.config import RunConfig
+    from lst_data.core.config import RayConfig
     from lst_data.demo import synthesize_demo_corpus
     from lst_data.frames import word_frame_spans
     from lst_data.ingest.stage import ingest_corpus
     from lst_data.units.config import UnitsConfig
     from lst_data.units.metrics import normalized_edit_distance
-    from lst_data.units.stage import assign_units, train_codebook
+    from lst_data.units.stage import quantize_manifest
 
     corpus = synthesize_demo_corpus(tmp / "demo", n_utterances=24 if quick else 48)
     local = RayConfig(runner="local")
-    manifest = ingest_corpus(corpus, tmp / "run", replace(RunConfig(), ray=local)).manifest
+    ingest_corpus(corpus, tmp / "run", RunConfig(ray=local))
     truth = {u["id"]: u for u in json.loads((corpus / "ground_truth.json").read_text())["utterances"]}
     results = {}
     for k in (50, 100):
-        config = UnitsConfig(k=k, device="cpu")
-        train_codebook(manifest, tmp / f"cb{k}.npy", config, 0, local, show_progress=False)
-        report = assign_units(
-            manifest, tmp / f"cb{k}.npy", tmp / f"units{k}", config, local, show_progress=False
-        )
+        # trains the codebook (seed 0) on the manifest into units{k}/, then assigns units
+        config = RunConfig(units=UnitsConfig(k=k, device="cpu"), ray=local)
+        report = quantize_manifest(tmp / "run", tmp / f"units{k}", config, show_progress=False)
         occurrences = []  # (word, voice, rate, units)
-        for row in pq.read_table(report.units_path).to_pylist():
+        for row in report.read_output().to_pylist():
             utt = truth[row["id"]]
             spans = word_frame_spans([(w["start"], w["end"]) for w in utt["words"]], 25.0, row["n_frames"])
             for word, span in zip(utt["words"], spans, strict=True):

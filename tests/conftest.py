@@ -19,7 +19,7 @@ MFA_FIXTURES = SHARED / "fixtures" / "mfa"
 @pytest.fixture(scope="session")
 def ray_local():
     """A local Ray runtime on loopback for the whole session (2 CPUs, no dashboard)."""
-    from lst_data.config import RayConfig
+    from lst_data.core.config import RayConfig
     from lst_data.core.ray_env import ensure_ray
 
     ensure_ray(RayConfig())

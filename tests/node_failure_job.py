@@ -38,7 +38,11 @@ def main(corpus: str, out: str, watch_file: str, config_overrides: str) -> None:
     workers = [cluster.add_node(num_cpus=1, node_ip_address=LOOPBACK) for _ in range(3)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
-    config = load_config(overrides=json.loads(config_overrides))
+    # The build joins this cluster as a user's would (ray.address set): only then may actors
+    # restart on another node (lst_data.core.ray_env.actor_options).
+    overrides = json.loads(config_overrides)
+    overrides.setdefault("ray", {})["address"] = cluster.address
+    config = load_config(overrides=overrides)
     result: dict = {}
 
     def run() -> None:

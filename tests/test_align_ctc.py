@@ -144,5 +144,5 @@ def test_real_ctc_checkpoint_aligns_demo_corpus(demo_corpus, tmp_path):
                                     "align": {"backend": "ctc", "ctc": {"checkpoint": os.environ["LST_DATA_CTC_CHECKPOINT"]}}})
     ingest_corpus(demo_corpus, tmp_path / "m", config)
     report = align_manifest(tmp_path / "m", tmp_path / "a", config)
-    scores = evaluate_alignments(report.alignments.to_pylist(), load_ground_truth(demo_corpus))
+    scores = evaluate_alignments(report.read_output().to_pylist(), load_ground_truth(demo_corpus))
     assert scores.utterances > 0 and scores.within[0.1] >= 0.5

@@ -152,7 +152,8 @@ def test_mfa_worker_aligns_demo_corpus(demo_corpus, tmp_path):
     config = load_config(overrides={"ray": {"runner": "local"}, "align": {"backend": "mfa", "mfa": {"acoustic_model": model}}})
     ingest_corpus(demo_corpus, tmp_path / "m", config)
     report = align_manifest(tmp_path / "m", tmp_path / "a", config)
-    assert report.alignments.num_rows + len(report.rejects) == 12 and report.alignments.num_rows > 0
+    alignments = report.read_output()
+    assert alignments.num_rows + len(report.rejects) == 12 and alignments.num_rows > 0
     assert MfaConfig().mode == "worker"
 
 

@@ -11,9 +11,9 @@ import pytest
 import soundfile as sf
 
 from lst_data.config import load_config
-from lst_data.ingest.stage import ingest_corpus
 from lst_data.core.rejects import REJECT_CODES, read_rejects
 from lst_data.core.schemas import validation_errors
+from lst_data.ingest.stage import ingest_corpus
 
 RATE_IN = 22050
 
@@ -109,7 +109,12 @@ def test_mfa_layout_every_format_and_reject(mfa_corpus: Path, tmp_path: Path):
     for reject in pq.read_table(out / "rejects.parquet").to_pylist():
         assert validation_errors(reject, "reject") == []
     provenance = json.loads((out / "ingest.json").read_text())
-    assert provenance["counts"] == {"entries": 13, "utterances": 4, "rejects": 9}
+    # input: the 12 entries with first-seen ids (the repeated a_ogg is a reader reject)
+    # Input counts the reader's rejects too (a duplicate id, a line that is no entry): 13 = 4 + 9.
+    assert provenance["counts"] == {"input": 13, "output": 4, "rejects": 9}
+    assert provenance["figures"]["utterances"] == 4 == report.figures["utterances"]
+    assert provenance["figures"]["hours"] == pytest.approx(sum(r["duration"] for r in manifest) / 3600)
+    assert provenance["figures"]["speakers"] == len({r["speaker"] for r in manifest})
 
 
 def test_digits_can_be_rejected_or_expanded(tmp_path: Path):
@@ -119,8 +124,8 @@ def test_digits_can_be_rejected_or_expanded(tmp_path: Path):
     report = ingest_corpus(corpus, tmp_path / "r", local_config(numbers="reject"))
     assert [r.code for r in report.rejects] == ["transcript_has_digits"]
     report = ingest_corpus(corpus, tmp_path / "e", local_config(numbers="expand"))
-    assert report.manifest["normalized_text"].to_pylist() == ["i have three cats"]
-    assert report.manifest["flags"].to_pylist() == [["numbers_expanded", "resampled"]]
+    assert report.read_output()["normalized_text"].to_pylist() == ["i have three cats"]
+    assert report.read_output()["flags"].to_pylist() == [["numbers_expanded", "resampled"]]
 
 
 def test_librispeech_layout(tmp_path: Path):
@@ -132,7 +137,7 @@ def test_librispeech_layout(tmp_path: Path):
         encoding="utf-8",
     )
     report = ingest_corpus(tmp_path / "libri", tmp_path / "out", local_config())
-    rows = report.manifest.to_pylist()
+    rows = report.read_output().to_pylist()
     assert [(r["id"], r["speaker"], r["normalized_text"]) for r in rows] == [
         ("103-1240-0000", "103", "chapter one missus rachel"),
         ("103-1240-0001", "103", "he was there"),
@@ -152,7 +157,7 @@ def test_jsonl_manifest_with_bad_lines(tmp_path: Path):
     manifest = tmp_path / "corpus.jsonl"
     manifest.write_text("\n".join(lines), encoding="utf-8")
     report = ingest_corpus(manifest, tmp_path / "out", local_config())
-    (row,) = report.manifest.to_pylist()
+    (row,) = report.read_output().to_pylist()
     assert row["id"] == "utt.1/x" and row["speaker"] == "s1"
     # Keys are WebDataset-safe and distinct from any other id.
     assert row["key"].startswith("utt_1_x_") and "." not in row["key"] and "/" not in row["key"]
@@ -175,21 +180,21 @@ def test_ray_ingest_equals_local(ray_local, mfa_corpus: Path, tmp_path: Path):
         mfa_corpus, tmp_path / "ray", load_config(overrides={"ingest": {"max_duration": 3.0}, "ray": {"runner": "ray", "num_workers": 2, "batch_size": 3}})
     )
     strip = ["audio_path"]  # resampled copies live under each run's own folder
-    assert local.manifest.drop_columns(strip).equals(on_ray.manifest.drop_columns(strip))
+    assert local.read_output().drop_columns(strip).equals(on_ray.read_output().drop_columns(strip))
     assert sorted(map(tuple, map(vars, local.rejects))) == sorted(map(tuple, map(vars, on_ray.rejects)))
 
 
 def test_cli_ingest_exit_code_and_summary(mfa_corpus: Path, tmp_path: Path):
     from click.testing import CliRunner
 
-    from lst_data.cli import main
+    from lst_data.cli import cli
 
-    result = CliRunner().invoke(main, ["ingest", str(mfa_corpus), "--out", str(tmp_path / "o"), "--runner", "local"])
+    result = CliRunner().invoke(cli, ["ingest", str(mfa_corpus), "--out", str(tmp_path / "o"), "--runner", "local"])
     assert result.exit_code == 3, result.output
     assert "audio_unreadable" in result.output and "utterances" in result.output
     clean = tmp_path / "clean"
     write(clean / "s" / "ok.wav", tone(1.0))
     (clean / "s" / "ok.lab").write_text("fine", encoding="utf-8")
-    result = CliRunner().invoke(main, ["ingest", str(clean), "--out", str(tmp_path / "o2"), "--runner", "local"])
+    result = CliRunner().invoke(cli, ["ingest", str(clean), "--out", str(tmp_path / "o2"), "--runner", "local"])
     assert result.exit_code == 0, result.output
     assert "rejects: none" in result.output

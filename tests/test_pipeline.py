@@ -100,10 +100,11 @@ def test_killed_build_resumes_to_the_same_bytes(clean_build, demo_corpus, tmp_pa
 def test_existing_run_needs_resume(clean_build, demo_corpus):
     from click.testing import CliRunner
 
-    from lst_data.cli import main
+    from lst_data.cli import cli
 
-    result = CliRunner().invoke(main, ["build", str(demo_corpus), "--out", str(clean_build), "--runner", "local"])
-    assert result.exit_code != 0 and "--resume" in result.output
+    result = CliRunner().invoke(cli, ["build", str(demo_corpus), "--out", str(clean_build), "--runner", "local"])
+    # a user error: one line, exit 2
+    assert result.exit_code == 2 and "--resume" in result.output
 
 
 @pytest.mark.slow

@@ -14,13 +14,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from lst_data.config import RayConfig, RunConfig
+from lst_data.config import RunConfig
+from lst_data.core.config import RayConfig
+from lst_data.core.runner import run_stage
 from lst_data.demo import load_ground_truth
 from lst_data.frames import frames_for_duration, silence_frame_runs, word_frame_spans
 from lst_data.ingest.stage import ingest_corpus
 from lst_data.patching import average_patch_sizes, patches
 from lst_data.records import BpePiece, SampleRecord, Silence, Word
-from lst_data.core.stage import run_stage_to_parquet
 from lst_data.tokenize.spans import bpe_frame_spans
 from lst_data.tokenize.stage import TokenizeStage, prepare_tokenizer
 from lst_data.tokenize.tokenizer import TokenPiece
@@ -33,19 +34,20 @@ def test_demo_corpus_tokens_spans_and_patches(demo_corpus, ray_local, tmp_path):
     config = RunConfig()
     manifest = ingest_corpus(
         demo_corpus, tmp_path / "ingest", RunConfig(ray=RayConfig(runner="local"))
-    ).manifest
+    ).read_output()
     tokenizer = prepare_tokenizer(
         config.tokenizer, manifest["normalized_text"].to_pylist(), tmp_path, config.seed
     )
-    stage = TokenizeStage(tokenizer.path, expected_hash=tokenizer.hash)
-    report = run_stage_to_parquet(
+    stage = TokenizeStage(model_path=tokenizer.path, expected_hash=tokenizer.hash)
+    report = run_stage(
         stage,
         manifest.select(["id", "normalized_text"]),
-        tmp_path / "tokens.parquet",
-        RayConfig(num_workers=1),
+        tmp_path / "tokenize",
+        RunConfig(ray=RayConfig(num_workers=1)),
+        show_progress=False,
     )
     assert report.rejects == [] and report.rows_out == manifest.num_rows
-    tokens = {row["id"]: row for row in pq.read_table(tmp_path / "tokens.parquet").to_pylist()}
+    tokens = {row["id"]: row for row in pq.read_table(tmp_path / "tokenize" / "tokens.parquet").to_pylist()}
 
     records = []
     for utt in load_ground_truth(demo_corpus)["utterances"]:

@@ -17,7 +17,9 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lst_data.config import RayConfig, RunConfig
+from lst_data.config import RunConfig
+from lst_data.core.config import RayConfig, updated
+from lst_data.core.runner import run_stage
 from lst_data.tokenize.stage import TOKENS_SCHEMA, TokenizeStage, prepare_tokenizer
 from lst_data.tokenize.tokenizer import TokenPiece, load_tokenizer, train_tokenizer
 
@@ -183,7 +185,7 @@ def test_a_piece_straddling_words_goes_to_the_word_where_it_starts(tmp_path):
         assert p.word_index == text[:first_visible].count(" "), f"{p.piece!r} goes to the word it starts in"
         cursor = begin + len(p.piece)
     assert 1 not in {p.word_index for p in pieces}, "'a' lies inside a straddling piece"
-    result = TokenizeStage(tok.path).process_batch([{"id": "u", "normalized_text": text}])
+    result = TokenizeStage(model_path=tok.path).process_batch([{"id": "u", "normalized_text": text}])
     assert result.rows == []
     assert [r.code for r in result.rejects] == ["tokenize_failed"]
     assert "straddles" in result.rejects[0].detail and "1:'a'" in result.rejects[0].detail
@@ -203,32 +205,29 @@ def test_encode_words_rejects_words_with_spaces(bpe):
 
 
 def test_stage_rows_rejects_and_parquet(bpe, tmp_path):
-    stage = TokenizeStage(bpe.path, expected_hash=bpe.hash)
+    stage = TokenizeStage(model_path=bpe.path, expected_hash=bpe.hash)
     rows = [
         {"id": "a", "normalized_text": "the quick brown fox"},
         {"id": "b", "normalized_text": ""},
         {"id": "c", "normalized_text": "sea shells"},
     ]
     table = pa.Table.from_pylist(rows)
-    from lst_data.core.stage import run_stage_to_parquet
-
-    report = run_stage_to_parquet(
-        stage, table, tmp_path / "tokens.parquet", RayConfig(runner="local", batch_size=2)
-    )
+    config = RunConfig(ray=RayConfig(runner="local", batch_size=2))
+    report = run_stage(stage, table, tmp_path / "out", config, show_progress=False)
     assert [(r.id, r.stage, r.code) for r in report.rejects] == [("b", "tokenize", "tokenize_failed")]
-    tokens = pq.read_table(tmp_path / "tokens.parquet")
+    tokens = pq.read_table(tmp_path / "out" / "tokens.parquet")
     assert tokens.schema.equals(TOKENS_SCHEMA)
     assert tokens["id"].to_pylist() == ["a", "c"]
     assert set(tokens["tokenizer_hash"].to_pylist()) == {bpe.hash}
     first = [TokenPiece(**p) for p in tokens["pieces"][0].as_py()]
     assert first == bpe.encode_words("the quick brown fox".split())
-    run_stage_to_parquet(stage, table, tmp_path / "again.parquet", RayConfig(runner="local", batch_size=2))
-    assert (tmp_path / "again.parquet").read_bytes() == (tmp_path / "tokens.parquet").read_bytes()
+    run_stage(stage, table, tmp_path / "again", config, show_progress=False)
+    assert (tmp_path / "again" / "tokens.parquet").read_bytes() == (tmp_path / "out" / "tokens.parquet").read_bytes()
 
 
 def test_stage_refuses_a_model_that_changed(bpe, tmp_path):
     with pytest.raises(RuntimeError, match="changed"):
-        TokenizeStage(bpe.path, expected_hash="0" * 64).setup()
+        TokenizeStage(model_path=bpe.path, expected_hash="0" * 64).setup()
 
 
 def test_prepare_tokenizer_trains_with_the_run_seed_or_loads_the_configured_model(bpe, tmp_path):
@@ -239,16 +238,14 @@ def test_prepare_tokenizer_trains_with_the_run_seed_or_loads_the_configured_mode
         trained.hash
         == train_tokenizer(CORPUS, tmp_path / "again.model", config.tokenizer.vocab_size, config.seed).hash
     )
-    from dataclasses import replace
-
     loaded = prepare_tokenizer(
-        replace(config.tokenizer, model=str(bpe.path)), [], tmp_path / "unused", seed=0
+        updated(config.tokenizer, {"model": str(bpe.path)}), [], tmp_path / "unused", seed=0
     )
     assert loaded.hash == bpe.hash and not (tmp_path / "unused").exists()
 
 
 def test_cli_train_and_encode(tmp_path):
-    from lst_data.cli import main
+    from lst_data.cli import cli
     from lst_data.core.tables import MANIFEST_SCHEMA
 
     rows = [
@@ -271,12 +268,12 @@ def test_cli_train_and_encode(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), tmp_path / "manifest.parquet")
     runner = CliRunner()
     result = runner.invoke(
-        main, ["tokenizer", "train", str(tmp_path), "--out", str(tmp_path / "m.model"), "--vocab-size", "90"]
+        cli, ["tokenizer", "train", str(tmp_path), "--out", str(tmp_path / "m.model"), "--vocab-size", "90"]
     )
     assert result.exit_code == 0, result.output
     assert load_tokenizer(tmp_path / "m.model").vocab_size == 90
     result = runner.invoke(
-        main, ["tokenizer", "encode", "--model", str(tmp_path / "m.model"), "The Fox, quickly!"]
+        cli, ["tokenizer", "encode", "--model", str(tmp_path / "m.model"), "The Fox, quickly!"]
     )
     assert result.exit_code == 0, result.output
     words = [line.rsplit(" ", 1)[-1] for line in result.output.splitlines()[2:]]
@@ -284,6 +281,21 @@ def test_cli_train_and_encode(tmp_path):
         "normalized, one word per piece"
     )
     result = runner.invoke(
-        main, ["tokenizer", "train", str(tmp_path), "--out", str(tmp_path / "t.model"), "--vocab-size", "5"]
+        cli, ["tokenizer", "train", str(tmp_path), "--out", str(tmp_path / "t.model"), "--vocab-size", "12"]
     )
-    assert result.exit_code != 0 and "at least" in result.output
+    # user errors: one line naming the field, exit 2
+    assert result.exit_code == 2 and "tokenizer.vocab_size" in result.output and "at least" in result.output
+    result = runner.invoke(
+        cli, ["tokenizer", "train", str(tmp_path), "--out", str(tmp_path / "t.model"), "--vocab-size", "5"]
+    )
+    assert result.exit_code == 2 and "tokenizer.vocab_size" in result.output
+    assert not (tmp_path / "t.model").exists()
+    # the stage: every transcript tokenized with the given model
+    result = runner.invoke(
+        cli, ["tokenize", str(tmp_path), "--model", str(tmp_path / "m.model"), "--out", str(tmp_path / "tok"),
+              "--runner", "local"]
+    )
+    assert result.exit_code == 0, result.output
+    tokens = pq.read_table(tmp_path / "tok" / "tokens.parquet")
+    assert tokens["id"].to_pylist() == [f"u{i}" for i in range(len(CORPUS))]
+    assert set(tokens["tokenizer_hash"].to_pylist()) == {load_tokenizer(tmp_path / "m.model").hash}

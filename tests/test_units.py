@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import pickle
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +19,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from lst_data.config import RayConfig
-from lst_data.frames import frames_for_duration
+from lst_data.config import RunConfig, load_config
+from lst_data.core.config import RayConfig, updated
+from lst_data.core.errors import ConfigError
+from lst_data.core.runner import StageReport, read_manifest, run_stage
 from lst_data.core.schemas import validate
 from lst_data.core.tables import MANIFEST_SCHEMA, UNITS_SCHEMA
+from lst_data.frames import frames_for_duration
 from lst_data.units.codebook import (
     CodebookError,
     NearestCentroid,
@@ -35,7 +37,7 @@ from lst_data.units.config import UnitsConfig
 from lst_data.units.encoders import SpectralEncoder, build_encoder
 from lst_data.units.kmeans import minibatch_kmeans, select_frames
 from lst_data.units.runlength import expand, run_lengths
-from lst_data.units.stage import UnitsStage, assign_units, read_manifest, train_codebook
+from lst_data.units.stage import CODEBOOK_FILE, UnitsStage, quantize_manifest, train_codebook
 
 SR = 16000
 LOCAL = RayConfig(runner="local", batch_size=4)
@@ -92,8 +94,11 @@ def test_spectral_frame_count_is_floor_of_duration_times_rate(kind):
 def test_spectral_dims_follow_config():
     assert build_encoder(UnitsConfig(encoder="mfcc", device="cpu")).dim == 13 * 3 * 4
     assert build_encoder(UnitsConfig(encoder="logmel", deltas=False, device="cpu")).dim == 40 * 4
-    with pytest.raises(ValueError, match="whole multiple"):
-        build_encoder(UnitsConfig(encoder="mfcc", frame_rate=30.0))
+    # 100 Hz analysis frames cannot be stacked into 30 Hz unit frames: refused on load
+    with pytest.raises(ValueError, match="whole number"):
+        UnitsConfig(encoder="mfcc", frame_rate=30.0)
+    with pytest.raises(ConfigError, match="units.feature_rate / units.frame_rate"):
+        load_config(overrides={"units": {"frame_rate": 30.0}})
 
 
 def test_spectral_batch_equals_one_by_one():
@@ -213,11 +218,17 @@ def test_run_lengths_roundtrip():
     assert expand(run_lengths(np.zeros(0, dtype=np.int16))).size == 0
 
 
+def assign_units(
+    manifest: pa.Table, codebook_path: Path, out_dir: Path, config: UnitsConfig, ray_config: RayConfig
+) -> StageReport:
+    """The units stage with a given codebook (what `lst-data units --codebook` runs)."""
+    stage = UnitsStage(config, 0, codebook=load_codebook(codebook_path))
+    return run_stage(stage, manifest, out_dir, RunConfig(units=config, ray=ray_config), show_progress=False)
+
+
 def _train_and_assign(tmp_path: Path, manifest: pa.Table, config: UnitsConfig, ray_config=LOCAL, seed=0):
     train = train_codebook(manifest, tmp_path / "cb.npy", config, seed, LOCAL, show_progress=False)
-    report = assign_units(
-        manifest, tmp_path / "cb.npy", tmp_path / "out", config, ray_config, show_progress=False
-    )
+    report = assign_units(manifest, tmp_path / "cb.npy", tmp_path / "out", config, ray_config)
     return train, report
 
 
@@ -237,7 +248,7 @@ def test_assign_writes_units_table_and_rejects_bad_audio(tmp_path):
     assert train.codebook.k == 16 and train.sample_frames == sum(
         int(len(s) * 25 // SR) for s in [signals[f"u{i}"] for i in range(5)]
     )
-    table = pq.read_table(report.units_path)
+    table = report.read_output()
     assert table.schema.equals(UNITS_SCHEMA, check_metadata=False)
     by_id = {r["id"]: r for r in table.to_pylist()}
     assert sorted(by_id) == [f"u{i}" for i in range(5)]
@@ -250,11 +261,10 @@ def test_assign_writes_units_table_and_rejects_bad_audio(tmp_path):
     assert table.schema.field("units").type == pa.list_(pa.int16())
     codes = {r.id: r.code for r in report.rejects}
     assert codes == {"short": "units_failed", "gone": "audio_missing", "broken": "audio_unreadable"}
-    assert pq.read_table(tmp_path / "out" / "units_rejects.parquet").num_rows == 3
+    assert pq.read_table(tmp_path / "out" / "rejects.parquet").num_rows == 3
     provenance = json.loads((tmp_path / "out" / "units.json").read_text())
-    assert (
-        provenance["codebook"]["sha256"] == train.codebook.sha256 and provenance["counts"]["utterances"] == 5
-    )
+    assert provenance["codebook"]["sha256"] == train.codebook.sha256 and provenance["counts"]["output"] == 5
+    assert provenance["figures"]["utterances"] == 5 and provenance["counts"]["rejects"] == 3
 
 
 def test_units_are_deterministic_and_batch_independent(tmp_path):
@@ -272,25 +282,41 @@ def test_units_are_deterministic_and_batch_independent(tmp_path):
         tmp_path / "x",
         config,
         RayConfig(runner="local", batch_size=6),
-        show_progress=False,
     )
     assign_units(
         manifest,
         tmp_path / "a.npy",
         tmp_path / "y",
-        replace(config, batch_seconds=0.1),
+        updated(config, {"batch_seconds": 0.1}),
         RayConfig(runner="local", batch_size=1),
-        show_progress=False,
     )
     x, y = (pq.read_table(tmp_path / d / "units.parquet") for d in ("x", "y"))
     assert x.equals(y)
 
 
+def test_stage_without_codebook_trains_one_into_its_folder(tmp_path):
+    manifest = _manifest(tmp_path, {f"u{i}": _signal(0.5 + 0.37 * i, i) for i in range(6)})
+    pq.write_table(manifest, tmp_path / "manifest.parquet")
+    units_config = UnitsConfig(k=12, sample_frames=300, device="cpu")
+    report = quantize_manifest(tmp_path, tmp_path / "run", RunConfig(seed=5, units=units_config, ray=LOCAL),
+                               show_progress=False)
+    trained = tmp_path / "run" / CODEBOOK_FILE
+    # the same codebook as training alone, and the same units as assigning with it
+    alone = train_codebook(manifest, tmp_path / "alone.npy", units_config, 5, LOCAL, show_progress=False)
+    assert hashlib.sha256(trained.read_bytes()).hexdigest() == alone.codebook.sha256
+    assigned = assign_units(manifest, tmp_path / "alone.npy", tmp_path / "assigned", units_config, LOCAL)
+    assert report.read_output().equals(assigned.read_output())
+    assert report.rows_out == 6 and report.rejects == [] and report.figures["utterances"] == 6
+    provenance = json.loads((tmp_path / "run" / "units.json").read_text())
+    assert provenance["codebook"]["path"] == str(trained.resolve())
+
+
 def test_stage_refuses_codebook_of_another_dimension(tmp_path):
     codebook = save_codebook(np.zeros((4, 10), np.float32), tmp_path / "cb.npy", {})
-    stage = UnitsStage(UnitsConfig(device="cpu"), codebook)
-    with pytest.raises(ValueError, match="dim 10"):
-        stage.setup()
+    stage = UnitsStage(UnitsConfig(device="cpu"), codebook=codebook)
+    manifest = _manifest(tmp_path, {"u0": _signal(0.5, 0)}).select(["id", "audio_path", "num_samples"])
+    with pytest.raises(ConfigError, match="dim 10"):
+        stage.prepare(manifest, tmp_path / "out", LOCAL)
 
 
 @pytest.mark.ray
@@ -304,27 +330,24 @@ def test_assign_on_ray_matches_local(tmp_path, ray_local):
         tmp_path / "ray",
         config,
         RayConfig(runner="ray", batch_size=2, cpus_per_worker=0.5),
-        show_progress=False,
     )
-    assign_units(manifest, tmp_path / "cb.npy", tmp_path / "local", config, LOCAL, show_progress=False)
-    by_ray = pq.read_table(ray_report.units_path).sort_by("id")
+    assign_units(manifest, tmp_path / "cb.npy", tmp_path / "local", config, LOCAL)
+    by_ray = ray_report.read_output().sort_by("id")
     assert by_ray.equals(pq.read_table(tmp_path / "local" / "units.parquet").sort_by("id"))
 
 
 def test_cli_train_and_assign_on_demo_corpus(tmp_path, demo_corpus):
     from click.testing import CliRunner
 
-    from lst_data.cli import main
-    from lst_data.config import RunConfig
+    from lst_data.cli import cli
     from lst_data.ingest.stage import ingest_corpus
 
-    ingest_corpus(demo_corpus, tmp_path / "run", replace(RunConfig(), ray=LOCAL))
+    ingest_corpus(demo_corpus, tmp_path / "run", RunConfig(ray=LOCAL))
     runner = CliRunner()
     trained = runner.invoke(
-        main,
+        cli,
         [
-            "units",
-            "train-kmeans",
+            "kmeans",
             str(tmp_path / "run"),
             "--out",
             str(tmp_path / "cb.npy"),
@@ -337,22 +360,22 @@ def test_cli_train_and_assign_on_demo_corpus(tmp_path, demo_corpus):
     assert trained.exit_code == 0, trained.output
     assert "frames sampled" in trained.output
     assigned = runner.invoke(
-        main,
+        cli,
         [
             "units",
-            "assign",
             str(tmp_path / "run"),
             "--codebook",
             str(tmp_path / "cb.npy"),
             "--out",
-            str(tmp_path / "run"),
+            str(tmp_path / "units"),
             "--runner",
             "local",
         ],
     )
     assert assigned.exit_code == 0, assigned.output
     manifest = read_manifest(tmp_path / "run")
-    units = pq.read_table(tmp_path / "run" / "units.parquet")
+    units = pq.read_table(tmp_path / "units" / "units.parquet")
+    assert set(units["codebook_hash"].to_pylist()) == {load_codebook(tmp_path / "cb.npy").sha256}
     assert sorted(units["id"].to_pylist()) == sorted(manifest["id"].to_pylist())
     durations = dict(zip(manifest["id"].to_pylist(), manifest["duration"].to_pylist(), strict=True))
     for row in units.to_pylist():
@@ -364,19 +387,18 @@ def test_same_word_gets_more_similar_units_than_different_words(tmp_path, demo_c
     at two speaking rates (different audio) are closer than the units of two different words."""
     import itertools
 
-    from lst_data.config import RunConfig
     from lst_data.demo import load_ground_truth
     from lst_data.frames import word_frame_spans
     from lst_data.ingest.stage import ingest_corpus
     from lst_data.units.metrics import normalized_edit_distance
 
-    manifest = ingest_corpus(demo_corpus, tmp_path / "run", replace(RunConfig(), ray=LOCAL)).manifest
+    manifest = ingest_corpus(demo_corpus, tmp_path / "run", RunConfig(ray=LOCAL)).read_output()
     config = UnitsConfig(k=50, device="cpu")
     train_codebook(manifest, tmp_path / "cb.npy", config, 0, LOCAL, show_progress=False)
-    report = assign_units(manifest, tmp_path / "cb.npy", tmp_path / "out", config, LOCAL, show_progress=False)
+    report = assign_units(manifest, tmp_path / "cb.npy", tmp_path / "out", config, LOCAL)
     truth = {u["id"]: u for u in load_ground_truth(demo_corpus)["utterances"]}
     words = []  # (word, voice, rate, units)
-    for row in pq.read_table(report.units_path).to_pylist():
+    for row in report.read_output().to_pylist():
         utt = truth[row["id"]]
         spans = word_frame_spans([(w["start"], w["end"]) for w in utt["words"]], 25.0, row["n_frames"])
         words += [

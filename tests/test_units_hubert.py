@@ -15,24 +15,22 @@ import json
 import re
 import sys
 import types
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
 from hf_layout import hf_config, write_hf_folder  # tests/ is on sys.path under pytest
-from test_units import _manifest, _signal
+from test_units import _manifest, _signal, assign_units
 from torchaudio.models import wav2vec2_model
 
-from lst_data.config import RayConfig
+from lst_data.core.config import RayConfig, updated
 from lst_data.frames import frames_for_duration
 from lst_data.ssl_checkpoints import CheckpointError, load_checkpoint, parse_conv_layers
 from lst_data.units.config import UnitsConfig
 from lst_data.units.encoders import HubertEncoder
-from lst_data.units.stage import assign_units, train_codebook
+from lst_data.units.stage import train_codebook
 
 SR = 16000
 # mHuBERT-25Hz's conv stack at a tiny width: hop S = 5 * 2^7 = 640, receptive field R = 720.
@@ -286,8 +284,8 @@ def test_hubert_units_end_to_end(tmp_path, fairseq_25hz):
     config = UnitsConfig(encoder="hubert", checkpoint=str(path), layer=2, k=6, device="cpu")
     local = RayConfig(runner="local", batch_size=3)
     train_codebook(manifest, tmp_path / "cb.npy", config, 0, local, show_progress=False)
-    report = assign_units(manifest, tmp_path / "cb.npy", tmp_path / "out", config, local, show_progress=False)
-    rows = {r["id"]: r for r in pq.read_table(report.units_path).to_pylist()}
+    report = assign_units(manifest, tmp_path / "cb.npy", tmp_path / "out", config, local)
+    rows = {r["id"]: r for r in report.read_output().to_pylist()}
     assert sorted(rows) == [f"u{i}" for i in range(5)]
     assert [(r.id, r.code) for r in report.rejects] == [("tiny", "units_failed")]
     for utt_id, row in rows.items():
@@ -297,9 +295,8 @@ def test_hubert_units_end_to_end(tmp_path, fairseq_25hz):
         manifest,
         tmp_path / "cb.npy",
         tmp_path / "again",
-        replace(config, batch_seconds=0.5),
+        updated(config, {"batch_seconds": 0.5}),
         RayConfig(runner="local", batch_size=1),
-        show_progress=False,
     )
-    assert pq.read_table(again.units_path).equals(pq.read_table(report.units_path))
+    assert again.read_output().equals(report.read_output())
     np.testing.assert_array_less(np.concatenate([r["units"] for r in rows.values()]), 6)

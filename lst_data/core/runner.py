@@ -262,13 +262,14 @@ def run_stage(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / DONE_FILE).unlink(missing_ok=True)
     rejects = list(prior_rejects)
+    rows_in = table.num_rows + len(rejects)  # what the stage was handed, its reader's rejects included
     rejects += stage.prepare(table, out_dir, config.ray) if table.num_rows else []
     out_path = inside(out_dir, f"{stage.table}.parquet")
     rows_out, batch_rejects = stream_to_parquet(stage, table, out_path, config.ray, show_progress=show_progress)
     output = pq.read_table(out_path, schema=stage.output_schema)
     figures = stage.finalize(output, out_dir)
     report = finish_stage(
-        stage.name, out_dir, rows_in=table.num_rows, rows_out=rows_out, rejects=[*batch_rejects, *rejects],
+        stage.name, out_dir, rows_in=rows_in, rows_out=rows_out, rejects=[*batch_rejects, *rejects],
         started=started, config=config, config_section=stage.config_section, provenance=stage.provenance(),
         figures=figures, fingerprint=fingerprint,
     )

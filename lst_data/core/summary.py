@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
-
-from typing import TYPE_CHECKING
 
 from lst_data.core.rejects import REJECT_CODES, Reject, count_by_code
 

@@ -288,7 +288,7 @@ def train_codebook(
                     n, counter.dim
                 )
                 filled += n
-            bar.update(consumed if ray_config.runner == "local" else ok.num_rows + len(batch_rejects))
+            bar.update(consumed)
     encode_seconds = time.perf_counter() - started
     sample = sample[:filled].to(device)
     result = minibatch_kmeans(
