@@ -59,6 +59,10 @@ def check_config(config: AlignConfig) -> None:
         raise ConfigError(f"backend {config.backend!r} needs {required[config.backend][0]}")
     if config.backend == "mfa" and config.mfa.mode not in ("worker", "batch", "train"):
         raise ConfigError(f"align.mfa.mode must be 'worker', 'batch' or 'train', got {config.mfa.mode!r}")
+    if config.backend == "mfa":
+        from lst_data.align.mfa_backend import check_mfa_config
+
+        check_mfa_config(config.mfa)
 
 
 def make_aligner(config: AlignConfig) -> Aligner:
@@ -169,13 +173,11 @@ def oov_report(alignments: pa.Table) -> pa.Table:
 
 
 def _with_trained_mfa_model(config: RunConfig, manifest: pa.Table, out_dir: Path) -> RunConfig:
-    """Train MFA on the whole manifest once, then align it in batch mode with that model."""
+    """Train MFA on the whole manifest once; the batches then align with that model."""
     from lst_data.align.mfa_backend import train_acoustic_model
 
     requests = [AlignRequest.from_row(row) for row in manifest.to_pylist()]
-    model = train_acoustic_model(requests, out_dir / "mfa_acoustic_model.zip", config.align)
-    mfa = replace(config.align.mfa, mode="batch", acoustic_model=str(model.resolve()))
-    return replace(config, align=replace(config.align, mfa=mfa))
+    return replace(config, align=train_acoustic_model(requests, out_dir, config.align))
 
 
 @dataclass
