@@ -185,7 +185,7 @@ class MfaAligner(Aligner):
             utterances = [requests[i] for i in group]
             cmvn_from = [_segment(r) for r in utterances]
             responses = self._ask_worker(lexicon, utterances, cmvn_from)
-            if responses is None and len(group) > 1:  # find the utterance that kills the worker
+            if responses is None:  # once more, one by one, on a fresh worker: find the one that kills it
                 responses = [(self._ask_worker(lexicon, [r], cmvn_from) or [None])[0] for r in utterances]
             for index, response in zip(group, responses or [None] * len(group), strict=True):
                 outcomes[index] = (

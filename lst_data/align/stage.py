@@ -209,7 +209,11 @@ def align_manifest(manifest_dir: str | Path, out_dir: str | Path, config: RunCon
     path = out_dir / "alignments.parquet"
     rejects: list[Reject] = []
     if manifest.num_rows:
-        rejects = run_stage_to_parquet(stage, manifest, path, config.ray).rejects
+        try:
+            rejects = run_stage_to_parquet(stage, manifest, path, config.ray).rejects
+        finally:  # the local runner's aligner (an MFA worker process, its temp root) ends here
+            if stage.aligner is not None:
+                stage.aligner.close()
     else:
         pq.write_table(ALIGNMENT_SCHEMA.empty_table(), path)
     alignments = pq.read_table(path, schema=ALIGNMENT_SCHEMA)
