@@ -32,6 +32,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from lst_data.align.evaluate import AlignmentScores, evaluate_alignments  # noqa: E402
 from lst_data.align.export import export_textgrids  # noqa: E402
+from lst_data.align.mfa_install import mfa_missing  # noqa: E402
 from lst_data.align.silence import TRIM_WINDOW_S, loud_windows  # noqa: E402
 from lst_data.align.stage import AlignReport, align_manifest  # noqa: E402
 from lst_data.audio import read_audio  # noqa: E402
@@ -121,17 +122,6 @@ def main() -> None:
         print(f"align_pocketsphinx_rows: {alignments.num_rows} rows, {alignments.nbytes / 1024:.0f} KiB in memory")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def mfa_missing() -> str | None:
-    from lst_data.align.config import MfaConfig
-    from lst_data.align.mfa_install import MfaUnavailable, find_mfa
-
-    try:
-        find_mfa(MfaConfig())
-    except MfaUnavailable as err:
-        return str(err)
-    return None
 
 
 def run_mfa_modes(run, work: Path, n_utterances: int) -> None:

@@ -19,7 +19,7 @@ import pytest
 from lst_data.align.base import AlignFailure, Alignment, AlignRequest
 from lst_data.align.config import AlignConfig, MfaConfig
 from lst_data.align.evaluate import evaluate_alignments
-from lst_data.align.mfa_install import MfaUnavailable, find_mfa
+from lst_data.align.mfa_install import MfaUnavailable, mfa_missing
 from lst_data.config import load_config
 from lst_data.demo import load_ground_truth
 from lst_data.ingest import ingest_corpus
@@ -27,15 +27,7 @@ from lst_data.ingest import ingest_corpus
 MODEL = "demo160_english_arpa"  # saved into .venv-mfa/mfa_root by `make setup-mfa`
 
 
-def _mfa_missing() -> str | None:
-    try:
-        find_mfa(MfaConfig())
-    except MfaUnavailable as err:
-        return str(err)
-    return None
-
-
-_MISSING = _mfa_missing()
+_MISSING = mfa_missing()
 if _MISSING and os.environ.get("LST_DATA_REQUIRE_MFA"):
     raise RuntimeError(f"LST_DATA_REQUIRE_MFA is set but MFA is missing: {_MISSING}")
 pytestmark = pytest.mark.skipif(_MISSING is not None, reason=f"MFA not installed (`make setup-mfa`): {_MISSING}")

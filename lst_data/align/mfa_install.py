@@ -74,6 +74,15 @@ def find_mfa(config: MfaConfig) -> MfaInstall:
     return MfaInstall(executable, python, pretrained_root(config, executable))
 
 
+def mfa_missing(config: MfaConfig | None = None) -> str | None:
+    """Why MFA cannot run here (for skips and benchmark lines), or None when it can."""
+    try:
+        find_mfa(config or MfaConfig())
+    except MfaUnavailable as err:
+        return str(err)
+    return None
+
+
 def pretrained_root(config: MfaConfig, executable: Path) -> Path:
     if config.pretrained_root:
         return Path(config.pretrained_root).expanduser().absolute()
