@@ -424,9 +424,11 @@ def train_acoustic_model(requests: Sequence[AlignRequest], out_dir: Path, config
     _, lexicon = _dictionary(config.mfa, install)
     pronunciations: dict[str, list[str]] = {}
     for word in {w.lower() for r in requests for w in r.words}:
-        known = lexicon.get(word) or [p for p, _ in [fallback_pronunciation(word) or ([], "")] if p]
-        if known:
-            pronunciations[word] = [" ".join(p) for p in known]
+        known = lexicon.get(word)
+        if not known:
+            fallback = fallback_pronunciation(word)
+            known = [fallback[0]] if fallback else []  # none: MFA trains it as its OOV word
+        pronunciations[word] = [" ".join(p) for p in known]
     work = make_work_root(config.mfa, install, "lst_mfa_train_")
     try:
         write_batch_corpus(requests, work / "corpus")
