@@ -284,7 +284,6 @@ class WorkerProcess:
             reason = hello.get("fatal") if hello else self.failure
             self.close()
             raise RuntimeError(f"MFA worker did not start: {reason}")
-        self.mfa_version = hello["mfa_version"]
 
     def _drain_stderr(self) -> None:
         assert self.process.stderr is not None
