@@ -80,6 +80,8 @@ def test_worker_mode_aligns_the_demo_corpus_accurately(manifest, demo_corpus, tm
     provenance = (tmp_path / "a" / "align.json").read_text()
     assert '"mode": "worker"' in provenance and MODEL in provenance
     assert list((tmp_path / "roots").iterdir()) == []  # the worker's MFA root went with it
+    again = align(manifest, tmp_path / "b", mfa_config(tmp_path))
+    assert again.alignments.equals(report.alignments)  # same inputs and config, same alignments
 
 
 def test_edge_extension_gives_words_back_their_audible_edges(manifest, demo_corpus, tmp_path):
