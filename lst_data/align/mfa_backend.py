@@ -162,8 +162,7 @@ class MfaAligner(Aligner):
             outcomes = align([requests[i] for i in usable], [lexicons[i] for i in usable])
             for index, outcome in zip(usable, outcomes, strict=True):
                 if isinstance(outcome, Alignment):
-                    outcome = self._extend_edges(requests[index], outcome)
-                    outcome.oov = lexicons[index].oov
+                    outcome = self._extend_edges(requests[index], replace(outcome, oov=lexicons[index].oov))
                 results[index] = outcome
         return results  # type: ignore[return-value]
 
