@@ -61,6 +61,7 @@ MFA_SHARED ?= ../shared/mfa
 KALPY_WHEEL ?= $(firstword $(wildcard $(MFA_SHARED)/kalpy_kaldi-*-cp311-*.whl))
 MFA_STUB_BIN ?= $(wildcard $(MFA_SHARED)/stub_bin)
 MFA_TEST_MODEL ?= $(wildcard $(MFA_SHARED)/models/demo160_english_arpa.zip)
+# pynini 2.1.6: the kalpy wheel uses the OpenFst inside it. MFA imports pgvector, jinja2, hdbscan without declaring them.
 MFA_PIP_PACKAGES := montreal-forced-aligner==$(MFA_VERSION) pynini==2.1.6 pgvector jinja2 hdbscan
 MFA_ENV := PATH="$(abspath $(MFA_VENV))/bin:$$PATH" MFA_ROOT_DIR="$(abspath $(MFA_VENV))/mfa_root"
 
