@@ -1,6 +1,6 @@
 """Benchmark of lst_model: positions (LST vs baseline), held-out accuracy at equal
 global-position budget and at equal training FLOPs (a baseline given the LST run's FLOPs)
-over 3 seeds, and CPU training throughput.
+over 3 seeds (mean ± standard error), and CPU training throughput.
 
     .venv/bin/python benchmarks/bench_model.py [--quick] [--shards DIR] [--steps N]
 
@@ -59,6 +59,10 @@ def main() -> None:
         train_records, heldout = split_heldout(records, spec.data.heldout_fraction)
 
         report = compare(records, space, spec)
+        mixture = report["mixture"]
+        print(f"mixture_positions_per_token_static: {mixture['static']['positions_per_token']:.3f} (reference: baseline "
+              f"{mixture['baseline']['positions_per_token']:.3f}, ratio "
+              f"{mixture['static']['positions_per_token'] / mixture['baseline']['positions_per_token']:.3f}; paper 0.807)")
         inter = report["interleaved"]
         print(f"interleaved_speech_to_text_positions_lst_static: {inter['static']['speech_to_text']:.2f} :1 "
               f"(reference: baseline {inter['baseline']['speech_to_text']:.2f} :1, ratio "
@@ -109,7 +113,8 @@ def main() -> None:
 
 
 def _fmt(values: list[float]) -> str:
-    spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+    """mean ± standard error over seeds."""
+    spread = f" ± {statistics.stdev(values) / len(values) ** 0.5:.3f} s.e." if len(values) > 1 else ""
     return f"{statistics.mean(values):.3f}{spread}"
 
 

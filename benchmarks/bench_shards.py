@@ -6,7 +6,11 @@ Every figure has a reference measured in the same run on the same data:
 - reader: `make_loader` (webdataset pipeline, torch DataLoader, 2 workers, batches made in
   the workers, samples decoded to SampleRecord) vs reading every member's bytes of the
   same shards with plain `tarfile` in this process (no decoding at all). Target >= 0.7x.
-  The loader's time includes starting its two workers, as every epoch does.
+  The loader's time includes starting its two workers, as every epoch does. Measured with
+  sidecar verification (the default: sha256 + header scan per tar first) and without
+  (`verify=False`); likewise the plain `iter_records` (tools, `load_records`) in-process.
+- verification alone: `verify_shard` over every tar (sidecar, one sequential read with
+  sha256 and the header checks) vs `hashlib.file_digest` of the same files.
 - writer: `write_shards` (schema + span checks, canonical JSON, sidecars, index, dataset
   summary with patch statistics) vs `tarfile.addfile` of the same members, nothing else.
 - overhead: shard bytes per sample vs the JSON + units payload per sample.
@@ -34,11 +38,13 @@ import webdataset as wds  # noqa: E402
 
 from lst_data.config import RunConfig  # noqa: E402
 from lst_data.core.config import updated  # noqa: E402
+from lst_data.core.digests import file_sha256  # noqa: E402
 from lst_data.shards.inspect_cli import summary_figures  # noqa: E402
 from lst_data.shards.join import join_records  # noqa: E402
 from lst_data.shards.layout import shard_paths  # noqa: E402
 from lst_data.shards.members import encode_sample  # noqa: E402
-from lst_data.shards.reader import make_loader  # noqa: E402
+from lst_data.shards.pipeline import make_loader  # noqa: E402
+from lst_data.shards.reader import iter_records, verify_shard  # noqa: E402
 from lst_data.shards.summary import tally_shards  # noqa: E402
 from lst_data.shards.synthetic import synthetic_tables  # noqa: E402
 from lst_data.shards.writer import write_shards  # noqa: E402
@@ -104,12 +110,27 @@ def main() -> None:
         started = time.perf_counter()
         assert raw_tar_read(tars) == n
         raw_rate = n / (time.perf_counter() - started)
-        loader = make_loader(out, batch_size=32, shuffle=False, num_workers=2)
+        for name, verify in (("shard_reader_throughput", True), ("shard_reader_throughput_no_verify", False)):
+            loader = make_loader(out, batch_size=32, shuffle=False, num_workers=2, verify=verify)
+            started = time.perf_counter()
+            seen = sum(len(batch) for batch in loader)
+            read_rate = seen / (time.perf_counter() - started)
+            assert seen == n
+            line(name, read_rate, "samples/s", "raw tarfile read (no decoding)", raw_rate)
+        for name, verify in (("iter_records_throughput", True), ("iter_records_throughput_no_verify", False)):
+            started = time.perf_counter()
+            seen = sum(1 for _ in iter_records(out, with_audio=False, verify=verify))
+            assert seen == n
+            line(name, seen / (time.perf_counter() - started), "samples/s", "raw tarfile read (no decoding)", raw_rate)
+        megabytes = sum(p.stat().st_size for p in tars) / 2**20
         started = time.perf_counter()
-        seen = sum(len(batch) for batch in loader)
-        read_rate = seen / (time.perf_counter() - started)
-        assert seen == n
-        line("shard_reader_throughput", read_rate, "samples/s", "raw tarfile read (no decoding)", raw_rate)
+        for tar_path in tars:
+            verify_shard(tar_path)
+        verify_rate = megabytes / (time.perf_counter() - started)
+        started = time.perf_counter()
+        for tar_path in tars:
+            file_sha256(tar_path)
+        line("verify_shard_throughput", verify_rate, "MB/s", "sha256 of the files", megabytes / (time.perf_counter() - started))
 
         plain = wds.WebLoader(
             wds.WebDataset(

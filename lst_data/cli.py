@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from lst_data.align.cli import align, export_textgrid
-from lst_data.core.cli_options import run_cli
+from lst_data.core.cli_options import Commands, run_cli
 from lst_data.demo import demo_corpus_command
 from lst_data.ingest.cli import ingest
 from lst_data.shards.cli import shard
@@ -36,7 +36,7 @@ def config_command(defaults_yaml: bool) -> None:
         click.echo(f"{name} = {default!r}\n    {text}")
 
 
-@click.group()
+@click.group(cls=Commands)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging, and Ray's own notices and warnings.")
 @click.version_option(package_name="lst-data")
 def cli(verbose: bool) -> None:

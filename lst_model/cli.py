@@ -8,54 +8,81 @@ from pathlib import Path
 
 import click
 
+from lst_data.core.cli_options import Commands, config_file_options, run_cli
+from lst_model.config import load_run_spec
 
-@click.group()
+
+@click.group(cls=Commands)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def main(verbose: bool) -> None:
+def cli(verbose: bool) -> None:
     """Train and evaluate a small Latent Speech-Text Transformer on lst-data shards."""
     from lst_data.core.progress import setup_logging
 
     setup_logging(verbose)
 
 
-def _overrides(pairs: tuple[str, ...]) -> dict:
-    """`section.field=value` pairs (values parsed as YAML) into a nested dict."""
-    import yaml
-
-    nested: dict = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--set")
-        *parents, leaf = key.split(".")
-        node = nested
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return nested
+def main() -> None:
+    run_cli(cli, "lst-model")
 
 
-@main.command()
+_TEXT_HELP = ("Independent text corpus for the text share of the mixture: plain text (a document per line), "
+              "JSONL with a 'text' field, or Parquet with a 'text' column. Without it the transcripts stand in.")
+_TOKENIZER_HELP = "The shards' tokenizer for --text (default: tokenizer.model beside the shards or in a sibling stage folder)."
+
+
+def _text_corpus(text_path: Path | None, tokenizer_path: Path | None, shard_dir: Path, space) -> list | None:
+    """The --text corpus as BPE ids, or None when none is given."""
+    from lst_model.text_corpus import TextCorpusError, find_tokenizer, load_text_corpus
+
+    if text_path is None:
+        return None
+    tokenizer_path = tokenizer_path or find_tokenizer(shard_dir)
+    if tokenizer_path is None:
+        raise click.UsageError(f"--text needs the shards' tokenizer: none found near {shard_dir}; give --tokenizer")
+    dataset = json.loads((shard_dir / "dataset.json").read_text(encoding="utf-8"))
+    try:
+        return load_text_corpus(text_path, tokenizer_path, dataset, space.text_vocab_size)
+    except TextCorpusError as err:
+        raise click.UsageError(str(err)) from None
+
+
+@cli.command()
 @click.option("--shards", "shard_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Run YAML (model/data/train sections, optional preset).")
+@config_file_options
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder; an existing checkpoint there is resumed.")
-@click.option("--set", "sets", multiple=True, help="Override a field: --set model.kind=baseline --set train.seed=1.")
-def train(shard_dir: Path, config_path: Path | None, out_dir: Path, sets: tuple[str, ...]) -> None:
-    """Train (or resume) on the shards' training utterances; held-out ones are left for `score`."""
-    from lst_model.config import load_run_spec
+@click.option("--text", "text_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help=_TEXT_HELP)
+@click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, path_type=Path), help=_TOKENIZER_HELP)
+def train(shard_dir: Path, config_path: Path | None, out_dir: Path, assignments: tuple[str, ...], text_path: Path | None,
+          tokenizer_path: Path | None) -> None:
+    """Train (or resume) on the shards' training utterances; held-out ones are left for `score`.
+
+    Distributed: `torchrun --nproc_per_node N -m lst_model.cli train ...` (DDP; rank 0 prints and writes)."""
     from lst_model.data import load_records, load_token_space, split_heldout
-    from lst_model.train import plot_losses
+    from lst_model.train import Distributed, plot_losses
     from lst_model.train import train as run_training
 
-    spec = load_run_spec(config_path, _overrides(sets))
+    spec = load_run_spec(config_path, assignments=assignments)
     space = load_token_space(shard_dir)
-    records, heldout = split_heldout(load_records(shard_dir), spec.data.heldout_fraction)
-    click.echo(f"{spec.model.kind}: {len(records)} training utterances ({len(heldout)} held out), {spec.steps} steps")
+    texts = _text_corpus(text_path, tokenizer_path, shard_dir, space)
+    main_rank = Distributed.from_env().main
+    corpus = f", text corpus of {len(texts)} documents" if texts is not None else ""
+    if spec.data.input == "stream":  # records are read by the DataLoader workers, never all at once
+        from lst_data.shards.reader import ShardSet
+
+        records = None
+        summary = f"{ShardSet.from_dir(shard_dir).total_samples} utterances streamed ({spec.data.stream_mode})"
+    else:
+        records, heldout = split_heldout(load_records(shard_dir), spec.data.heldout_fraction)
+        summary = f"{len(records)} training utterances ({len(heldout)} held out)"
+    if main_rank:
+        click.echo(f"{spec.model.kind}: {summary}{corpus}, {spec.steps} steps")
 
     def report(row: dict) -> None:
         click.echo(f"step {row['step'] + 1}/{spec.steps} loss {row['loss']:.4f} lr {row['lr']:.2e} {row['tokens_per_s']:.0f} tok/s")
 
-    result = run_training(spec, records, space, out_dir, progress_callback=report)
+    result = run_training(spec, records, space, out_dir, texts=texts, shard_dir=shard_dir, progress_callback=report)
+    if not main_rank:
+        return
     plot_losses({spec.model.kind: out_dir}, out_dir / "loss.png")
     click.echo(json.dumps({"out": str(result.out_dir), "steps": result.steps, "final_loss": result.final_loss,
                            "parameters": result.parameters, "tokens_per_second": round(result.tokens_per_second, 1),
@@ -68,7 +95,7 @@ def _checkpoint_path(run: Path) -> Path:
     return run / CHECKPOINT if run.is_dir() else run
 
 
-@main.command()
+@cli.command()
 @click.option("--model", "run", required=True, type=click.Path(exists=True, path_type=Path), help="Run folder or checkpoint.pt.")
 @click.option("--task", "task_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Items JSONL from `build-task`.")
 @click.option("--shards", "shard_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Score the held-out continuation task of these shards.")
@@ -100,20 +127,26 @@ def score(run: Path, task_path: Path | None, shard_dir: Path | None, mode: str, 
     click.echo(json.dumps(results))
 
 
-@main.command()
+@cli.command()
 @click.option("--shards", "shard_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Run YAML (model sizes for FLOPs, patch size).")
-@click.option("--set", "sets", multiple=True, help="Override a field, e.g. --set preset=base.")
+@config_file_options
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
-def compare(shard_dir: Path, config_path: Path | None, sets: tuple[str, ...], as_json: bool) -> None:
-    """Global positions and FLOPs per utterance: LST (each patching) vs the flat baseline."""
+@click.option("--text", "text_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help=_TEXT_HELP)
+@click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, path_type=Path), help=_TOKENIZER_HELP)
+@click.option("--mixture-tokens", default=100_000, show_default=True, help="Tokens of the training mixture drawn for its figures.")
+def compare(shard_dir: Path, config_path: Path | None, assignments: tuple[str, ...], as_json: bool, text_path: Path | None,
+            tokenizer_path: Path | None, mixture_tokens: int) -> None:
+    """Global positions and FLOPs: per utterance and over the training mixture, LST (each patching) vs the flat baseline."""
     from lst_model.compare import compare as run_compare
     from lst_model.compare import format_report
-    from lst_model.config import load_run_spec
     from lst_model.data import load_records, load_token_space
 
-    spec = load_run_spec(config_path, _overrides(sets))
-    report = run_compare(load_records(shard_dir), load_token_space(shard_dir), spec, seed=spec.train.seed)
+    spec = load_run_spec(config_path, assignments=assignments)
+    space = load_token_space(shard_dir)
+    texts = _text_corpus(text_path, tokenizer_path, shard_dir, space)
+    if texts is None:
+        click.echo("warning: no --text corpus: the transcripts stand in for the text share", err=True)
+    report = run_compare(load_records(shard_dir), space, spec, seed=spec.train.seed, texts=texts, mixture_tokens=mixture_tokens)
     click.echo(json.dumps(report, indent=2) if as_json else "\n".join(format_report(report)))
 
 
@@ -124,7 +157,7 @@ def _load_callable(spec: str):
     return getattr(importlib.import_module(module), attr)
 
 
-@main.command("build-task")
+@cli.command("build-task")
 @click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Multiple-choice JSONL (HellaSwag, StoryCloze or {context, endings, label}).")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--mode", type=click.Choice(["speech", "text"]), required=True)
@@ -161,7 +194,7 @@ def build_task(input_path: Path, out_path: Path, mode: str, tokenizer_path: Path
     click.echo(f"{len(items)} {mode} items -> {out_path}")
 
 
-@main.command()
+@cli.command()
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--x", "x_axis", type=click.Choice(["global_positions", "tokens", "train_flops"]), default="global_positions", show_default=True)

@@ -5,16 +5,23 @@ interleaved example (its text/speech split drawn with the run's seed) in which p
 are counted per modality (a marker counts with the segment it opens). The baseline puts
 every unit in its own position. FLOPs are forward FLOPs of the configured model sizes
 (`flops.row_cost`), for the LST under the training strategy's static/aligned extremes.
+
+The whole-mixture figure (the paper's Table 13: 3.00 -> 2.42 global positions, ratio 0.807
+with static p = 4): the training example stream (token shares of `DataConfig`, text from the
+text corpus when one is given) is drawn until `mixture_tokens` tokens, and its global
+positions and forward FLOPs are counted for the LST under each concrete strategy and for the
+baseline, per token of the stream. The paper's absolute figures use another denominator;
+the ratio is what compares.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from lst_data.core.config import updated
 from lst_data.records import SampleRecord
 from lst_model.config import RunSpec
 from lst_model.flops import row_cost
@@ -45,11 +52,38 @@ def _modality_positions(example: Example, space: TokenSpace, flat: bool) -> tupl
     return speech, text
 
 
-def compare(records: Sequence[SampleRecord], space: TokenSpace, spec: RunSpec, seed: int = 0) -> dict:
-    """Per-utterance means and totals; see the module doc."""
+def mixture_cost(records: Sequence[SampleRecord], space: TokenSpace, spec: RunSpec, *, seed: int = 0,
+                 texts: Sequence[np.ndarray] | None = None, mixture_tokens: int = 100_000) -> dict:
+    """Tokens, global positions and forward FLOPs of the training mixture, per model/strategy."""
+    result: dict[str, dict[str, float]] = {}
+    base_model = updated(spec.model, {"kind": "baseline"})
+    lst_model = updated(spec.model, {"kind": "lst"})
+    for strategy in CONCRETE:
+        builder = SequenceBuilder(space, updated(spec.data, {"patching": strategy}), texts)
+        stream = builder.example_stream(records, np.random.default_rng(seed), 0.0)
+        totals = {"tokens": 0, "lst_positions": 0, "lst_flops": 0, "baseline_flops": 0}
+        while totals["tokens"] < mixture_tokens:
+            example = next(stream)
+            totals["tokens"] += len(example.tokens)
+            totals["lst_positions"] += len(example.patch_lengths)
+            totals["lst_flops"] += row_cost(lst_model, space.size, _patch_index(example, False)).forward_flops
+            if strategy == "static":  # the baseline's cost does not depend on the patching
+                totals["baseline_flops"] += row_cost(base_model, space.size, _patch_index(example, True)).forward_flops
+        if strategy == "static":
+            result["baseline"] = {"positions_per_token": 1.0, "flops_per_token": totals["baseline_flops"] / totals["tokens"],
+                                  "flops_per_position": totals["baseline_flops"] / totals["tokens"]}
+        result[strategy] = {"positions_per_token": totals["lst_positions"] / totals["tokens"],
+                            "flops_per_token": totals["lst_flops"] / totals["tokens"],
+                            "flops_per_position": totals["lst_flops"] / totals["lst_positions"]}
+    return result
+
+
+def compare(records: Sequence[SampleRecord], space: TokenSpace, spec: RunSpec, seed: int = 0,
+            texts: Sequence[np.ndarray] | None = None, mixture_tokens: int = 100_000) -> dict:
+    """Per-utterance means and totals, and the whole training mixture; see the module doc."""
     builder = SequenceBuilder(space, spec.data)
-    lst_model = dataclasses.replace(spec.model, kind="lst")
-    base_model = dataclasses.replace(spec.model, kind="baseline")
+    lst_model = updated(spec.model, {"kind": "lst"})
+    base_model = updated(spec.model, {"kind": "baseline"})
     rng = np.random.default_rng(seed)
     speech_positions = {name: 0 for name in ("baseline", *CONCRETE)}
     interleaved = {name: [0, 0] for name in ("baseline", *CONCRETE)}
@@ -84,6 +118,7 @@ def compare(records: Sequence[SampleRecord], space: TokenSpace, spec: RunSpec, s
             k: {"speech_positions": s, "text_positions": t, "speech_to_text": s / t if t else float("nan")}
             for k, (s, t) in interleaved.items()
         },
+        "mixture": mixture_cost(records, space, spec, seed=seed, texts=texts, mixture_tokens=mixture_tokens),
     }
 
 
@@ -99,4 +134,16 @@ def format_report(report: dict) -> list[str]:
         )
     for name, row in report["interleaved"].items():
         lines.append(f"interleaved speech:text positions [{name}]: {row['speech_to_text']:.2f}:1")
+    mixture = report["mixture"]
+    ref = mixture["baseline"]
+    for name in CONCRETE:
+        row = mixture[name]
+        lines.append(f"mixture_positions_per_token_{name}: {row['positions_per_token']:.3f} (reference: baseline "
+                     f"{ref['positions_per_token']:.3f}, ratio {row['positions_per_token'] / ref['positions_per_token']:.3f})")
+    for name in CONCRETE:
+        row = mixture[name]
+        lines.append(f"mixture_forward_flops_per_token_{name}: {row['flops_per_token']:.4g} FLOP (reference: baseline "
+                     f"{ref['flops_per_token']:.4g} FLOP, ratio {row['flops_per_token'] / ref['flops_per_token']:.3f})")
+        lines.append(f"mixture_forward_flops_per_global_position_{name}: {row['flops_per_position']:.4g} FLOP (reference: "
+                     f"baseline {ref['flops_per_position']:.4g} FLOP, ratio {row['flops_per_position'] / ref['flops_per_position']:.3f})")
     return lines

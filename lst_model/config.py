@@ -1,135 +1,162 @@
 """Configuration of a model run: architecture, sequence building, training.
 
-One YAML file overrides any subset of the defaults (same loader and unknown-key errors as
-`lst_data.config`). `preset:` at the top of the file picks a model size from PRESETS first.
+One YAML file (`--config`) and `--set a.b=v` override any subset of the defaults, with the
+same validated sections, loader and one-line errors as `lst_data` (`lst_data.core.config`).
+`preset:` at the top of the file picks a model size from PRESETS first.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
-from lst_data.config import ConfigError, canonical_hash, from_dict, read_config_data, to_dict
-from lst_data.config_fields import doc
+from pydantic import model_validator
 
-STRATEGIES = ("static", "word_sil_sep", "word_sil_merged", "bpe", "mixed", "curriculum")
+from lst_data.core.config import (
+    Section,
+    canonical_hash,
+    deep_merge,
+    doc,
+    parse_assignment,
+    read_yaml_mapping,
+    updated,
+    validate_section,
+)
+from lst_data.core.errors import ConfigError
 
-
-@dataclass(frozen=True)
-class ModelConfig:
-    kind: str = doc("'lst' (patched speech) or 'baseline' (flat: every token its own position).", "lst")
-    d_global: int = doc("Width of the global transformer.", 64)
-    n_global_layers: int = doc("Layers of the global causal transformer.", 2)
-    n_global_heads: int = doc("Attention heads in the global transformer.", 4)
-    d_local: int = doc("Width of the patch encoder/decoder (LST only).", 64)
-    n_local_heads: int = doc("Attention heads in the patch encoder/decoder.", 4)
-    n_encoder_layers: int = doc("Windowed self-attention layers in the patch encoder.", 1)
-    n_decoder_layers: int = doc("Patch-decoder layers (each: cross-attention to global states + windowed self-attention).", 1)
-    local_window: int = doc("Tokens each token attends to in the local (encoder/decoder) self-attention.", 64)
-    mlp_ratio: int = doc("MLP hidden width / model width.", 4)
-    rope_theta: float = doc("RoPE base (LST paper: 5e5).", 500000.0)
-    dropout: float = doc("Dropout in attention outputs and MLPs.", 0.0)
+Strategy = Literal["static", "word_sil_sep", "word_sil_merged", "bpe", "mixed", "curriculum"]
+AlignedStrategy = Literal["word_sil_sep", "word_sil_merged", "bpe"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    patching: str = doc(f"Speech patching strategy: one of {', '.join(STRATEGIES)}.", "curriculum")
-    aligned_strategy: str = doc("Aligned strategy that 'mixed' and 'curriculum' use when not static.", "word_sil_sep")
-    patch_size: int = doc("Tokens per static patch (paper: 4).", 4)
-    mixed_aligned_prob: float = doc("'mixed': probability that a sequence uses the aligned strategy.", 0.5)
-    eval_patching: str = doc("Patching at evaluation/scoring (paper: static p=4, so no aligner is needed).", "static")
-    interleaved_weight: float = doc("Mixture weight of interleaved text/speech examples (paper: 0.33).", 0.33)
-    text_weight: float = doc("Mixture weight of text-only examples (paper: 0.67).", 0.67)
-    speech_weight: float = doc("Mixture weight of speech-only examples (paper: 0).", 0.0)
-    min_text_words: int = doc("Interleaving: smallest text span L (words).", 2)
-    max_text_words: int = doc("Interleaving: largest text span L (words).", 6)
-    speech_ratio: float = doc("Interleaving: a speech span has about speech_ratio * L words (paper: 1/2).", 0.5)
-    seq_positions: int = doc("Global positions per packed training sequence.", 128)
+class ModelConfig(Section):
+    kind: Literal["lst", "baseline"] = doc("'lst' (patched speech) or 'baseline' (flat: every token its own position).", "lst")
+    d_global: int = doc("Width of the global transformer.", 64, ge=1, le=65536)
+    n_global_layers: int = doc("Layers of the global causal transformer.", 2, ge=1, le=1024)
+    n_global_heads: int = doc("Attention heads in the global transformer.", 4, ge=1, le=1024)
+    d_local: int = doc("Width of the patch encoder/decoder (LST only; paper proportion: d_global / 2).", 32, ge=1, le=65536)
+    n_local_heads: int = doc("Attention heads in the patch encoder/decoder.", 2, ge=1, le=1024)
+    n_encoder_layers: int = doc("Windowed self-attention layers in the patch encoder.", 1, ge=1, le=64)
+    n_decoder_layers: int = doc("Patch-decoder layers (each: cross-attention to global states + windowed self-attention).", 1, ge=1, le=64)
+    local_window: int = doc("Tokens each token attends to in the local (encoder/decoder) self-attention.", 64, ge=1)
+    mlp_ratio: int = doc("MLP hidden width / model width.", 4, ge=1, le=64)
+    rope_theta: float = doc("RoPE base (LST paper: 5e5).", 500000.0, gt=0)
+    dropout: float = doc("Dropout in attention outputs and MLPs.", 0.0, ge=0, lt=1)
+
+
+class DataConfig(Section):
+    patching: Strategy = doc(f"Speech patching strategy: one of {', '.join(STRATEGIES)}.", "curriculum")
+    aligned_strategy: AlignedStrategy = doc("Aligned strategy that 'mixed' and 'curriculum' use when not static.", "word_sil_sep")
+    patch_size: int = doc("Tokens per static patch (paper: 4).", 4, ge=1, le=1024)
+    mixed_aligned_prob: float = doc("'mixed': probability that a sequence uses the aligned strategy.", 0.5, ge=0, le=1)
+    eval_patching: Strategy = doc("Patching at evaluation/scoring (paper: static p=4, so no aligner is needed).", "static")
+    interleaved_weight: float = doc("Token share of interleaved text/speech examples (paper: 0.33).", 0.33, ge=0)
+    text_weight: float = doc("Token share of text examples, from the --text corpus (paper: 0.67).", 0.67, ge=0)
+    speech_weight: float = doc("Token share of speech-only examples (paper: 0).", 0.0, ge=0)
+    min_text_words: int = doc("Interleaving: smallest text span L (words).", 2, ge=1)
+    max_text_words: int = doc("Interleaving: largest text span L (words).", 6, ge=1)
+    speech_ratio: float = doc("Interleaving: a speech span has about speech_ratio * L words (paper: 1/2).", 0.5, gt=0)
+    seq_positions: int = doc("Global positions per packed training sequence.", 128, ge=2)
     heldout_fraction: float = doc(
         "Share of utterances (chosen by a hash of their id) kept out of training for the held-out "
         "continuation task.",
         0.1,
+        ge=0, lt=1,
     )
+    input: Literal["memory", "stream"] = doc("'memory' (records loaded once; a step's rows are a function of (seed, step, row)) or "
+                     "'stream' (built and packed in DataLoader workers from the shards; lst_model.stream).", "memory")
+    stream_mode: Literal["epoch", "resampled"] = doc("Streaming: 'epoch' (every utterance once per epoch) or 'resampled' (shards drawn with replacement).",
+                           "epoch")
+    shuffle_buffer: int = doc("Streaming: utterances in each worker's shuffle buffer.", 1000, ge=1)
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    seed: int = doc("Seed of initialisation and data order.", 0)
-    batch_size: int = doc("Sequences per step.", 8)
+class TrainConfig(Section):
+    seed: int = doc("Seed of initialisation and data order.", 0, ge=0, le=2**32 - 1)
+    batch_size: int = doc("Sequences per optimizer step, over all processes and accumulation micro-steps.", 8, ge=1)
+    grad_accum: int = doc("Micro-steps per optimizer step (gradient accumulation); batch_size must divide by "
+                          "processes x grad_accum.", 1,
+        ge=1,
+    )
     budget_positions: int = doc(
         "Training budget in global positions (steps = budget / (batch_size * seq_positions)); "
         "equal budgets compute-control LST against the baseline.",
         8 * 128 * 200,
+        ge=1,
     )
-    lr: float = doc("Peak learning rate (AdamW).", 3e-3)
-    min_lr_ratio: float = doc("Final learning rate / peak after the cosine decay.", 0.1)
-    warmup_steps: int = doc("Linear warm-up steps.", 20)
-    weight_decay: float = doc("AdamW weight decay (betas 0.9, 0.95).", 0.1)
-    grad_clip: float = doc("Gradient-norm clip.", 1.0)
-    log_every: int = doc("Steps between log lines.", 10)
-    checkpoint_every: int = doc("Steps between checkpoints (the last step is always saved).", 100)
-    device: str = doc("'auto' (cuda when available), 'cpu' or 'cuda'.", "auto")
-    threads: int = doc("torch CPU threads (0 = torch's default).", 0)
+    lr: float = doc("Peak learning rate (AdamW).", 3e-3, gt=0, le=10)
+    min_lr_ratio: float = doc("Final learning rate / peak after the cosine decay.", 0.1, ge=0, le=1)
+    warmup_steps: int = doc("Linear warm-up steps.", 20, ge=0)
+    weight_decay: float = doc("AdamW weight decay (betas 0.9, 0.95).", 0.1, ge=0)
+    grad_clip: float = doc("Gradient-norm clip.", 1.0, gt=0)
+    log_every: int = doc("Steps between log lines.", 10, ge=1)
+    checkpoint_every: int = doc("Steps between checkpoints (the last step is always saved).", 100, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = doc("'auto' (cuda when available), 'cpu' or 'cuda'.", "auto")
+    threads: int = doc("torch CPU threads (0 = torch's default).", 0, ge=0, le=1024)
+    loader_workers: int = doc("Streaming input: DataLoader worker processes per rank (0 = in the training process).", 2, ge=0, le=256)
 
 
-@dataclass(frozen=True)
-class RunSpec:
+class RunSpec(Section):
     model: ModelConfig = doc("Architecture.", ModelConfig)
     data: DataConfig = doc("Sequence building and patching.", DataConfig)
     train: TrainConfig = doc("Optimisation.", TrainConfig)
 
     @property
     def hash(self) -> str:
-        return canonical_hash(to_dict(self))
+        return canonical_hash(self)
 
     @property
     def steps(self) -> int:
         return max(1, self.train.budget_positions // (self.train.batch_size * self.data.seq_positions))
 
-    def validate(self) -> RunSpec:
-        if self.model.kind not in ("lst", "baseline"):
-            raise ConfigError(f"model.kind must be 'lst' or 'baseline', got {self.model.kind!r}")
-        for name in ("patching", "eval_patching"):
-            if getattr(self.data, name) not in STRATEGIES:
-                raise ConfigError(f"data.{name} must be one of {STRATEGIES}")
-        if self.data.aligned_strategy not in STRATEGIES[1:4]:
-            raise ConfigError(f"data.aligned_strategy must be one of {STRATEGIES[1:4]}")
-        weights = (self.data.interleaved_weight, self.data.text_weight, self.data.speech_weight)
-        if min(weights) < 0 or sum(weights) <= 0:
-            raise ConfigError("mixture weights must be non-negative and not all zero")
+    @model_validator(mode="after")
+    def _consistent(self) -> RunSpec:
+        if self.train.batch_size % self.train.grad_accum:
+            raise ValueError(f"train.grad_accum ({self.train.grad_accum}) must divide train.batch_size ({self.train.batch_size})")
+        if sum((self.data.interleaved_weight, self.data.text_weight, self.data.speech_weight)) <= 0:
+            raise ValueError("data.interleaved_weight, text_weight and speech_weight must not all be zero")
+        for width, heads in (("d_global", "n_global_heads"), ("d_local", "n_local_heads")):
+            if getattr(self.model, width) % getattr(self.model, heads):
+                raise ValueError(f"model.{width} ({getattr(self.model, width)}) must divide by model.{heads} "
+                                 f"({getattr(self.model, heads)})")
+        if self.data.min_text_words > self.data.max_text_words:
+            raise ValueError("data.min_text_words must not exceed data.max_text_words")
         return self
 
 
-# Model sizes. 'tiny' is for CPU tests; 'base' is about 110M parameters with a 32k BPE + 501 units (BLT-like split: most
-# parameters in the global transformer, a thin local encoder/decoder).
+# Model sizes, all with the paper's (BLT-style) proportions: local width = global width / 2,
+# one encoder layer, decoder layers about 0.36 x global layers (at least 1); most parameters
+# sit in the global transformer. So at every size a speech utterance costs the LST fewer
+# forward FLOPs than the baseline (tests/test_model.py). 'tiny' is for CPU tests and the demo;
+# 'base' is about 110M parameters with a 32k BPE + 501 units.
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"d_global": 64, "n_global_layers": 2, "n_global_heads": 4, "d_local": 64, "n_local_heads": 4,
+    "tiny": {"d_global": 64, "n_global_layers": 2, "n_global_heads": 4, "d_local": 32, "n_local_heads": 2,
              "n_encoder_layers": 1, "n_decoder_layers": 1, "local_window": 64},
-    "small": {"d_global": 256, "n_global_layers": 6, "n_global_heads": 8, "d_local": 192, "n_local_heads": 4,
+    "small": {"d_global": 256, "n_global_layers": 6, "n_global_heads": 8, "d_local": 128, "n_local_heads": 4,
               "n_encoder_layers": 1, "n_decoder_layers": 2, "local_window": 128},
     "base": {"d_global": 768, "n_global_layers": 10, "n_global_heads": 12, "d_local": 384, "n_local_heads": 6,
              "n_encoder_layers": 1, "n_decoder_layers": 3, "local_window": 256},
 }
 
 
-def load_run_spec(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunSpec:
-    """Defaults, then `preset` (model size), then the YAML file at `path`, then `overrides`."""
-    data = read_config_data(path, overrides)
+def load_run_spec(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                  assignments: Sequence[str] = ()) -> RunSpec:
+    """Defaults, then `preset` (model size), then the YAML file at `path`, then `overrides`, then `--set`."""
+    data = deep_merge(read_yaml_mapping(path) if path is not None else {}, overrides or {})
+    for assignment in assignments:
+        data = deep_merge(data, parse_assignment(assignment))
     preset = data.pop("preset", None)
     if preset is not None:
         if preset not in PRESETS:
-            raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+            raise ConfigError(f"config field preset: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
         data["model"] = {**PRESETS[preset], **(data.get("model") or {})}
-    return from_dict(RunSpec, data).validate()
+    return validate_section(RunSpec, data)
 
 
 def run_spec_from_dict(data: dict[str, Any]) -> RunSpec:
-    return from_dict(RunSpec, data).validate()
+    return validate_section(RunSpec, data)
 
 
 def replace(spec: RunSpec, **sections: dict[str, Any]) -> RunSpec:
     """Copy of `spec` with some fields of some sections changed: replace(spec, model={"kind": "baseline"})."""
-    changed = {name: dataclasses.replace(getattr(spec, name), **fields) for name, fields in sections.items()}
-    return dataclasses.replace(spec, **changed).validate()
+    return updated(spec, sections)

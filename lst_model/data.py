@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from lst_data.core.errors import ConfigError
 from lst_data.records import SampleRecord
 from lst_model.tokens import TokenSpace
 
@@ -32,5 +33,5 @@ def split_heldout(records: Sequence[SampleRecord], fraction: float) -> tuple[lis
     train = [r for r in records if not is_heldout(r.id, fraction)]
     heldout = [r for r in records if is_heldout(r.id, fraction)]
     if not train:
-        raise ValueError(f"no training utterances left after holding out {fraction:.0%} of {len(records)}")
+        raise ConfigError(f"data.heldout_fraction: no training utterances left after holding out {fraction:.0%} of {len(records)}")
     return train, heldout

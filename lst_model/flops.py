@@ -52,22 +52,46 @@ def _window_pairs(n: int, window: int | None, dense: bool) -> int:
     return window * (window + 1) // 2 + (n - window) * window
 
 
-def row_cost(config: ModelConfig, vocab_size: int, patch_index: torch.Tensor, dense: bool = False) -> Cost:
-    """Cost of one row, given its tokens' global positions (-1 = padding, ignored)."""
-    patch_index = patch_index[patch_index >= 0]
+def _document_pairs(sizes: list[int], window: int | None, dense: bool) -> int:
+    """Attended pairs of block-causal (windowed) attention over documents of these sizes."""
+    if dense:
+        return sum(sizes) ** 2
+    return sum(_window_pairs(size, window, False) for size in sizes)
+
+
+def _decoder_pairs(patch_index: torch.Tensor, first_patch: torch.Tensor) -> int:
+    """(token, context) pairs the decoder cross-attention allows: the start vector plus the
+    global states of the token's document before its target's patch (see model.py)."""
+    following = torch.cat([patch_index[1:], patch_index[-1:]])
+    return int((following - first_patch).clamp(min=0).sum()) + len(patch_index)
+
+
+def row_cost(config: ModelConfig, vocab_size: int, patch_index: torch.Tensor, dense: bool = False,
+             document: torch.Tensor | None = None) -> Cost:
+    """Cost of one row, given its tokens' global positions (-1 = padding, ignored) and
+    documents (None: one document)."""
+    valid = patch_index >= 0
+    patch_index = patch_index[valid]
+    document = torch.zeros_like(patch_index) if document is None else document[valid]
     n = int(patch_index.numel())
+    doc_tokens = torch.bincount(document).tolist() if n else []
     c = config
     if c.kind == "baseline":
-        attention = c.n_global_layers * 4 * c.d_global * _window_pairs(n, None, dense)
+        attention = c.n_global_layers * 4 * c.d_global * _document_pairs(doc_tokens, None, dense)
         flops = c.n_global_layers * _block(n, c.d_global, c.mlp_ratio) + 2 * n * c.d_global * vocab_size
         return Cost(n, n, flops + attention, attention)
     m = int(patch_index.max()) + 1 if n else 0
+    # documents and patches are contiguous and in order: a document's patches run from the
+    # patch of its first token to the patch of its last
+    doc_end = torch.tensor(doc_tokens).cumsum(0) - 1
+    doc_first_patch = patch_index[doc_end - torch.tensor(doc_tokens) + 1] if n else patch_index
+    doc_patches = (patch_index[doc_end] - doc_first_patch + 1).tolist() if n else []
     n_local = c.n_encoder_layers + c.n_decoder_layers
     attention = 4 * c.d_local * (
-        n_local * _window_pairs(n, c.local_window, dense)
+        n_local * _document_pairs(doc_tokens, c.local_window, dense)
         + (m * n if dense else n)  # patch queries -> their tokens
-        + c.n_decoder_layers * (n * (m + 1) if dense else int((patch_index + 1).sum()))  # tokens -> global states
-    ) + 4 * c.d_global * c.n_global_layers * _window_pairs(m, None, dense)
+        + c.n_decoder_layers * (n * (m + 1) if dense else _decoder_pairs(patch_index, doc_first_patch[document]))  # tokens -> global states
+    ) + 4 * c.d_global * c.n_global_layers * _document_pairs(doc_patches, None, dense)
     flops = n_local * _block(n, c.d_local, c.mlp_ratio)
     flops += 2 * m * n * c.d_local if dense else 2 * n * c.d_local  # mean-pooled patch queries
     flops += _block(m, c.d_local, c.mlp_ratio, n_kv=n, d_kv=c.d_local)
@@ -80,6 +104,6 @@ def row_cost(config: ModelConfig, vocab_size: int, patch_index: torch.Tensor, de
 
 def batch_cost(config: ModelConfig, vocab_size: int, batch: Batch, dense: bool = False) -> Cost:
     total = Cost(0, 0, 0, 0)
-    for row in batch.patch_index:
-        total = total + row_cost(config, vocab_size, row, dense)
+    for patch_index, document in zip(batch.patch_index, batch.document, strict=True):
+        total = total + row_cost(config, vocab_size, patch_index, dense, document)
     return total

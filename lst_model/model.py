@@ -6,12 +6,21 @@ LST forward pass over a packed sequence of N tokens grouped into M global positi
    query starts as the mean of its tokens' states and cross-attends to its own tokens only;
 2. global transformer: causal self-attention over the M patch vectors, RoPE (theta 5e5);
 3. patch decoder: token states (from the encoder) cross-attend, in every layer, to a learned
-   start vector and the global outputs of patches 0..j-1 (tokens of patch j never see patch
-   j's own global state, which already contains them), then windowed causal self-attention;
+   start vector and the global outputs of the patches before *its target's* patch (BLT's
+   `decoder_patch_ids_from_lengths`): token i, which predicts token i + 1 in patch P(i+1),
+   sees g_0 .. g_{P(i+1)-1}. So the last token of patch j reads g_j (which holds nothing
+   later than that token), tokens inside patch j never see g_j (it already contains their
+   targets), and a row's last token, which has no target, uses its own patch. Then windowed
+   causal self-attention;
 4. one head over the whole token space; token i predicts token i + 1.
 
+Packed rows hold several documents (examples): every attention (local windowed, patch
+pooling, global, decoder cross-attention) is block-causal per document, and RoPE positions
+restart at each document, so a document's logits do not depend on what was packed before it.
+
 Text tokens and markers are patches of length 1, so they follow the same path.
-The baseline is a plain causal transformer over the same token stream.
+The baseline is a plain causal transformer over the same token stream, with the same
+document masks.
 """
 
 from __future__ import annotations
@@ -31,17 +40,23 @@ class Batch:
     tokens: Tensor  # [B, N] token ids, PAD after each row's end
     patch_index: Tensor  # [B, N] global position of each token, -1 on padding
     n_patches: Tensor  # [B] global positions per row
+    document: Tensor  # [B, N] document (packed example) of each token within its row, -1 on padding
 
     @classmethod
     def from_examples(cls, examples: Sequence, pad_id: int, flat: bool = False) -> Batch:
-        """Right-pad examples (tokens + patch_lengths) into tensors; `flat` makes every token a patch."""
+        """Right-pad examples (tokens + patch_lengths [+ document_lengths]) into tensors;
+        `flat` makes every token a patch. An example without document_lengths is one document."""
         width = max(len(ex.tokens) for ex in examples)
         tokens = torch.full((len(examples), width), pad_id, dtype=torch.long)
         patch_index = torch.full((len(examples), width), -1, dtype=torch.long)
+        document = torch.full((len(examples), width), -1, dtype=torch.long)
         n_patches = torch.zeros(len(examples), dtype=torch.long)
         for row, ex in enumerate(examples):
             n = len(ex.tokens)
             tokens[row, :n] = torch.as_tensor(ex.tokens)
+            doc_lengths = getattr(ex, "document_lengths", None)
+            doc_lengths = torch.as_tensor([n] if doc_lengths is None else doc_lengths)
+            document[row, :n] = torch.repeat_interleave(torch.arange(len(doc_lengths)), doc_lengths)
             if flat:
                 patch_index[row, :n] = torch.arange(n)
                 n_patches[row] = n
@@ -49,10 +64,13 @@ class Batch:
                 lengths = torch.as_tensor(ex.patch_lengths)
                 patch_index[row, :n] = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
                 n_patches[row] = len(lengths)
-        return cls(tokens, patch_index, n_patches)
+        return cls(tokens, patch_index, n_patches, document)
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(self.tokens.to(device), self.patch_index.to(device), self.n_patches.to(device))
+        return Batch(*(t.to(device) for t in (self.tokens, self.patch_index, self.n_patches, self.document)))
+
+    def with_tokens(self, tokens: Tensor) -> Batch:
+        return Batch(tokens, self.patch_index, self.n_patches, self.document)
 
     @property
     def valid(self) -> Tensor:
@@ -60,10 +78,10 @@ class Batch:
 
 
 def rope(x: Tensor, positions: Tensor, theta: float) -> Tensor:
-    """Rotary position embedding of x [B, H, T, D] at integer positions [T]."""
+    """Rotary position embedding of x [B, H, T, D] at integer positions [B, T]."""
     half = x.shape[-1] // 2
     freqs = theta ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
-    angles = positions.float()[:, None] * freqs[None, :]
+    angles = (positions.float()[..., None] * freqs)[:, None]  # [B, 1, T, half]
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
@@ -81,13 +99,13 @@ class Attention(nn.Module):
         self.kv = nn.Linear(kv_dim or dim, 2 * dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: Tensor, mask: Tensor, context: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, context: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
+        """`positions` [B, T]: RoPE positions of self-attention (required when rope_theta is set)."""
         context = x if context is None else context
         b, t, d = x.shape
         q = self.q(x).view(b, t, self.n_heads, -1).transpose(1, 2)
         k, v = (z.view(b, context.shape[1], self.n_heads, -1).transpose(1, 2) for z in self.kv(context).chunk(2, dim=-1))
         if self.rope_theta is not None:
-            positions = torch.arange(t, device=x.device)
             q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(b, t, d))
@@ -109,20 +127,45 @@ class Block(nn.Module):
         self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio, dropout)
 
-    def forward(self, x: Tensor, mask: Tensor, context: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, context: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
         if context is not None and self.norm_context is not None:
             context = self.norm_context(context)
-        x = x + self.attn(self.norm_attn(x), mask, context)
+        x = x + self.attn(self.norm_attn(x), mask, context, positions)
         return x + self.mlp(self.norm_mlp(x))
 
 
-def causal_mask(n: int, device: torch.device, window: int | None = None) -> Tensor:
-    """[n, n] bool, True where query i may attend key j: j <= i (and i - j < window)."""
-    i = torch.arange(n, device=device)
+def document_causal_mask(document: Tensor, window: int | None = None) -> Tensor:
+    """[B, 1, T, T] bool from document ids [B, T]: query i may attend key j when both lie in
+    one document, j <= i (and i - j < window). Padding (-1) forms its own document, so no
+    query row is empty."""
+    i = torch.arange(document.shape[1], device=document.device)
     allowed = i[None, :] <= i[:, None]
     if window is not None:
         allowed &= (i[:, None] - i[None, :]) < window
-    return allowed
+    return (allowed[None] & (document[:, :, None] == document[:, None, :]))[:, None]
+
+
+def positions_in_document(document: Tensor) -> Tensor:
+    """[B, T] index of each element within its run of equal document ids (RoPE restarts per document)."""
+    index = torch.arange(document.shape[1], device=document.device).expand_as(document)
+    starts = torch.ones_like(document, dtype=torch.bool)
+    starts[:, 1:] = document[:, 1:] != document[:, :-1]
+    return index - torch.cummax(torch.where(starts, index, 0), dim=1).values
+
+
+def patch_documents(batch: Batch, n_patches: int) -> Tensor:
+    """[B, M] document of each global position (-1 for a row's padding positions)."""
+    rows = batch.tokens.shape[0]
+    out = torch.full((rows, n_patches + 1), -1, dtype=torch.long, device=batch.tokens.device)
+    index = torch.where(batch.valid, batch.patch_index, n_patches)  # padding tokens go to a spare column
+    return out.scatter(1, index, batch.document)[:, :n_patches]
+
+
+def target_patch_index(batch: Batch) -> Tensor:
+    """[B, N] patch of each token's target (the next token); a row's last token, which has
+    no target, keeps its own patch. BLT's decoder patch ids."""
+    following = torch.cat([batch.patch_index[:, 1:], torch.full_like(batch.patch_index[:, :1], -1)], dim=1)
+    return torch.where(following >= 0, following, batch.patch_index)
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -149,9 +192,10 @@ class FlatTransformer(nn.Module):
 
     def forward(self, batch: Batch) -> Tensor:
         x = self.embed(batch.tokens)
-        mask = causal_mask(x.shape[1], x.device)
+        mask = document_causal_mask(batch.document)
+        positions = positions_in_document(batch.document)
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, mask, positions=positions)
         return self.head(self.norm(x))
 
 
@@ -177,14 +221,15 @@ class LatentSpeechTextTransformer(nn.Module):
         self.apply(_init_weights)
 
     def forward(self, batch: Batch) -> Tensor:
-        tokens, patch_index = batch.tokens, batch.patch_index
-        n_tokens, n_patches = tokens.shape[1], int(batch.n_patches.max())
+        tokens, patch_index, document = batch.tokens, batch.patch_index, batch.document
+        n_patches = int(batch.n_patches.max())
         device = tokens.device
-        local_mask = causal_mask(n_tokens, device, self.config.local_window)
+        local_mask = document_causal_mask(document, self.config.local_window)
+        token_positions = positions_in_document(document)
 
         x = self.embed(tokens)
         for block in self.encoder:
-            x = block(x, local_mask)
+            x = block(x, local_mask, positions=token_positions)
 
         # Patch j's query pools and attends to patch j's tokens only.
         membership = patch_index[:, None, :] == torch.arange(n_patches, device=device)[None, :, None]  # [B, M, N]
@@ -193,19 +238,24 @@ class LatentSpeechTextTransformer(nn.Module):
         membership = membership | (counts == 0)  # padding patches: any key, result unused
         patches = self.patch_cross(queries, membership[:, None], context=x)
 
+        patch_document = patch_documents(batch, n_patches)
         h = self.to_global(patches)
-        global_mask = causal_mask(n_patches, device)
+        global_mask = document_causal_mask(patch_document)
+        patch_positions = positions_in_document(patch_document)
         for block in self.global_blocks:
-            h = block(h, global_mask)
+            h = block(h, global_mask, positions=patch_positions)
         h = self.global_norm(h)
 
-        # Tokens of patch j see [start, g_0 .. g_{j-1}]: context index k <= j.
+        # Token i sees [start, g_k for k < P(i+1) in its own document]; context index 0 is the start.
         context = torch.cat([self.global_start.expand(h.shape[0], 1, -1).to(h.dtype), h], dim=1)
-        visible = torch.arange(n_patches + 1, device=device)[None, None, :] <= patch_index.clamp(min=0)[:, :, None]
+        before_target = torch.arange(n_patches, device=device)[None, None, :] < target_patch_index(batch)[:, :, None]
+        same_document = patch_document[:, None, :] == document[:, :, None]
+        start = torch.ones_like(before_target[:, :, :1])
+        visible = torch.cat([start, before_target & same_document], dim=2)  # [B, N, M + 1]
         y = x
         for cross, self_block in zip(self.decoder_cross, self.decoder_self, strict=True):
             y = cross(y, visible[:, None], context=context)
-            y = self_block(y, local_mask)
+            y = self_block(y, local_mask, positions=token_positions)
         return self.head(self.norm(y))
 
 
@@ -220,11 +270,12 @@ def token_log_probs(logits: Tensor, tokens: Tensor) -> Tensor:
     return torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
 
 
-def next_token_loss(logits: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
-    """Mean next-token cross-entropy over real targets, and their count."""
+def summed_next_token_loss(logits: Tensor, batch: Batch) -> Tensor:
+    """Next-token cross-entropy summed over real targets (the caller divides by the step's
+    target count, so micro-batches and ranks add up to the mean over the whole step)."""
     targets = batch.tokens[:, 1:].masked_fill(~batch.valid[:, 1:], -100)
-    loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
-    return loss, (targets != -100).sum()
+    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=-100, reduction="sum")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -22,12 +22,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from lst_data.core.errors import UserError
 from lst_model.config import RunSpec
 from lst_model.model import Batch, token_log_probs
 from lst_model.sequences import Example, static_patch_lengths
 from lst_model.tokens import TokenSpace
 
 MODES = ("speech", "text")
+
+
+class InvalidItem(UserError, ValueError):
+    """A task item that cannot be scored (user data, named by its id)."""
 
 
 @dataclass(frozen=True)
@@ -40,9 +45,9 @@ class ChoiceItem:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"item {self.id}: mode must be one of {MODES}, got {self.mode!r}")
+            raise InvalidItem(f"item {self.id}: mode must be one of {MODES}, got {self.mode!r}")
         if not 0 <= self.label < len(self.endings) or any(len(e) == 0 for e in self.endings):
-            raise ValueError(f"item {self.id}: needs non-empty endings and a label among them")
+            raise InvalidItem(f"item {self.id}: needs non-empty endings and a label among them")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -109,7 +114,7 @@ def score_items(
     device: str | torch.device = "cpu",
 ) -> list[ItemScore]:
     if spec.data.eval_patching != "static":
-        raise ValueError("scoring patches speech statically; aligned evaluation needs alignments the items do not carry")
+        raise InvalidItem("scoring patches speech statically; aligned evaluation needs alignments the items do not carry")
     model.eval()
     flat = spec.model.kind == "baseline"
     jobs = [(i, e, *choice_example(item, ending, space, spec.data.patch_size))

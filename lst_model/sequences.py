@@ -1,8 +1,10 @@
 """Training sequences built on the fly from whole utterances (`SampleRecord`s).
 
-Three kinds of example, drawn with the mixture weights of `DataConfig`:
+Three kinds of example, mixed by *token share* (`DataConfig` weights, paper: 33 %
+interleaved, 67 % text, 0 % speech-only):
 
-- text:        BOS <t> bpe... EOS
+- text:        BOS <t> bpe... EOS, a document of an independent text corpus (`TextCorpus`);
+               without one, the transcripts of the speech utterances stand in for it
 - speech:      BOS <s> units... EOS
 - interleaved: BOS, then alternating segments covering the utterance, each opened by its
   marker: a text span of L words (L uniform in [min_text_words, max_text_words]) as their
@@ -13,16 +15,22 @@ A speech segment of words [a, b) covers frames [F(a), F(b)) where F(k) is word k
 frame, F(0) = 0 and F(n_words) = n_frames: a word takes the silence after it, and the
 segments of an utterance tile its frames.
 
+The kind of the next example is the one furthest below its token share so far in the row's
+stream (a deterministic deficit schedule: shares hold exactly, up to one example, in every
+row, and the kinds do not depend on the patching, so the LST and the baseline read the same
+stream).
+
 Every example carries `patch_lengths` (global positions): 1 for each text or marker token,
 the speech patches of the chosen strategy for units. Examples are packed into sequences of
-exactly `seq_positions` global positions (the last example is cut at a patch boundary).
+exactly `seq_positions` global positions (the last example is cut at a patch boundary); a
+packed sequence records its `document_lengths` so the model masks attention per document.
 The flat baseline packs the same example stream with every token its own position (and
 still knows the LST patching of its tokens, for compute accounting).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,17 +42,24 @@ from lst_model.tokens import TokenSpace
 ALIGNED = ("word_sil_sep", "word_sil_merged", "bpe")
 
 
+KINDS = ("interleaved", "text", "speech")
+
+
 @dataclass(frozen=True)
 class Example:
-    """Token ids of one example and the lengths of its global positions (sum == len(tokens))."""
+    """Token ids of one example and the lengths of its global positions (sum == len(tokens));
+    a packed sequence also has the token lengths of its documents (None: one document)."""
 
     tokens: np.ndarray
     patch_lengths: np.ndarray
     kind: str
+    document_lengths: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if int(self.patch_lengths.sum()) != len(self.tokens) or (self.patch_lengths <= 0).any():
             raise ValueError("patch_lengths must be positive and sum to the number of tokens")
+        if self.document_lengths is not None and int(self.document_lengths.sum()) != len(self.tokens):
+            raise ValueError("document_lengths must sum to the number of tokens")
 
     def positions(self, flat: bool) -> int:
         return len(self.tokens) if flat else len(self.patch_lengths)
@@ -100,11 +115,17 @@ def curriculum_aligned_prob(progress: float) -> float:
 
 
 class SequenceBuilder:
-    """Turns records into examples (text, speech, interleaved); `pack` makes sequences of them."""
+    """Turns records (and text documents) into examples; `pack` makes sequences of them.
 
-    def __init__(self, space: TokenSpace, config: DataConfig):
+    `texts`: BPE id arrays of an independent text corpus for the text share; None makes
+    the records' transcripts stand in for it."""
+
+    def __init__(self, space: TokenSpace, config: DataConfig, texts: Sequence[np.ndarray] | None = None):
         self.space = space
         self.config = config
+        self.texts = texts
+        weights = np.array([config.interleaved_weight, config.text_weight, config.speech_weight], dtype=float)
+        self.token_shares = weights / weights.sum()
 
     # strategy -----------------------------------------------------------------------------
     def resolve_strategy(self, strategy: str, rng: np.random.Generator, progress: float) -> str:
@@ -119,7 +140,11 @@ class SequenceBuilder:
 
     # examples -----------------------------------------------------------------------------
     def text_example(self, record: SampleRecord) -> Example:
-        ids = self.space.text_to_ids([piece.id for piece in record.bpe])
+        """The record's transcript as a text example (the stand-in for a text corpus)."""
+        return self.text_document_example([piece.id for piece in record.bpe])
+
+    def text_document_example(self, bpe_ids: Sequence[int] | np.ndarray) -> Example:
+        ids = self.space.text_to_ids(bpe_ids)
         tokens = np.concatenate([[self.space.bos, self.space.text_start], ids, [self.space.eos]])
         return Example(tokens.astype(np.int64), np.ones(len(tokens), dtype=np.int64), "text")
 
@@ -163,24 +188,43 @@ class SequenceBuilder:
         lengths = speech_patch_lengths(record, start, stop, strategy, self.config.patch_size)
         return np.concatenate([[self.space.speech_start], units]), [1, *lengths]
 
-    def sample_example(self, record: SampleRecord, rng: np.random.Generator, progress: float) -> Example:
-        """One example of a kind drawn with the mixture weights (a fixed number of draws per call)."""
-        cfg = self.config
-        weights = np.array([cfg.interleaved_weight, cfg.text_weight, cfg.speech_weight], dtype=float)
-        kind = int(rng.choice(3, p=weights / weights.sum()))
-        strategy = self.resolve_strategy(cfg.patching, rng, progress)
+    def next_kind(self, tokens_so_far: np.ndarray) -> int:
+        """Index into KINDS of the kind furthest below its token share (ties: the larger share)."""
+        deficit = self.token_shares * (tokens_so_far.sum() + 1) - tokens_so_far
+        deficit[self.token_shares == 0] = -np.inf
+        return int(np.argmax(deficit))
+
+    def sample_example(self, kind: int, record: SampleRecord | None, rng: np.random.Generator, progress: float) -> Example:
+        """One example of KINDS[kind] (a fixed number of draws per call, whatever the kind or
+        strategy); `record` may be None only for a text example from the text corpus."""
+        strategy = self.resolve_strategy(self.config.patching, rng, progress)
+        text_index = int(rng.integers(len(self.texts))) if self.texts else 0
         sub_seed = int(rng.integers(2**63))
-        if kind == 1 or (kind == 0 and not record.words):
-            return self.text_example(record)
-        if kind == 2:
+        if kind == 1:
+            return self.text_document_example(self.texts[text_index]) if self.texts else self.text_example(record)
+        if kind == 2 or not record.words:
             return self.speech_example(record, strategy)
         return self.interleaved_example(record, np.random.default_rng(sub_seed), strategy)
 
-    # packing ------------------------------------------------------------------------------
+    # streams ------------------------------------------------------------------------------
     def example_stream(self, records: Sequence[SampleRecord], rng: np.random.Generator, progress: float) -> Iterator[Example]:
+        """Examples mixed by token share (see the module doc), utterances drawn uniformly from a list."""
+        return self.examples_from(lambda: records[int(rng.integers(len(records)))], rng, lambda: progress)
+
+    def examples_from(self, next_record: Callable[[], SampleRecord | None], rng: np.random.Generator,
+                      progress: Callable[[], float]) -> Iterator[Example]:
+        """Examples mixed by token share; `next_record()` gives the next utterance (None: there
+        are no more, and the stream ends). Text examples from a text corpus consume none."""
+        tokens_so_far = np.zeros(len(KINDS))
         while True:
-            record = records[int(rng.integers(len(records)))]
-            yield self.sample_example(record, rng, progress)
+            kind = self.next_kind(tokens_so_far)
+            from_corpus = kind == 1 and bool(self.texts)
+            record = None if from_corpus else next_record()
+            if record is None and not from_corpus:
+                return
+            example = self.sample_example(kind, record, rng, progress())
+            tokens_so_far[KINDS.index(example.kind)] += len(example.tokens)
+            yield example
 
 
 def pack(examples: Iterator[Example], positions: int, flat: bool) -> Example:
@@ -193,6 +237,7 @@ def pack(examples: Iterator[Example], positions: int, flat: bool) -> Example:
     """
     tokens: list[np.ndarray] = []
     lengths: list[np.ndarray] = []
+    documents: list[int] = []
     used = 0
     for example in examples:
         if flat:
@@ -206,9 +251,10 @@ def pack(examples: Iterator[Example], positions: int, flat: bool) -> Example:
             used += len(ex_lengths)
         tokens.append(example.tokens[:n_tokens])
         lengths.append(ex_lengths)
+        documents.append(n_tokens)
         if used == positions:
             break
-    return Example(np.concatenate(tokens), np.concatenate(lengths), "packed")
+    return Example(np.concatenate(tokens), np.concatenate(lengths), "packed", np.array(documents, dtype=np.int64))
 
 
 def training_sequences(
@@ -217,16 +263,17 @@ def training_sequences(
     *,
     seed: int,
     step: int,
-    n_sequences: int,
+    rows: Sequence[int],
     positions: int,
     flat: bool,
     progress: float,
 ) -> list[Example]:
-    """The packed sequences of one training step: a function of (seed, step) only, so a resumed
-    run sees exactly the data an uninterrupted one would. Each row has its own example stream,
-    so the LST and the baseline start every row with the same examples (the baseline, with
-    more positions per example, reaches fewer of them)."""
+    """Packed sequences `rows` of one training step: a function of (seed, step, row) only, so
+    a resumed run sees exactly the data an uninterrupted one would, and processes or
+    accumulation micro-steps can each build just their rows. Each row has its own example
+    stream, so the LST and the baseline start every row with the same examples (the
+    baseline, with more positions per example, reaches fewer of them)."""
     return [
         pack(builder.example_stream(records, np.random.default_rng([seed, step, row]), progress), positions, flat)
-        for row in range(n_sequences)
+        for row in rows
     ]

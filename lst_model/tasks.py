@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from lst_data.audio import read_audio
+from lst_data.core.errors import UserError
 from lst_data.records import SampleRecord
 from lst_data.text import normalize_text
 from lst_model.score import ChoiceItem
@@ -32,6 +33,10 @@ Quantizer = Callable[[np.ndarray], np.ndarray]  # waveform -> unit ids
 Encoder = Callable[[str], list[int]]  # normalized text -> BPE ids
 
 DEFAULT_TTS = ("espeak-ng", "-v", "en-us", "-w", "{out}", "--stdin")
+
+
+class TaskError(UserError, ValueError):
+    """A task cannot be built from what the user gave (too few utterances, a bad TTS command)."""
 
 
 def _word_frames(record: SampleRecord, first: int, stop: int) -> list[int]:
@@ -59,7 +64,7 @@ def heldout_continuation_items(
     need = min_prompt_words + continuation_words
     usable = [r for r in records if len(r.words) >= need]
     if len(usable) < 2:
-        raise ValueError(f"need at least two utterances with >= {need} words, got {len(usable)}")
+        raise TaskError(f"need at least two utterances with >= {need} words, got {len(usable)}")
     span = _word_frames if mode == "speech" else _word_pieces
     rng = np.random.default_rng(seed)
     items = []
@@ -110,7 +115,7 @@ class CommandTTS:
 
     def __init__(self, argv: Sequence[str] = DEFAULT_TTS, sample_rate: int = 16000):
         if not any("{out}" in a for a in argv):
-            raise ValueError("the TTS command must contain {out} (the wav file it writes)")
+            raise TaskError("the TTS command must contain {out} (the wav file it writes)")
         self.argv, self.sample_rate = list(argv), sample_rate
 
     def __call__(self, text: str) -> np.ndarray:
@@ -147,19 +152,19 @@ def units_quantizer(codebook_path: str) -> Quantizer:
     The encoder settings come from the codebook's sidecar (`units_config`), so items are
     quantized exactly as the shards were. Runs on CPU.
     """
-    import dataclasses
 
     import torch
 
-    from lst_data.config import from_dict
-    from lst_data.units.codebook import NearestCentroid, load_codebook
+    from lst_data.core.config import updated
+    from lst_data.units.codebook import load_codebook
     from lst_data.units.config import UnitsConfig
     from lst_data.units.encoders import build_encoder
+    from lst_data.units.nearest import NearestCentroid
 
     codebook = load_codebook(codebook_path)
     if "units_config" not in codebook.meta:
-        raise ValueError(f"{codebook_path}: no units_config in its sidecar; pass a quantizer of your own (--quantizer)")
-    config = dataclasses.replace(from_dict(UnitsConfig, codebook.meta["units_config"]), device="cpu")
+        raise TaskError(f"{codebook_path}: no units_config in its sidecar; pass a quantizer of your own (--quantizer)")
+    config = updated(UnitsConfig.model_validate(codebook.meta["units_config"]), {"device": "cpu"})
     encoder = build_encoder(config)
     nearest = NearestCentroid(codebook.centroids)
 

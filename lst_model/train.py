@@ -1,20 +1,30 @@
-"""Training loop: AdamW, warm-up + cosine, clipping, bf16 autocast on GPU, exact resume.
+"""Training loop: AdamW, warm-up + cosine, clipping, bf16 autocast on GPU, gradient
+accumulation, DDP under torchrun, exact resume.
 
 The budget is counted in global positions (batch_size * seq_positions per step), so an LST
 and a baseline with equal budgets do the same number of global-transformer steps; the log
 also records tokens and FLOPs so the two can be compared on either axis, and, per logged
 step, what the same batch costs under both models (`same_data`).
 
-Resume is exact because a step's data is a function of (seed, step) alone
-(`sequences.training_sequences`) and the checkpoint holds model, optimizer, scheduler and
-torch RNG state; the log is cut back to the checkpoint's step before training continues.
+Resume is exact because a step's data is a function of (seed, step, row) alone
+(`sequences.training_sequences`): the data position is the step, and the checkpoint holds
+model, optimizer, scheduler and every rank's RNG state; the log is cut back to the
+checkpoint's step before training continues.
+
+Distributed: `torchrun --nproc_per_node N -m lst_model.cli train ...` runs N processes with
+torch's DistributedDataParallel (gloo on CPU, NCCL on GPU). The batch_size rows of a step
+are split over ranks x grad_accum micro-steps; the loss is the sum of token losses over the
+whole step divided by the step's target count (all-reduced first), so N processes give the
+same step as one process accumulating N times as many micro-steps. Rank 0 writes the log
+and the checkpoint.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -22,16 +32,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from lst_data.config import to_dict
+from lst_data.core.config import to_dict, updated
+from lst_data.core.errors import ConfigError
 from lst_data.records import SampleRecord
 from lst_model.config import RunSpec, run_spec_from_dict
 from lst_model.flops import batch_cost
-from lst_model.model import Batch, build_model, count_parameters, next_token_loss
+from lst_model.model import Batch, build_model, count_parameters, summed_next_token_loss
 from lst_model.sequences import SequenceBuilder, training_sequences
+from lst_model.stream import PackedShardStream, StreamCursor, StreamPosition, batch_from_tensors
+from lst_model.text_corpus import corpus_fingerprint
 from lst_model.tokens import TokenSpace
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
@@ -47,10 +64,39 @@ class TrainResult:
     positions_per_second: float
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(f"cuda:{local_rank}") if name == "cuda" else torch.device(name)
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place among torchrun's processes (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> Distributed:
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, values: Sequence[float], device: torch.device, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        tensor = torch.tensor(values, dtype=dtype, device=device)
+        if self.world_size > 1:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def rows(self, batch_size: int, grad_accum: int) -> list[range]:
+        """This rank's rows of a step, one range per micro-step (rank-major, then micro-step)."""
+        per = batch_size // (self.world_size * grad_accum)
+        first = self.rank * grad_accum * per
+        return [range(first + m * per, first + (m + 1) * per) for m in range(grad_accum)]
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -69,16 +115,36 @@ def make_optimizer(model: nn.Module, spec: RunSpec) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=spec.train.lr, betas=(0.9, 0.95))
 
 
-def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, step: int, spec: RunSpec, space: TokenSpace) -> None:
+def _rng_state(device: torch.device) -> torch.Tensor:
+    """This process's torch RNG state (CPU, and CUDA when training there): dropout draws from it."""
+    states = [torch.get_rng_state()]
+    if device.type == "cuda":
+        states.append(torch.cuda.get_rng_state(device))
+    return torch.cat(states)
+
+
+def _set_rng_state(state: torch.Tensor, device: torch.device) -> None:
+    cpu = torch.get_rng_state().numel()
+    torch.set_rng_state(state[:cpu].clone())
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state[cpu:].clone(), device)
+
+
+def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, step: int, spec: RunSpec, space: TokenSpace,
+                    rng_states: list[torch.Tensor] | None = None, text_corpus: str | None = None,
+                    stream: dict[str, int] | None = None) -> None:
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "step": step,
+        "step": step,  # the data position: a step's rows are a function of (seed, step, row)
         "spec": json.dumps(to_dict(spec), sort_keys=True),
         "token_space": space.to_dict(),
-        "torch_rng": torch.get_rng_state(),
+        "rng_states": rng_states if rng_states is not None else [torch.get_rng_state()],  # one per rank
+        "text_corpus": text_corpus or "",
     }
+    if stream is not None:
+        state["stream"] = stream  # streaming input: epoch and micro-batches consumed
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)  # a killed run never leaves a half-written checkpoint
@@ -112,95 +178,161 @@ def train(
     space: TokenSpace,
     out_dir: str | Path,
     *,
+    texts: Sequence[np.ndarray] | None = None,
+    shard_dir: str | Path | None = None,
     stop_at_step: int | None = None,
     progress_callback=None,
 ) -> TrainResult:
     """Train (or resume from `out_dir/checkpoint.pt`) until spec.steps, or until `stop_at_step`.
 
+    `texts`: BPE ids of the text corpus for the text share (None: transcripts stand in).
+    With `data.input = 'stream'` the rows come from `shard_dir` through `lst_model.stream`
+    (DataLoader workers) and `records` is not used.
     Writes `checkpoint.pt`, `log.jsonl` (one line per logged step: loss, lr, tokens, global
-    positions, FLOPs, throughput) and `config.json` into `out_dir`.
+    positions, FLOPs, throughput) and `config.json` into `out_dir` (rank 0). Under torchrun
+    (WORLD_SIZE > 1) it joins or starts the process group and trains with DDP.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     t = spec.train
+    ranks = Distributed.from_env()
+    device = resolve_device(t.device, ranks.local_rank)
+    owns_group = ranks.world_size > 1 and not dist.is_initialized()
+    if owns_group:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if t.batch_size % (ranks.world_size * t.grad_accum):
+        raise ConfigError(f"train.batch_size {t.batch_size} does not split over {ranks.world_size} processes x "
+                         f"{t.grad_accum} accumulation steps")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
     if t.threads:
         torch.set_num_threads(t.threads)
-    device = resolve_device(t.device)
-    torch.manual_seed(t.seed)
+    if texts is None and ranks.main:
+        log.warning("no text corpus: the transcripts of the speech utterances stand in for the text share "
+                    "(the paper uses an independent text corpus; lst-model train --text)")
+    fingerprint = corpus_fingerprint(texts) or ""
+    torch.manual_seed(t.seed)  # identical initialisation on every rank
     model = build_model(spec.model, space.size).to(device)
     optimizer = make_optimizer(model, spec)
     total = spec.steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t.warmup_steps, total, t.min_lr_ratio))
     start = 0
+    stream_position = None
     checkpoint = out / CHECKPOINT
+    torch.manual_seed(t.seed + ranks.rank)  # dropout: one stream per rank
     if checkpoint.exists():
         state = load_checkpoint(checkpoint, device)
         if state["spec"].hash != spec.hash or state["token_space"] != space:
             raise ValueError(f"{checkpoint} was made with another config or token space; use a new --out")
+        if state.get("text_corpus", "") != fingerprint:
+            raise ValueError(f"{checkpoint} was trained on another text corpus; use a new --out")
+        if len(state["rng_states"]) != ranks.world_size:
+            raise ValueError(f"{checkpoint} was written by {len(state['rng_states'])} processes, this run has {ranks.world_size}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        _set_rng_state(state["rng_states"][ranks.rank], device)
         start = state["step"]
-    log_rows = [row for row in read_log(out) if row["step"] < start]
-    (out / LOG).write_text("".join(json.dumps(row) + "\n" for row in log_rows), encoding="utf-8")
-    (out / "config.json").write_text(json.dumps({"spec": to_dict(spec), "token_space": space.to_dict()}, indent=2), encoding="utf-8")
+        stream_position = state.get("stream")
+    # only rank 0 reads and rewrites the log (another rank could read it half-rewritten)
+    log_rows = [row for row in read_log(out) if row["step"] < start] if ranks.main else []
+    if ranks.main:
+        (out / LOG).write_text("".join(json.dumps(row) + "\n" for row in log_rows), encoding="utf-8")
+        (out / "config.json").write_text(json.dumps({"spec": to_dict(spec), "token_space": space.to_dict(),
+                                                     "text_corpus_sha256": fingerprint or None,
+                                                     "processes": ranks.world_size}, indent=2), encoding="utf-8")
+    wrapped = nn.parallel.DistributedDataParallel(model) if ranks.world_size > 1 else model
 
     flat = spec.model.kind == "baseline"
-    both_models = {kind: dataclasses.replace(spec.model, kind=kind) for kind in ("lst", "baseline")}
-    builder = SequenceBuilder(space, spec.data)
+    both_models = {kind: updated(spec.model, {"kind": kind}) for kind in ("lst", "baseline")}
+    builder = SequenceBuilder(space, spec.data, texts)
+    cursor = None
+    if spec.data.input == "stream":
+        if shard_dir is None:
+            raise ValueError("data.input = 'stream' needs shard_dir")
+        rows_per_micro = t.batch_size // (ranks.world_size * t.grad_accum)
+        dataset = PackedShardStream(shard_dir, spec, space, rows=rows_per_micro, world_size=ranks.world_size, texts=texts)
+        cursor = StreamCursor(dataset, t.loader_workers, StreamPosition(**stream_position) if stream_position else None,
+                              any_exhausted=lambda flag: bool(ranks.all_sum([flag], device, torch.int64)[0]))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     totals = log_rows[-1]["cumulative"] if log_rows else {"tokens": 0, "global_positions": 0, "train_flops": 0}
     stop = total if stop_at_step is None else min(total, stop_at_step)
     loss_value, window = float("nan"), {"tokens": 0, "global_positions": 0, "seconds": 0.0}
-    model.train()
-    with (out / LOG).open("a", encoding="utf-8") as log:
+    wrapped.train()
+    with (out / LOG).open("a", encoding="utf-8") if ranks.main else nullcontext() as log_file:
         for step in range(start, stop):
             began = time.perf_counter()
-            sequences = training_sequences(
-                builder, records, seed=t.seed, step=step, n_sequences=t.batch_size,
-                positions=spec.data.seq_positions, flat=flat, progress=step / total,
-            )
-            batch = Batch.from_examples(sequences, space.pad, flat)
-            same_data = {kind: batch_cost(config, space.size, Batch.from_examples(sequences, space.pad, kind == "baseline"))
-                         for kind, config in both_models.items()}
-            cost = same_data[spec.model.kind]
-            batch = batch.to(device)
-            with autocast:
-                loss, _ = next_token_loss(model(batch), batch)
+            micro_batches, costs = [], []
+            for rows in ranks.rows(t.batch_size, t.grad_accum):
+                if cursor is not None:
+                    item = cursor.next()
+                    micro_batches.append(batch_from_tensors(item))
+                    costs.append(item["cost"])
+                    continue
+                sequences = training_sequences(
+                    builder, records, seed=t.seed, step=step, rows=rows,
+                    positions=spec.data.seq_positions, flat=flat, progress=step / total,
+                )
+                micro_batches.append(Batch.from_examples(sequences, space.pad, flat))
+                costs.append(torch.tensor([[c.tokens, c.global_positions, c.train_flops] for c in
+                                           (batch_cost(config, space.size, Batch.from_examples(sequences, space.pad, kind == "baseline"))
+                                            for kind, config in both_models.items())]))
+            sums = ranks.all_sum([sum(int(b.valid[:, 1:].sum()) for b in micro_batches),
+                                  *torch.stack(costs).sum(0).flatten().tolist()], device, torch.int64).tolist()
+            n_targets = sums[0]
+            same_data = {kind: {"tokens": sums[1 + 3 * i], "global_positions": sums[2 + 3 * i], "train_flops": sums[3 + 3 * i]}
+                         for i, kind in enumerate(both_models)}
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            step_loss = 0.0
+            for index, batch in enumerate(micro_batches):
+                batch = batch.to(device)
+                sync = index == len(micro_batches) - 1 or ranks.world_size == 1
+                with (nullcontext() if sync else wrapped.no_sync()), autocast:
+                    loss_sum = summed_next_token_loss(wrapped(batch), batch)
+                # DDP averages gradients over ranks: scale back to the sum over the whole step
+                (loss_sum * (ranks.world_size / n_targets)).backward()
+                step_loss += float(loss_sum.detach())
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             optimizer.step()
             scheduler.step()
-            loss_value = float(loss.detach())
+            loss_value = float(ranks.all_sum([step_loss], device)[0]) / n_targets
             elapsed = time.perf_counter() - began
-            window = {"tokens": window["tokens"] + cost.tokens,
-                      "global_positions": window["global_positions"] + cost.global_positions,
+            cost = same_data[spec.model.kind]
+            window = {"tokens": window["tokens"] + cost["tokens"],
+                      "global_positions": window["global_positions"] + cost["global_positions"],
                       "seconds": window["seconds"] + elapsed}
-            totals = {
-                "tokens": totals["tokens"] + cost.tokens,
-                "global_positions": totals["global_positions"] + cost.global_positions,
-                "train_flops": totals["train_flops"] + cost.train_flops,
-            }
-            if (step + 1) % t.log_every == 0 or step + 1 == stop:
+            totals = {key: totals[key] + cost[key] for key in ("tokens", "global_positions", "train_flops")}
+            if ranks.main and ((step + 1) % t.log_every == 0 or step + 1 == stop):
                 row = {
                     "step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                    "tokens": cost.tokens, "global_positions": cost.global_positions,
+                    "tokens": cost["tokens"], "global_positions": cost["global_positions"],
                     "tokens_per_s": window["tokens"] / window["seconds"],
                     "positions_per_s": window["global_positions"] / window["seconds"],
                     "window": window, "cumulative": totals,
                     # this batch costed for both models (same tokens): the compute-control figure
-                    "same_data": {kind: {"global_positions": c.global_positions, "train_flops": c.train_flops}
+                    "same_data": {kind: {"global_positions": c["global_positions"], "train_flops": c["train_flops"]}
                                   for kind, c in same_data.items()},
                 }
-                log.write(json.dumps(row) + "\n")
-                log.flush()
+                log_file.write(json.dumps(row) + "\n")
+                log_file.flush()
                 window = {"tokens": 0, "global_positions": 0, "seconds": 0.0}
                 if progress_callback is not None:
                     progress_callback(row)
             if (step + 1) % t.checkpoint_every == 0 or step + 1 == stop:
-                save_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, step=step + 1, spec=spec, space=space)
+                rng_states = [_rng_state(device)]
+                if ranks.world_size > 1:
+                    gathered: list[Any] = [None] * ranks.world_size
+                    dist.all_gather_object(gathered, rng_states[0].cpu())
+                    rng_states = gathered
+                if ranks.main:
+                    save_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, step=step + 1,
+                                    spec=spec, space=space, rng_states=rng_states, text_corpus=fingerprint,
+                                    stream=cursor.state() if cursor is not None else None)
+    if ranks.world_size > 1:
+        dist.barrier()  # every rank returns after rank 0's checkpoint is on disk
+    if owns_group:
+        dist.destroy_process_group()
     rows = read_log(out)
     seconds = sum(r["window"]["seconds"] for r in rows) or float("nan")
     return TrainResult(

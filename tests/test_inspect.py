@@ -191,8 +191,8 @@ def test_plot_with_audio_draws_a_spectrogram(tmp_path):
         assert any(n.endswith(".flac") for n in tar.getnames())
 
 
-def test_stats_prints_dataset_json_figures_without_reading_tars(shard_dir, tmp_path):
-    """The figures come from dataset.json's tally: a changed count shows, with the tars gone."""
+def test_stats_prints_dataset_json_figures_without_reading_tars(shard_dir, tmp_path, capsys):
+    """The figures come from dataset.json's tally: a changed count shows, with the tars gone (--no-verify)."""
     copy = tmp_path / "copy"
     shutil.copytree(shard_dir, copy)
     dataset = json.loads((copy / "dataset.json").read_text())
@@ -200,9 +200,29 @@ def test_stats_prints_dataset_json_figures_without_reading_tars(shard_dir, tmp_p
     (copy / "dataset.json").write_text(json.dumps(dataset))
     for tar in copy.glob("*.tar"):
         tar.write_bytes(b"not a tar")
-    result = invoke("stats", str(copy))
+    result = invoke("stats", str(copy), "--no-verify")
     assert result.exit_code == 0, result.output
     assert "123457" in result.output
+    code, _, err = _lst_data(capsys, "stats", str(copy))  # the default checks each tar against its sidecar first
+    assert code == 2 and "train-000000.tar: 9 bytes, sidecar says" in err
+
+
+def test_stats_refuses_a_dataset_json_that_lists_other_shards(shard_dir, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(shard_dir, copy)
+    (copy / "train-000003.tar").unlink()
+    code, _, err = _lst_data(capsys, "stats", str(copy), "--no-verify")
+    assert code == 2 and "dataset.json lists 4 shards, 3 are in" in err and "missing: train-000003.tar" in err
+
+
+def test_show_follows_only_shards_of_the_directory(shard_dir, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(shard_dir, copy)
+    index = pq.read_table(copy / "index.parquet").to_pylist()
+    index[0]["shard"] = "../../elsewhere-000000.tar"
+    pq.write_table(pa.Table.from_pylist(index, schema=pq.read_schema(copy / "index.parquet")), copy / "index.parquet")
+    code, _, err = _lst_data(capsys, "show", str(copy), index[0]["id"])
+    assert code == 2 and "not a shard of this directory" in err
 
 
 def test_stats_tallies_the_shards_for_another_patch_size(shard_dir):

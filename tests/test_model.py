@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from lst_data.core.config import updated
 from lst_model.config import PRESETS, ModelConfig, load_run_spec
 from lst_model.flops import batch_cost
 from lst_model.model import Batch, build_model, count_parameters
-from lst_model.sequences import SequenceBuilder, crop_patch_lengths
+from lst_model.sequences import SequenceBuilder, crop_patch_lengths, pack
 from lst_model.synthetic import ToyLanguage, synthetic_dataset_json, synthetic_records
 from lst_model.tokens import TokenSpace
 
@@ -32,7 +33,7 @@ def _examples(strategy: str):
 
 def _model(kind: str):
     torch.manual_seed(0)
-    return build_model(dataclasses.replace(SMALL, kind=kind), SPACE.size).eval()
+    return build_model(updated(SMALL, {"kind": kind}), SPACE.size).eval()
 
 
 @pytest.mark.parametrize("kind,strategy", [("lst", "static"), ("lst", "word_sil_sep"), ("lst", "word_sil_merged"),
@@ -46,7 +47,7 @@ def test_changing_a_future_token_never_changes_earlier_logits(kind, strategy):
             reference = model(batch)
         n = batch.tokens.shape[1]
         for t in (1, n // 3, n // 2, n - 2):
-            changed = Batch(batch.tokens.clone(), batch.patch_index, batch.n_patches)
+            changed = batch.with_tokens(batch.tokens.clone())
             changed.tokens[0, t] = (changed.tokens[0, t] + 7) % SPACE.size
             with torch.no_grad():
                 logits = model(changed)
@@ -62,7 +63,7 @@ def test_lst_patch_boundary_information_flow():
     batch = Batch.from_examples([example], SPACE.pad)
     with torch.no_grad():
         reference = model(batch)
-    changed = Batch(batch.tokens.clone(), batch.patch_index, batch.n_patches)
+    changed = batch.with_tokens(batch.tokens.clone())
     changed.tokens[0, 2] = (changed.tokens[0, 2] + 3) % SPACE.size  # first unit, in patch 2
     with torch.no_grad():
         logits = model(changed)
@@ -82,6 +83,59 @@ def test_rows_do_not_depend_on_padding_or_neighbours(kind):
     torch.testing.assert_close(together[1, :30], alone[0], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("strategy", ["static", "word_sil_sep"])
+def test_decoder_reads_a_finished_patchs_global_state_at_its_last_token(strategy):
+    """BLT wiring: token i sees g_k for k < patch(target of i). Shifting g_j changes the
+    logits from the last token of patch j on, and at no earlier position."""
+    model = _model("lst")
+    example = _examples(strategy)[1]  # interleaved: one-token text patches and multi-token speech patches
+    batch = Batch.from_examples([example], SPACE.pad)
+    ends = np.cumsum(example.patch_lengths) - 1  # last token of each patch
+    with torch.no_grad():
+        reference = model(batch)
+    multi = [j for j, n in enumerate(example.patch_lengths) if n > 1]
+    single = [j for j, n in enumerate(example.patch_lengths) if n == 1 and j + 1 < len(example.patch_lengths)]
+    for j in (single[1], single[-1], multi[0], multi[len(multi) // 2]):
+        def shift(module, inputs, output, j=j):
+            output = output.clone()
+            output[:, j] += torch.linspace(-1, 1, output.shape[-1])  # not a constant: LayerNorm would remove it
+            return output
+
+        handle = model.global_norm.register_forward_hook(shift)
+        with torch.no_grad():
+            logits = model(batch)
+        handle.remove()
+        last = int(ends[j])
+        torch.testing.assert_close(logits[0, :last], reference[0, :last], rtol=0, atol=1e-6)
+        assert not torch.allclose(logits[0, last], reference[0, last], atol=1e-4), f"token {last} must read g_{j}"
+
+
+@pytest.mark.parametrize("kind", ["lst", "baseline"])
+def test_packed_documents_do_not_see_each_other(kind):
+    """Block-causal masks and per-document RoPE: perturbing any token of example A leaves
+    every logit of the next example B unchanged, and B's logits equal B's logits alone."""
+    model = _model(kind)
+    flat = kind == "baseline"
+    first, second = _examples("word_sil_sep")
+    packed = pack(iter([first, second]), 10**6, flat)
+    batch = Batch.from_examples([packed], SPACE.pad, flat)
+    n_a = len(first.tokens)
+    with torch.no_grad():
+        reference = model(batch)
+        alone = model(Batch.from_examples([second], SPACE.pad, flat))
+    torch.testing.assert_close(reference[0, n_a:], alone[0], rtol=0, atol=1e-5)
+    generator = torch.Generator().manual_seed(0)
+    for t in range(0, n_a, 3):
+        changed = batch.with_tokens(batch.tokens.clone())
+        changed.tokens[0, t] = int(torch.randint(SPACE.size, (1,), generator=generator))
+        with torch.no_grad():
+            logits = model(changed)
+        torch.testing.assert_close(logits[0, n_a:], reference[0, n_a:], rtol=0, atol=1e-6)
+    changed.tokens[0, :n_a] = SPACE.pad
+    with torch.no_grad():
+        assert not torch.allclose(model(changed)[0, :n_a], reference[0, :n_a], atol=1e-4), "A itself does change"
+
+
 @pytest.mark.parametrize("kind", ["lst", "baseline"])
 def test_flop_accounting_matches_torch_counter(kind):
     """FlopCounterMode counts every matmul but not the pairs inside CPU masked SDPA, so the
@@ -98,8 +152,8 @@ def test_flop_accounting_matches_torch_counter(kind):
 
 def test_lst_uses_fewer_global_positions_than_baseline():
     example = _examples("static")[0]
-    lst = batch_cost(dataclasses.replace(SMALL, kind="lst"), SPACE.size, Batch.from_examples([example], SPACE.pad))
-    base = batch_cost(dataclasses.replace(SMALL, kind="baseline"), SPACE.size, Batch.from_examples([example], SPACE.pad, True))
+    lst = batch_cost(updated(SMALL, {"kind": "lst"}), SPACE.size, Batch.from_examples([example], SPACE.pad))
+    base = batch_cost(updated(SMALL, {"kind": "baseline"}), SPACE.size, Batch.from_examples([example], SPACE.pad, True))
     n_units = len(example.tokens) - 3
     assert base.global_positions == len(example.tokens)
     assert lst.global_positions == 3 + -(-n_units // 4)
@@ -113,3 +167,47 @@ def test_presets_span_tiny_to_about_100m_parameters():
     assert sizes["tiny"] < 5e6
     assert 80e6 < sizes["base"] < 130e6
     assert sizes["tiny"] < sizes["small"] < sizes["base"]
+
+
+def test_presets_keep_the_papers_proportions():
+    for name, preset in PRESETS.items():
+        config = ModelConfig(**preset)
+        assert config.d_local * 2 == config.d_global, name
+        assert config.n_encoder_layers == 1, name
+        assert abs(config.n_decoder_layers - 0.36 * config.n_global_layers) <= 0.7 and config.n_decoder_layers >= 1, name
+
+
+@pytest.mark.parametrize("vocab", [SPACE, TokenSpace(32000, 501)], ids=["toy", "llama2+hubert"])
+def test_every_preset_spends_fewer_flops_than_the_baseline_on_speech(vocab):
+    """A speech-only utterance, static p=4, at equal global width: the LST's forward FLOPs
+    stay below the baseline's (the old tiny preset, local width = global width, cost 1.64x)."""
+    builder = SequenceBuilder(vocab, load_run_spec().data)
+    lst_total = base_total = 0
+    for record in RECORDS:
+        example = builder.speech_example(record, "static")
+        for name, preset in PRESETS.items():
+            lst = batch_cost(ModelConfig(**preset, kind="lst"), vocab.size, Batch.from_examples([example], vocab.pad))
+            base = batch_cost(ModelConfig(**preset, kind="baseline"), vocab.size, Batch.from_examples([example], vocab.pad, True))
+            assert lst.forward_flops < 0.7 * base.forward_flops, (name, record.id)
+            lst_total, base_total = lst_total + lst.forward_flops, base_total + base.forward_flops
+    assert lst_total < base_total
+
+
+def test_sparse_attention_count_equals_the_pairs_the_masks_allow():
+    """On a packed row of two documents, the default (non-dense) count must equal the True
+    entries of the masks the model builds (local windowed, global, decoder cross-attention)."""
+    from lst_model.model import document_causal_mask, patch_documents, target_patch_index
+
+    config = updated(SMALL, {"kind": "lst"})
+    first, second = _examples("word_sil_sep")
+    batch = Batch.from_examples([pack(iter([first, second]), 10**6, False)], SPACE.pad)
+    n_patches = int(batch.n_patches.max())
+    local = int(document_causal_mask(batch.document, config.local_window).sum())
+    patch_document = patch_documents(batch, n_patches)
+    global_pairs = int(document_causal_mask(patch_document).sum())
+    before = torch.arange(n_patches)[None, None, :] < target_patch_index(batch)[:, :, None]
+    decoder = int((before & (patch_document[:, None, :] == batch.document[:, :, None])).sum()) + batch.tokens.shape[1]
+    n_local = config.n_encoder_layers + config.n_decoder_layers
+    expected = (4 * config.d_local * (n_local * local + batch.tokens.shape[1] + config.n_decoder_layers * decoder)
+                + 4 * config.d_global * config.n_global_layers * global_pairs)
+    assert batch_cost(config, SPACE.size, batch).attention_flops == expected

@@ -1,4 +1,4 @@
-"""The training reader: exact epochs split by rank and worker, resampling, member checks."""
+"""The training reader: exact epochs split by rank and worker, resampling, member checks, sidecar verification."""
 
 from __future__ import annotations
 
@@ -13,8 +13,15 @@ from lst_data.config import RunConfig
 from lst_data.core.config import updated
 from lst_data.records import SampleRecord
 from lst_data.shards.join import join_records
-from lst_data.shards.layout import UnsafeMemberError
-from lst_data.shards.reader import ShardSet, iter_records, iter_shard, make_loader, shard_pipeline
+from lst_data.shards.reader import (
+    BadShardError,
+    ShardSet,
+    SkipAndCount,
+    iter_records,
+    iter_shard,
+    make_loader,
+    shard_pipeline,
+)
 from lst_data.shards.synthetic import synthetic_tables
 from lst_data.shards.writer import write_shards
 
@@ -114,19 +121,76 @@ def test_hostile_members_are_refused(tmp_path, shard_dir, name, kind):
     else:
         info.size = len(payload)
     evil = _tar_with(tmp_path, shard_dir, info, payload)
-    with pytest.raises(UnsafeMemberError):
-        list(iter_shard(evil))
+    with pytest.raises(BadShardError, match=r"evil-000000\.tar: .*(unsafe|unexpected tar member|link)"):
+        list(iter_shard(evil, verify=False))  # refused by the member checks, not by the sidecar
     evil.with_suffix(".json").write_bytes((shard_dir / "train-000000.json").read_bytes())
-    pipeline = shard_pipeline(tmp_path, split="evil", batch_size=2, shuffle=False)
-    with pytest.raises(UnsafeMemberError):
+    pipeline = shard_pipeline(tmp_path, split="evil", batch_size=2, shuffle=False, verify=False)
+    with pytest.raises(BadShardError, match="evil-000000.tar"):
         list(pipeline)
 
 
 def test_missing_sidecar_means_incomplete(tmp_path, shard_dir):
     source = sorted(shard_dir.glob("*.tar"))[0]
     (tmp_path / "train-000000.tar").write_bytes(source.read_bytes())
-    with pytest.raises(FileNotFoundError, match="sidecar"):
+    with pytest.raises(BadShardError, match="train-000000.tar: no sidecar train-000000.json"):
         ShardSet.from_dir(tmp_path)
+    with pytest.raises(BadShardError, match="no sidecar"):
+        list(iter_records(tmp_path))
+
+
+@pytest.fixture
+def two_shards_one_flipped(tmp_path, shard_dir) -> Path:
+    """Shards 0 and 1 of the module's set, with one byte of shard 1's first unit member flipped."""
+    import shutil
+
+    for name in ("train-000000", "train-000001"):
+        for ext in ("tar", "json"):
+            shutil.copy(shard_dir / f"{name}.{ext}", tmp_path / f"{name}.{ext}")
+    tar = tmp_path / "train-000001.tar"
+    with tarfile.open(tar) as t:
+        units = next(m for m in t.getmembers() if m.name.endswith(".units.npy"))
+    raw = bytearray(tar.read_bytes())
+    raw[units.offset_data + 200] ^= 0x01  # a unit id, still a valid int16 array
+    tar.write_bytes(bytes(raw))
+    return tmp_path
+
+
+def test_verification_catches_a_flipped_unit_byte_and_names_the_shard(two_shards_one_flipped):
+    with pytest.raises(BadShardError, match=r"train-000001\.tar: sha256 differs"):
+        list(iter_records(two_shards_one_flipped))
+    with pytest.raises(BadShardError, match=r"train-000001\.tar: sha256 differs"):
+        list(shard_pipeline(two_shards_one_flipped, batch_size=2, shuffle=False))
+    # opting out trusts the tar: all 10 samples come back, one of them with a changed unit
+    assert len(list(iter_records(two_shards_one_flipped, verify=False))) == 10
+
+
+def test_skip_and_count_policy_drops_the_bad_shard_and_counts_it(two_shards_one_flipped):
+    policy = SkipAndCount()
+    records = list(iter_records(two_shards_one_flipped, handler=policy))
+    assert len(records) == 5 and policy.count == 1 and "train-000001.tar: sha256" in policy.problems[0]
+    policy = SkipAndCount()
+    batches = list(shard_pipeline(two_shards_one_flipped, batch_size=2, shuffle=False, handler=policy))
+    assert sum(len(b) for b in batches) == 5 and policy.count == 1
+
+
+def test_load_records_verifies_by_default(two_shards_one_flipped):
+    from lst_model.data import load_records
+
+    with pytest.raises(BadShardError, match="train-000001.tar"):
+        load_records(two_shards_one_flipped)
+
+
+def test_resampled_mode_hashes_each_tar_once_per_worker(shard_dir, monkeypatch):
+    import lst_data.shards.pipeline as pipeline_module
+
+    verified = []
+    real = pipeline_module.verify_shard
+    monkeypatch.setattr(
+        pipeline_module, "verify_shard", lambda path, limits: verified.append(path.name) or real(path, limits)
+    )
+    pipeline = shard_pipeline(shard_dir, batch_size=4, shuffle=True, mode="resampled", epoch_samples=200, seed=3)
+    assert sum(len(b) for b in pipeline) == 200  # 40+ shard draws from 8 shards
+    assert len(verified) == len(set(verified)) >= 4
 
 
 @pytest.mark.parametrize("units", [[], [0], [1, -2, 32767], list(range(1000))])

@@ -34,7 +34,7 @@ SMALL = ModelConfig(d_global=32, n_global_layers=1, n_global_heads=2, d_local=32
 
 def _model(kind):
     torch.manual_seed(0)
-    spec = load_run_spec(overrides={"model": {**dataclasses.asdict(SMALL), "kind": kind}})
+    spec = load_run_spec(overrides={"model": {**SMALL.model_dump(), "kind": kind}})
     return build_model(spec.model, SPACE.size).eval(), spec
 
 
@@ -54,10 +54,13 @@ def test_score_is_the_sum_of_autoregressive_next_token_log_probs(kind, mode):
             example, first = choice_example(item, ending, SPACE, 4)
             expected = 0.0
             for t in range(first, len(example.tokens)):
-                prefix = dataclasses.replace(example, tokens=example.tokens[:t], patch_lengths=np.array(crop_patch_lengths(example.patch_lengths, 0, t)))
+                # Generation knows where token t's (static) patch lies, not its value: a placeholder
+                # stands at t, so token t-1 reads the global states up to the patch before t's (BLT).
+                tokens = np.concatenate([example.tokens[:t], [SPACE.pad]])
+                prefix = dataclasses.replace(example, tokens=tokens, patch_lengths=np.array(crop_patch_lengths(example.patch_lengths, 0, t + 1)))
                 with torch.no_grad():
                     logits = model(Batch.from_examples([prefix], SPACE.pad, flat))
-                expected += float(torch.log_softmax(logits[0, -1].float(), -1)[example.tokens[t]])
+                expected += float(torch.log_softmax(logits[0, -2].float(), -1)[example.tokens[t]])
             assert total == pytest.approx(expected, abs=1e-3)
         assert score.lengths == [len(e) for e in item.endings]
 
@@ -157,7 +160,7 @@ def test_cli_build_task_and_score(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from lst_data.tokenize.tokenizer import train_tokenizer
-    from lst_model.cli import main
+    from lst_model.cli import cli
     from lst_model.train import save_checkpoint
 
     (tmp_path / "toyquant.py").write_text(
@@ -178,10 +181,10 @@ def test_cli_build_task_and_score(tmp_path, monkeypatch):
              "the moon is cheese", "cars fly"] * 4
     tokenizer = train_tokenizer(texts, tmp_path / "bpe.model", vocab_size=60, seed=0)
     runner = CliRunner()
-    result = runner.invoke(main, ["build-task", "--input", str(source), "--mode", "text", "--tokenizer",
+    result = runner.invoke(cli, ["build-task", "--input", str(source), "--mode", "text", "--tokenizer",
                                   str(tmp_path / "bpe.model"), "--out", str(tmp_path / "text.jsonl")])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(main, ["build-task", "--input", str(source), "--mode", "speech", "--quantizer", "toyquant:make",
+    result = runner.invoke(cli, ["build-task", "--input", str(source), "--mode", "speech", "--quantizer", "toyquant:make",
                                   "--quantizer-arg", "8", "--out", str(tmp_path / "speech.jsonl")])
     assert result.exit_code == 0, result.output
     text_items, speech_items = read_items(tmp_path / "text.jsonl"), read_items(tmp_path / "speech.jsonl")
@@ -194,7 +197,7 @@ def test_cli_build_task_and_score(tmp_path, monkeypatch):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     save_checkpoint(tmp_path / "checkpoint.pt", model=model, optimizer=optimizer, scheduler=scheduler, step=0, spec=spec, space=space)
     for name in ("text", "speech"):
-        result = runner.invoke(main, ["score", "--model", str(tmp_path / "checkpoint.pt"), "--task", str(tmp_path / f"{name}.jsonl")])
+        result = runner.invoke(cli, ["score", "--model", str(tmp_path / "checkpoint.pt"), "--task", str(tmp_path / f"{name}.jsonl")])
         assert result.exit_code == 0, result.output
         assert json.loads(result.output.strip().splitlines()[-1])[name]["n"] == 2
 
@@ -209,7 +212,7 @@ def test_units_quantizer_matches_the_units_stage_frame_rate(tmp_path):
     from lst_data.units.encoders import build_encoder
     from lst_model.tasks import units_quantizer
 
-    config = dataclasses.replace(UnitsConfig(), device="cpu")
+    config = UnitsConfig(device="cpu")
     dim = build_encoder(config).dim
     centroids = np.random.default_rng(0).normal(size=(16, dim)).astype(np.float32)
     save_codebook(centroids, tmp_path / "codebook.npy", {"units_config": to_dict(config), "encoder": config.encoder,

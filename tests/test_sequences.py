@@ -9,6 +9,7 @@ import pytest
 from lst_data.patching import patch_lengths
 from lst_model.config import DataConfig, load_run_spec
 from lst_model.sequences import (
+    KINDS,
     SequenceBuilder,
     crop_patch_lengths,
     curriculum_aligned_prob,
@@ -126,9 +127,9 @@ def test_curriculum_example_patching_follows_progress():
     record = RECORDS[1]
     static = builder.speech_example(record, "static").patch_lengths.tolist()
     aligned = builder.speech_example(record, "word_sil_merged").patch_lengths.tolist()
-    early = [builder.sample_example(record, rng, 0.1).patch_lengths.tolist() for _ in range(20)]
-    late = [builder.sample_example(record, rng, 0.8).patch_lengths.tolist() for _ in range(20)]
-    middle = [builder.sample_example(record, rng, 0.5).patch_lengths.tolist() for _ in range(200)]
+    early = [builder.sample_example(2, record, rng, 0.1).patch_lengths.tolist() for _ in range(20)]
+    late = [builder.sample_example(2, record, rng, 0.8).patch_lengths.tolist() for _ in range(20)]
+    middle = [builder.sample_example(2, record, rng, 0.5).patch_lengths.tolist() for _ in range(200)]
     assert all(p == aligned for p in early) and all(p == static for p in late)
     assert 0.35 < sum(p == aligned for p in middle) / 200 < 0.65
 
@@ -140,25 +141,44 @@ def test_mixed_chooses_per_example():
     record = RECORDS[3]
     aligned = builder.speech_example(record, "bpe").patch_lengths.tolist()
     static = builder.speech_example(record, "static").patch_lengths.tolist()
-    drawn = [builder.sample_example(record, rng, 0.9).patch_lengths.tolist() for _ in range(400)]
+    drawn = [builder.sample_example(2, record, rng, 0.9).patch_lengths.tolist() for _ in range(400)]
     assert set(map(tuple, drawn)) == {tuple(aligned), tuple(static)}
     assert 0.18 < drawn.count(aligned) / 400 < 0.32
 
 
-def test_mixture_weights():
-    builder = SequenceBuilder(SPACE, DataConfig())
-    rng = np.random.default_rng(0)
-    kinds = [builder.sample_example(RECORDS[i % 40], rng, 0.0).kind for i in range(600)]
-    assert 0.27 < kinds.count("interleaved") / 600 < 0.39
-    assert kinds.count("speech") == 0
+def _token_shares(builder, n_examples=600, seed=0):
+    stream = builder.example_stream(RECORDS, np.random.default_rng(seed), 0.0)
+    tokens = dict.fromkeys(KINDS, 0)
+    for _ in range(n_examples):
+        example = next(stream)
+        tokens[example.kind] += len(example.tokens)
+    total = sum(tokens.values())
+    return {kind: n / total for kind, n in tokens.items()}
+
+
+def test_mixture_weights_are_token_shares():
+    shares = _token_shares(SequenceBuilder(SPACE, DataConfig()))
+    assert shares["interleaved"] == pytest.approx(0.33, abs=0.01) and shares["speech"] == 0
+    shares = _token_shares(SequenceBuilder(SPACE, DataConfig(interleaved_weight=0.2, text_weight=0.5, speech_weight=0.3)))
+    assert shares == pytest.approx({"interleaved": 0.2, "text": 0.5, "speech": 0.3}, abs=0.01)
     only_speech = SequenceBuilder(SPACE, DataConfig(interleaved_weight=0, text_weight=0, speech_weight=1))
-    assert {only_speech.sample_example(RECORDS[0], rng, 0.0).kind for _ in range(5)} == {"speech"}
+    assert _token_shares(only_speech, 5)["speech"] == 1.0
+
+
+def test_text_share_comes_from_the_text_corpus():
+    corpus = [np.array([5, 6, 7]), np.array([9, 9])]
+    builder = SequenceBuilder(SPACE, DataConfig(), texts=corpus)
+    stream = builder.example_stream(RECORDS, np.random.default_rng(0), 0.0)
+    texts = [ex.tokens[2:-1].tolist() for ex in (next(stream) for _ in range(50)) if ex.kind == "text"]
+    assert texts and {tuple(t) for t in texts} == {(5, 6, 7), (9, 9)}
+    transcripts = {tuple(piece.id for piece in r.bpe) for r in RECORDS}
+    assert not transcripts & {tuple(t) for t in texts}
 
 
 def test_packing_fills_exact_positions_and_shares_the_stream():
     spec = load_run_spec(overrides={"data": {"patching": "static"}})
     builder = SequenceBuilder(SPACE, spec.data)
-    kwargs = dict(seed=3, step=7, n_sequences=4, positions=96, progress=0.0)
+    kwargs = dict(seed=3, step=7, rows=range(4), positions=96, progress=0.0)
     lst = training_sequences(builder, RECORDS, flat=False, **kwargs)
     flat = training_sequences(builder, RECORDS, flat=True, **kwargs)
     for a, b in zip(lst, flat, strict=True):
@@ -180,3 +200,6 @@ def test_pack_cuts_at_patch_boundary():
     flat = pack(iter([example, example]), 5, flat=True)
     assert flat.tokens.tolist() == example.tokens[:5].tolist()
     assert flat.patch_lengths.tolist() == [1, 1, 3], "the LST patching of the same tokens, last patch cut"
+    assert packed.document_lengths.tolist() == [14]
+    two = pack(iter([example, example]), len(example.patch_lengths) + 3, flat=False)
+    assert two.document_lengths.tolist() == [len(example.tokens), 1 + 1 + 4], "BOS, <s>, one static patch"

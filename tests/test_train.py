@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from lst_model.cli import main
+from lst_model.cli import cli
 from lst_model.config import load_run_spec, replace
 from lst_model.synthetic import ToyLanguage, synthetic_dataset_json, synthetic_records, write_synthetic_shards
 from lst_model.tokens import TokenSpace
@@ -83,24 +83,25 @@ def test_cli_train_score_compare_plot(tmp_path):
     )
     runner = CliRunner()
     for kind in ("lst", "baseline"):
-        result = runner.invoke(main, ["train", "--shards", str(shards), "--config", str(config),
+        result = runner.invoke(cli, ["train", "--shards", str(shards), "--config", str(config),
                                       "--out", str(tmp_path / kind), "--set", f"model.kind={kind}"])
         assert result.exit_code == 0, result.output
         summary = json.loads(result.output.strip().splitlines()[-1])
         assert summary["steps"] == 4 and summary["tokens_per_second"] > 0
         assert (tmp_path / kind / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    result = runner.invoke(main, ["score", "--model", str(tmp_path / "lst"), "--shards", str(shards),
+    result = runner.invoke(cli, ["score", "--model", str(tmp_path / "lst"), "--shards", str(shards),
                                   "--out", str(tmp_path / "scores.jsonl")])
     assert result.exit_code == 0, result.output
     accuracies = json.loads(result.output.strip().splitlines()[-1])
     assert set(accuracies) == {"speech", "text"} and accuracies["speech"]["n"] > 0
     assert len((tmp_path / "scores.jsonl").read_text().splitlines()) == accuracies["speech"]["n"] + accuracies["text"]["n"]
-    result = runner.invoke(main, ["compare", "--shards", str(shards), "--json"])
+    result = runner.invoke(cli, ["compare", "--shards", str(shards), "--json", "--mixture-tokens", "5000"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    assert "transcripts stand in" in result.stderr
+    report = json.loads(result.stdout)
     positions = report["speech_only"]["positions_per_utterance"]
     assert positions["baseline"] > 3 * positions["static"]
-    result = runner.invoke(main, ["plot", f"lst={tmp_path / 'lst'}", f"baseline={tmp_path / 'baseline'}",
+    result = runner.invoke(cli, ["plot", f"lst={tmp_path / 'lst'}", f"baseline={tmp_path / 'baseline'}",
                                   "--out", str(tmp_path / "both.png")])
     assert result.exit_code == 0 and (tmp_path / "both.png").stat().st_size > 1000
 
@@ -131,3 +132,11 @@ def test_trained_models_find_the_true_continuation(tmp_path):
         model, spec, space = load_model(tmp_path / kind / CHECKPOINT)
         result = accuracy(score_items(model, spec, space, heldout_continuation_items(heldout, "text")))
         assert result["acc_per_token"] > 0.7, (kind, result)
+
+
+@pytest.mark.parametrize("setting,field", [("data.input=bogus", "data.input"), ("train.grad_accum=3", "train.grad_accum"),
+                                           ("data.stream_mode=sometimes", "data.stream_mode")])
+def test_bad_run_settings_are_one_line_usage_errors(tmp_path, setting, field):
+    shards = write_synthetic_shards(tmp_path / "shards", 4)
+    result = CliRunner().invoke(cli, ["train", "--shards", str(shards), "--out", str(tmp_path / "run"), "--set", setting])
+    assert result.exit_code == 2 and field in result.output and "Traceback" not in result.output

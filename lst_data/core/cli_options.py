@@ -20,12 +20,18 @@ import click
 from lst_data.core.errors import EXIT_USAGE, UserError
 
 
-def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--config, --set (repeatable) and --runner."""
+def config_file_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--config and --set (repeatable)."""
     fn = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                      help="Run config (YAML); defaults in code (`lst-data config`).")(fn)
+                      help="Run config (YAML); defaults in code (`lst-data config`, docs/model.md).")(fn)
     fn = click.option("--set", "assignments", multiple=True, metavar="FIELD=VALUE",
                       help="Override one config field, e.g. --set units.k=200 (repeatable; after --config).")(fn)
+    return fn
+
+
+def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--config, --set (repeatable) and --runner."""
+    fn = config_file_options(fn)
     fn = click.option("--runner", type=click.Choice(["ray", "local"]), default=None,
                       help="Alias of --set ray.runner=...: Ray Data (default) or in-process.")(fn)
     return fn
@@ -48,6 +54,23 @@ def load_run_config(config_path: Path | None, assignments: Sequence[str] = (), r
     if runner:
         ordered.append(f"ray.runner={runner}")
     return load_config(config_path, assignments=ordered)
+
+
+class UserFacingError(click.ClickException):
+    """A `UserError` as click shows it: one line, exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class Commands(click.Group):
+    """A command group whose commands end a `UserError` as one line and exit 2, however they
+    are invoked (the console script, `run_cli`, or click's test runner)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as err:
+            raise UserFacingError(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

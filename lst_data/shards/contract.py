@@ -5,9 +5,12 @@
 - `sample_errors`: a record about to be written (schemas/sample.v1.json, span checks,
   JSON-ability); the writer runs it in worker processes, so this module imports no
   webdataset or torch.
-- `check_shard` / `check_dir`: a written shard directory, behind `lst-data validate`: per
-  shard, the sidecar exists and its sha256, byte size and sample count match the tar, and
-  every member is a regular file with a safe sample name; per sample, the JSON validates,
+- `check_shard` / `check_dir`: a written shard directory, behind `lst-data validate`: the
+  directory has dataset.json and index.parquet, dataset.json lists exactly the tars present
+  and counts the sidecars' samples, index.parquet has each shard's sidecar count of rows; per
+  shard, the sidecar exists and is well-formed and its sha256, byte size and sample count
+  match the tar, and every member is a regular, non-sparse file under the size caps with a
+  safe sample name (`lst_data.shards.safe_tar`); per sample, the JSON validates,
   units are 1-D int16 below k, word / BPE / silence spans are monotonic and inside
   [0, n_frames), words and silences tile the frames, each word's pieces tile the word, and
   len(units) agrees with the duration within the tolerance the shards were written with.
@@ -15,8 +18,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tarfile
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +33,24 @@ from lst_data.core.digests import file_sha256
 from lst_data.core.schemas import validation_errors
 from lst_data.frames import frames_for_duration
 from lst_data.patching import patches
-from lst_data.records import SampleRecord
+from lst_data.records import SampleRecord, parse_json
 from lst_data.shards.layout import (
     DATASET_FILE,
     INDEX_FILE,
+    MAX_DATASET_BYTES,
     Sidecar,
     UnsafeMemberError,
+    read_json_record,
     shard_paths,
     sidecar_path,
+)
+from lst_data.shards.safe_tar import (
+    DEFAULT_LIMITS,
+    BadShardError,
+    ReadLimits,
+    read_sidecar,
+    scan_tar,
+    sidecar_mismatches,
 )
 
 STAGE = "shard"
@@ -141,26 +156,27 @@ class Problem:
     what: str
 
 
-def _frame_tolerance(shard_dir: Path) -> int:
+def _frame_tolerance(dataset: dict[str, Any] | None) -> int:
     """The shard.frame_tolerance the shards were written with (dataset.json), else the default."""
     try:
-        config = json.loads((shard_dir / DATASET_FILE).read_text(encoding="utf-8"))["config"]
-        return int(config["shard"].get("frame_tolerance", DEFAULT_FRAME_TOLERANCE))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return DEFAULT_FRAME_TOLERANCE  # a broken dataset.json is reported by check_dir
+        return int(dataset["config"]["shard"].get("frame_tolerance", DEFAULT_FRAME_TOLERANCE))  # type: ignore[index]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return DEFAULT_FRAME_TOLERANCE
 
 
 def sidecar_problems(tar_path: Path, sidecar: Sidecar) -> list[str]:
-    """Where the tar on disk is not the one its sidecar describes (size, then sha256)."""
+    """Where the tar on disk is not the one its sidecar describes (size, then sha256); no header scan."""
     size = tar_path.stat().st_size
-    if sidecar.bytes != size:
-        return [f"{size} bytes, sidecar says {sidecar.bytes}"]
-    if sidecar.sha256 != file_sha256(tar_path):
-        return ["sha256 differs from the sidecar's (corrupted or replaced)"]
-    return []
+    return sidecar_mismatches(sidecar, size, file_sha256(tar_path) if size == sidecar.bytes else None)
 
 
-def check_shard(tar_path: Path, frame_tolerance: int = DEFAULT_FRAME_TOLERANCE) -> Iterator[Problem]:
+_READ_ERRORS = (ValueError, OSError, EOFError, tarfile.TarError)
+
+
+def check_shard(
+    tar_path: Path, frame_tolerance: int = DEFAULT_FRAME_TOLERANCE, limits: ReadLimits = DEFAULT_LIMITS
+) -> Iterator[Problem]:
+    """Every problem of one tar: its sidecar, its bytes against the sidecar, then each sample."""
     from lst_data.shards.reader import decode_members, iter_raw_samples
 
     name = tar_path.name
@@ -171,68 +187,83 @@ def check_shard(tar_path: Path, frame_tolerance: int = DEFAULT_FRAME_TOLERANCE) 
     else:
         try:
             sidecar = Sidecar.read(side)
-        except (ValueError, TypeError) as err:
+        except (OSError, ValueError) as err:
             yield Problem(side.name, f"unreadable sidecar: {err}")
-        else:
-            for error in validation_errors(sidecar.to_json(), "sidecar"):
-                yield Problem(side.name, error)
-            for problem in sidecar_problems(tar_path, sidecar):
-                yield Problem(name, problem)
-    samples = 0
     try:
-        for key, members in iter_raw_samples(tar_path):
-            samples += 1
+        scan = scan_tar(tar_path, limits)
+    except _READ_ERRORS as err:
+        kind = "unsafe member" if isinstance(err, UnsafeMemberError) else "unreadable tar"
+        yield Problem(name, f"{kind}: {err}")
+        return
+    if sidecar is not None:
+        for problem in sidecar_mismatches(sidecar, scan.bytes, scan.sha256, scan.samples):
+            yield Problem(name, problem)
+    try:
+        for key, members in iter_raw_samples(tar_path, limits=limits):
             where = f"{name}:{key}"
             try:
-                data = json.loads(members["json"])
-                for error in validation_errors(data, "sample"):
-                    yield Problem(where, f"schema: {error}")
-                record = decode_members(key, members)
-            except (KeyError, ValueError) as err:
+                data = parse_json(members.get("json", b"{}"), max_bytes=limits.max_json_bytes, what=f"{key}.json")
+                if isinstance(data, dict):
+                    for error in validation_errors(data, "sample")[:5]:
+                        yield Problem(where, f"schema: {error[:300]}")
+                record = decode_members(key, members, limits=limits)
+            except (ValueError, RecursionError) as err:  # RecursionError: jsonschema on values nested ~1000 deep
                 yield Problem(where, f"undecodable sample: {err}")
                 continue
             for problem in record_problems(record, frame_tolerance):
                 yield Problem(where, problem)
-    except UnsafeMemberError as err:
-        yield Problem(name, f"unsafe member: {err}")
-        return
-    except (tarfile.TarError, OSError, EOFError) as err:
+    except _READ_ERRORS as err:  # the scan read the same headers, so this is a race with a writer
         yield Problem(name, f"unreadable tar: {err}")
-        return
-    if sidecar is not None and sidecar.samples != samples:
-        yield Problem(name, f"{samples} samples, sidecar says {sidecar.samples}")
 
 
-def check_dir(shard_dir: str | Path) -> Iterator[Problem]:
+def _dataset_problems(shard_dir: Path, tars: list[Path]) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """dataset.json (None when missing or broken) and what is wrong with it or with the tars it lists."""
+    path = shard_dir / DATASET_FILE
+    if not path.exists():
+        return None, [Problem(DATASET_FILE, "missing: not a finished shard directory (the writer writes it last)")]
+    try:
+        dataset = read_json_record(path, "dataset", MAX_DATASET_BYTES)
+    except (OSError, ValueError) as err:
+        return None, [Problem(DATASET_FILE, str(err))]
+    listed, present = list(dataset["shards"]), [t.name for t in tars]
+    problems = [Problem(name, "listed in dataset.json but missing") for name in sorted(set(listed) - set(present))]
+    problems += [Problem(name, "not listed in dataset.json") for name in sorted(set(present) - set(listed))]
+    return dataset, problems
+
+
+def _index_problems(shard_dir: Path, sidecar_samples: dict[str, int]) -> list[Problem]:
+    """index.parquet against the sidecars: one row per sample of each shard."""
+    index = shard_dir / INDEX_FILE
+    if not index.exists():
+        return [Problem(INDEX_FILE, "missing")]
+    try:
+        shards = pq.read_table(index, columns=["shard"])["shard"].to_pylist()
+    except (OSError, ValueError, KeyError) as err:
+        return [Problem(INDEX_FILE, f"unreadable: {err}")]
+    rows = Counter(shards)
+    return [
+        Problem(INDEX_FILE, f"{rows.get(name, 0)} rows for {name}, its sidecar says {samples}")
+        for name, samples in sorted(sidecar_samples.items())
+        if rows.get(name, 0) != samples
+    ] + [Problem(INDEX_FILE, f"{n} rows for {name}, which has no sidecar or is not here")
+         for name, n in sorted(rows.items()) if name not in sidecar_samples]  # fmt: skip
+
+
+def check_dir(shard_dir: str | Path, limits: ReadLimits = DEFAULT_LIMITS) -> Iterator[Problem]:
     """Every problem in a shard directory; none means it satisfies the contract."""
     shard_dir = Path(shard_dir)
     tars = shard_paths(shard_dir)
     if not tars:
         yield Problem(str(shard_dir), "no shards")
         return
-    tolerance = _frame_tolerance(shard_dir)
-    total = 0
+    dataset, problems = _dataset_problems(shard_dir, tars)
+    yield from problems
+    tolerance = _frame_tolerance(dataset)
+    sidecar_samples = {}
     for tar_path in tars:
-        yield from check_shard(tar_path, tolerance)
-        try:
-            total += Sidecar.read(sidecar_path(tar_path)).samples
-        except (OSError, ValueError, TypeError):
-            pass  # reported by check_shard
-    index = shard_dir / INDEX_FILE
-    if index.exists():
-        try:
-            rows = pq.read_metadata(index).num_rows
-        except (OSError, ValueError) as err:
-            yield Problem(INDEX_FILE, f"unreadable: {err}")
-        else:
-            if rows != total:
-                yield Problem(INDEX_FILE, f"{rows} rows, sidecars count {total} samples")
-    dataset = shard_dir / DATASET_FILE
-    if dataset.exists():
-        try:
-            summary = json.loads(dataset.read_text(encoding="utf-8"))
-        except ValueError as err:
-            yield Problem(DATASET_FILE, f"not JSON: {err}")
-        else:
-            for error in validation_errors(summary, "dataset"):
-                yield Problem(DATASET_FILE, error)
+        yield from check_shard(tar_path, tolerance, limits)
+        with contextlib.suppress(BadShardError):  # reported by check_shard
+            sidecar_samples[tar_path.name] = read_sidecar(tar_path).samples
+    yield from _index_problems(shard_dir, sidecar_samples)
+    if dataset is not None and dataset["counts"]["samples"] != sum(sidecar_samples.values()):
+        yield Problem(DATASET_FILE, f"counts {dataset['counts']['samples']} samples, the sidecars {sum(sidecar_samples.values())}")

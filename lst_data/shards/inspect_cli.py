@@ -2,6 +2,10 @@
 
 All of them read shards through the checked reader (`lst_data.shards.reader`), so they
 are safe on shards from elsewhere, and none needs the stage tables that made the shards.
+`stats`, `show`, `diff` and `plot` verify every tar they read against its sidecar (size,
+sha256, samples) unless given `--no-verify`; `validate` always does. A shard that fails
+ends the command with one line naming it and the reason (exit 2); `validate` lists every
+problem (exit 1).
 """
 
 from __future__ import annotations
@@ -23,6 +27,12 @@ from lst_data.core.errors import InputError
 from lst_data.records import SampleRecord
 
 _dir_arg = click.argument("shard_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+_verify_option = click.option(
+    "--verify/--no-verify",
+    default=True,
+    show_default=True,
+    help="Check each tar read against its sidecar (sha256, size, samples) first; --no-verify is faster and trusts the tars.",
+)
 
 
 def _console() -> Console:
@@ -33,52 +43,65 @@ def _console() -> Console:
 @contextlib.contextmanager
 def reading_shards(shard_dir: Path | str) -> Iterator[None]:
     """Shards that cannot be read end the command with one line (a user's input, not a bug)."""
-    from lst_data.shards.layout import UnsafeMemberError
-
     try:
         yield
-    except (UnsafeMemberError, tarfile.TarError, EOFError, ValueError, OSError) as err:
-        raise InputError(f"{shard_dir}: unreadable shard ({err}); `lst-data validate {shard_dir}` lists the problems") from None
+    except (tarfile.TarError, EOFError, ValueError, OSError) as err:  # BadShardError is a ValueError
+        raise InputError(f"{shard_dir}: bad shard data ({err}); `lst-data validate {shard_dir}` lists the problems") from None
 
 
-def find_record(shard_dir: Path, sample_id: str) -> SampleRecord:
-    """The record with `sample_id`: via index.parquet's shard column when present, else a scan."""
+def _index_shards(shard_dir: Path, sample_id: str) -> list[Path]:
+    """The tars index.parquet names for `sample_id`: only shard names of this directory are followed."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from lst_data.shards.layout import INDEX_FILE, shard_paths
+
+    table = pq.read_table(shard_dir / INDEX_FILE, columns=["id", "shard"])
+    present = {p.name: p for p in shard_paths(shard_dir)}
+    hits = table.filter(pc.equal(table["id"], sample_id))["shard"].to_pylist()
+    strangers = [str(h)[:100] for h in hits if h not in present]
+    if strangers:
+        raise ValueError(f"{INDEX_FILE} names shard {strangers[0]!r}, which is not a shard of this directory")
+    return [present[h] for h in hits]
+
+
+def find_record(shard_dir: Path, sample_id: str, verify: bool = True) -> SampleRecord:
+    """The record with `sample_id`: via index.parquet's shard column when present, else a scan."""
     from lst_data.shards.layout import INDEX_FILE
     from lst_data.shards.reader import iter_records, iter_shard
 
-    index = shard_dir / INDEX_FILE
     candidates: Iterator[SampleRecord]
-    with reading_shards(shard_dir):
-        if index.exists():
-            table = pq.read_table(index, columns=["id", "shard"])
-            hits = table.filter(pc.equal(table["id"], sample_id))["shard"].to_pylist()
-            candidates = (r for shard in hits for r in iter_shard(shard_dir / shard))
+    with reading_shards(shard_dir):  # the search stops at the record: check whole tars first
+        if (shard_dir / INDEX_FILE).exists():
+            candidates = (
+                r for tar in _index_shards(shard_dir, sample_id) for r in iter_shard(tar, verify=verify, scan_first=True)
+            )
         else:
-            candidates = iter_records(shard_dir)
+            candidates = iter_records(shard_dir, verify=verify, scan_first=True)
         for record in candidates:
             if record.id == sample_id:
                 return record
     raise InputError(f"no sample {sample_id!r} in {shard_dir}")
 
 
-def summary_figures(shard_dir: Path, patch_size: int) -> dict[str, Any]:
-    """dataset.json's counts and patch lengths; tallied from the shards when it has none for `patch_size`."""
+def summary_figures(shard_dir: Path, patch_size: int, verify: bool = True) -> dict[str, Any]:
+    """dataset.json's counts and patch lengths; tallied from the shards when it has none for `patch_size`.
+
+    dataset.json's figures are used only when it lists exactly the tars present (and, with
+    `verify`, each tar matches its sidecar). A tally always verifies the tars it reads
+    (`tally_shards` reads them with the reader's default).
+    """
     from lst_data.core.rejects import read_rejects
-    from lst_data.shards.layout import DATASET_FILE, REJECTS_FILE, shard_paths
+    from lst_data.shards.layout import REJECTS_FILE
+    from lst_data.shards.reader import listed_shards, verify_shard
     from lst_data.shards.summary import tally_shards
 
-    dataset = shard_dir / DATASET_FILE
-    if dataset.exists():
-        try:
-            summary = json.loads(dataset.read_text(encoding="utf-8"))
-        except ValueError as err:
-            raise InputError(f"{dataset}: not JSON ({err})") from None
-        if summary.get("patch_lengths", {}).get("patch_size") == patch_size:
+    with reading_shards(shard_dir):
+        tars, summary = listed_shards(shard_dir)
+        if summary is not None and summary.get("patch_lengths", {}).get("patch_size") == patch_size:
+            for tar_path in tars if verify else ():
+                verify_shard(tar_path, count_samples=True)  # no sample is read: count them in a header scan
             return summary
-    tars = shard_paths(shard_dir)
     with reading_shards(shard_dir):
         tally = tally_shards(tars, patch_size=patch_size)
     return {"counts": tally.counts(len(tars), read_rejects(shard_dir / REJECTS_FILE)),
@@ -88,11 +111,13 @@ def summary_figures(shard_dir: Path, patch_size: int) -> dict[str, Any]:
 @click.command("stats")
 @_dir_arg
 @click.option("--patch-size", type=click.IntRange(min=1), default=4, show_default=True, help="p of the static strategy.")
-def stats(shard_dir: Path, patch_size: int) -> None:
+@_verify_option
+def stats(shard_dir: Path, patch_size: int, verify: bool) -> None:
     """Hours, utterances, units, words, BPE pieces, silence share, patch sizes and rejects of SHARD_DIR.
 
-    The figures are dataset.json's (written with the shards); without one, or for another
-    --patch-size than it was written with, the shards are read and tallied.
+    The figures are dataset.json's (written with the shards), after checking that it lists
+    the tars present and (unless --no-verify) that each tar matches its sidecar; without
+    one, or for another --patch-size than it was written with, the shards are read and tallied.
     """
     import numpy as np
 
@@ -100,7 +125,7 @@ def stats(shard_dir: Path, patch_size: int) -> None:
     from lst_data.core.summary import print_rejects
     from lst_data.shards.layout import REJECTS_FILE
 
-    summary = summary_figures(shard_dir, patch_size)
+    summary = summary_figures(shard_dir, patch_size, verify)
     counts = summary["counts"]
     console = _console()
     console.print(f"{shard_dir}: {counts['shards']} shards")
@@ -167,9 +192,10 @@ def segments(record: SampleRecord) -> list[dict[str, Any]]:
 @click.command("show")
 @_dir_arg
 @click.argument("sample_id")
-def show(shard_dir: Path, sample_id: str) -> None:
+@_verify_option
+def show(shard_dir: Path, sample_id: str, verify: bool) -> None:
     """One sample as a time-aligned table: words, BPE pieces, silences and their units."""
-    record = find_record(shard_dir, sample_id)
+    record = find_record(shard_dir, sample_id, verify)
     console = _console()
     console.print(
         f"[bold]{record.id}[/bold]  speaker {record.speaker}  {record.duration:.3f} s  "
@@ -227,10 +253,11 @@ def _digests(record: SampleRecord) -> dict[str, str]:
     return digests
 
 
-def _differences(a: Path, b: Path) -> tuple[int, int, int]:
+def _differences(a: Path, b: Path, verify: bool) -> tuple[int, int, int]:
     """Print what differs between shard directories A and B; (differences, samples in A, shards in A)."""
-    from lst_data.shards.layout import Sidecar, shard_paths, sidecar_path
+    from lst_data.shards.layout import shard_paths
     from lst_data.shards.reader import iter_records
+    from lst_data.shards.safe_tar import read_sidecar
 
     differences = 0
     shards = {side: {p.name: p for p in shard_paths(d)} for side, d in (("A", a), ("B", b))}
@@ -240,13 +267,13 @@ def _differences(a: Path, b: Path) -> tuple[int, int, int]:
             click.echo(f"shard {name}: only in {'A' if pb is None else 'B'}")
             differences += 1
             continue
-        sa, sb = (Sidecar.read(sidecar_path(p)) if sidecar_path(p).exists() else None for p in (pa_, pb))
-        if sa is None or sb is None or sa.sha256 != sb.sha256:
+        sa, sb = (read_sidecar(p) for p in (pa_, pb))
+        if sa.sha256 != sb.sha256:
             click.echo(f"shard {name}: bytes differ")
             differences += 1
-    in_a = {r.id: _digests(r) for r in iter_records(a)}
+    in_a = {r.id: _digests(r) for r in iter_records(a, verify=verify)}
     seen_b = set()
-    for record in iter_records(b):
+    for record in iter_records(b, verify=verify):
         seen_b.add(record.id)
         theirs = _digests(record)
         ours = in_a.get(record.id)
@@ -266,10 +293,11 @@ def _differences(a: Path, b: Path) -> tuple[int, int, int]:
 @click.command("diff")
 @click.argument("a", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("b", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def diff(a: Path, b: Path) -> None:
+@_verify_option
+def diff(a: Path, b: Path, verify: bool) -> None:
     """Which shards and samples differ between shard directories A and B, and in what; exit 1 when they differ."""
     with reading_shards(f"{a} or {b}"):
-        differences, samples, shards = _differences(a, b)
+        differences, samples, shards = _differences(a, b, verify)
     if differences:
         click.echo(f"{differences} difference(s)")
         sys.exit(1)
@@ -283,10 +311,11 @@ def diff(a: Path, b: Path) -> None:
     "-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Image file (.png)."
 )
 @click.option("--patch-size", type=int, default=4, show_default=True, help="p of the static strategy.")
-def plot(shard_dir: Path, sample_id: str, out: Path, patch_size: int) -> None:
+@_verify_option
+def plot(shard_dir: Path, sample_id: str, out: Path, patch_size: int, verify: bool) -> None:
     """Plot one sample: spectrogram (when the shard has audio) or units, with word, BPE, silence and patch tiers."""
     from lst_data.shards.plot import plot_record
 
-    record = find_record(shard_dir, sample_id)
+    record = find_record(shard_dir, sample_id, verify)
     plot_record(record, out, patch_size=patch_size)
     click.echo(f"wrote {out}")

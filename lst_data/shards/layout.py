@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import json
 import re
-import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lst_data.core.schemas import validation_errors
+from lst_data.records import parse_json
+
 INDEX_FILE = "index.parquet"
 REJECTS_FILE = "rejects.parquet"
 DATASET_FILE = "dataset.json"
+MAX_SIDECAR_BYTES = 64 * 1024  # ours are ~700 bytes
+MAX_DATASET_BYTES = 64 * 2**20  # config, hashes and patch-length histograms: ours are ~100 kB
 
 # The only members a sample may have, in the order they are written (sorted by name).
 MEMBER_SUFFIXES = ("flac", "json", "units.npy")
@@ -66,14 +70,6 @@ def split_member_name(name: str) -> tuple[str, str]:
     return match["key"], match["suffix"]
 
 
-def check_member(info: tarfile.TarInfo) -> tuple[str, str]:
-    """(key, suffix) of a regular-file sample member; UnsafeMemberError for links and odd names."""
-    if not info.isreg():
-        kind = "link" if info.issym() or info.islnk() else "non-regular member"
-        raise UnsafeMemberError(f"{kind} {info.name!r} in a shard")
-    return split_member_name(info.name)
-
-
 @dataclass(frozen=True)
 class Sidecar:
     """What `OUT/{split}-NNNNNN.json` says about its tar (schemas/sidecar.v1.json)."""
@@ -98,7 +94,28 @@ class Sidecar:
 
     @classmethod
     def read(cls, path: Path) -> Sidecar:
-        return cls(**json.loads(path.read_text(encoding="utf-8")))
+        """The sidecar at `path`; ValueError unless it is a bounded JSON object of schemas/sidecar.v1.json."""
+        return cls(**read_json_record(path, "sidecar", MAX_SIDECAR_BYTES))
+
+
+def read_json_record(path: Path, schema: str, max_bytes: int) -> dict[str, Any]:
+    """A JSON file of one of our schemas (sidecar, dataset), read from someone else's directory.
+
+    Refused before parsing when over `max_bytes` (checked on the open file, so a huge file is
+    never read); ValueError naming the first schema violations.
+    """
+    with open(path, "rb") as handle:
+        data = parse_json(handle.read(max_bytes + 1), max_bytes=max_bytes, what=path.name)
+    if not isinstance(data, dict):
+        raise ValueError(f"not a {schema} record: a JSON {type(data).__name__}, not an object")
+    try:
+        errors = validation_errors(data, schema)
+    except RecursionError:  # the schema checkers recurse into values nested ~1000 deep
+        raise ValueError(f"not a {schema} record: values nested too deeply") from None
+    if errors:
+        more = f" (+{len(errors) - 2} more)" if len(errors) > 2 else ""
+        raise ValueError(f"not a {schema} record: {'; '.join(e[:200] for e in errors[:2])}{more}")
+    return data
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

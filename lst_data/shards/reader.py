@@ -1,30 +1,29 @@
-"""Read shards back as `SampleRecord`s: a WebDataset pipeline for training, a plain iterator for tools.
+"""Read shards back as `SampleRecord`s, checked: the plain iterator of tools and `load_records`.
 
-Security: shards come from other people. Only the members the contract names are read
-(`KEY.json`, `KEY.units.npy`, `KEY.flac`); a link, a member with any other name, an
-absolute or `..` path raises `UnsafeMemberError` before any byte of the tar is used.
-JSON is parsed with `orjson` (plain data only), units with
-`np.load(allow_pickle=False)`, FLAC stays bytes. No webdataset auto-decoder runs, so no
-`.pyd`/`.pickle` member can ever be unpickled.
+The training pipeline (webdataset, torch DataLoader) is `lst_data.shards.pipeline`; it
+reads tars through this module. This module imports neither webdataset nor torch, so the
+`lst-data` inspection commands stay small (importing torch alone takes ~800 MB of RSS here).
 
-Training pipeline (`shard_pipeline`):
-- mode 'epoch': every sample exactly once per epoch. The shard list is shuffled (if
-  asked) with the same seed + epoch in every rank and worker, then split by rank
-  (`wds.split_by_node`) and by DataLoader worker (`wds.split_by_worker`), so the parts are
-  disjoint and cover all shards. Call `set_epoch(e)` before each epoch (as with
-  DistributedSampler) to get a new order; this works with non-persistent workers, which
-  copy the pipeline when the epoch starts.
-- mode 'resampled': shards drawn with replacement (`wds.ResampledShards`, different per
-  rank and worker); an "epoch" is `epoch_samples` samples in total.
-Batches are made inside each worker (`wds.batched` collating to lists), because per-sample
-inter-process transfer is 5-10x slower. Lengths come from the sidecars, not from a scan.
+Security: shards come from other people (see `lst_data.shards.safe_tar`). By default each
+tar is first verified against its sidecar (size and sha256: one extra sequential read;
+the sample count as it is read; `verify=False` opts out for speed). Only the members the contract names
+are read (`KEY.json`, `KEY.units.npy`, `KEY.flac`); a link, a sparse or oversized member
+(`ReadLimits`), a member with any other name, an absolute or `..` path is refused before
+its data is read. JSON is parsed with `orjson` under a byte cap and decoded by the strict
+`SampleRecord.from_json`, units by a strict int16 `.npy` parser (anything else only when its
+header accounts for its bytes, `allow_pickle=False`), FLAC stays bytes. No webdataset
+auto-decoder runs, so no `.pyd`/`.pickle` member can ever be unpickled. Every problem is a
+`BadShardError` "NAME: reason", handled by the error policy (`handler`): raise (default)
+or `SkipAndCount`.
+
 """
+
 
 from __future__ import annotations
 
 import io
+import logging
 import math
-import random
 import re
 import tarfile
 from collections.abc import Callable, Iterator
@@ -33,45 +32,69 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
-import webdataset as wds
 
 from lst_data.core.tables import sanitize_key
-from lst_data.records import SampleRecord
+from lst_data.records import SampleRecord, parse_json
 from lst_data.shards.layout import (
-    Sidecar,
+    DATASET_FILE,
+    MAX_DATASET_BYTES,
     UnsafeMemberError,
-    check_member,
+    read_json_record,
     shard_paths,
-    sidecar_path,
+)
+from lst_data.shards.safe_tar import (
+    DEFAULT_LIMITS,
+    BadShardError,
+    ReadLimits,
+    bad_shard,
+    iter_sample_members,
+    open_tar,
+    read_sidecar,
+    sample_count_problem,
+    verify_shard,
 )
 
-MODES = ("epoch", "resampled")
-
+log = logging.getLogger(__name__)
 
 # What np.save writes for a 1-D little-endian int16 array (format 1.0): parsed without numpy's
-# header parser (ast.literal_eval, about a third of a sample's decode time); anything else
-# goes through np.load(allow_pickle=False).
+# header parser (ast.literal_eval, about a third of a sample's decode time). Any other .npy is
+# read with numpy's header parser and accepted only when the header's shape accounts for
+# exactly the bytes that follow (np.load would allocate the declared shape first).
 _NPY_MAGIC = b"\x93NUMPY\x01\x00"
+_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 _NPY_INT16_HEADER = re.compile(rb"\{'descr': '<i2', 'fortran_order': False, 'shape': \((\d+),\), \} *\n")
 
 
 def load_units(data: bytes) -> np.ndarray:
-    """The int16 units of a `KEY.units.npy` member (never unpickles)."""
+    """The array of a `KEY.units.npy` member (never unpickles, never allocates more than `data` holds)."""
     if data[:8] == _NPY_MAGIC:
         header_end = 10 + int.from_bytes(data[8:10], "little")
         match = _NPY_INT16_HEADER.fullmatch(data[10:header_end])
         if match and len(data) == header_end + 2 * int(match[1]):
             return np.frombuffer(data, dtype="<i2", offset=header_end).copy()
+    stream = io.BytesIO(data)
+    try:
+        read_header = _NPY_HEADER_READERS.get(np.lib.format.read_magic(stream))
+        if read_header is None:
+            raise ValueError("unsupported .npy format version")
+        shape, _, dtype = read_header(stream)
+    except (ValueError, SyntaxError, TypeError) as err:
+        raise ValueError(f"units are not a .npy array ({err})") from None
+    if dtype.hasobject:
+        raise ValueError("units .npy holds Python objects (would need allow_pickle)")
+    if len(data) - stream.tell() != math.prod(shape) * dtype.itemsize:
+        raise ValueError(f"units .npy header declares shape {shape} of {dtype}, the member holds other bytes")
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-def decode_members(key: str, members: dict[str, bytes], *, with_audio: bool = True) -> SampleRecord:
-    """The record of one sample from its member bytes (suffix -> bytes)."""
+def decode_members(
+    key: str, members: dict[str, bytes], *, with_audio: bool = True, limits: ReadLimits = DEFAULT_LIMITS
+) -> SampleRecord:
+    """The record of one sample from its member bytes (suffix -> bytes); ValueError when it is malformed."""
     missing = [s for s in ("json", "units.npy") if s not in members]
     if missing:
         raise ValueError(f"sample {key!r} lacks {', '.join(missing)}")
-    data = orjson.loads(members["json"])
+    data = parse_json(members["json"], max_bytes=limits.max_json_bytes, what=f"{key}.json")
     if not isinstance(data, dict) or sanitize_key(str(data.get("id"))) != key:
         raise ValueError(f"sample {key!r}: its JSON id does not map to the member key")
     units = load_units(members["units.npy"])
@@ -79,42 +102,139 @@ def decode_members(key: str, members: dict[str, bytes], *, with_audio: bool = Tr
 
 
 def iter_raw_samples(
-    tar_path: str | Path, *, with_audio: bool = True
+    tar_path: str | Path, *, with_audio: bool = True, limits: ReadLimits = DEFAULT_LIMITS
 ) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, suffix -> bytes) per sample of one tar; every member is checked before its bytes are read."""
-    with tarfile.open(tar_path, mode="r:") as tar:
-        key: str | None = None
-        members: dict[str, bytes] = {}
-        for info in tar:
-            member_key, suffix = check_member(info)
-            if member_key != key:
-                if key is not None:
-                    yield key, members
-                key, members = member_key, {}
-            if suffix in members:
-                raise ValueError(f"{tar_path}: duplicate member {info.name!r}")
-            if suffix == "flac" and not with_audio:
-                continue
-            extracted = tar.extractfile(info)
-            assert extracted is not None  # a regular file, checked above
-            members[suffix] = extracted.read()
-            tar.members = []  # keep memory flat on long shards
-        if key is not None:
+    """(key, suffix -> bytes) per sample of one tar; every header is checked before its data is read.
+
+    Not verified against the sidecar (`iter_shard` does that): this is the raw layer.
+    """
+    with open_tar(tar_path) as tar:
+        for key, infos in iter_sample_members(tar, limits):
+            members = {}
+            for suffix, info in infos.items():
+                if suffix == "flac" and not with_audio:
+                    continue
+                extracted = tar.extractfile(info)
+                assert extracted is not None  # a regular file, checked above
+                members[suffix] = extracted.read()
             yield key, members
 
 
-def iter_shard(tar_path: str | Path, *, with_audio: bool = True) -> Iterator[SampleRecord]:
-    """Records of one tar, in order."""
-    for key, members in iter_raw_samples(tar_path, with_audio=with_audio):
-        yield decode_members(key, members, with_audio=with_audio)
+# What reading a hostile or damaged tar can raise (UnsafeMemberError and BadShardError are ValueErrors).
+READ_ERRORS = (ValueError, OSError, EOFError, tarfile.TarError)
+
+
+def listed_shards(shard_dir: str | Path, split: str | None = None) -> tuple[list[Path], dict[str, Any] | None]:
+    """The tars of `shard_dir` (one split or all) and its dataset.json; BadShardError when they disagree.
+
+    dataset.json (written last) lists the shards of its split: a directory missing some of
+    them, or holding others, is refused before anything is read. Without dataset.json (an
+    unfinished directory, or one from an older toolkit) nothing can be compared: a warning.
+    """
+    shard_dir = Path(shard_dir)
+    tars = shard_paths(shard_dir, split)
+    path = shard_dir / DATASET_FILE
+    if not path.exists():
+        log.warning("%s has no %s: cannot tell whether all its shards are here", shard_dir, DATASET_FILE)
+        return tars, None
+    try:
+        dataset = read_json_record(path, "dataset", MAX_DATASET_BYTES)
+    except (OSError, ValueError) as err:
+        raise BadShardError(f"{DATASET_FILE}: {err}") from None
+    if split in (None, dataset["split"]):
+        listed, present = set(dataset["shards"]), {t.name for t in shard_paths(shard_dir, dataset["split"])}
+        if listed != present:
+            missing, unlisted = sorted(listed - present), sorted(present - listed)
+            raise BadShardError(
+                f"{DATASET_FILE} lists {len(listed)} shards, {len(present)} are in {shard_dir}"
+                f" (missing: {', '.join(missing[:3]) or '-'}; not listed: {', '.join(unlisted[:3]) or '-'})"
+            )
+    return tars, dataset
+
+
+def iter_shard(
+    tar_path: str | Path,
+    *,
+    with_audio: bool = True,
+    verify: bool = True,
+    limits: ReadLimits = DEFAULT_LIMITS,
+    scan_first: bool = False,
+) -> Iterator[SampleRecord]:
+    """Records of one tar, in order; BadShardError (shard name and reason) for anything wrong with it.
+
+    `verify` (default) first checks the tar against its sidecar (size, then sha256: one
+    extra sequential read at ~1 GB/s) and, at its end, the number of samples read against
+    the sidecar's. `verify=False` skips both for speed and trusts the tar (every header,
+    member and JSON is still checked). `scan_first` (with `verify`) checks every header
+    and the count before the first sample, for callers that may stop early (`show`).
+    """
+    tar_path = Path(tar_path)
+    sidecar = verify_shard(tar_path, limits, count_samples=scan_first) if verify else None
+    samples = 0
+    try:
+        for key, members in iter_raw_samples(tar_path, with_audio=with_audio, limits=limits):
+            samples += 1
+            try:
+                yield decode_members(key, members, with_audio=with_audio, limits=limits)
+            except ValueError as err:
+                raise bad_shard(tar_path, f"sample {key}: {err}") from None
+        miscount = sidecar and sample_count_problem(tar_path, sidecar, samples)
+        if miscount:
+            raise miscount
+    except BadShardError:
+        raise
+    except READ_ERRORS as err:
+        raise bad_shard(tar_path, err) from None
+
+
+def reraise(err: Exception) -> bool:
+    """Error policy "fail" (the default): the bad shard's BadShardError ends the reading (as `wds.reraise_exception`)."""
+    raise err
 
 
 def iter_records(
-    shard_dir: str | Path, *, split: str | None = None, with_audio: bool = True
+    shard_dir: str | Path,
+    *,
+    split: str | None = None,
+    with_audio: bool = True,
+    verify: bool = True,
+    limits: ReadLimits = DEFAULT_LIMITS,
+    handler: Callable[[Exception], bool] = reraise,
+    scan_first: bool = False,
 ) -> Iterator[SampleRecord]:
-    """Every record of every shard in `shard_dir` (one split or all), in shard order."""
-    for tar_path in shard_paths(shard_dir, split):
-        yield from iter_shard(tar_path, with_audio=with_audio)
+    """Every record of every shard in `shard_dir` (one split or all), in shard order.
+
+    A bad shard (see `iter_shard`) goes to `handler`, as in webdataset: the default raises
+    its BadShardError; `SkipAndCount()` logs it, counts it and goes on with the next shard;
+    a handler that returns False stops the iteration. `scan_first`: see `iter_shard`.
+    """
+    for tar_path in listed_shards(shard_dir, split)[0]:
+        try:
+            yield from iter_shard(
+                tar_path, with_audio=with_audio, verify=verify, limits=limits, scan_first=scan_first
+            )
+        except BadShardError as err:
+            if not handler(err):
+                return
+
+
+class SkipAndCount:
+    """Error policy "skip and count": each bad shard is logged (name and reason) and counted; reading goes on.
+
+    In DataLoader workers each worker counts its own (the log lines reach the trainer's log).
+    """
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    @property
+    def count(self) -> int:
+        return len(self.problems)
+
+    def __call__(self, err: Exception) -> bool:
+        self.problems.append(str(err))
+        log.warning("skipped bad shard data: %s", err)
+        return True
 
 
 @dataclass(frozen=True)
@@ -130,181 +250,37 @@ class ShardSet:
 
     @classmethod
     def from_dir(cls, shard_dir: str | Path, split: str | None = None) -> ShardSet:
-        tars = shard_paths(shard_dir, split)
+        tars, _ = listed_shards(shard_dir, split)
         if not tars:
             raise FileNotFoundError(f"no shards{f' of split {split!r}' if split else ''} in {shard_dir}")
-        counts = []
-        for tar_path in tars:
-            side = sidecar_path(tar_path)
-            if not side.exists():
-                raise FileNotFoundError(
-                    f"{tar_path.name} has no sidecar {side.name}: the shard is incomplete"
-                )
-            counts.append(Sidecar.read(side).samples)
+        counts = [read_sidecar(tar_path).samples for tar_path in tars]
         return cls(tuple(str(t) for t in tars), tuple(counts))
 
 
-class _ShardSamples:
-    """Pipeline stage: shard urls -> raw samples, through the checked tar reader.
-
-    Used instead of `wds.tarfile_to_samples`: it refuses links instead of skipping them,
-    checks every name before reading, and is 3x faster on small members (seekable files,
-    no per-member dict and regex of webdataset's generic grouping).
-    """
-
-    def __init__(self, with_audio: bool, handler: Callable[[Exception], bool]) -> None:
-        self.with_audio = with_audio
-        self.handler = handler
-
-    def __call__(self, source: Iterator[dict[str, Any]]) -> Iterator[tuple[str, dict[str, bytes]]]:
-        for shard in source:
-            try:
-                yield from iter_raw_samples(shard["url"], with_audio=self.with_audio)
-            except (UnsafeMemberError, ValueError, OSError, tarfile.TarError) as err:
-                err.args = (*err.args, shard["url"])
-                if not self.handler(err):
-                    break
+# The training pipeline, importable from here as before; loaded on first use (it imports torch).
+_PIPELINE_NAMES = ("MODES", "ShardPipeline", "make_loader", "shard_pipeline")
 
 
-class _ShardShuffle:
-    """Shuffle the shard list identically in every rank and worker: seed + epoch, nothing else."""
+def __getattr__(name: str) -> Any:
+    if name in _PIPELINE_NAMES:
+        from lst_data.shards import pipeline
 
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-        self.epoch = 0
-
-    def __call__(self, source: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        shards = list(source)
-        random.Random(f"{self.seed}:{self.epoch}").shuffle(shards)
-        yield from shards
-
-
-class _SampleShuffle:
-    """A shuffle buffer seeded by seed, epoch, rank and worker: reproducible, and different per worker."""
-
-    def __init__(self, bufsize: int, seed: int) -> None:
-        self.bufsize = bufsize
-        self.seed = seed
-        self.epoch = 0
-
-    def __call__(self, source: Iterator[Any]) -> Iterator[Any]:
-        rank, world_size, worker, num_workers = wds.utils.pytorch_worker_info()
-        rng = random.Random(f"{self.seed}:{self.epoch}:{rank}:{worker}")
-        return wds.shuffle(self.bufsize, initial=min(self.bufsize, 100), rng=rng)(source)
-
-
-class _Decode:
-    def __init__(self, with_audio: bool) -> None:
-        self.with_audio = with_audio
-
-    def __call__(self, raw: tuple[str, dict[str, bytes]]) -> SampleRecord:
-        return decode_members(*raw, with_audio=self.with_audio)
-
-
-class ShardPipeline(wds.DataPipeline):
-    """A webdataset DataPipeline yielding lists of SampleRecord, with `set_epoch` and sidecar counts."""
-
-    shard_set: ShardSet
-    epoch_stages: tuple[Any, ...]
-
-    def set_epoch(self, epoch: int) -> None:
-        for stage in self.epoch_stages:
-            stage.epoch = epoch
-
-
-def shard_pipeline(
-    shard_dir: str | Path,
-    *,
-    batch_size: int,
-    shuffle: bool,
-    mode: str = "epoch",
-    split: str | None = None,
-    seed: int = 0,
-    shuffle_buffer: int = 1000,
-    epoch_samples: int | None = None,
-    world_size: int = 1,
-    num_workers: int = 1,
-    with_audio: bool = True,
-    handler: Callable[[Exception], bool] = wds.reraise_exception,
-    partial: bool = True,
-) -> ShardPipeline:
-    """A pipeline over the shards of `shard_dir` that yields batches (lists) of SampleRecord.
-
-    `shuffle` must be given: it shuffles shards (epoch mode) and samples (a buffer of
-    `shuffle_buffer`). In resampled mode, each of the `world_size * num_workers` streams
-    yields `epoch_samples` / that many samples per epoch (default: the split's size).
-    `len()` is the nominal number of batches of one epoch over all workers.
-    """
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; use one of {MODES}")
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
-    shard_set = ShardSet.from_dir(shard_dir, split)
-    epoch_stages: list[Any] = []
-    if mode == "epoch":
-        stages: list[Any] = [wds.SimpleShardList(list(shard_set.urls))]
-        if shuffle:
-            epoch_stages.append(_ShardShuffle(seed))
-            stages.append(epoch_stages[-1])
-        stages += [wds.split_by_node, wds.split_by_worker]
-    else:
-        stages = [wds.ResampledShards(list(shard_set.urls), seed=seed, deterministic=True)]
-    stages.append(_ShardSamples(with_audio, handler))
-    if shuffle and shuffle_buffer > 1:
-        epoch_stages.append(_SampleShuffle(shuffle_buffer, seed))
-        stages.append(epoch_stages[-1])
-    stages += [
-        wds.map(_Decode(with_audio), handler=handler),
-        wds.batched(batch_size, collation_fn=list, partial=partial),
-    ]
-    pipeline = ShardPipeline(*stages)
-    pipeline.shard_set = shard_set
-    pipeline.epoch_stages = tuple(epoch_stages)
-    samples = epoch_samples if epoch_samples is not None else shard_set.total_samples
-    if mode == "resampled":
-        streams = max(1, world_size) * max(1, num_workers)
-        pipeline = pipeline.with_epoch(nbatches=math.ceil(samples / streams / batch_size))
-    return pipeline.with_length(math.ceil(samples / batch_size), silent=True)
-
-
-def make_loader(
-    shard_dir: str | Path,
-    *,
-    batch_size: int,
-    shuffle: bool,
-    num_workers: int = 2,
-    mode: str = "epoch",
-    **pipeline_options: Any,
-) -> wds.WebLoader:
-    """A torch DataLoader (webdataset's WebLoader) over `shard_pipeline`; batches come whole from the workers."""
-    pipeline = shard_pipeline(
-        shard_dir,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        mode=mode,
-        num_workers=num_workers,
-        **pipeline_options,
-    )
-    loader = wds.WebLoader(
-        pipeline,
-        batch_size=None,
-        num_workers=num_workers,
-        persistent_workers=False,
-        prefetch_factor=4 if num_workers else None,
-    )
-    loader.set_epoch = pipeline.set_epoch  # workers copy the pipeline at each epoch start
-    return loader
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
-    "MODES",
-    "ShardPipeline",
+    "BadShardError",
+    "ReadLimits",
     "ShardSet",
+    "sample_count_problem",
+    "SkipAndCount",
     "UnsafeMemberError",
     "decode_members",
     "iter_raw_samples",
     "iter_records",
     "iter_shard",
-    "make_loader",
-    "shard_pipeline",
+    "listed_shards",
+    "reraise",
+    "verify_shard",
 ]

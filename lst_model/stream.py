@@ -1,0 +1,149 @@
+"""Streaming training input: sequences built and packed inside DataLoader workers.
+
+Each worker runs the shard reader's webdataset pipeline (`lst_data.shards.reader.shard_pipeline`:
+shards split by rank and by worker, a seeded shuffle buffer, 'epoch' = every sample once
+per epoch, 'resampled' = shards drawn with replacement), drops held-out utterances, turns
+the rest into examples mixed by token share (`SequenceBuilder.examples_from`: each
+utterance is used once; text examples come from the text corpus), packs them into rows and
+collates micro-batches. Only token tensors (and the micro-batch's cost under both models, a
+few integers) cross the process boundary; no record list is ever held, so memory does not
+grow with the corpus.
+
+Order and resume: worker w of rank r in epoch e draws from seed (seed, e, r, w); the
+DataLoader takes micro-batches from its workers in turn, so the sequence of micro-batches
+is a function of (seed, epoch, ranks, workers). `StreamCursor` counts the micro-batches
+consumed in the epoch; a resumed run restarts the epoch and skips that many (it rebuilds
+them, which costs input time but no trainer time). Curriculum progress inside a worker is
+estimated from the micro-batch index it is about to produce.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from lst_data.core.config import updated
+from lst_model.config import RunSpec
+from lst_model.data import is_heldout
+from lst_model.flops import batch_cost
+from lst_model.model import Batch
+from lst_model.sequences import SequenceBuilder, pack
+from lst_model.tokens import TokenSpace
+
+READ_BATCH = 32  # records per reader batch inside a worker (the reader batches in the pipeline)
+
+
+@dataclasses.dataclass
+class StreamPosition:
+    """Where the input stream is: epoch and micro-batches of it consumed (the data position of a checkpoint)."""
+
+    epoch: int = 0
+    batches: int = 0
+    first_step_batch: int = 0  # global micro-batch index at which this epoch began (curriculum progress)
+
+
+class PackedShardStream(IterableDataset):
+    """Micro-batches of packed training rows (as tensors), built in the worker that reads the shards."""
+
+    def __init__(self, shard_dir: str | Path, spec: RunSpec, space: TokenSpace, *, rows: int, world_size: int = 1,
+                 texts: Sequence[np.ndarray] | None = None) -> None:
+        self.shard_dir = Path(shard_dir)
+        self.spec = spec
+        self.space = space
+        self.rows = rows
+        self.world_size = world_size
+        self.texts = texts
+        self.position = StreamPosition()
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        import webdataset as wds
+
+        from lst_data.shards.reader import shard_pipeline
+
+        rank, _, worker, n_workers = wds.utils.pytorch_worker_info()
+        data, t = self.spec.data, self.spec.train
+        pipeline = shard_pipeline(self.shard_dir, batch_size=READ_BATCH, shuffle=True, mode=data.stream_mode,
+                                  seed=t.seed, shuffle_buffer=data.shuffle_buffer, world_size=self.world_size,
+                                  num_workers=max(1, n_workers), with_audio=False)
+        pipeline.set_epoch(self.position.epoch)
+        records = (r for batch in pipeline for r in batch if not is_heldout(r.id, data.heldout_fraction))
+        produced = 0
+        total_batches = self.spec.steps * t.grad_accum
+
+        def progress() -> float:
+            return min(1.0, (self.position.first_step_batch + produced * max(1, n_workers) + worker) / total_batches)
+
+        builder = SequenceBuilder(self.space, data, self.texts)
+        rng = np.random.default_rng([t.seed, self.position.epoch, rank, worker])
+        examples = builder.examples_from(lambda: next(records, None), rng, progress)
+        flat = self.spec.model.kind == "baseline"
+        both = {kind: updated(self.spec.model, {"kind": kind}) for kind in ("lst", "baseline")}
+        while True:
+            sequences = []
+            for _ in range(self.rows):
+                first = next(examples, None)
+                if first is None:
+                    break
+                sequences.append(pack(chain([first], examples), data.seq_positions, flat))
+            if len(sequences) < self.rows:
+                return  # the worker's part of the epoch is over (a ragged last micro-batch is dropped)
+            batch = Batch.from_examples(sequences, self.space.pad, flat)
+            costs = [batch_cost(config, self.space.size, Batch.from_examples(sequences, self.space.pad, kind == "baseline"))
+                     for kind, config in both.items()]
+            produced += 1
+            yield {"tokens": batch.tokens, "patch_index": batch.patch_index, "n_patches": batch.n_patches,
+                   "document": batch.document,
+                   "cost": torch.tensor([[c.tokens, c.global_positions, c.train_flops] for c in costs], dtype=torch.int64)}
+
+
+def batch_from_tensors(item: dict[str, torch.Tensor]) -> Batch:
+    return Batch(item["tokens"], item["patch_index"], item["n_patches"], item["document"])
+
+
+class StreamCursor:
+    """Micro-batches from DataLoader workers across epochs, with a resumable position.
+
+    `any_exhausted(flag)` makes every rank agree that an epoch ended when one rank's part
+    did (identity without DDP), so ranks stay in step."""
+
+    def __init__(self, dataset: PackedShardStream, num_workers: int, position: StreamPosition | None = None,
+                 any_exhausted: Callable[[bool], bool] = bool) -> None:
+        self.dataset = dataset
+        self.num_workers = num_workers
+        self.position = position or StreamPosition()
+        self.any_exhausted = any_exhausted
+        self._iterator: Iterator[dict[str, torch.Tensor]] | None = None
+
+    def _start(self) -> None:
+        skip = self.position.batches
+        self.dataset.position = dataclasses.replace(self.position, batches=0)
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                            prefetch_factor=4 if self.num_workers else None, persistent_workers=False)
+        self._iterator = iter(loader)
+        for _ in range(skip):  # resume mid-epoch: rebuild and drop what was already consumed
+            if next(self._iterator, None) is None:
+                raise ValueError("the checkpoint's stream position lies beyond the end of its epoch")
+
+    def next(self) -> dict[str, torch.Tensor]:
+        for _ in range(2):
+            if self._iterator is None:
+                self._start()
+            item = next(self._iterator, None)
+            if not self.any_exhausted(item is None):
+                self.position.batches += 1
+                return item
+            self.position = StreamPosition(self.position.epoch + 1, 0,
+                                           self.position.first_step_batch + self.position.batches)
+            self._iterator = None
+        raise ValueError(f"an epoch of {self.dataset.shard_dir} yields no micro-batch of {self.dataset.rows} rows "
+                         "for some rank; use fewer rows, ranks or workers, or stream_mode 'resampled'")
+
+    def state(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.position)

@@ -1,0 +1,90 @@
+"""The independent text corpus of the paper's mixture (67 % of training tokens).
+
+`--text PATH` is a plain text file (one document per non-empty line), a JSONL file (one
+object per line with a `text` field) or a Parquet file (a `text` column). Documents are
+normalized as the shards' transcripts were (`lst_data.text.normalize_text` with the
+shards' ingest settings) and encoded with the shards' tokenizer, so text-corpus ids and
+transcript ids mean the same pieces. Files are read one line / record batch at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TOKENIZER_FILE = "tokenizer.model"
+
+
+class TextCorpusError(ValueError):
+    """A user's text corpus or tokenizer cannot be used (the CLI turns it into a usage error)."""
+
+
+def iter_documents(path: str | Path) -> Iterator[str]:
+    """Raw documents of a text corpus file (see the module doc)."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        parquet = pq.ParquetFile(path)
+        if "text" not in parquet.schema_arrow.names:
+            raise TextCorpusError(f"--text {path}: a Parquet text corpus needs a 'text' column")
+        for batch in parquet.iter_batches(columns=["text"], batch_size=4096):
+            yield from (t for t in batch.column(0).to_pylist() if t)
+        return
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            if path.suffix == ".jsonl":
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                    raise TextCorpusError(f"--text {path}:{number}: each JSONL line needs a string field 'text'")
+                yield record["text"]
+            else:
+                yield line.rstrip("\n")
+
+
+def find_tokenizer(shard_dir: str | Path) -> Path | None:
+    """The tokenizer a build used: `tokenizer.model` beside the shards or in a sibling stage folder."""
+    shard_dir = Path(shard_dir)
+    for candidate in (shard_dir / TOKENIZER_FILE, *sorted(shard_dir.parent.glob(f"*/{TOKENIZER_FILE}"))):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_text_corpus(path: str | Path, tokenizer_path: str | Path, dataset: dict[str, Any], text_vocab_size: int) -> list[np.ndarray]:
+    """BPE ids of every non-empty document (int32 arrays)."""
+    from lst_data.text import normalize_text
+    from lst_data.tokenize.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_path)
+    if tokenizer.vocab_size != text_vocab_size:
+        raise TextCorpusError(f"--tokenizer {tokenizer_path}: vocabulary {tokenizer.vocab_size} != the shards' {text_vocab_size}")
+    ingest = (dataset.get("config") or {}).get("ingest") or {}
+    lowercase = bool(ingest.get("lowercase", True))
+    numbers = "expand" if ingest.get("numbers") == "expand" else "flag"
+    documents = []
+    for text in iter_documents(path):
+        normalized = normalize_text(text, lowercase=lowercase, numbers=numbers).text
+        if normalized:
+            documents.append(np.asarray(tokenizer.encode(normalized), dtype=np.int32))
+    if not documents:
+        raise TextCorpusError(f"--text {path}: no non-empty documents")
+    return documents
+
+
+def corpus_fingerprint(documents: Sequence[np.ndarray] | None) -> str | None:
+    """sha256 over the documents' ids: a resumed run must read the same text stream."""
+    if documents is None:
+        return None
+    digest = hashlib.sha256()
+    for ids in documents:
+        digest.update(np.asarray(ids, dtype="<i4").tobytes())
+        digest.update(b"\xff\xff\xff\xff")
+    return digest.hexdigest()
