@@ -1,4 +1,4 @@
-"""Readers for the three corpus layouts users bring.
+"""Readers for the corpus layouts users bring (lhotse, NeMo and Hugging Face in their own modules).
 
 - MFA layout: speaker folders with audio (.wav/.flac/.ogg/.mp3) and a transcript of the
   same stem (.lab or .txt); audio directly under the root gets the root's name as speaker.
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from lst_data.audio import READABLE_SUFFIXES
 from lst_data.core.rejects import Reject
+from lst_data.ingest.config import HfColumns
 
 TRANSCRIPT_SUFFIXES = (".lab", ".txt")
 
@@ -31,6 +32,11 @@ class CorpusEntry:
     transcript: bytes | None  # None: no transcript was found
     speaker: str
     transcript_source: str  # where the transcript came from (file path, or manifest:line)
+    # A segment of the audio file (lhotse supervisions, NeMo offsets): start and length (s);
+    # duration None means to the end of the file.
+    offset: float = 0.0
+    duration: float | None = None
+    audio_bytes: bytes | None = None  # encoded audio held by the corpus itself (Hugging Face datasets)
 
 
 def read_mfa_layout(root: str | Path) -> Iterator[CorpusEntry]:
@@ -69,20 +75,27 @@ def read_librispeech(root: str | Path) -> Iterator[CorpusEntry | Reject]:
             )
 
 
-def read_jsonl(manifest: str | Path) -> Iterator[CorpusEntry | Reject]:
-    manifest = Path(manifest)
+def read_json_lines(manifest: Path) -> Iterator[tuple[str, object] | Reject]:
+    """(where, parsed object) per non-blank line of a JSONL file; a line that is not JSON is a reject."""
     for line_no, raw_line in enumerate(manifest.read_bytes().splitlines(), start=1):
         if not raw_line.strip():
             continue
         where = f"{manifest.name}:{line_no}"
         try:
-            obj = json.loads(raw_line)
+            yield where, json.loads(raw_line)
         except UnicodeDecodeError as err:
             yield Reject(where, "ingest", "transcript_not_utf8", f"{where}: {err}")
-            continue
         except json.JSONDecodeError as err:
             yield Reject(where, "ingest", "corpus_entry_invalid", f"{where}: not JSON ({err.msg})")
+
+
+def read_jsonl(manifest: str | Path) -> Iterator[CorpusEntry | Reject]:
+    manifest = Path(manifest)
+    for item in read_json_lines(manifest):
+        if isinstance(item, Reject):
+            yield item
             continue
+        where, obj = item
         if not isinstance(obj, dict) or not isinstance(obj.get("id"), str) or not isinstance(obj.get("audio"), str):
             yield Reject(where, "ingest", "corpus_entry_invalid", f"{where}: needs string fields 'id' and 'audio'")
             continue
@@ -98,20 +111,37 @@ def read_jsonl(manifest: str | Path) -> Iterator[CorpusEntry | Reject]:
 
 
 def detect_layout(path: str | Path) -> str:
+    from lst_data.ingest.hf_reader import looks_like_hf
+    from lst_data.ingest.nemo_reader import looks_like_nemo
+    from lst_data.lhotse_io import looks_like_lhotse
+
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"corpus {path} does not exist")
+    if looks_like_hf(path):
+        return "hf"
+    if looks_like_lhotse(path):
+        return "lhotse"
+    if path.is_file() and looks_like_nemo(path):
+        return "nemo"
     if path.is_file() and path.suffix in (".jsonl", ".json"):
         return "jsonl"
     if not path.is_dir():
-        raise FileNotFoundError(f"corpus {path} is neither a directory nor a .jsonl manifest")
+        raise FileNotFoundError(f"corpus {path} is neither a directory nor a manifest (.jsonl, .jsonl.gz, .parquet)")
     if next(path.rglob("*.trans.txt"), None) is not None:
         return "librispeech"
     return "mfa"
 
 
-def read_corpus(path: str | Path, layout: str = "auto") -> Iterator[CorpusEntry | Reject]:
+def read_corpus(path: str | Path, layout: str = "auto", hf_columns: HfColumns | None = None) -> Iterator[CorpusEntry | Reject]:
     """Entries (and entry-level rejects) of the corpus at `path`, in a deterministic order."""
+    from lst_data.ingest.hf_reader import read_hf
+    from lst_data.ingest.lhotse_reader import read_lhotse
+    from lst_data.ingest.nemo_reader import read_nemo
+
     layout = detect_layout(path) if layout == "auto" else layout
-    readers = {"mfa": read_mfa_layout, "librispeech": read_librispeech, "jsonl": read_jsonl}
+    readers = {"mfa": read_mfa_layout, "librispeech": read_librispeech, "jsonl": read_jsonl, "lhotse": read_lhotse,
+               "nemo": read_nemo, "hf": lambda p: read_hf(p, hf_columns or HfColumns())}
     if layout not in readers:
         raise ValueError(f"unknown corpus layout {layout!r}; one of {sorted(readers)}")
     return readers[layout](path)
