@@ -222,9 +222,9 @@ def test_hugging_face_dataset_builds(form, demo_corpus, tmp_path):
         corpus = tmp_path / "saved"
         dataset.save_to_disk(str(corpus))
     else:
-        corpus = tmp_path / "data" / "train-00000-of-00001.parquet"
-        corpus.parent.mkdir()
-        dataset.to_parquet(str(corpus))
+        corpus = tmp_path / "hub"  # the Hub's layout: data/SPLIT-NNNNN-of-NNNNN.parquet
+        (corpus / "data").mkdir(parents=True)
+        dataset.to_parquet(str(corpus / "data" / "train-00000-of-00001.parquet"))
     assert detect_layout(corpus) == "hf"
     run = tmp_path / "run"
     build_corpus(corpus, run, config(ingest={"hf": {"text": "transcription"}}))
@@ -304,6 +304,23 @@ def test_long_recording_is_rejected_by_default_and_cut_at_pauses_by_config(demo_
         start = round(row["offset"] * RATE)
         np.testing.assert_array_equal(piece, chapter[start:start + len(piece)])
         assert "segmented" in row["flags"] and row["source_path"].endswith("chapter.wav")
+
+
+@pytest.mark.ray
+def test_ray_ingest_of_segments_and_embedded_audio_equals_local(ray_local, demo_corpus, tmp_path):
+    """On Ray the stage travels to actors (its aligner is loaded there) and embedded audio bytes
+    cross the process boundary inside the Arrow batches: the manifests must not differ."""
+    utts = truth(demo_corpus)[:6]
+    long_recording_corpus(demo_corpus, utts, tmp_path / "long")
+    hf_dataset(demo_corpus, utts).to_parquet(str(tmp_path / "train.parquet"))
+    on_ray = {"runner": "ray", "num_workers": 2, "cpus_per_worker": 0.5, "batch_size": 2}
+    for corpus, ingest in ((tmp_path / "long", {"max_duration": 12.0, "long_recordings": "segment"}),
+                           (tmp_path / "train.parquet", {"hf": {"text": "transcription"}})):
+        tables = []
+        for name, ray in (("local", {"runner": "local"}), ("ray", on_ray)):
+            ingest_corpus(corpus, tmp_path / f"{corpus.stem}-{name}", config(ingest=ingest, ray=ray))
+            tables.append(pq.read_table(tmp_path / f"{corpus.stem}-{name}" / "manifest.parquet").drop_columns(["audio_path"]))
+        assert tables[0].num_rows >= 3 and tables[0].equals(tables[1])
 
 
 @pytest.mark.slow

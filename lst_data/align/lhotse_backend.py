@@ -10,14 +10,13 @@ labelled silences; phones are tied to the word whose span holds their midpoint.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 from lst_data.align.base import (
-    Aligner,
     AlignFailure,
     Alignment,
     AlignRequest,
+    ImportedAligner,
     Interval,
     hash_files,
     is_silence_label,
@@ -50,14 +49,14 @@ def segment_alignment(segment: Segment, word_tier: str, phone_tier: str | None, 
     return Alignment(words=words, phones=phones, labelled_silences=sorted(silences, key=lambda i: i.start))
 
 
-class LhotseAligner(Aligner):
+class LhotseAligner(ImportedAligner):
     name = "lhotse"
 
     def __init__(self, config: AlignConfig) -> None:
         cfg = config.lhotse
         if cfg.manifest is None:
             raise ValueError("align.lhotse.manifest must name the lhotse manifest (or folder) with alignments")
-        self.manifest = Path(cfg.manifest)
+        self.manifest, self.word_tier = Path(cfg.manifest), cfg.word_tier
         self.alignments: dict[str, Alignment | None] = {
             s.supervision.id: segment_alignment(s, cfg.word_tier, cfg.phone_tier, cfg.silence_tier)
             for s in read_segments(self.manifest) if isinstance(s, Segment)
@@ -65,20 +64,10 @@ class LhotseAligner(Aligner):
         self._model_hash = hash_files(extra=f"{self.manifest.resolve()}|{cfg.word_tier}|{cfg.phone_tier}|"
                                             f"{cfg.silence_tier}|{len(self.alignments)}")
 
-    @property
-    def model_hash(self) -> str:
-        return self._model_hash
-
-    def normalize_word(self, word: str) -> str:
-        return word.lower()
-
-    def align_batch(self, requests: Sequence[AlignRequest]) -> list[Alignment | AlignFailure]:
-        results: list[Alignment | AlignFailure] = []
-        for request in requests:
-            if request.id not in self.alignments:
-                results.append(AlignFailure("align_failed", f"no supervision {request.id!r} in {self.manifest}"))
-            elif self.alignments[request.id] is None:
-                results.append(AlignFailure("align_failed", f"supervision {request.id!r} has no {self.name} word tier"))
-            else:
-                results.append(lowercase_words(self.alignments[request.id]))
-        return results
+    def align_one(self, request: AlignRequest) -> Alignment | AlignFailure:
+        if request.id not in self.alignments:
+            return AlignFailure("align_failed", f"no supervision {request.id!r} in {self.manifest}")
+        alignment = self.alignments[request.id]
+        if alignment is None:
+            return AlignFailure("align_failed", f"supervision {request.id!r} has no {self.word_tier!r} alignment tier")
+        return lowercase_words(alignment)

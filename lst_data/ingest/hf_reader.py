@@ -2,7 +2,7 @@
 
 Two forms: a `Dataset.save_to_disk` / `DatasetDict.save_to_disk` folder (read with
 `datasets.load_from_disk`, the `interop` extra), or parquet files (`Dataset.to_parquet`,
-the Hub's `data/*.parquet`; read with pyarrow). Columns are named by `ingest.hf.*`. The
+a folder's top-level `*.parquet` or the Hub's `data/**/*.parquet`; read with pyarrow). Columns are named by `ingest.hf.*`. The
 audio column holds what datasets' `Audio` feature stores, `{bytes, path}`, or a path
 string: embedded bytes ride with the entry (decoded by ingest from memory, so a dataset's
 audio is held in memory while it is listed); a bare path is read from disk, relative to
@@ -24,10 +24,15 @@ from lst_data.ingest.readers import CorpusEntry
 SAVED_MARKERS = ("dataset_dict.json", "state.json")
 
 
-def looks_like_hf(path: Path) -> bool:
+def parquet_files(path: Path) -> list[Path]:
+    """A parquet file, or those of a dataset folder: at its top or under `data/` (the Hub's layout)."""
     if path.is_file():
-        return path.suffix == ".parquet"
-    return any((path / m).is_file() for m in SAVED_MARKERS) or next(path.rglob("*.parquet"), None) is not None
+        return [path] if path.suffix == ".parquet" else []
+    return sorted([*path.glob("*.parquet"), *path.glob("data/**/*.parquet")])
+
+
+def looks_like_hf(path: Path) -> bool:
+    return any((path / m).is_file() for m in SAVED_MARKERS) or bool(parquet_files(path))
 
 
 def read_hf(path: str | Path, columns: HfColumns) -> Iterator[CorpusEntry | Reject]:
@@ -35,8 +40,7 @@ def read_hf(path: str | Path, columns: HfColumns) -> Iterator[CorpusEntry | Reje
     if path.is_dir() and any((path / m).is_file() for m in SAVED_MARKERS):
         yield from _read_saved(path, columns)
         return
-    files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
-    for file in files:
+    for file in parquet_files(path):
         yield from _entries(_parquet_rows(file, columns), file, file.stem, columns)
 
 

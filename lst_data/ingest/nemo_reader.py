@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from lst_data.core.rejects import Reject
 from lst_data.ingest.readers import CorpusEntry, read_json_lines
@@ -32,26 +33,19 @@ def _seconds(value: object) -> float | None:
 
 def read_nemo(manifest: str | Path) -> Iterator[CorpusEntry | Reject]:
     manifest = Path(manifest)
-    for item in read_json_lines(manifest):
-        if isinstance(item, Reject):
-            yield item
-            continue
-        where, obj = item
-        if not isinstance(obj, dict) or not isinstance(obj.get("audio_filepath"), str):
-            yield Reject(where, "ingest", "corpus_entry_invalid", f"{where}: needs a string field 'audio_filepath'")
-            continue
+
+    def to_entry(where: str, obj: dict[str, Any]) -> CorpusEntry | Reject:
         segment = "offset" in obj
         offset, duration = _seconds(obj.get("offset", 0.0)), _seconds(obj.get("duration"))
         if offset is None or (segment and not duration):
-            yield Reject(where, "ingest", "corpus_entry_invalid",
-                         f"{where}: 'offset' needs a number >= 0 and 'duration' a number > 0 (s)")
-            continue
+            return Reject(where, "ingest", "corpus_entry_invalid",
+                          f"{where}: 'offset' needs a number >= 0 and 'duration' a number > 0 (s)")
         audio = Path(obj["audio_filepath"])
         utt_id = obj.get("utt_id") or obj.get("id")
         if not isinstance(utt_id, str) or not utt_id:
             utt_id = f"{audio.stem}-{round(offset * 1000):08d}" if segment else audio.stem
         text = obj.get("text")
-        yield CorpusEntry(
+        return CorpusEntry(
             id=utt_id,
             audio_path=str((audio if audio.is_absolute() else manifest.parent / audio).resolve()),
             transcript=text.encode("utf-8") if isinstance(text, str) else None,
@@ -60,3 +54,5 @@ def read_nemo(manifest: str | Path) -> Iterator[CorpusEntry | Reject]:
             offset=offset,
             duration=duration if segment else None,
         )
+
+    return read_json_lines(manifest, ("audio_filepath",), to_entry)

@@ -14,9 +14,10 @@ be an entry at all (bad JSON) is returned as a reject, never dropped.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lst_data.audio import READABLE_SUFFIXES
 from lst_data.core.rejects import Reject
@@ -75,39 +76,44 @@ def read_librispeech(root: str | Path) -> Iterator[CorpusEntry | Reject]:
             )
 
 
-def read_json_lines(manifest: Path) -> Iterator[tuple[str, object] | Reject]:
-    """(where, parsed object) per non-blank line of a JSONL file; a line that is not JSON is a reject."""
+def read_json_lines(manifest: Path, required: tuple[str, ...],
+                    to_entry: Callable[[str, dict[str, Any]], CorpusEntry | Reject]) -> Iterator[CorpusEntry | Reject]:
+    """`to_entry(where, object)` for every non-blank line of a JSONL file that is an object with the
+    `required` string fields; any other line is a reject."""
     for line_no, raw_line in enumerate(manifest.read_bytes().splitlines(), start=1):
         if not raw_line.strip():
             continue
         where = f"{manifest.name}:{line_no}"
         try:
-            yield where, json.loads(raw_line)
+            obj = json.loads(raw_line)
         except UnicodeDecodeError as err:
             yield Reject(where, "ingest", "transcript_not_utf8", f"{where}: {err}")
+            continue
         except json.JSONDecodeError as err:
             yield Reject(where, "ingest", "corpus_entry_invalid", f"{where}: not JSON ({err.msg})")
+            continue
+        if not isinstance(obj, dict) or not all(isinstance(obj.get(field), str) for field in required):
+            yield Reject(where, "ingest", "corpus_entry_invalid",
+                         f"{where}: needs string fields {' and '.join(repr(f) for f in required)}")
+            continue
+        yield to_entry(where, obj)
 
 
 def read_jsonl(manifest: str | Path) -> Iterator[CorpusEntry | Reject]:
     manifest = Path(manifest)
-    for item in read_json_lines(manifest):
-        if isinstance(item, Reject):
-            yield item
-            continue
-        where, obj = item
-        if not isinstance(obj, dict) or not isinstance(obj.get("id"), str) or not isinstance(obj.get("audio"), str):
-            yield Reject(where, "ingest", "corpus_entry_invalid", f"{where}: needs string fields 'id' and 'audio'")
-            continue
+
+    def to_entry(where: str, obj: dict[str, Any]) -> CorpusEntry:
         text = obj.get("text")
         audio = Path(obj["audio"])
-        yield CorpusEntry(
+        return CorpusEntry(
             id=obj["id"],
             audio_path=str((audio if audio.is_absolute() else manifest.parent / audio).resolve()),
             transcript=text.encode("utf-8") if isinstance(text, str) else None,
             speaker=str(obj.get("speaker") or ""),
             transcript_source=where,
         )
+
+    return read_json_lines(manifest, ("id", "audio"), to_entry)
 
 
 def detect_layout(path: str | Path) -> str:
