@@ -193,13 +193,18 @@ def test_nemo_export_reads_back(demo_build, demo_corpus, tmp_path):
     assert export_nemo(demo_build, tmp_path) == 12
     lines = [json.loads(line) for line in (tmp_path / MANIFEST_FILE).read_text(encoding="utf-8").splitlines()]
     shipped = {r.id: r for r in iter_records(demo_build / "shards", with_audio=False)}
-    by_stem = {Path(line["audio_filepath"]).stem: line for line in lines}
+    by_id = {line["utt_id"]: line for line in lines}
+    assert sorted(by_id) == sorted(shipped)
     for utt_id, record in shipped.items():
-        line = by_stem[utt_id]
+        line = by_id[utt_id]
+        assert Path(line["audio_filepath"]) == (demo_corpus / record.speaker / f"{utt_id}.wav").resolve()
         assert line["duration"] == pytest.approx(record.duration) and line["offset"] == 0.0
         assert [(w["word"], w["start"], w["end"]) for w in line["words"]] == [(w.word, w.start, w.end) for w in record.words]
-    entries = [e for e in read_corpus(tmp_path / MANIFEST_FILE) if not isinstance(e, Exception)]
-    assert sorted(e.transcript.decode() for e in entries) == sorted(line["text"] for line in lines)
+    entries = {e.id: e for e in read_corpus(tmp_path / MANIFEST_FILE)}
+    assert sorted(entries) == sorted(shipped)
+    for utt_id, entry in entries.items():
+        assert (entry.transcript.decode(), entry.offset, entry.duration) == \
+            (by_id[utt_id]["text"], 0.0, by_id[utt_id]["duration"])
 
 
 # --- Hugging Face ------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """A build -> a NeMo manifest (`OUT/manifest.json`, one JSON object per line).
 
-Fields: `audio_filepath` (the corpus's own file), `offset` and `duration` (s) of the
-utterance in it, `text` (the normalized words the alignment is of), `speaker`, and
+Fields: `audio_filepath` (the corpus's own file), `utt_id`, `offset` and `duration` (s)
+of the utterance in it, `text` (the normalized words the alignment is of), `speaker`, and
 `words`: [{word, start, end}] word timestamps in seconds from the utterance's start, as
 NeMo's timestamped transcriptions give them. `lst-data build --layout nemo` reads it back.
 """
@@ -26,7 +26,7 @@ def export_nemo(run_dir: str | Path, out_dir: str | Path) -> int:
             sample = record.sample
             audio, offset = record.source_audio
             line = {
-                "audio_filepath": audio, "offset": offset, "duration": sample.duration,
+                "audio_filepath": audio, "utt_id": sample.id, "offset": offset, "duration": sample.duration,
                 "text": record.manifest["normalized_text"], "speaker": sample.speaker,
                 "words": [{"word": w.word, "start": w.start, "end": w.end} for w in sample.words],
             }

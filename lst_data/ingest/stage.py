@@ -116,8 +116,6 @@ class IngestStage(Stage):
             return [self.reject(utt_id, "audio_empty", f"{source.name} decodes to 0 samples")]
         samples = resample(to_mono(channels), source_rate, cfg.sample_rate)
         duration = samples.shape[0] / cfg.sample_rate
-        if duration < cfg.min_duration:
-            return [self.reject(utt_id, "audio_too_short", f"{duration:.3f} s < {cfg.min_duration} s")]
         flags = list(normalized.flags)
         if source_rate != cfg.sample_rate:
             flags.append("resampled")
@@ -129,15 +127,17 @@ class IngestStage(Stage):
         in_place = embedded is None and not offset and row.get("duration") is None \
             and source.suffix.lower() in IN_PLACE_SUFFIXES and not {"resampled", "downmixed"} & set(flags)
         if duration <= cfg.max_duration:
-            return [self.finish(utterance, samples, source if in_place else None)]
+            return [self.manifest_row(utterance, samples, source if in_place else None)]
         if cfg.long_recordings == "segment" and duration <= cfg.max_recording_duration:
             return self.segment(utterance, samples, source if in_place else None)
         return [self.reject(utt_id, "audio_too_long", f"{duration:.1f} s > {cfg.max_duration} s")]
 
-    def finish(self, utterance: dict[str, Any], samples: np.ndarray, in_place: Path | None) -> dict[str, Any] | Reject:
-        """The manifest row of a decoded utterance, after the transcript-length check."""
+    def manifest_row(self, utterance: dict[str, Any], samples: np.ndarray, in_place: Path | None) -> dict[str, Any] | Reject:
+        """The manifest row of a decoded utterance (or a piece of a long one), after the length checks."""
         cfg, utt_id, normalized_text = self.config, utterance["id"], utterance["normalized_text"]
         duration = samples.shape[0] / cfg.sample_rate
+        if duration < cfg.min_duration:
+            return self.reject(utt_id, "audio_too_short", f"{duration:.3f} s < {cfg.min_duration} s")
         rate = len(normalized_text) / duration
         if rate > cfg.max_chars_per_second:
             return self.reject(
@@ -174,7 +174,7 @@ class IngestStage(Stage):
             text = " ".join(words[piece.first_word:piece.stop_word])
             utterance = {**recording, "id": piece_id, "offset": round(recording["offset"] + piece.start, 6),
                          "text": text, "normalized_text": text, "flags": [*recording["flags"], "segmented"]}
-            outcomes.append(self.finish(utterance, samples[round(piece.start * rate):round(piece.end * rate)], None))
+            outcomes.append(self.manifest_row(utterance, samples[round(piece.start * rate):round(piece.end * rate)], None))
         return outcomes
 
     def _align_whole(self, recording: dict[str, Any], samples: np.ndarray, in_place: Path | None,
