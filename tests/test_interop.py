@@ -166,6 +166,13 @@ def test_missing_extra_is_one_line_naming_it(tmp_path, monkeypatch):
         list(read_corpus(tmp_path / "cuts.jsonl"))
 
 
+def test_missing_datasets_is_one_line_naming_the_extra(demo_corpus, tmp_path, monkeypatch):
+    hf_dataset(demo_corpus, truth(demo_corpus)[:1]).save_to_disk(str(tmp_path / "saved"))
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(UserError, match=r"needs datasets, which is not installed: pip install 'lst-data\[interop\]'"):
+        list(read_corpus(tmp_path / "saved"))
+
+
 # --- NeMo --------------------------------------------------------------------------------------
 
 def test_nemo_manifest_with_offsets_builds(recordings, demo_corpus, tmp_path):
@@ -309,6 +316,16 @@ def test_long_recording_is_rejected_by_default_and_cut_at_pauses_by_config(demo_
         start = round(row["offset"] * RATE)
         np.testing.assert_array_equal(piece, chapter[start:start + len(piece)])
         assert "segmented" in row["flags"] and row["source_path"].endswith("chapter.wav")
+
+
+def test_a_stretch_without_a_pause_to_cut_at_is_rejected(demo_corpus, tmp_path):
+    utts = truth(demo_corpus)[:3]
+    long_recording_corpus(demo_corpus, utts, tmp_path / "corpus")
+    # No pause is 5 s long: the whole recording is one stretch, too long to keep.
+    cut = config(ingest={"max_duration": 8.0, "long_recordings": "segment", "segment_min_pause": 5.0})
+    report = ingest_corpus(tmp_path / "corpus", tmp_path / "out", cut)
+    assert [(r.id, r.code) for r in report.rejects] == [("chapter-00000000", "segment_too_long")]
+    assert pq.read_table(tmp_path / "out" / "manifest.parquet").num_rows == 0
 
 
 @pytest.mark.ray
