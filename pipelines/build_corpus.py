@@ -28,7 +28,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,8 @@ from lst_data.core.config import canonical_hash, to_dict
 from lst_data.core.errors import UserError
 from lst_data.core.fingerprint import files_fingerprint, listing_fingerprint
 from lst_data.core.lock import OutputLocked, exclusive_output
-from lst_data.ingest.stage import list_corpus
+from lst_data.ingest.cli import layout_option
+from lst_data.ingest.stage import list_configured_corpus
 from lst_data.core.rejects import Reject, read_rejects
 from lst_data.core.runner import DONE_FILE, REJECTS_FILE, StageReport
 
@@ -131,10 +132,13 @@ def step_inputs(config: RunConfig, corpus_fingerprint: str) -> dict[str, dict[st
     inputs: dict[str, dict[str, Any]] = {}
     for name in STEP_ORDER:
         step = STEPS[name]
-        sections = [getattr(config, s) for s in step.sections]
+        names = step.sections
+        if name == "ingest" and config.ingest.long_recordings == "segment":
+            names = (*names, "align")  # long recordings are aligned to be cut
+        sections = [getattr(config, s) for s in names]
         inputs[name] = {
             "sections": canonical_hash({"step": name, "seed": config.seed,
-                                        "sections": {s: to_dict(getattr(config, s)) for s in step.sections}}),
+                                        "sections": {s: to_dict(getattr(config, s)) for s in names}}),
             "files": canonical_hash(files_fingerprint(sections)),
             "corpus": corpus_fingerprint if name == "ingest" else None,
             "reads": {r: canonical_hash(inputs[r]) for r in step.reads},
@@ -184,8 +188,8 @@ def build_corpus(
     corpus, run_dir = Path(corpus), Path(run_dir)
     with exclusive_output(run_dir):
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=True), encoding="utf-8")
-        listing = list_corpus(corpus)
-        inputs = step_inputs(config, listing_fingerprint(listing[0], "audio_path", to_dict(listing[1])))
+        listing = list_configured_corpus(corpus, config.ingest)
+        inputs = step_inputs(config, listing_fingerprint(listing[0], "audio_path", [asdict(r) for r in listing[1]]))
         ctx = BuildContext(corpus, run_dir, config, listing)
         outcomes: list[StepOutcome] = []
         for name in steps:
@@ -275,11 +279,12 @@ def print_build_summary(report: BuildReport) -> None:
 @click.argument("corpus", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue a run in OUT: done steps and finished shards are kept.")
+@layout_option
 @config_options
 @click.option("--steps", default=",".join(STEP_ORDER), show_default=True,
               help="Comma-separated steps to run, in pipeline order (e.g. ingest,align).")
-def build_command(corpus: Path, out: Path, resume: bool, config_path: Path | None, assignments: tuple[str, ...],
-                  runner: str | None, steps: str) -> None:
+def build_command(corpus: Path, out: Path, resume: bool, layout: str | None, config_path: Path | None,
+                  assignments: tuple[str, ...], runner: str | None, steps: str) -> None:
     """Build shards from CORPUS into the run directory OUT (ingest, align, units, tokenize, shard).
 
     Exit code 0: every utterance is in the shards; 3: finished, with rejects; 1: failed.
@@ -292,7 +297,7 @@ def build_command(corpus: Path, out: Path, resume: bool, config_path: Path | Non
         raise UserError(f"--steps: unknown steps {unknown}; known: {', '.join(STEP_ORDER)}")
     if out.exists() and any(out.iterdir()) and not resume:
         raise UserError(f"--out: {out} already holds a run: pass --resume to continue it, or choose another --out")
-    config = load_run_config(config_path, assignments, runner)
+    config = load_run_config(config_path, assignments, runner, aliases={"ingest.layout": layout})
     try:
         report = build_corpus(corpus, out, config, steps=chosen, on_step=_print_step)
     except OutputLocked as err:

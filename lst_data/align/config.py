@@ -114,8 +114,20 @@ class TextGridConfig(Section):
     phone_tier: str | None = doc("Phone tier name; None picks the tier named like 'phones', if any.", None)
 
 
+class LhotseAlignConfig(Section):
+    manifest: str | None = doc(
+        "lhotse CutSet / SupervisionSet manifest (or folder of them) whose supervisions carry alignments; "
+        "supervisions are matched by id (the lhotse corpus layout uses supervision ids).", None,
+        names_file=True,
+    )
+    word_tier: str = doc("Alignment tier of words.", "word")
+    phone_tier: str | None = doc("Alignment tier of phones (None or absent: no phones).", "phone")
+    silence_tier: str | None = doc("Alignment tier of silences (None or absent: silences from the word tier's gaps).", "silence")
+
+
 class AlignConfig(Section):
-    backend: Literal["pocketsphinx", "mfa", "ctc", "textgrid"] = doc("Aligner backend: pocketsphinx (default), mfa, ctc, textgrid.", "pocketsphinx")
+    backend: Literal["pocketsphinx", "mfa", "ctc", "textgrid", "lhotse"] = doc(
+        "Aligner backend: pocketsphinx (default), mfa, ctc, textgrid (import), lhotse (import).", "pocketsphinx")
     min_silence: float = doc(
         "Gaps between words at least this long (s) become silence spans (rule 'gap').", 0.05, ge=0
     )
@@ -131,11 +143,13 @@ class AlignConfig(Section):
     mfa: MfaConfig = doc("Montreal Forced Aligner backend.", MfaConfig)
     ctc: CtcConfig = doc("CTC (wav2vec2 / MMS) backend.", CtcConfig)
     textgrid: TextGridConfig = doc("Import of existing TextGrids.", TextGridConfig)
+    lhotse: LhotseAlignConfig = doc("Import of alignments in lhotse supervisions.", LhotseAlignConfig)
 
     @model_validator(mode="after")
     def _backend_inputs_given(self) -> AlignConfig:
         required = {
             "textgrid": ("align.textgrid.directory", self.textgrid.directory),
+            "lhotse": ("align.lhotse.manifest", self.lhotse.manifest),
             "ctc": ("align.ctc.checkpoint", self.ctc.checkpoint),
             "mfa": ("align.mfa.acoustic_model", self.mfa.acoustic_model or (self.mfa.mode == "train" or None)),
         }

@@ -35,6 +35,7 @@ BACKENDS: dict[str, str] = {
     "mfa": "lst_data.align.mfa_backend:MfaAligner",
     "ctc": "lst_data.align.ctc_backend:CtcAligner",
     "textgrid": "lst_data.align.textgrid_backend:TextGridAligner",
+    "lhotse": "lst_data.align.lhotse_backend:LhotseAligner",
 }
 # Backends that read the audio themselves; only their word edges are trimmed.
 ACOUSTIC_BACKENDS = frozenset({"pocketsphinx", "mfa", "ctc"})

@@ -31,6 +31,8 @@ REJECT_CODES: dict[str, str] = {
     "transcript_has_digits": "digits in the transcript while ingest.numbers = 'reject'",
     "duplicate_id": "an earlier utterance already has this id",
     "corpus_entry_invalid": "a manifest line that is not an entry (bad JSON, missing id or audio)",
+    "segmentation_failed": "a long recording (ingest.long_recordings = 'segment') could not be aligned to find its pauses",
+    "segment_too_long": "a stretch of a long recording between aligned pauses is longer than ingest.max_duration",
     # align
     "align_failed": "the aligner produced no alignment for the utterance",
     "oov": "a word is out of the aligner's vocabulary and align.oov = 'reject'",

@@ -1,4 +1,4 @@
-"""Readers for the three corpus layouts users bring.
+"""Readers for the corpus layouts users bring (lhotse, NeMo and Hugging Face in their own modules).
 
 - MFA layout: speaker folders with audio (.wav/.flac/.ogg/.mp3) and a transcript of the
   same stem (.lab or .txt); audio directly under the root gets the root's name as speaker.
@@ -14,12 +14,14 @@ be an entry at all (bad JSON) is returned as a reject, never dropped.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lst_data.audio import READABLE_SUFFIXES
 from lst_data.core.rejects import Reject
+from lst_data.ingest.config import HfColumns
 
 TRANSCRIPT_SUFFIXES = (".lab", ".txt")
 
@@ -31,6 +33,11 @@ class CorpusEntry:
     transcript: bytes | None  # None: no transcript was found
     speaker: str
     transcript_source: str  # where the transcript came from (file path, or manifest:line)
+    # A segment of the audio file (lhotse supervisions, NeMo offsets): start and length (s);
+    # duration None means to the end of the file.
+    offset: float = 0.0
+    duration: float | None = None
+    audio_bytes: bytes | None = None  # encoded audio held by the corpus itself (Hugging Face datasets)
 
 
 def read_mfa_layout(root: str | Path) -> Iterator[CorpusEntry]:
@@ -69,8 +76,10 @@ def read_librispeech(root: str | Path) -> Iterator[CorpusEntry | Reject]:
             )
 
 
-def read_jsonl(manifest: str | Path) -> Iterator[CorpusEntry | Reject]:
-    manifest = Path(manifest)
+def read_json_lines(manifest: Path, required: tuple[str, ...],
+                    to_entry: Callable[[str, dict[str, Any]], CorpusEntry | Reject]) -> Iterator[CorpusEntry | Reject]:
+    """`to_entry(where, object)` for every non-blank line of a JSONL file that is an object with the
+    `required` string fields; any other line is a reject."""
     for line_no, raw_line in enumerate(manifest.read_bytes().splitlines(), start=1):
         if not raw_line.strip():
             continue
@@ -83,12 +92,20 @@ def read_jsonl(manifest: str | Path) -> Iterator[CorpusEntry | Reject]:
         except json.JSONDecodeError as err:
             yield Reject(where, "ingest", "corpus_entry_invalid", f"{where}: not JSON ({err.msg})")
             continue
-        if not isinstance(obj, dict) or not isinstance(obj.get("id"), str) or not isinstance(obj.get("audio"), str):
-            yield Reject(where, "ingest", "corpus_entry_invalid", f"{where}: needs string fields 'id' and 'audio'")
+        if not isinstance(obj, dict) or not all(isinstance(obj.get(field), str) for field in required):
+            yield Reject(where, "ingest", "corpus_entry_invalid",
+                         f"{where}: needs string fields {' and '.join(repr(f) for f in required)}")
             continue
+        yield to_entry(where, obj)
+
+
+def read_jsonl(manifest: str | Path) -> Iterator[CorpusEntry | Reject]:
+    manifest = Path(manifest)
+
+    def to_entry(where: str, obj: dict[str, Any]) -> CorpusEntry:
         text = obj.get("text")
         audio = Path(obj["audio"])
-        yield CorpusEntry(
+        return CorpusEntry(
             id=obj["id"],
             audio_path=str((audio if audio.is_absolute() else manifest.parent / audio).resolve()),
             transcript=text.encode("utf-8") if isinstance(text, str) else None,
@@ -96,22 +113,41 @@ def read_jsonl(manifest: str | Path) -> Iterator[CorpusEntry | Reject]:
             transcript_source=where,
         )
 
+    return read_json_lines(manifest, ("id", "audio"), to_entry)
+
 
 def detect_layout(path: str | Path) -> str:
+    from lst_data.ingest.hf_reader import looks_like_hf
+    from lst_data.ingest.nemo_reader import looks_like_nemo
+    from lst_data.lhotse_io import looks_like_lhotse
+
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"corpus {path} does not exist")
+    if looks_like_hf(path):
+        return "hf"
+    if looks_like_lhotse(path):
+        return "lhotse"
+    if path.is_file() and looks_like_nemo(path):
+        return "nemo"
     if path.is_file() and path.suffix in (".jsonl", ".json"):
         return "jsonl"
     if not path.is_dir():
-        raise FileNotFoundError(f"corpus {path} is neither a directory nor a .jsonl manifest")
+        raise FileNotFoundError(f"corpus {path} is neither a directory nor a manifest (.jsonl, .jsonl.gz, .parquet)")
     if next(path.rglob("*.trans.txt"), None) is not None:
         return "librispeech"
     return "mfa"
 
 
-def read_corpus(path: str | Path, layout: str = "auto") -> Iterator[CorpusEntry | Reject]:
+def read_corpus(path: str | Path, layout: str = "auto", hf_columns: HfColumns | None = None) -> Iterator[CorpusEntry | Reject]:
     """Entries (and entry-level rejects) of the corpus at `path`, in a deterministic order."""
+    from lst_data.ingest.hf_reader import read_hf
+    from lst_data.ingest.lhotse_reader import read_lhotse
+    from lst_data.ingest.nemo_reader import read_nemo
+
     layout = detect_layout(path) if layout == "auto" else layout
-    readers = {"mfa": read_mfa_layout, "librispeech": read_librispeech, "jsonl": read_jsonl}
+    readers = {"mfa": read_mfa_layout, "librispeech": read_librispeech, "jsonl": read_jsonl, "lhotse": read_lhotse,
+               "nemo": read_nemo, "hf": lambda p: read_hf(p, hf_columns or HfColumns())}
     if layout not in readers:
         raise ValueError(f"unknown corpus layout {layout!r}; one of {sorted(readers)}")
     return readers[layout](path)
