@@ -116,21 +116,23 @@ def iter_stage(stage: Stage, table: pa.Table, ray_config: RayConfig) -> Iterator
     with warnings.catch_warnings():
         # max_restarts has no named parameter yet; passing it as a remote arg is deprecated.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
-        mapped = _map_stage(ds, stage, ray_config, ray_data)
+        mapped = _map_stage(ds, stage, ray_config, ray_data, max(1, len(blocks)))
     for wire in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
         ok, rejects = decode_result(stage, wire)
         yield ok, rejects, wire.num_rows
 
 
-def _map_stage(ds: Any, stage: Stage, ray_config: RayConfig, ray_data: Any) -> Any:
+def _map_stage(ds: Any, stage: Stage, ray_config: RayConfig, ray_data: Any, blocks: int) -> Any:
     from lst_data.core.ray_env import actor_options, stage_pool_size
 
+    # No more actors than blocks: each extra one would load its model for nothing.
+    actors = min(stage_pool_size(stage.resources, ray_config), blocks)
     return ds.map_batches(
         _StageWorker,
         fn_constructor_args=(stage,),
         batch_size=ray_config.batch_size,
         batch_format="pyarrow",
-        compute=ray_data.ActorPoolStrategy(size=stage_pool_size(stage.resources, ray_config)),
+        compute=ray_data.ActorPoolStrategy(size=actors),
         num_cpus=stage.resources.cpus * ray_config.cpus_per_worker,
         num_gpus=stage.resources.gpus,
         **actor_options(ray_config),
