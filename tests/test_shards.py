@@ -23,7 +23,8 @@ from lst_data.core.schemas import load_schema, validation_errors
 from lst_data.shards.join import JoinTables, Provenance, join_records
 from lst_data.shards.synthetic import synthetic_tables
 from lst_data.shards.writer import write_shards
-from lst_data.core.tables import ALIGNMENT_SCHEMA, MANIFEST_SCHEMA, TOKENS_SCHEMA, UNITS_SCHEMA, sanitize_key
+from lst_data.core.tables import ALIGNMENT_SCHEMA, MANIFEST_SCHEMA, TOKENS_SCHEMA, UNITS_SCHEMA
+from lst_data.keys import sanitize_key
 
 
 def config_with(**shard) -> RunConfig:

@@ -9,9 +9,9 @@ def test_punctuation_case_and_apostrophes():
 
 
 def test_digits_flagged_or_expanded():
-    flagged = normalize_text("Room 101, please")
+    flagged = normalize_text("Room 101, please", numbers="flag")
     assert flagged.text == "room 101 please" and flagged.flags == ("digits",)
-    expanded = normalize_text("Room 101, please", numbers="expand")
+    expanded = normalize_text("Room 101, please")
     assert expanded.text == "room one hundred and one please" and expanded.flags == ("numbers_expanded",)
 
 

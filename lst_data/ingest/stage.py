@@ -23,7 +23,8 @@ from lst_data.core.runner import StageReport, run_stage
 from lst_data.core.stage import Resources, Stage, StageResult
 from lst_data.ingest.config import IngestConfig
 from lst_data.ingest.readers import CorpusEntry, read_corpus
-from lst_data.core.tables import MANIFEST_SCHEMA, sanitize_key
+from lst_data.core.tables import MANIFEST_SCHEMA
+from lst_data.keys import sanitize_key
 from lst_data.text import normalize_text
 
 ENTRY_SCHEMA = pa.schema(

@@ -44,7 +44,7 @@ from lst_data.shards.layout import (
     shard_paths,
     sidecar_path,
 )
-from lst_data.core.tables import sanitize_key
+from lst_data.keys import sanitize_key
 
 MODES = ("epoch", "resampled")
 
