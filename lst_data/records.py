@@ -68,6 +68,7 @@ class SampleRecord:
     aligner: dict[str, Any] = field(default_factory=dict)
     unit_info: dict[str, Any] = field(default_factory=dict)
     audio: bytes | None = None  # FLAC bytes when the shard carries audio
+    text_original: str | None = None  # the corpus transcript before normalization
 
     @property
     def n_frames(self) -> int:
@@ -88,7 +89,7 @@ class SampleRecord:
             "silences": [s._asdict() for s in self.silences],
             "aligner": dict(self.aligner),
             "units": dict(self.unit_info),
-        }
+        } | ({} if self.text_original is None else {"text_original": self.text_original})
 
     @classmethod
     def from_json(cls, data: dict[str, Any], units: np.ndarray, audio: bytes | None = None) -> SampleRecord:
@@ -111,4 +112,5 @@ class SampleRecord:
             aligner=dict(data["aligner"]),
             unit_info=dict(data["units"]),
             audio=audio,
+            text_original=data.get("text_original"),
         )

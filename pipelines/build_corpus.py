@@ -39,7 +39,7 @@ from lst_data.config import RunConfig
 from lst_data.core.cli_options import config_options, load_run_config, run_cli
 from lst_data.core.config import canonical_hash, to_dict
 from lst_data.core.errors import UserError
-from lst_data.core.rejects import Reject, read_rejects
+from lst_data.core.rejects import Reject, merge_rejects, read_rejects
 from lst_data.core.runner import DONE_FILE, REJECTS_FILE, StageReport
 
 STEP_ORDER = ("ingest", "align", "units", "tokenize", "shard")
@@ -153,7 +153,8 @@ class BuildReport:
 
     @property
     def rejects(self) -> list[Reject]:
-        return [r for o in self.outcomes for r in o.rejects]
+        """Every reject once: the shard step carries the earlier steps' rejects too."""
+        return merge_rejects(r for o in self.outcomes for r in o.rejects)
 
 
 def build_corpus(
@@ -206,11 +207,12 @@ def _write_build_json(report: BuildReport, config: RunConfig, hashes: dict[str, 
     (report.run_dir / "build.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def print_build_summary(report: BuildReport) -> None:
+def print_build_summary(report: BuildReport, config: RunConfig) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from lst_data.core.summary import print_summary
+    from lst_data.ingest.stage import ignored_notes
 
     console = Console(soft_wrap=True)
     table = Table(title=f"build {report.run_dir}", title_justify="left")
@@ -229,7 +231,9 @@ def print_build_summary(report: BuildReport) -> None:
                ("wall time", f"{report.seconds:.1f} s")]
     if hours_in and not any(o.skipped for o in report.outcomes):
         figures.append(("real-time factor", f"{report.seconds / (hours_in * 3600):.3f} (wall s per audio s)"))
-    print_summary("totals", figures, report.rejects, console=console)
+    ingest_json = report.run_dir / STEPS["ingest"].folder / "ingest.json"
+    notes = ignored_notes(json.loads(ingest_json.read_text(encoding="utf-8"))) if ingest_json.exists() else []
+    print_summary("totals", figures, report.rejects, console=console, config=config, notes=notes)
 
 
 @click.command("build")
@@ -256,7 +260,7 @@ def build_command(corpus: Path, out: Path, resume: bool, config_path: Path | Non
     config = load_run_config(config_path, assignments, runner)
     report = build_corpus(corpus, out, config, steps=chosen,
                           on_step=lambda o: click.echo(f"[{o.name}] {'kept (done)' if o.skipped else f'done in {o.seconds:.1f} s'}", err=True))
-    print_build_summary(report)
+    print_build_summary(report, config)
     if report.rejects:
         sys.exit(EXIT_WITH_REJECTS)
 

@@ -20,8 +20,12 @@ def ingest(corpus: Path, out: Path, layout: str, config_path: Path | None, assig
 
     Exit code 0: every utterance ingested; 3: finished, with rejects (see OUT/rejects.parquet).
     """
+    import json
+
     from lst_data.core.summary import finish_stage_command
-    from lst_data.ingest.stage import ingest_corpus
+    from lst_data.ingest.stage import ignored_notes, ingest_corpus
 
     config = load_run_config(config_path, assignments, runner)
-    finish_stage_command(f"ingest {corpus} -> {out}", ingest_corpus(corpus, out, config, layout=layout), config)
+    report = ingest_corpus(corpus, out, config, layout=layout)
+    notes = ignored_notes(json.loads((out / "ingest.json").read_text(encoding="utf-8")))
+    finish_stage_command(f"ingest {corpus} -> {out}", report, config, notes=notes)
