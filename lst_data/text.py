@@ -7,7 +7,8 @@ order they run (docs/ingest.md has examples of each):
 
 1. Unicode NFKC; format characters (zero-width space, joiners, BOM, soft hyphen: category
    Cf) are deleted, so they never split a word; curly apostrophes become "'".
-2. Non-speech annotations in brackets, parentheses or braces ("[beep tone]", "(laughs)")
+2. Non-speech annotations in brackets, parentheses, braces or angle brackets ("[beep tone]",
+   "(laughs)", "<beep ascending>")
    are removed; a transcript that held nothing else is flagged `nonspeech_only`.
 3. Numbers (`numbers='expand'`, the default) become words with num2words: times ("3:30"),
    money ("$5"), percentages ("50%"), ordinals ("1st"), decimals ("2.5"), years (1100-2099
@@ -32,7 +33,7 @@ from typing import Literal
 
 NumberPolicy = Literal["flag", "expand", "reject"]
 
-_ANNOTATION = re.compile(r"\[[^\[\]]*\]|\([^()]*\)|\{[^{}]*\}")
+_ANNOTATION = re.compile(r"\[[^\[\]]*\]|\([^()]*\)|\{[^{}]*\}|<[^<>]*>")
 _SPLIT = re.compile(r"[\s\-\u2010-\u2015\u2212/_]+")
 # A word: letters, digits and marks, with inner apostrophes and a possessive plural's.
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*(?:(?<=s)'(?![^\W_]))?")

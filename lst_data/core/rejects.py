@@ -48,7 +48,7 @@ REJECT_CODES: dict[str, str] = {
            "with 'g2p' a word the fallback cannot spell (no Latin letters)",
     "alignment_mismatch": "the aligned words do not match the transcript",
     "alignment_low_score": "the transcript fits the audio worse than a free phone decode: score (log-likelihood "
-                           "per frame, forced minus free) below align.min_score",
+                           "per frame, forced minus free) below align.pocketsphinx.min_score",
     # units
     "units_failed": "the encoder could not produce units (e.g. audio shorter than one frame, non-finite features)",
     # tokenize / shard
@@ -64,7 +64,7 @@ CODE_SETTINGS: dict[str, tuple[str, ...]] = {
     "transcript_too_long": ("ingest.max_chars_per_second",),
     "transcript_has_digits": ("ingest.numbers",),
     "oov": ("align.oov",),
-    "alignment_low_score": ("align.min_score",),
+    "alignment_low_score": ("align.pocketsphinx.min_score",),
 }
 
 
@@ -75,8 +75,10 @@ def reject_meaning(code: str, config: Any = None) -> str:
         return meaning
     values = []
     for setting in CODE_SETTINGS[code]:
-        section, name = setting.split(".")
-        values.append(f"{setting} = {getattr(getattr(config, section), name)!r}")
+        value = config
+        for name in setting.split("."):
+            value = getattr(value, name)
+        values.append(f"{setting} = {value!r}")
     return f"{meaning} [{', '.join(values)}]"
 
 
