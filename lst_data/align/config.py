@@ -36,6 +36,15 @@ class PocketsphinxConfig(Section):
         -30.0,
         le=0,
     )
+    max_unaligned_speech: float = doc(
+        "Quality gate: the share of the frames the phone loop decodes as speech that the forced "
+        "alignment leaves outside every word, above which the utterance is rejected as "
+        "alignment_unaligned_speech (the transcript misses words). Demo corpus: correct transcripts "
+        "<= 0.04, 'hello' for a sentence >= 0.8; real one-word prompts reach 0.6.",
+        0.7,
+        gt=0,
+        le=1,
+    )
     retry_beam: float = doc(
         "Beam, word beam and phone beam of the second try when the first alignment fails (the "
         "library's are 1e-48, 7e-29 and 1e-48); smaller is wider.",

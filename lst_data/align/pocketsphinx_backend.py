@@ -17,7 +17,11 @@ the best the acoustic model can explain the audio with any phones, so the differ
 how much the transcript costs, independent of channel, speaker and noise (which move both
 scores). Matching transcripts cost little; mismatching ones a lot. The row's `score` is
 that difference; below `align.pocketsphinx.min_score` the utterance is rejected as
-`alignment_low_score`.
+`alignment_low_score`. A transcript that misses most of what is said ("hello" for an
+eleven-word clip) can still score well, because the silence model absorbs the rest: the
+phone loop's speech frames that fall outside every aligned word, as a share of all its
+speech frames, above `align.pocketsphinx.max_unaligned_speech` reject it as
+`alignment_unaligned_speech`.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ SAMPLE_RATE = 16000
 FRAME_RATE = 100  # PocketSphinx's default: 10 ms frames
 _VARIANT = re.compile(r"\(\d+\)$")
 _SPELLING = re.compile(r"[^a-z0-9'._-]")
+# Phone-loop segments that are not speech (silence, noise fillers, sentence markers).
+_PHONE_LOOP_NON_SPEECH = frozenset({"SIL", "+NSN+", "+SPN+", "+BREATH+", "(NULL)", "<s>", "</s>"})
 
 
 class PocketsphinxAligner(Aligner):
@@ -143,13 +149,25 @@ class PocketsphinxAligner(Aligner):
                 return AlignFailure("align_failed", f"pocketsphinx: {entries}; with retry_beam {self.ps_config.retry_beam:g}: {retried}")
             entries = retried
         alignment = self._to_alignment(entries, oov)
-        if self._phone_loop is not None and alignment.score is not None:
-            alignment.score = round(alignment.score - self._free_score(pcm), 3)
-            if alignment.score < self.ps_config.min_score:
-                return AlignFailure(
-                    "alignment_low_score",
-                    f"score {alignment.score:.3f} < align.pocketsphinx.min_score {self.ps_config.min_score:g}",
-                )
+        if self._phone_loop is None or alignment.score is None:
+            return alignment
+        free_score, free_speech = self._free_decode(pcm)
+        alignment.score = round(alignment.score - free_score, 3)
+        if alignment.score < self.ps_config.min_score:
+            return AlignFailure(
+                "alignment_low_score",
+                f"score {alignment.score:.3f} < align.pocketsphinx.min_score {self.ps_config.min_score:g}",
+            )
+        in_words = np.zeros(free_speech.shape[0], dtype=bool)
+        for word in alignment.words:
+            in_words[round(word.start * FRAME_RATE) : round(word.end * FRAME_RATE)] = True
+        unaligned = float((free_speech & ~in_words).sum() / max(int(free_speech.sum()), 1))
+        if unaligned > self.ps_config.max_unaligned_speech:
+            return AlignFailure(
+                "alignment_unaligned_speech",
+                f"{unaligned:.0%} of the speech lies outside every word "
+                f"(> align.pocketsphinx.max_unaligned_speech {self.ps_config.max_unaligned_speech:g})",
+            )
         return alignment
 
     def _force_align(self, decoder: Any, text: str, pcm: bytes) -> Any:
@@ -166,13 +184,19 @@ class PocketsphinxAligner(Aligner):
         alignment = decoder[0].get_alignment()
         return "no alignment" if alignment is None else alignment
 
-    def _free_score(self, pcm: bytes) -> float:
-        """Acoustic log-likelihood per frame of the best phone sequence (the phone loop)."""
+    def _free_decode(self, pcm: bytes) -> tuple[float, np.ndarray]:
+        """The phone loop's acoustic log-likelihood per frame, and which frames it decodes as phones."""
         decoder = self._phone_loop[0]
         self._decode(self._phone_loop, pcm)
         log = decoder.logmath.log  # segments report exp(score); back to the aligner's log units
         frames = max(decoder.n_frames(), 1)
-        return sum(log(seg.ascore) for seg in decoder.seg()) / frames
+        speech = np.zeros(frames, dtype=bool)
+        total = 0
+        for segment in decoder.seg():
+            total += log(segment.ascore)
+            if segment.word not in _PHONE_LOOP_NON_SPEECH:
+                speech[segment.start_frame : segment.end_frame + 1] = True
+        return total / frames, speech
 
     @staticmethod
     def _decode(decoder: Any, pcm: bytes) -> None:

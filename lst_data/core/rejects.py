@@ -49,6 +49,8 @@ REJECT_CODES: dict[str, str] = {
     "alignment_mismatch": "the aligned words do not match the transcript",
     "alignment_low_score": "the transcript fits the audio worse than a free phone decode: score (log-likelihood "
                            "per frame, forced minus free) below align.pocketsphinx.min_score",
+    "alignment_unaligned_speech": "the aligner left much of the speech outside every word: the transcript "
+                                  "misses words (share above align.pocketsphinx.max_unaligned_speech)",
     # units
     "units_failed": "the encoder could not produce units (e.g. audio shorter than one frame, non-finite features)",
     # tokenize / shard
@@ -65,6 +67,7 @@ CODE_SETTINGS: dict[str, tuple[str, ...]] = {
     "transcript_has_digits": ("ingest.numbers",),
     "oov": ("align.oov",),
     "alignment_low_score": ("align.pocketsphinx.min_score",),
+    "alignment_unaligned_speech": ("align.pocketsphinx.max_unaligned_speech",),
 }
 
 

@@ -199,7 +199,8 @@ class UnitsStage(_EncodingStage):
         return {"utterances": output.num_rows, "frames": int(sum(output["n_frames"].to_pylist()))}
 
     def provenance(self) -> dict[str, Any]:
-        assert self.codebook is not None
+        if self.codebook is None:  # prepare() is skipped when no utterance reached this stage
+            return {"codebook": None}
         return {"codebook": {"path": str(Path(self.codebook.source).resolve()), "sha256": self.codebook.sha256,
                              "k": self.codebook.k}}
 
