@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -76,42 +75,43 @@ def align(manifest_dir: Path, out_dir: Path, min_score: float | None) -> tuple[d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="24 utterances instead of 72")
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench_align_gate_"))
-    try:
-        corpus = synthesize_demo_corpus(work / "corpus", n_utterances=24 if args.quick else 72)
-        ingest_corpus(corpus, work / "correct", load_config(overrides={"ray": {"runner": "local"}}))
-        shuffled = shuffled_manifest(work / "correct", work / "shuffled")
-        n = pq.read_metadata(work / "correct" / "manifest.parquet").num_rows
+    with tempfile.TemporaryDirectory(prefix="bench_align_gate_") as tmp:
+        calibrate(Path(tmp), n_utterances=24 if parser.parse_args().quick else 72)
 
-        good_gated, good_gate_rejects = align(work / "correct", work / "a_good", DEFAULT_MIN_SCORE)
-        bad_gated, bad_gate_rejects = align(shuffled, work / "a_bad", DEFAULT_MIN_SCORE)
-        good_absolute, good_plain_rejects = align(work / "correct", work / "b_good", None)
-        bad_absolute, bad_plain_rejects = align(shuffled, work / "b_bad", None)
 
-        # Scores of every utterance that aligned, whatever the gate decided (the gate's score
-        # is forced minus free; with the gate off the row's score is the absolute one).
-        good_relative = list(good_gated.values())
-        bad_relative = [float(r.detail.split()[1]) for r in read_rejects(work / "a_bad" / "rejects.parquet") if r.code == "alignment_low_score"]
-        bad_relative += list(bad_gated.values())
-        absolute_threshold = min(good_absolute.values())
-        absolute_caught = len(bad_plain_rejects) + sum(s < absolute_threshold for s in bad_absolute.values())
+def calibrate(work: Path, n_utterances: int) -> None:
+    """Align correct and shuffled transcripts with and without the gate; print the figures."""
+    corpus = synthesize_demo_corpus(work / "corpus", n_utterances=n_utterances)
+    ingest_corpus(corpus, work / "correct", load_config(overrides={"ray": {"runner": "local"}}))
+    shuffled = shuffled_manifest(work / "correct", work / "shuffled")
+    n = pq.read_metadata(work / "correct" / "manifest.parquet").num_rows
 
-        line("align_gate_false_reject", 100 * len(good_gate_rejects) / n, "%", 100 * len(good_plain_rejects) / n, "%",
-             "align stage without the gate")
-        line("align_gate_catch", 100 * len(bad_gate_rejects) / n, "%", 100 * len(bad_plain_rejects) / n, "%",
-             "align stage without the gate")
-        line("align_gate_catch_vs_absolute_score", 100 * len(bad_gate_rejects) / n, "%", 100 * absolute_caught / n, "%",
-             "absolute forced score at its 0 %-false-reject threshold")
-        if good_relative and bad_relative:
-            margin = min(good_relative) - max(bad_relative)
-            line("align_gate_score_margin", margin, "score/frame", abs(min(good_relative) - DEFAULT_MIN_SCORE),
-                 "score/frame", "distance of the lowest correct score from the default threshold")
-            print(f"align_gate_scores: correct min {min(good_relative):.2f}, mismatched max {max(bad_relative):.2f} "
-                  f"(of {len(bad_relative)} that aligned), default min_score {DEFAULT_MIN_SCORE:g}, n = {n}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    good_gated, good_gate_rejects = align(work / "correct", work / "a_good", DEFAULT_MIN_SCORE)
+    bad_gated, bad_gate_rejects = align(shuffled, work / "a_bad", DEFAULT_MIN_SCORE)
+    good_absolute, good_plain_rejects = align(work / "correct", work / "b_good", None)
+    bad_absolute, bad_plain_rejects = align(shuffled, work / "b_bad", None)
 
+    # Scores of every utterance that aligned, whatever the gate decided (the gate's score
+    # is forced minus free; with the gate off the row's score is the absolute one).
+    good_relative = list(good_gated.values())
+    bad_relative = [float(r.detail.split()[1].rstrip(";")) for r in read_rejects(work / "a_bad" / "rejects.parquet")
+                    if r.detail.startswith("score ")]
+    bad_relative += list(bad_gated.values())
+    absolute_threshold = min(good_absolute.values())
+    absolute_caught = len(bad_plain_rejects) + sum(s < absolute_threshold for s in bad_absolute.values())
+
+    line("align_gate_false_reject", 100 * len(good_gate_rejects) / n, "%", 100 * len(good_plain_rejects) / n, "%",
+         "align stage without the gate")
+    line("align_gate_catch", 100 * len(bad_gate_rejects) / n, "%", 100 * len(bad_plain_rejects) / n, "%",
+         "align stage without the gate")
+    line("align_gate_catch_vs_absolute_score", 100 * len(bad_gate_rejects) / n, "%", 100 * absolute_caught / n, "%",
+         "absolute forced score at its 0 %-false-reject threshold")
+    if good_relative and bad_relative:
+        margin = min(good_relative) - max(bad_relative)
+        line("align_gate_score_margin", margin, "score/frame", abs(min(good_relative) - DEFAULT_MIN_SCORE),
+             "score/frame", "distance of the lowest correct score from the default threshold")
+        print(f"align_gate_scores: correct min {min(good_relative):.2f}, mismatched max {max(bad_relative):.2f} "
+              f"(of {len(bad_relative)} that aligned), default min_score {DEFAULT_MIN_SCORE:g}, n = {n}")
 
 if __name__ == "__main__":
     main()

@@ -165,7 +165,7 @@ class PocketsphinxAligner(Aligner):
         if unaligned > self.ps_config.max_unaligned_speech:
             return AlignFailure(
                 "alignment_unaligned_speech",
-                f"{unaligned:.0%} of the speech lies outside every word "
+                f"score {alignment.score:.3f}; {unaligned:.0%} of the speech lies outside every word "
                 f"(> align.pocketsphinx.max_unaligned_speech {self.ps_config.max_unaligned_speech:g})",
             )
         return alignment
