@@ -27,6 +27,7 @@ import soxr
 from lst_data.cli import cli
 from lst_data.core.cli_options import run_cli
 from lst_data.core.rejects import read_rejects
+from lst_data.core.schemas import validation_errors
 from lst_data.keys import MAX_KEY_CHARS, sanitize_key
 
 MISMATCH_CODES = ("align_failed", "alignment_low_score", "alignment_unaligned_speech")
@@ -58,6 +59,8 @@ def assert_accounted(code: int, printed: str, out: Path, bad: dict[str, str], go
     assert shipped == good, f"missing from the shards: {good - shipped}, unexpected: {shipped - good}"
     for reject_code in set(bad.values()):
         assert reject_code in printed, f"the summary does not list {reject_code}"
+    for row in pq.read_table(out / "shards" / "rejects.parquet").to_pylist():
+        assert validation_errors(row, "reject") == [], row
 
 
 @pytest.fixture(autouse=True)
@@ -149,7 +152,7 @@ def test_any_utf8_id_ships_and_keys_never_collide(speech, tmp_path, capsys):
         {"id": "bell\u0007", "audio": str(speech[8][0]), "text": speech[8][1]},
     ]
     code, printed = build(jsonl(tmp_path / "corpus.jsonl", entries), tmp_path / "run", capsys)
-    bad = {colliding: "key_collision", "twice": "duplicate_id", "": "id_invalid", " padded ": "id_invalid",
+    bad = {colliding: "key_collision", "twice": "duplicate_id", "corpus.jsonl:7": "id_invalid", " padded ": "id_invalid",
            "bell\u0007": "id_invalid"}
     assert_accounted(code, printed, tmp_path / "run", bad, {long_id, "naïve/ütt.1", "a.b", "twice"})
     index = pq.read_table(tmp_path / "run" / "shards" / "index.parquet").to_pylist()

@@ -161,9 +161,10 @@ def id_problem(utterance_id: str) -> str | None:
     return None
 
 
-def _printable_id(utterance_id: str) -> str:
-    """An id as a reject row can store it (lone surrogates escaped)."""
-    return utterance_id.encode("utf-8", errors="backslashreplace").decode("utf-8")
+def _reject_id(entry: CorpusEntry) -> str:
+    """An invalid id as a reject row can store it: lone surrogates escaped; where it is empty,
+    where the entry came from (schemas/reject.v1.json: the file path when no id could be made)."""
+    return entry.id.encode("utf-8", errors="backslashreplace").decode("utf-8") or entry.transcript_source
 
 
 def screen_entries(items: Iterable[CorpusItem]) -> tuple[list[CorpusEntry], list[Reject], list[Ignored]]:
@@ -182,7 +183,7 @@ def screen_entries(items: Iterable[CorpusItem]) -> tuple[list[CorpusEntry], list
         elif isinstance(item, Ignored):
             ignored.append(item)
         elif (problem := id_problem(item.id)) is not None:
-            rejects.append(Reject(_printable_id(item.id), "ingest", "id_invalid", f"{item.transcript_source}: {problem}"))
+            rejects.append(Reject(_reject_id(item), "ingest", "id_invalid", f"{item.transcript_source}: {problem}"))
         elif item.id in by_id:
             rejects.append(
                 Reject(item.id, "ingest", "duplicate_id", f"{item.audio_path} repeats the id of {by_id[item.id].audio_path}")
