@@ -89,7 +89,8 @@ class SampleRecord:
             "silences": [s._asdict() for s in self.silences],
             "aligner": dict(self.aligner),
             "units": dict(self.unit_info),
-        } | ({} if self.text_original is None else {"text_original": self.text_original})
+            "text_original": self.text_original,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any], units: np.ndarray, audio: bytes | None = None) -> SampleRecord:

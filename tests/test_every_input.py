@@ -4,10 +4,8 @@ Each corpus mixes real speech (the espeak-ng demo corpus's audio and transcripts
 broken inputs of one class. `lst-data build` must finish with exit 3 and no traceback,
 name every bad input in rejects.parquet with its own code, and ship every good input.
 The builds run in this process (the CLI's own entry point, so exit codes and the printed
-summary are the user's), with `--runner local` except for the files class (MFA layout:
-orphans, FIFOs, devices, dangling links, conflicting transcripts, duplicates, unknown
-files), which is built on the default Ray runner together with broken audio, a non-speech
-transcript and a mismatched one.
+summary are the user's), with `--runner local`, except one build on the default Ray runner
+that holds the files class, the mismatched-transcript class and some of every other.
 """
 
 from __future__ import annotations
@@ -202,25 +200,6 @@ def test_real_transcripts_are_spoken_form_and_keep_the_original(speech, tmp_path
     assert records["digits"]["text"].split() == [w["word"] for w in records["digits"]["words"]]
 
 
-def test_transcripts_that_do_not_match_their_audio_are_caught(speech, tmp_path, capsys):
-    entries = [{"id": f"good{i}", "audio": str(audio), "text": text} for i, (audio, text) in enumerate(speech[:3])]
-    entries += [
-        {"id": "swapped_a", "audio": str(speech[3][0]), "text": speech[4][1]},
-        {"id": "swapped_b", "audio": str(speech[4][0]), "text": speech[3][1]},
-        {"id": "hello", "audio": str(speech[5][0]), "text": "hello"},
-    ]
-    code, printed = build(jsonl(tmp_path / "corpus.jsonl", entries), tmp_path / "run", capsys)
-    assert code == 3 and "Traceback" not in printed
-    rejects, shipped = outcome(tmp_path / "run")
-    assert shipped == {"good0", "good1", "good2"}
-    # No path through the words, a path far below a free phone decode, or speech left outside the words.
-    assert {i: rejects.get(i) in MISMATCH_CODES for i in ("swapped_a", "swapped_b", "hello")} == \
-        dict.fromkeys(("swapped_a", "swapped_b", "hello"), True), rejects
-    align = json.loads((tmp_path / "run" / "align" / "align.json").read_text(encoding="utf-8"))
-    assert align["figures"]["score_min"] >= -30.0  # every shipped score clears the default gate
-    assert "score_median" in printed
-
-
 def test_a_corpus_with_nothing_good_exits_3_without_a_traceback(tmp_path, capsys):
     root = tmp_path / "corpus"
     root.mkdir()
@@ -236,20 +215,28 @@ def test_a_corpus_with_nothing_good_exits_3_without_a_traceback(tmp_path, capsys
 
 @pytest.mark.ray
 def test_default_ray_runner_accounts_for_every_file_and_class(ray_local, speech, tmp_path, capsys):
-    """The files class (MFA layout) on the default runner, with broken audio, text and a mismatch beside it."""
+    """On the default runner: the files class (MFA layout: orphans, FIFOs, devices, dangling
+    links, conflicting transcripts, duplicates, unknown files) and the mismatch class (two
+    swapped transcripts, "hello" for a whole sentence), with broken audio and text beside them."""
     root = tmp_path / "corpus"
     bad, good = files_corpus(root, speech)
     poisoned, rate = sf.read(speech[6][0], dtype="float32")
     poisoned[::50] = np.nan
     sf.write(root / "alice" / "nan.wav", poisoned, rate, subtype="FLOAT")
     (root / "alice" / "nan.lab").write_text(speech[6][1], encoding="utf-8")
-    put(root / "alice", "mismatch", speech[7][0], speech[8][1])
-    (root / "alice" / "beep.lab").write_text("[beep tone]", encoding="utf-8")
-    shutil.copy(speech[8][0], root / "alice" / "beep.wav")
+    put(root / "alice", "beep", speech[8][0], "[beep tone]")
+    mismatched = {"swapped_a": (7, 9), "swapped_b": (9, 7), "hello": (10, None)}
+    for stem, (audio, text) in mismatched.items():
+        put(root / "carol", stem, speech[audio][0], "hello" if text is None else speech[text][1])
     code, printed = build(root, tmp_path / "run", capsys, runner="ray")
     rejects, _ = outcome(tmp_path / "run")
-    assert rejects.pop("mismatch", None) in MISMATCH_CODES
+    # No path through the words, a path far below a free phone decode, or speech left outside the words.
+    caught = {stem: rejects.pop(stem, None) for stem in mismatched}
+    assert all(code in MISMATCH_CODES for code in caught.values()), caught
     assert_accounted(code, printed, tmp_path / "run", bad | {"nan": "audio_nonfinite", "beep": "transcript_nonspeech"}, good)
     assert "notes.md, because unknown extension '.md'" in printed
     duplicate = next(r for r in read_rejects(tmp_path / "run" / "shards" / "rejects.parquet") if r.code == "duplicate_id")
     assert "bob" in duplicate.detail and "alice" in duplicate.detail, "the later copy (bob's) is the reject"
+    align = json.loads((tmp_path / "run" / "align" / "align.json").read_text(encoding="utf-8"))
+    assert align["figures"]["score_min"] >= -30.0  # every shipped score clears the default gate
+    assert "score_median" in printed
