@@ -30,7 +30,7 @@ import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -56,6 +56,13 @@ _SPELLING = re.compile(r"[^a-z0-9'._-]")
 _PHONE_LOOP_NON_SPEECH = frozenset({"SIL", "+NSN+", "+SPN+", "+BREATH+", "(NULL)", "<s>", "</s>"})
 
 
+class _Decoder(NamedTuple):
+    """A PocketSphinx decoder and the cepstral mean it starts every utterance from."""
+
+    decoder: Any
+    initial_cmn: Any
+
+
 class PocketsphinxAligner(Aligner):
     name = "pocketsphinx"
 
@@ -69,8 +76,8 @@ class PocketsphinxAligner(Aligner):
         self._decoder_args = {"hmm": str(model_dir), "dict": str(dictionary), "lm": None, "loglevel": "FATAL",
                               "bestpath": False}
         self.decoder = self._make_decoder(silprob=ps_config.silprob)
-        self._retry_decoder: Any = None  # made on the first failure
-        self._phone_loop = None
+        self._retry_decoder: _Decoder | None = None  # made on the first failure
+        self._phone_loop: _Decoder | None = None
         phone_lm = model_dir.parent / "en-us-phone.lm.bin"
         if ps_config.min_score is not None:
             self._phone_loop = self._make_decoder(allphone=str(phone_lm))
@@ -80,8 +87,8 @@ class PocketsphinxAligner(Aligner):
         )
         self._added: dict[str, tuple[str, str]] = {}  # OOV spelling -> (phones, pronunciation source)
 
-    def _make_decoder(self, **options: Any) -> Any:
-        """A decoder and its initial cepstral mean.
+    def _make_decoder(self, **options: Any) -> _Decoder:
+        """A decoder (with the fallback words added so far) and its initial cepstral mean.
 
         The cepstral mean and the front end's noise estimate carry over from one utterance
         to the next, so an alignment would depend on which utterances a worker saw before
@@ -92,7 +99,7 @@ class PocketsphinxAligner(Aligner):
         decoder = pocketsphinx.Decoder(**self._decoder_args, **options)
         for spelling, (phones, _) in getattr(self, "_added", {}).items():
             decoder.add_word(spelling, phones, True)
-        return decoder, decoder.get_cmn(False)
+        return _Decoder(decoder, decoder.get_cmn(False))
 
     @property
     def model_hash(self) -> str:
@@ -106,7 +113,7 @@ class PocketsphinxAligner(Aligner):
         return [w for w in words if self._is_oov(self.normalize_word(w))]
 
     def _is_oov(self, spelling: str) -> bool:
-        return not spelling or (spelling not in self._added and self.decoder[0].lookup_word(spelling) is None)
+        return not spelling or (spelling not in self._added and self.decoder.decoder.lookup_word(spelling) is None)
 
     def _add_fallbacks(self, words: Sequence[str]) -> list[OovWord] | AlignFailure:
         """Give OOV words a pronunciation (recorded), or fail per `align.oov`."""
@@ -121,7 +128,7 @@ class PocketsphinxAligner(Aligner):
             spelling, pronunciation = self.normalize_word(word), " ".join(without_stress(phones))
             for decoder in (self.decoder, self._retry_decoder):
                 if decoder is not None:
-                    decoder[0].add_word(spelling, pronunciation, True)
+                    decoder.decoder.add_word(spelling, pronunciation, True)
             self._added[spelling] = (pronunciation, source)
         return [OovWord(w, self._added[self.normalize_word(w)][1]) for w in dict.fromkeys(words)
                 if self.normalize_word(w) in self._added]
@@ -170,23 +177,24 @@ class PocketsphinxAligner(Aligner):
             )
         return alignment
 
-    def _force_align(self, decoder: Any, text: str, pcm: bytes) -> Any:
-        """The state-level alignment entries of `text`, or why there are none."""
+    def _force_align(self, decoder: _Decoder, text: str, pcm: bytes) -> Any:
+        """The state-level alignment of `text` (PocketSphinx's Alignment), or why there is none."""
         try:
-            decoder[0].set_align_text(text)
+            decoder.decoder.set_align_text(text)
             self._decode(decoder, pcm)
-            if decoder[0].hyp() is None:
+            if decoder.decoder.hyp() is None:
                 return "no path through the words"
-            decoder[0].set_alignment()
+            decoder.decoder.set_alignment()
             self._decode(decoder, pcm)
         except RuntimeError as err:
             return str(err)
-        alignment = decoder[0].get_alignment()
+        alignment = decoder.decoder.get_alignment()
         return "no alignment" if alignment is None else alignment
 
     def _free_decode(self, pcm: bytes) -> tuple[float, np.ndarray]:
         """The phone loop's acoustic log-likelihood per frame, and which frames it decodes as phones."""
-        decoder = self._phone_loop[0]
+        assert self._phone_loop is not None
+        decoder = self._phone_loop.decoder
         self._decode(self._phone_loop, pcm)
         log = decoder.logmath.log  # segments report exp(score); back to the aligner's log units
         frames = max(decoder.n_frames(), 1)
@@ -199,9 +207,9 @@ class PocketsphinxAligner(Aligner):
         return total / frames, speech
 
     @staticmethod
-    def _decode(decoder: Any, pcm: bytes) -> None:
-        decoder, initial_cmn = decoder
-        decoder.set_cmn(initial_cmn)
+    def _decode(pair: _Decoder, pcm: bytes) -> None:
+        decoder = pair.decoder
+        decoder.set_cmn(pair.initial_cmn)
         with warnings.catch_warnings():
             # Documented as unnecessary, but it is what resets the front end's noise estimate.
             warnings.simplefilter("ignore", DeprecationWarning)
