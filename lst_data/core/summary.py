@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-
-from typing import TYPE_CHECKING
 
 from lst_data.core.rejects import Reject, count_by_code, reject_meaning
 

@@ -21,14 +21,22 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from lst_data.audio import IN_PLACE_SUFFIXES, AudioError, decode, header_frames, resample, to_mono, write_audio
+from lst_data.audio import (
+    IN_PLACE_SUFFIXES,
+    AudioError,
+    decode,
+    header_frames,
+    resample,
+    to_mono,
+    write_audio,
+)
 from lst_data.config import RunConfig
 from lst_data.core.rejects import Reject
 from lst_data.core.runner import StageReport, run_stage
 from lst_data.core.stage import Resources, Stage, StageResult
+from lst_data.core.tables import MANIFEST_SCHEMA
 from lst_data.ingest.config import IngestConfig
 from lst_data.ingest.readers import CorpusEntry, CorpusItem, Ignored, file_problem, read_corpus
-from lst_data.core.tables import MANIFEST_SCHEMA
 from lst_data.keys import sanitize_key
 from lst_data.text import normalize_text
 
