@@ -48,6 +48,45 @@ def decode(path: str | Path | BinaryIO, offset: float = 0.0, duration: float | N
     return samples, int(rate)
 
 
+def header_frames(path: str | Path) -> int | None:
+    """The number of frames the file's header promises, or None when it promises none.
+
+    libsndfile quietly shortens a WAV whose data chunk claims more bytes than the file
+    holds, so for WAV the RIFF chunks are read here; for other containers soundfile's count
+    (FLAC STREAMINFO) is the promise. A streaming WAV's 0 or 0xFFFFFFFF size promises nothing.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".wav":
+        try:
+            frames = sf.info(str(path)).frames
+        except (sf.LibsndfileError, RuntimeError, ValueError, TypeError):
+            return None
+        return frames if 0 < frames < 2**62 else None
+    return _wav_data_frames(path)
+
+
+def _wav_data_frames(path: Path) -> int | None:
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = None
+        while True:
+            chunk = handle.read(8)
+            if len(chunk) < 8:
+                return None
+            chunk_id, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if chunk_id == b"fmt ":
+                fmt = handle.read(size + (size & 1))
+                block_align = int.from_bytes(fmt[12:14], "little") if len(fmt) >= 14 else None
+            elif chunk_id == b"data":
+                if not block_align or size in (0, 0xFFFFFFFF):
+                    return None
+                return size // block_align
+            else:
+                handle.seek(size + (size & 1), 1)
+
+
 def to_mono(samples: np.ndarray) -> np.ndarray:
     """Average the channels of [frames, channels] (or pass 1-D through)."""
     if samples.ndim == 1:

@@ -44,7 +44,7 @@ from lst_data.core.fingerprint import files_fingerprint, listing_fingerprint
 from lst_data.core.lock import OutputLocked, exclusive_output
 from lst_data.ingest.cli import layout_option
 from lst_data.ingest.stage import list_configured_corpus
-from lst_data.core.rejects import Reject, read_rejects
+from lst_data.core.rejects import Reject, merge_rejects, read_rejects
 from lst_data.core.runner import DONE_FILE, REJECTS_FILE, StageReport
 
 STEP_ORDER = ("ingest", "align", "units", "tokenize", "shard")
@@ -74,7 +74,7 @@ class BuildContext:
     corpus: Path
     run_dir: Path
     config: RunConfig
-    listing: tuple[Any, list[Reject]]  # the corpus reader's entries table and rejects
+    listing: tuple[Any, list[Reject], list[Any]]  # the corpus reader's entries table, rejects and ignored files
 
     def dir(self, step: str) -> Path:
         path = self.run_dir / STEPS[step].folder
@@ -176,7 +176,8 @@ class BuildReport:
 
     @property
     def rejects(self) -> list[Reject]:
-        return [r for o in self.outcomes for r in o.rejects]
+        """Every reject once: the shard step carries the earlier steps' rejects too."""
+        return merge_rejects(r for o in self.outcomes for r in o.rejects)
 
 
 def build_corpus(
@@ -189,7 +190,8 @@ def build_corpus(
     with exclusive_output(run_dir):
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=True), encoding="utf-8")
         listing = list_configured_corpus(corpus, config.ingest)
-        inputs = step_inputs(config, listing_fingerprint(listing[0], "audio_path", [asdict(r) for r in listing[1]]))
+        inputs = step_inputs(config, listing_fingerprint(listing[0], "audio_path", {
+            "rejects": [asdict(r) for r in listing[1]], "ignored": [asdict(i) for i in listing[2]]}))
         ctx = BuildContext(corpus, run_dir, config, listing)
         outcomes: list[StepOutcome] = []
         for name in steps:
@@ -249,11 +251,12 @@ def _print_step(o: StepOutcome) -> None:
                err=True)
 
 
-def print_build_summary(report: BuildReport) -> None:
+def print_build_summary(report: BuildReport, config: RunConfig) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from lst_data.core.summary import print_summary
+    from lst_data.ingest.stage import ignored_notes
 
     console = Console(soft_wrap=True)
     table = Table(title=f"build {report.run_dir}", title_justify="left")
@@ -272,7 +275,9 @@ def print_build_summary(report: BuildReport) -> None:
                ("wall time", f"{report.seconds:.1f} s")]
     if hours_in and not any(o.skipped for o in report.outcomes):
         figures.append(("real-time factor", f"{report.seconds / (hours_in * 3600):.3f} (wall s per audio s)"))
-    print_summary("totals", figures, report.rejects, console=console)
+    ingest_json = report.run_dir / STEPS["ingest"].folder / "ingest.json"
+    notes = ignored_notes(json.loads(ingest_json.read_text(encoding="utf-8"))) if ingest_json.exists() else []
+    print_summary("totals", figures, report.rejects, console=console, config=config, notes=notes)
 
 
 @click.command("build")
@@ -303,7 +308,7 @@ def build_command(corpus: Path, out: Path, resume: bool, layout: str | None, con
     except OutputLocked as err:
         click.echo(f"lst-data build: {err}", err=True)
         sys.exit(1)
-    print_build_summary(report)
+    print_build_summary(report, config)
     if report.rejects:
         sys.exit(EXIT_WITH_REJECTS)
 

@@ -29,6 +29,31 @@ class PocketsphinxConfig(Section):
         gt=0,
         le=1,
     )
+    min_score: float | None = doc(
+        "Quality gate: utterances whose alignment score (log-likelihood per 10 ms frame of the forced "
+        "alignment minus that of a free phone-loop decode of the same audio, PocketSphinx score units) "
+        "is below this are rejected as alignment_low_score. Calibrated by benchmarks/bench_align_gate.py "
+        "on the demo corpus (correct transcripts: >= -25; transcripts of other utterances: <= -34). "
+        "None disables the gate (and the phone-loop decode).",
+        -30.0,
+        le=0,
+    )
+    max_unaligned_speech: float = doc(
+        "Quality gate: the share of the frames the phone loop decodes as speech that the forced "
+        "alignment leaves outside every word, above which the utterance is rejected as "
+        "alignment_unaligned_speech (the transcript misses words). Demo corpus: correct transcripts "
+        "<= 0.04, 'hello' for a sentence >= 0.8; real one-word prompts reach 0.6.",
+        0.7,
+        gt=0,
+        le=1,
+    )
+    retry_beam: float = doc(
+        "Beam, word beam and phone beam of the second try when the first alignment fails (the "
+        "library's are 1e-48, 7e-29 and 1e-48); smaller is wider.",
+        1e-80,
+        gt=0,
+        lt=1,
+    )
 
 
 class MfaConfig(Section):

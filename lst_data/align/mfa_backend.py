@@ -62,7 +62,7 @@ from lst_data.align.textgrid_backend import index_textgrids, lowercase_words
 from lst_data.align.textgrid_io import read_tiers, tiers_to_alignment
 from lst_data.audio import AudioError, read_audio
 from lst_data.core.config import updated
-from lst_data.core.tables import sanitize_key
+from lst_data.keys import sanitize_key
 
 WORKER_SCRIPT = Path(__file__).with_name("mfa_worker.py")
 DICTIONARY_SUFFIXES = (".dict", ".txt")

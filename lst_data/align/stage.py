@@ -88,7 +88,7 @@ class AlignStage(Stage):
         oov = oov_report(output)
         pq.write_table(oov, out_dir / OOV_FILE)
         self.model_hashes = sorted(set(output["model_hash"].to_pylist()))
-        return {"aligned": output.num_rows, "oov_words": oov.num_rows}
+        return {"aligned": output.num_rows, "oov_words": oov.num_rows, **score_distribution(output)}
 
     def provenance(self) -> dict[str, Any]:
         # What the aligner ran with: after MFA training, the trained model's path.
@@ -169,6 +169,15 @@ def _first_difference(expected: list[str], found: list[str]) -> str:
         if want != got:
             return f"word {index}: expected {want!r}, aligner gave {got!r}"
     return f"expected {len(expected)} words, aligner gave {len(found)}"
+
+
+def score_distribution(alignments: pa.Table) -> dict[str, float]:
+    """Quantiles of the aligned utterances' scores (the quality gate's view of the corpus)."""
+    scores = pc.drop_null(alignments["score"])
+    if len(scores) == 0:
+        return {}
+    quantiles = pc.quantile(scores, q=[0.0, 0.05, 0.5, 1.0]).to_pylist()
+    return {f"score_{name}": round(value, 3) for name, value in zip(("min", "p05", "median", "max"), quantiles, strict=True)}
 
 
 def oov_report(alignments: pa.Table) -> pa.Table:

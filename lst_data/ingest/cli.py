@@ -26,8 +26,12 @@ def ingest(corpus: Path, out: Path, layout: str | None, config_path: Path | None
 
     Exit code 0: every utterance ingested; 3: finished, with rejects (see OUT/rejects.parquet).
     """
+    import json
+
     from lst_data.core.summary import finish_stage_command
-    from lst_data.ingest.stage import ingest_corpus
+    from lst_data.ingest.stage import ignored_notes, ingest_corpus
 
     config = load_run_config(config_path, assignments, runner, aliases={"ingest.layout": layout})
-    finish_stage_command(f"ingest {corpus} -> {out}", ingest_corpus(corpus, out, config), config)
+    report = ingest_corpus(corpus, out, config)
+    notes = ignored_notes(json.loads((out / "ingest.json").read_text(encoding="utf-8")))
+    finish_stage_command(f"ingest {corpus} -> {out}", report, config, notes=notes)

@@ -28,9 +28,11 @@ class IngestConfig(Section):
         gt=0,
     )
     numbers: Literal["flag", "expand", "reject"] = doc(
-        "Digits in transcripts: 'flag' keeps them and marks the row, 'expand' writes them as "
-        "English words (num2words), 'reject' rejects the utterance (transcript_has_digits).",
-        "flag",
+        "Digits in transcripts: 'expand' writes them as the English words a reader says "
+        "(num2words: cardinals, ordinals, decimals, years, percentages, times, money; see "
+        "docs/ingest.md), 'flag' keeps them and marks the row, 'reject' rejects the utterance "
+        "(transcript_has_digits).",
+        "expand",
     )
     lowercase: bool = doc("Lower-case the normalized text.", True)
     audio_format: Literal["flac", "wav"] = doc(

@@ -1,24 +1,38 @@
 """Ingest: corpus -> `manifest.parquet` + `rejects.parquet`.
 
 The stage decodes every file once, downmixes and resamples it to 16 kHz mono (written
-to `OUT/audio/` only when the source is not already 16 kHz mono wav/flac), measures
-`num_samples` from the decoded signal, and normalizes the transcript. Every check that
-fails becomes a reject with a code (lst_data.core.rejects), so a bad file costs one row, not
-the job.
+to `OUT/audio/KEY.flac` only when the source is not already 16 kHz mono wav/flac),
+measures `num_samples` from the decoded signal (a segment of a file, for lhotse and NeMo
+manifests, is decoded alone), and normalizes the transcript. Every check
+that fails becomes a reject with a code (lst_data.core.rejects), so a bad file costs one
+row, not the job. Before any batch the driver screens the whole listing: invalid ids, a
+later copy of an id (`duplicate_id`) and a second id with the same key (`key_collision`)
+are rejected, and the first one ships. Files the reader ignored are listed, with the
+reason, in ingest.json and in the summary. The manifest keeps the transcript as given in
+`text` (the sample's `text_original`) and the spoken form in `normalized_text`.
 """
 
 from __future__ import annotations
 
 import io
 import shutil
-from collections.abc import Iterable
+import unicodedata
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from lst_data.audio import IN_PLACE_SUFFIXES, AudioError, decode, resample, to_mono, write_audio
+from lst_data.audio import (
+    IN_PLACE_SUFFIXES,
+    AudioError,
+    decode,
+    header_frames,
+    resample,
+    to_mono,
+    write_audio,
+)
 from lst_data.config import RunConfig
 from lst_data.core.config import RayConfig
 from lst_data.core.paths import inside
@@ -26,8 +40,9 @@ from lst_data.core.rejects import Reject
 from lst_data.core.runner import StageReport, run_stage
 from lst_data.core.stage import Resources, Stage, StageResult
 from lst_data.ingest.config import HfColumns, IngestConfig
-from lst_data.ingest.readers import CorpusEntry, read_corpus
-from lst_data.core.tables import MANIFEST_SCHEMA, sanitize_key
+from lst_data.core.tables import MANIFEST_SCHEMA
+from lst_data.ingest.readers import CorpusEntry, CorpusItem, Ignored, file_problem, read_corpus
+from lst_data.keys import sanitize_key
 from lst_data.text import normalize_text
 
 if TYPE_CHECKING:
@@ -56,10 +71,11 @@ class IngestStage(Stage):
     resources = Resources(cpus=1.0)
 
     def __init__(self, config: IngestConfig, audio_dir: str | Path, corpus: str | Path | None = None,
-                 align: AlignConfig | None = None) -> None:
+                 align: AlignConfig | None = None, ignored: Sequence[Ignored] = ()) -> None:
         self.config = config
         self.audio_dir = Path(audio_dir)
         self.corpus = None if corpus is None else str(Path(corpus).resolve())
+        self.ignored = list(ignored)
         self.align = align  # aligns long recordings before they are cut (long_recordings = 'segment')
         self.aligner: Any = None
 
@@ -74,12 +90,12 @@ class IngestStage(Stage):
         return []
 
     def provenance(self) -> dict[str, Any]:
-        return {"corpus": self.corpus}
+        return {"corpus": self.corpus, "ignored": [vars(i) for i in self.ignored]}
 
     def finalize(self, output: pa.Table, out_dir: Path) -> dict[str, Any]:
         durations = output["duration"].to_pylist()
         return {"utterances": output.num_rows, "hours": float(sum(durations)) / 3600,
-                "speakers": len(set(output["speaker"].to_pylist()))}
+                "speakers": len(set(output["speaker"].to_pylist())), "ignored_files": len(self.ignored)}
 
     def process_batch(self, rows: list[dict[str, Any]]) -> StageResult:
         result = StageResult()
@@ -99,6 +115,8 @@ class IngestStage(Stage):
         except UnicodeDecodeError as err:
             return [self.reject(utt_id, "transcript_not_utf8", f"{row['transcript_source']}: {err}")]
         normalized = normalize_text(text, lowercase=cfg.lowercase, numbers=cfg.numbers)
+        if "nonspeech_only" in normalized.flags:
+            return [self.reject(utt_id, "transcript_nonspeech", f"{row['transcript_source']}: {text[:80]!r}")]
         if not normalized.text:
             return [self.reject(utt_id, "transcript_empty", f"{row['transcript_source']}: {text[:80]!r}")]
         if cfg.numbers == "reject" and "digits" in normalized.flags:
@@ -106,15 +124,24 @@ class IngestStage(Stage):
 
         source = Path(row["audio_path"])
         embedded = row.get("audio_bytes")
-        if embedded is None and not source.is_file():
-            return [self.reject(utt_id, "audio_missing", str(source))]
+        if embedded is None and (problem := file_problem(source)) is not None:
+            return [self.reject(utt_id, *problem)]
         offset = row.get("offset") or 0.0
+        whole_file = embedded is None and not offset and row.get("duration") is None
         try:
             channels, source_rate = decode(source if embedded is None else io.BytesIO(embedded), offset, row.get("duration"))
         except AudioError as err:
             return [self.reject(utt_id, "audio_unreadable", str(err))]
         if channels.shape[0] == 0:
             return [self.reject(utt_id, "audio_empty", f"{source.name} decodes to 0 samples")]
+        promised = header_frames(source) if whole_file else None
+        if promised is not None and channels.shape[0] < promised:
+            return [self.reject(utt_id, "audio_truncated",
+                                f"{source.name}: {channels.shape[0]} of the {promised} frames its header promises")]
+        finite = np.isfinite(channels)
+        if not finite.all():
+            return [self.reject(utt_id, "audio_nonfinite",
+                                f"{source.name}: {finite.size - int(finite.sum())} NaN or infinite samples")]
         samples = resample(to_mono(channels), source_rate, cfg.sample_rate)
         duration = samples.shape[0] / cfg.sample_rate
         flags = list(normalized.flags)
@@ -125,8 +152,7 @@ class IngestStage(Stage):
         utterance = {"id": utt_id, "source_path": str(source), "source_sample_rate": source_rate, "offset": offset,
                      "speaker": row["speaker"], "text": text, "normalized_text": normalized.text, "flags": flags}
         # Only a whole file already usable as it is is referenced in place; a segment of one is written.
-        in_place = embedded is None and not offset and row.get("duration") is None \
-            and source.suffix.lower() in IN_PLACE_SUFFIXES and not {"resampled", "downmixed"} & set(flags)
+        in_place = whole_file and source.suffix.lower() in IN_PLACE_SUFFIXES and not {"resampled", "downmixed"} & set(flags)
         if duration <= cfg.max_duration:
             return [self.manifest_row(utterance, samples, source if in_place else None)]
         if cfg.long_recordings == "segment" and duration <= cfg.max_recording_duration:
@@ -206,42 +232,83 @@ class IngestStage(Stage):
         return str(target.resolve())
 
 
-def split_duplicates(items: Iterable[CorpusEntry | Reject]) -> tuple[list[CorpusEntry], list[Reject]]:
-    """Entries with first-seen ids, and rejects for the reader's rejects and every later duplicate."""
-    first_seen: dict[str, CorpusEntry] = {}
+def id_problem(utterance_id: str) -> str | None:
+    """Why an id cannot name an utterance, or None: any other UTF-8 string is a valid id."""
+    if not utterance_id.strip():
+        return "the id is empty"
+    if utterance_id != utterance_id.strip():
+        return "the id starts or ends with white space"
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in utterance_id):
+        return "the id holds control characters or is not valid UTF-8"
+    return None
+
+
+def _reject_id(entry: CorpusEntry) -> str:
+    """An invalid id as a reject row can store it: lone surrogates escaped; where it is empty,
+    where the entry came from (schemas/reject.v1.json: the file path when no id could be made)."""
+    return entry.id.encode("utf-8", errors="backslashreplace").decode("utf-8") or entry.transcript_source
+
+
+def screen_entries(items: Iterable[CorpusItem]) -> tuple[list[CorpusEntry], list[Reject], list[Ignored]]:
+    """The reader's items split into entries that may ship, rejects, and ignored files.
+
+    Of two entries with one id, or with two ids that map to one sample key, the first
+    (in reader order) ships and the later one is rejected.
+    """
+    by_id: dict[str, CorpusEntry] = {}
+    by_key: dict[str, CorpusEntry] = {}
     rejects: list[Reject] = []
+    ignored: list[Ignored] = []
     for item in items:
         if isinstance(item, Reject):
             rejects.append(item)
-        elif item.id in first_seen:
+        elif isinstance(item, Ignored):
+            ignored.append(item)
+        elif (problem := id_problem(item.id)) is not None:
+            rejects.append(Reject(_reject_id(item), "ingest", "id_invalid", f"{item.transcript_source}: {problem}"))
+        elif item.id in by_id:
             rejects.append(
-                Reject(item.id, "ingest", "duplicate_id", f"{item.audio_path} repeats the id of {first_seen[item.id].audio_path}")
+                Reject(item.id, "ingest", "duplicate_id", f"{item.audio_path} repeats the id of {by_id[item.id].audio_path}")
+            )
+        elif (key := sanitize_key(item.id)) in by_key:
+            rejects.append(
+                Reject(item.id, "ingest", "key_collision", f"key {key!r} is already the key of id {by_key[key].id!r}")
             )
         else:
-            first_seen[item.id] = item
-    return list(first_seen.values()), rejects
+            by_id[item.id] = by_key[key] = item
+    return list(by_id.values()), rejects, ignored
 
 
-def list_corpus(corpus: str | Path, layout: str = "auto", hf_columns: HfColumns | None = None) -> tuple[pa.Table, list[Reject]]:
-    """The ingest stage's input: one row per first-seen entry (sorted by id), and the reader's rejects."""
-    entries, rejects = split_duplicates(read_corpus(corpus, layout, hf_columns))
+def list_corpus(corpus: str | Path, layout: str = "auto",
+                hf_columns: HfColumns | None = None) -> tuple[pa.Table, list[Reject], list[Ignored]]:
+    """The ingest stage's input (one row per entry that may ship, sorted by id), rejects and ignored files."""
+    entries, rejects, ignored = screen_entries(read_corpus(corpus, layout, hf_columns))
     entries.sort(key=lambda e: e.id)
-    return pa.Table.from_pylist([e.__dict__ for e in entries], schema=ENTRY_SCHEMA), rejects
+    return pa.Table.from_pylist([e.__dict__ for e in entries], schema=ENTRY_SCHEMA), rejects, ignored
 
 
-def list_configured_corpus(corpus: str | Path, config: IngestConfig) -> tuple[pa.Table, list[Reject]]:
+def ignored_notes(ingest_json: dict[str, Any], limit: int = 20) -> list[str]:
+    """"ignored, because ..." summary lines for the files an ingest run did not read."""
+    ignored = ingest_json.get("ignored") or []
+    notes = [f"ignored {item['path']}, because {item['reason']}" for item in ignored[:limit]]
+    if len(ignored) > limit:
+        notes.append(f"... and {len(ignored) - limit} more ignored files (see ingest.json)")
+    return notes
+
+
+def list_configured_corpus(corpus: str | Path, config: IngestConfig) -> tuple[pa.Table, list[Reject], list[Ignored]]:
     """`list_corpus` with the layout and Hugging Face columns of the ingest section."""
     return list_corpus(corpus, config.layout, config.hf)
 
 
 def ingest_corpus(corpus: str | Path, out_dir: str | Path, config: RunConfig, *,
-                  listing: tuple[pa.Table, list[Reject]] | None = None,
+                  listing: tuple[pa.Table, list[Reject], list[Ignored]] | None = None,
                   fingerprint: dict[str, Any] | None = None) -> StageReport:
     """Read, check and normalize a corpus into OUT (manifest.parquet, rejects.parquet, ingest.json).
 
     The layout is `config.ingest.layout`. `listing` is `list_configured_corpus(corpus, config.ingest)`
     when the caller already made it (the build does, to fingerprint the corpus).
     """
-    entries, reader_rejects = listing or list_configured_corpus(corpus, config.ingest)
-    stage = IngestStage(config.ingest, Path(out_dir) / "audio", corpus=corpus, align=config.align)
+    entries, reader_rejects, ignored = listing or list_configured_corpus(corpus, config.ingest)
+    stage = IngestStage(config.ingest, Path(out_dir) / "audio", corpus=corpus, align=config.align, ignored=ignored)
     return run_stage(stage, entries, out_dir, config, prior_rejects=reader_rejects, fingerprint=fingerprint)
