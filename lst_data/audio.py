@@ -9,6 +9,7 @@ always what decoding produced, never a header's claim.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -23,13 +24,67 @@ class AudioError(Exception):
     """The file exists but cannot be decoded (the reject code is audio_unreadable)."""
 
 
-def decode(path: str | Path) -> tuple[np.ndarray, int]:
-    """All channels of `path` as float32 [frames, channels] and its sample rate."""
+def decode(path: str | Path | BinaryIO, offset: float = 0.0, duration: float | None = None) -> tuple[np.ndarray, int]:
+    """All channels of `path` (a file, or a file object holding encoded audio) as float32
+    [frames, channels] and its sample rate.
+
+    `offset` and `duration` (s) select a segment: only its frames are decoded (soundfile
+    seeks), so a supervision inside a long recording never costs a decode of the whole file.
+    """
+    name = Path(path).name if isinstance(path, (str, Path)) else "embedded audio"
     try:
-        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path) if isinstance(path, Path) else path) as audio:
+            rate = audio.samplerate
+            start = round(offset * rate)
+            if start > audio.frames or (duration is not None and duration <= 0):
+                raise AudioError(f"{name}: segment at {offset:.3f} s (+{duration} s) lies outside its "
+                                 f"{audio.frames / rate:.3f} s")
+            if start:
+                audio.seek(start)
+            frames = -1 if duration is None else round(duration * rate)
+            samples = audio.read(frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as err:
-        raise AudioError(f"{Path(path).name}: {err}") from err
+        raise AudioError(f"{name}: {err}") from err
     return samples, int(rate)
+
+
+def header_frames(path: str | Path) -> int | None:
+    """The number of frames the file's header promises, or None when it promises none.
+
+    libsndfile quietly shortens a WAV whose data chunk claims more bytes than the file
+    holds, so for WAV the RIFF chunks are read here; for other containers soundfile's count
+    (FLAC STREAMINFO) is the promise. A streaming WAV's 0 or 0xFFFFFFFF size promises nothing.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".wav":
+        try:
+            frames = sf.info(str(path)).frames
+        except (sf.LibsndfileError, RuntimeError, ValueError, TypeError):
+            return None
+        return frames if 0 < frames < 2**62 else None
+    return _wav_data_frames(path)
+
+
+def _wav_data_frames(path: Path) -> int | None:
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = None
+        while True:
+            chunk = handle.read(8)
+            if len(chunk) < 8:
+                return None
+            chunk_id, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if chunk_id == b"fmt ":
+                fmt = handle.read(size + (size & 1))
+                block_align = int.from_bytes(fmt[12:14], "little") if len(fmt) >= 14 else None
+            elif chunk_id == b"data":
+                if not block_align or size in (0, 0xFFFFFFFF):
+                    return None
+                return size // block_align
+            else:
+                handle.seek(size + (size & 1), 1)
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:
@@ -45,9 +100,11 @@ def resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
     return soxr.resample(samples, rate, target_rate, quality="HQ").astype(np.float32, copy=False)
 
 
-def read_audio(path: str | Path, target_rate: int | None = 16000) -> tuple[np.ndarray, int]:
-    """Mono float32 samples at `target_rate` (or the file's own rate when None)."""
-    samples, rate = decode(path)
+def read_audio(path: str | Path, target_rate: int | None = 16000, offset: float = 0.0,
+               duration: float | None = None) -> tuple[np.ndarray, int]:
+    """Mono float32 samples at `target_rate` (or the file's own rate when None), of the whole
+    file or of the segment `offset` .. `offset + duration` (s)."""
+    samples, rate = decode(path, offset, duration)
     mono = to_mono(samples)
     if target_rate is None:
         return mono, rate

@@ -12,6 +12,7 @@ import click
 from lst_data.align.cli import align, export_textgrid
 from lst_data.core.cli_options import Commands, run_cli
 from lst_data.demo import demo_corpus_command
+from lst_data.export.cli import export
 from lst_data.ingest.cli import ingest
 from lst_data.shards.cli import shard
 from lst_data.shards.inspect_cli import diff, plot, show, stats, validate
@@ -46,7 +47,7 @@ def cli(verbose: bool) -> None:
     setup_logging(verbose)
 
 
-for command in (ingest, align, export_textgrid, units, kmeans, tokenize, tokenizer, shard, build_command,
+for command in (ingest, align, export_textgrid, export, units, kmeans, tokenize, tokenizer, shard, build_command,
                 stats, show, validate, diff, plot, demo_corpus_command, config_command):
     cli.add_command(command)
 

@@ -11,7 +11,9 @@ Times are rounded to the microsecond before the rule, so 0.28 s at 25 Hz is exac
 7's end (7.000000000000001 would otherwise claim frame 7 as well as frame 6).
 
 A word whose frames were all claimed by the previous word has no frames of its own: its
-span is empty, written as end_frame = start_frame - 1. Word spans and silence runs
+span is empty, written as end_frame = start_frame - 1, and placed where its frames would
+have started, but never past the last frame (`empty_span`), so that every span's
+start_frame is inside [0, n) even at the utterance's end. Word spans and silence runs
 together tile [0, n) exactly.
 """
 
@@ -33,6 +35,12 @@ class FrameSpan(NamedTuple):
     @property
     def length(self) -> int:
         return self.end - self.start + 1
+
+
+def empty_span(at: int, n_frames: int) -> FrameSpan:
+    """The empty span (end = start - 1) at frame `at`, moved back onto the last frame if past it."""
+    start = min(max(at, 0), n_frames - 1)
+    return FrameSpan(start, start - 1)
 
 
 def frames_for_duration(duration: float, frame_rate: float) -> int:
@@ -61,9 +69,8 @@ def word_frame_spans(
     for start, end in intervals:
         span = time_to_frame_span(start, end, frame_rate, n_frames)
         first = max(span.start, next_free)
-        last = span.end if span.end >= first else first - 1
-        spans.append(FrameSpan(first, last))
-        next_free = max(next_free, last + 1)
+        spans.append(FrameSpan(first, span.end) if span.end >= first else empty_span(first, n_frames))
+        next_free = max(next_free, spans[-1].end + 1)
     return spans
 
 

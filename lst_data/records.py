@@ -105,6 +105,7 @@ class SampleRecord:
     aligner: dict[str, Any] = field(default_factory=dict)
     unit_info: dict[str, Any] = field(default_factory=dict)
     audio: bytes | None = None  # FLAC bytes when the shard carries audio
+    text_original: str | None = None  # the corpus transcript before normalization
 
     @property
     def n_frames(self) -> int:
@@ -125,6 +126,7 @@ class SampleRecord:
             "silences": [s._asdict() for s in self.silences],
             "aligner": dict(self.aligner),
             "units": dict(self.unit_info),
+            "text_original": self.text_original,
         }
 
     @classmethod
@@ -150,6 +152,7 @@ class SampleRecord:
             aligner=_flat_object(data.get("aligner"), "aligner", where),
             unit_info=_flat_object(data.get("units"), "units", where),
             audio=audio,
+            text_original=data.get("text_original"),
         )
 
 

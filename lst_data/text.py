@@ -1,22 +1,55 @@
 """Transcript normalization shared by every stage (aligner, tokenizer, shards).
 
 One function decides what a "word" is, so the aligner's words, the BPE pieces' words and
-the words in the shard are the same list. Normalized text is lower-case (by default),
-punctuation-free, space-separated words; apostrophes inside words stay (don't, o'clock).
-Digits are kept and flagged, expanded to English words, or rejected, by config.
+the words in the shard are the same list. The result is the *spoken form*: lower-case (by
+default), punctuation-free, space-separated words, numbers written out. The rules, in the
+order they run (docs/ingest.md has examples of each):
+
+1. Unicode NFKC; format characters (zero-width space, joiners, BOM, soft hyphen: category
+   Cf) are deleted, so they never split a word; curly apostrophes become "'".
+2. Non-speech annotations in brackets, parentheses, braces or angle brackets ("[beep tone]",
+   "(laughs)", "<beep ascending>")
+   are removed; a transcript that held nothing else is flagged `nonspeech_only`.
+3. Numbers (`numbers='expand'`, the default) become words with num2words: times ("3:30"),
+   money ("$5"), percentages ("50%"), ordinals ("1st"), decimals ("2.5"), years (1100-2099
+   standing alone), grouped cardinals ("1,000"), digits glued to letters ("h323", "mp3":
+   read digit by digit), numbers with leading zeros ("007": digit by digit), cardinals.
+   'flag' keeps digits and flags `digits`; 'reject' flags them the same way (ingest rejects).
+4. Hyphens, dashes, slashes and underscores separate words ("well-known" -> "well known":
+   the lexicon's hyphenated entries are the concatenation of their parts' pronunciations).
+   Apostrophes inside a word stay ("don't", "o'clock"), as does the possessive plural's
+   ("actors'"), both as the CMU lexicon spells them; quote marks around a word go.
+5. A word mixing Latin letters with look-alike letters of another script (Cyrillic "а" in
+   "cаt") is kept and flagged `mixed_script`.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
-_DIGITS = re.compile(r"\d+(?:[.,]\d+)*")
-_SPLIT = re.compile(r"[\s\-\u2010-\u2015/_]+")
-# A word: letters, digits and marks, with inner apostrophes.
-_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
+NumberPolicy = Literal["flag", "expand", "reject"]
+
+_ANNOTATION = re.compile(r"\[[^\[\]]*\]|\([^()]*\)|\{[^{}]*\}|<[^<>]*>")
+_SPLIT = re.compile(r"[\s\-\u2010-\u2015\u2212/_]+")
+# A word: letters, digits and marks, with inner apostrophes and a possessive plural's.
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*(?:(?<=s)'(?![^\W_]))?")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
+_DIGIT = re.compile(r"\d")
+
+_TIME = re.compile(r"\b(\d{1,2}):(\d{2})\b")
+_MONEY = re.compile(r"\$(\d+(?:,\d{3})*)(?:\.(\d{2}))?\b")
+_PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s?%")
+_ORDINAL = re.compile(r"\b(\d+)(st|nd|rd|th)\b", re.IGNORECASE)
+_DECIMAL = re.compile(r"(?<![\d.])(\d+)\.(\d+)(?![\d.])")
+_GROUPED = re.compile(r"\b\d{1,3}(?:,\d{3})+\b")
+_GLUED = re.compile(r"(?<=[^\W\d_])\d+|\d+(?=[^\W\d_])")
+_LEADING_ZERO = re.compile(r"\b0\d+\b")
+_YEAR = re.compile(r"\b(?:1[1-9]|20)\d\d\b")
+_CARDINAL = re.compile(r"\d+")
 
 
 @dataclass(frozen=True)
@@ -29,30 +62,95 @@ class NormalizedText:
         return self.text.split()
 
 
-def _expand_number(match: re.Match[str]) -> str:
+def _spoken(value: int | str, to: str = "cardinal") -> str:
     from num2words import num2words
 
-    token = match.group(0).replace(",", "")
-    try:
-        return " " + num2words(float(token) if "." in token else int(token), lang="en") + " "
-    except (ValueError, OverflowError):
-        return " " + " ".join(num2words(int(d), lang="en") for d in token if d.isdigit()) + " "
+    return f" {num2words(value, lang='en', to=to)} "
 
 
-def normalize_text(text: str, *, lowercase: bool = True, numbers: str = "flag") -> NormalizedText:
-    """Normalize a transcript; `numbers` is 'flag', 'expand' or 'reject' (flagged the same way)."""
+def _digit_by_digit(digits: str) -> str:
+    return " " + " ".join(_spoken(int(d)).strip() for d in digits) + " "
+
+
+def _time(match: re.Match[str]) -> str:
+    hours, minutes = int(match.group(1)), int(match.group(2))
+    if hours > 24 or minutes > 59:
+        return _spoken(hours) + _spoken(minutes)
+    if minutes == 0:
+        return _spoken(hours) + " o'clock "
+    return _spoken(hours) + (" oh" + _spoken(minutes) if minutes < 10 else _spoken(minutes))
+
+
+def _money(match: re.Match[str]) -> str:
+    dollars = int(match.group(1).replace(",", ""))
+    spoken = _spoken(dollars) + (" dollar " if dollars == 1 else " dollars ")
+    if match.group(2) and int(match.group(2)):
+        cents = int(match.group(2))
+        spoken += " and" + _spoken(cents) + (" cent " if cents == 1 else " cents ")
+    return spoken
+
+
+def _decimal(whole: str, fraction: str) -> str:
+    return _spoken(int(whole)) + " point " + _digit_by_digit(fraction)
+
+
+# (pattern, replacement) in the order they apply: each rule sees what the earlier left.
+_NUMBER_RULES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
+    (_TIME, _time),
+    (_MONEY, _money),
+    (_PERCENT, lambda m: (_decimal(*m.group(1).split(".")) if "." in m.group(1) else _spoken(int(m.group(1)))) + " percent "),
+    (_ORDINAL, lambda m: _spoken(int(m.group(1)), to="ordinal")),
+    (_DECIMAL, lambda m: _decimal(m.group(1), m.group(2))),
+    (_GROUPED, lambda m: _spoken(int(m.group(0).replace(",", "")))),
+    (_GLUED, lambda m: _digit_by_digit(m.group(0))),
+    (_LEADING_ZERO, lambda m: _digit_by_digit(m.group(0))),
+    (_YEAR, lambda m: _spoken(int(m.group(0)), to="year")),
+    (_CARDINAL, lambda m: _spoken(int(m.group(0)))),
+)
+
+
+def expand_numbers(text: str) -> str:
+    """`text` with every digit written out as English words (the rules of step 3)."""
+    for pattern, replace in _NUMBER_RULES:
+        text = pattern.sub(replace, text)
+    return text
+
+
+def remove_format_characters(text: str) -> str:
+    """Delete Unicode format characters (Cf: zero-width space and joiners, BOM, soft hyphen)."""
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+
+
+def _script(ch: str) -> str:
+    """The script word of a letter's Unicode name ('LATIN', 'CYRILLIC', 'GREEK', ...)."""
+    return unicodedata.name(ch, "UNKNOWN").split(" ", 1)[0]
+
+
+def is_mixed_script(word: str) -> bool:
+    """True for a word with Latin letters and letters of another script (a look-alike)."""
+    scripts = {_script(ch) for ch in word if ch.isalpha()}
+    return "LATIN" in scripts and len(scripts) > 1
+
+
+def normalize_text(text: str, *, lowercase: bool = True, numbers: NumberPolicy = "expand") -> NormalizedText:
+    """The spoken form of a transcript, with flags saying what needed attention."""
     if numbers not in ("flag", "expand", "reject"):
         raise ValueError(f"numbers must be 'flag', 'expand' or 'reject', got {numbers!r}")
     flags: list[str] = []
-    text = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES)
-    if _DIGITS.search(text):
+    text = remove_format_characters(unicodedata.normalize("NFKC", text)).translate(_APOSTROPHES)
+    without_annotations = _ANNOTATION.sub(" ", text)
+    if without_annotations != text and not _WORD.search(without_annotations):
+        flags.append("nonspeech_only")
+    text = without_annotations
+    if _DIGIT.search(text):
         if numbers == "expand":
-            text = _DIGITS.sub(_expand_number, text)
+            text = expand_numbers(text)
             flags.append("numbers_expanded")
         else:
             flags.append("digits")
     if lowercase:
         text = text.lower()
     words = [w for chunk in _SPLIT.split(text) for w in _WORD.findall(chunk)]
-    words = [w.replace(" ", "") for w in words]
+    if any(is_mixed_script(w) for w in words):
+        flags.append("mixed_script")
     return NormalizedText(" ".join(words), tuple(flags))

@@ -28,7 +28,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +42,9 @@ from lst_data.core.config import canonical_hash, to_dict
 from lst_data.core.errors import UserError
 from lst_data.core.fingerprint import files_fingerprint, listing_fingerprint
 from lst_data.core.lock import OutputLocked, exclusive_output
-from lst_data.ingest.stage import list_corpus
-from lst_data.core.rejects import Reject, read_rejects
+from lst_data.ingest.cli import layout_option
+from lst_data.ingest.stage import list_configured_corpus
+from lst_data.core.rejects import Reject, merge_rejects, read_rejects
 from lst_data.core.runner import DONE_FILE, REJECTS_FILE, StageReport
 
 STEP_ORDER = ("ingest", "align", "units", "tokenize", "shard")
@@ -73,7 +74,7 @@ class BuildContext:
     corpus: Path
     run_dir: Path
     config: RunConfig
-    listing: tuple[Any, list[Reject]]  # the corpus reader's entries table and rejects
+    listing: tuple[Any, list[Reject], list[Any]]  # the corpus reader's entries table, rejects and ignored files
 
     def dir(self, step: str) -> Path:
         path = self.run_dir / STEPS[step].folder
@@ -131,10 +132,13 @@ def step_inputs(config: RunConfig, corpus_fingerprint: str) -> dict[str, dict[st
     inputs: dict[str, dict[str, Any]] = {}
     for name in STEP_ORDER:
         step = STEPS[name]
-        sections = [getattr(config, s) for s in step.sections]
+        names = step.sections
+        if name == "ingest" and config.ingest.long_recordings == "segment":
+            names = (*names, "align")  # long recordings are aligned to be cut
+        sections = [getattr(config, s) for s in names]
         inputs[name] = {
             "sections": canonical_hash({"step": name, "seed": config.seed,
-                                        "sections": {s: to_dict(getattr(config, s)) for s in step.sections}}),
+                                        "sections": {s: to_dict(getattr(config, s)) for s in names}}),
             "files": canonical_hash(files_fingerprint(sections)),
             "corpus": corpus_fingerprint if name == "ingest" else None,
             "reads": {r: canonical_hash(inputs[r]) for r in step.reads},
@@ -172,7 +176,8 @@ class BuildReport:
 
     @property
     def rejects(self) -> list[Reject]:
-        return [r for o in self.outcomes for r in o.rejects]
+        """Every reject once: the shard step carries the earlier steps' rejects too."""
+        return merge_rejects(r for o in self.outcomes for r in o.rejects)
 
 
 def build_corpus(
@@ -184,8 +189,9 @@ def build_corpus(
     corpus, run_dir = Path(corpus), Path(run_dir)
     with exclusive_output(run_dir):
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=True), encoding="utf-8")
-        listing = list_corpus(corpus)
-        inputs = step_inputs(config, listing_fingerprint(listing[0], "audio_path", to_dict(listing[1])))
+        listing = list_configured_corpus(corpus, config.ingest)
+        inputs = step_inputs(config, listing_fingerprint(listing[0], "audio_path", {
+            "rejects": [asdict(r) for r in listing[1]], "ignored": [asdict(i) for i in listing[2]]}))
         ctx = BuildContext(corpus, run_dir, config, listing)
         outcomes: list[StepOutcome] = []
         for name in steps:
@@ -245,11 +251,12 @@ def _print_step(o: StepOutcome) -> None:
                err=True)
 
 
-def print_build_summary(report: BuildReport) -> None:
+def print_build_summary(report: BuildReport, config: RunConfig) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from lst_data.core.summary import print_summary
+    from lst_data.ingest.stage import ignored_notes
 
     console = Console(soft_wrap=True)
     table = Table(title=f"build {report.run_dir}", title_justify="left")
@@ -268,18 +275,21 @@ def print_build_summary(report: BuildReport) -> None:
                ("wall time", f"{report.seconds:.1f} s")]
     if hours_in and not any(o.skipped for o in report.outcomes):
         figures.append(("real-time factor", f"{report.seconds / (hours_in * 3600):.3f} (wall s per audio s)"))
-    print_summary("totals", figures, report.rejects, console=console)
+    ingest_json = report.run_dir / STEPS["ingest"].folder / "ingest.json"
+    notes = ignored_notes(json.loads(ingest_json.read_text(encoding="utf-8"))) if ingest_json.exists() else []
+    print_summary("totals", figures, report.rejects, console=console, config=config, notes=notes)
 
 
 @click.command("build")
 @click.argument("corpus", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
 @click.option("--resume", is_flag=True, help="Continue a run in OUT: done steps and finished shards are kept.")
+@layout_option
 @config_options
 @click.option("--steps", default=",".join(STEP_ORDER), show_default=True,
               help="Comma-separated steps to run, in pipeline order (e.g. ingest,align).")
-def build_command(corpus: Path, out: Path, resume: bool, config_path: Path | None, assignments: tuple[str, ...],
-                  runner: str | None, steps: str) -> None:
+def build_command(corpus: Path, out: Path, resume: bool, layout: str | None, config_path: Path | None,
+                  assignments: tuple[str, ...], runner: str | None, steps: str) -> None:
     """Build shards from CORPUS into the run directory OUT (ingest, align, units, tokenize, shard).
 
     Exit code 0: every utterance is in the shards; 3: finished, with rejects; 1: failed.
@@ -292,13 +302,13 @@ def build_command(corpus: Path, out: Path, resume: bool, config_path: Path | Non
         raise UserError(f"--steps: unknown steps {unknown}; known: {', '.join(STEP_ORDER)}")
     if out.exists() and any(out.iterdir()) and not resume:
         raise UserError(f"--out: {out} already holds a run: pass --resume to continue it, or choose another --out")
-    config = load_run_config(config_path, assignments, runner)
+    config = load_run_config(config_path, assignments, runner, aliases={"ingest.layout": layout})
     try:
         report = build_corpus(corpus, out, config, steps=chosen, on_step=_print_step)
     except OutputLocked as err:
         click.echo(f"lst-data build: {err}", err=True)
         sys.exit(1)
-    print_build_summary(report)
+    print_build_summary(report, config)
     if report.rejects:
         sys.exit(EXIT_WITH_REJECTS)
 

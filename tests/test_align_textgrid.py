@@ -1,20 +1,18 @@
 """TextGrid import and the MFA backend's pure parts, on real MFA output
 (/work/shared/fixtures/mfa: `mfa align` / `mfa align_one` TextGrids with empty and <eps>
-silences). MFA itself runs only where it is installed."""
+silences). MFA itself runs in tests/test_align_mfa.py."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from lst_data.align.base import AlignFailure, Alignment, AlignRequest, OovWord
-from lst_data.align.config import AlignConfig, MfaConfig, TextGridConfig
+from lst_data.align.config import AlignConfig, TextGridConfig
 from lst_data.align.mfa_backend import collect_batch_output, parse_worker_response, write_batch_corpus
 from lst_data.align.stage import AlignStage
-from lst_data.audio import write_audio
 
 MFA_FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "mfa"
 # Words of each fixture, as read in Praat (the expected values are not produced by our reader).
@@ -137,118 +135,3 @@ def test_mfa_worker_response_parsing():
     assert parsed.score == -42.5 and parsed.oov == [OovWord("blorft", "letters")]
     failed = parse_worker_response({"id": "u", "error": "AlignmentError: beam too narrow"}, [])
     assert failed == AlignFailure("align_failed", "MFA: AlignmentError: beam too narrow")
-
-
-@pytest.mark.skipif(shutil.which("mfa") is None, reason="Montreal Forced Aligner (`mfa`) is not installed here")
-@pytest.mark.slow
-def test_mfa_worker_aligns_demo_corpus(demo_corpus, tmp_path):
-    import os
-
-    from lst_data.align.stage import align_manifest
-    from lst_data.config import load_config
-    from lst_data.ingest.stage import ingest_corpus
-
-    model = os.environ.get("LST_DATA_MFA_MODEL", "english_us_arpa")
-    config = load_config(overrides={"ray": {"runner": "local"}, "align": {"backend": "mfa", "mfa": {"acoustic_model": model}}})
-    ingest_corpus(demo_corpus, tmp_path / "m", config)
-    report = align_manifest(tmp_path / "m", tmp_path / "a", config)
-    alignments = report.read_output()
-    assert alignments.num_rows + len(report.rejects) == 12 and alignments.num_rows > 0
-    assert MfaConfig().mode == "worker"
-
-
-FAKE_MFA_PYTHON = '''#!{python}
-"""Stand-in for MFA's interpreter running mfa_worker.py (MFA cannot be installed here):
-speaks the worker protocol, spreads the words evenly, logs requests, dies on 'crash'."""
-import json, os, sys
-log = open(os.path.join(os.environ["MFA_ROOT_DIR"], "..", "requests.jsonl"), "a")
-print(json.dumps({{"ready": True, "mfa_version": "fake"}}), flush=True)
-for line in sys.stdin:
-    request = json.loads(line)
-    log.write(line); log.flush()
-    words = request["text"].split()
-    if "crash" in words:
-        sys.exit(3)
-    step = (request["end"] - request["begin"]) / (len(words) + 2)
-    out = [{{"label": "<eps>", "begin": 0.0, "end": step, "phones": []}}]
-    for i, w in enumerate(words):
-        b, e = step * (i + 1), step * (i + 2)
-        out.append({{"label": w.upper(), "begin": b, "end": e, "phones": [{{"label": "AH0", "begin": b, "end": e}}]}})
-    print(json.dumps({{"id": request["id"], "words": out, "likelihood": -1.0}}), flush=True)
-'''
-
-
-def test_mfa_worker_protocol_with_a_stand_in_process(tmp_path):
-    """The parent side of worker mode against a fake MFA process (MFA itself is not installable here)."""
-    import json
-    import sys
-
-    fake = tmp_path / "fake_mfa_python"
-    fake.write_text(FAKE_MFA_PYTHON.format(python=sys.executable), encoding="utf-8")
-    fake.chmod(0o755)
-    config = AlignConfig(backend="mfa", mfa=MfaConfig(python=str(fake), acoustic_model="english_us_arpa",
-                                                      root_dir=str(tmp_path)))
-    stage = AlignStage(config)
-    write_audio(tmp_path / "a.wav", 0.3 * np.sin(np.arange(32000, dtype=np.float32) / 10), 16000)
-    base = {"key": "k", "audio_path": str(tmp_path / "a.wav"), "duration": 2.0, "speaker": "s"}
-    batch = [{**base, "id": "ok", "normalized_text": "the blorft sat"},
-             {**base, "id": "dies", "normalized_text": "crash now"},
-             {**base, "id": "after", "normalized_text": "the cat"}]
-    result = stage.process_batch(batch)
-    assert [r["id"] for r in result.rows] == ["ok", "after"]  # the worker was restarted after dying
-    assert [(r.id, r.code) for r in result.rejects] == [("dies", "align_failed")]
-    ok = result.rows[0]
-    assert [w["word"] for w in ok["words"]] == ["the", "blorft", "sat"] and ok["oov"] == [{"word": "blorft", "source": "letters"}]
-    assert ok["backend"] == "mfa" and ok["silences"][0]["rule"] == "label"
-    requests = [json.loads(line) for line in next(tmp_path.glob("lst_mfa_*/requests.jsonl")).read_text().splitlines()]
-    assert requests[0]["pronunciations"] == {"blorft": "B L AA1 R F T"} and requests[0]["text"] == "the blorft sat"
-    stage.aligner.close()
-
-
-FAKE_MFA = '''#!{python}
-"""Stand-in for `mfa align CORPUS DICT MODEL OUT ...` (MFA cannot be installed here): writes
-OUT/SPEAKER/STEM.TextGrid with evenly spread words, and, like MFA, silently leaves out
-utterances it 'cannot align' (here: transcripts containing 'unalignable'), exiting 0."""
-import json, os, pathlib, sys
-import textgrid
-command, corpus, dictionary, model, out = sys.argv[1:6]
-assert command == "align" and "--no_tokenization" in sys.argv, sys.argv
-pathlib.Path(os.environ["MFA_ROOT_DIR"], "..", "calls.jsonl").resolve().open("a").write(json.dumps(sys.argv[1:]) + "\\n")
-for lab in sorted(pathlib.Path(corpus).glob("*/*.lab")):
-    words = lab.read_text().split()
-    if "unalignable" in words:
-        continue
-    grid = textgrid.TextGrid(minTime=0.0, maxTime=2.0)
-    tier = textgrid.IntervalTier(name="words", minTime=0.0, maxTime=2.0)
-    step = 2.0 / (len(words) + 2)
-    for i, w in enumerate(words):
-        tier.add(step * (i + 1), step * (i + 2), w)
-    grid.append(tier)
-    target = pathlib.Path(out) / lab.parent.name / (lab.stem + ".TextGrid")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    grid.write(str(target))
-'''
-
-
-def test_mfa_batch_mode_with_a_stand_in_executable(tmp_path):
-    """`mfa align` per batch against a fake `mfa` (MFA itself is not installable here): the
-    corpus, dictionary and arguments it is given, and the utterance it leaves out."""
-    import json
-    import sys
-
-    fake = tmp_path / "mfa"
-    fake.write_text(FAKE_MFA.format(python=sys.executable), encoding="utf-8")
-    fake.chmod(0o755)
-    write_audio(tmp_path / "a.wav", 0.3 * np.sin(np.arange(32000, dtype=np.float32) / 10), 16000)
-    config = AlignConfig(backend="mfa", mfa=MfaConfig(executable=str(fake), mode="batch", acoustic_model="english_us_arpa",
-                                                      root_dir=str(tmp_path)))
-    base = {"audio_path": str(tmp_path / "a.wav"), "duration": 2.0}
-    batch = [{**base, "id": "a/1", "key": "a_1", "speaker": "alice", "normalized_text": "the blorft sat"},
-             {**base, "id": "b/1", "key": "b_1", "speaker": "bob", "normalized_text": "an unalignable one"},
-             {**base, "id": "b/2", "key": "b_2", "speaker": "bob", "normalized_text": "the cat"}]
-    result = AlignStage(config).process_batch(batch)
-    assert [r["id"] for r in result.rows] == ["a/1", "b/2"]
-    assert [(r.id, r.code) for r in result.rejects] == [("b/1", "align_failed")]
-    assert result.rows[0]["oov"] == [{"word": "blorft", "source": "letters"}]
-    calls = [json.loads(line) for line in next(tmp_path.glob("lst_mfa_*/calls.jsonl")).read_text().splitlines()]
-    assert len(calls) == 1 and calls[0][0] == "align" and calls[0][3] == "english_us_arpa"

@@ -20,7 +20,8 @@ from lst_data.config import RunConfig
 from lst_data.core.config import updated
 from lst_data.core.rejects import Reject, read_rejects
 from lst_data.core.schemas import load_schema, validation_errors
-from lst_data.core.tables import ALIGNMENT_SCHEMA, MANIFEST_SCHEMA, TOKENS_SCHEMA, UNITS_SCHEMA, sanitize_key
+from lst_data.core.tables import ALIGNMENT_SCHEMA, MANIFEST_SCHEMA, TOKENS_SCHEMA, UNITS_SCHEMA
+from lst_data.keys import sanitize_key
 from lst_data.shards.build import shard_tables
 from lst_data.shards.join import JoinTables, join_records
 from lst_data.shards.synthetic import TOKENIZER_HASH, synthetic_tables

@@ -107,6 +107,28 @@ class Aligner(ABC):
         """Release processes or files held by the backend."""
 
 
+class ImportedAligner(Aligner):
+    """A backend that reads alignments a user already has (TextGrids, lhotse supervisions) instead
+    of aligning audio. Their words are compared without case: MFA lower-cases whatever the
+    transcript said."""
+
+    _model_hash: str  # set by the subclass: the identity of what it imports
+
+    @property
+    def model_hash(self) -> str:
+        return self._model_hash
+
+    def normalize_word(self, word: str) -> str:
+        return word.lower()
+
+    def align_batch(self, requests: Sequence[AlignRequest]) -> list[Alignment | AlignFailure]:
+        return [self.align_one(r) for r in requests]
+
+    @abstractmethod
+    def align_one(self, request: AlignRequest) -> Alignment | AlignFailure:
+        """The imported alignment of one utterance (words lower-cased), or why there is none."""
+
+
 def hash_files(*paths: str | Path | None, extra: str = "") -> str:
     """sha256 over the bytes of files (and every file under directories), in sorted path order."""
     digest = hashlib.sha256(extra.encode("utf-8"))

@@ -12,7 +12,7 @@ from lst_data.core.cli_options import config_options, load_run_config
 @click.command("align")
 @click.argument("manifest_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
-@click.option("--backend", type=click.Choice(["pocketsphinx", "mfa", "ctc", "textgrid"]), default=None,
+@click.option("--backend", type=click.Choice(["pocketsphinx", "mfa", "ctc", "textgrid", "lhotse"]), default=None,
               help="Alias of --set align.backend=... (default: pocketsphinx).")
 @click.option("--textgrid-dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Alias of --set align.textgrid.directory=... (backend textgrid).")

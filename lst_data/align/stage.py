@@ -24,7 +24,7 @@ from lst_data.align.config import AlignConfig
 from lst_data.align.silence import silence_spans, trim_quiet_edges
 from lst_data.audio import AudioError, read_audio
 from lst_data.config import RunConfig
-from lst_data.core.config import RayConfig, updated
+from lst_data.core.config import RayConfig, to_dict
 from lst_data.core.rejects import Reject
 from lst_data.core.runner import StageReport, read_manifest, run_stage
 from lst_data.core.stage import Resources, Stage, StageResult
@@ -35,6 +35,7 @@ BACKENDS: dict[str, str] = {
     "mfa": "lst_data.align.mfa_backend:MfaAligner",
     "ctc": "lst_data.align.ctc_backend:CtcAligner",
     "textgrid": "lst_data.align.textgrid_backend:TextGridAligner",
+    "lhotse": "lst_data.align.lhotse_backend:LhotseAligner",
 }
 # Backends that read the audio themselves; only their word edges are trimmed.
 ACOUSTIC_BACKENDS = frozenset({"pocketsphinx", "mfa", "ctc"})
@@ -62,27 +63,36 @@ class AlignStage(Stage):
             self.resources = Resources(cpus=1.0, gpus=1.0)
 
     def prepare(self, table: pa.Table, out_dir: Path, ray: RayConfig) -> list[Reject]:
-        """MFA train mode: train on the whole manifest once, then align in batch mode with that model."""
-        if self.config.backend == "mfa" and self.config.mfa.mode == "train":
-            from lst_data.align.mfa_backend import train_acoustic_model
+        """MFA: check the install and the model in the driver, before any worker starts; in
+        train mode, train on the whole manifest once (the batches then align with that model)."""
+        if self.config.backend == "mfa":
+            from lst_data.align.mfa_backend import check_mfa_config, train_acoustic_model
 
-            requests = [AlignRequest.from_row(row) for row in table.to_pylist()]
-            model = train_acoustic_model(requests, out_dir / "mfa_acoustic_model.zip", self.config)
-            self.config = updated(self.config, {"mfa": {"mode": "batch", "acoustic_model": str(model.resolve())}})
+            check_mfa_config(self.config.mfa)
+            if self.config.mfa.mode == "train":
+                requests = [AlignRequest.from_row(row) for row in table.to_pylist()]
+                self.config = train_acoustic_model(requests, out_dir, self.config)
         return []
 
     def setup(self) -> None:
         if self.aligner is None:
             self.aligner = make_aligner(self.config)
 
+    def teardown(self) -> None:
+        # An MFA worker process and its temporary root end here, not at interpreter exit.
+        if self.aligner is not None:
+            self.aligner.close()
+            self.aligner = None
+
     def finalize(self, output: pa.Table, out_dir: Path) -> dict[str, Any]:
         oov = oov_report(output)
         pq.write_table(oov, out_dir / OOV_FILE)
         self.model_hashes = sorted(set(output["model_hash"].to_pylist()))
-        return {"aligned": output.num_rows, "oov_words": oov.num_rows}
+        return {"aligned": output.num_rows, "oov_words": oov.num_rows, **score_distribution(output)}
 
     def provenance(self) -> dict[str, Any]:
-        return {"model_hash": getattr(self, "model_hashes", [])}
+        # What the aligner ran with: after MFA training, the trained model's path.
+        return {"model_hash": getattr(self, "model_hashes", []), "aligner_config": to_dict(self.config)}
 
     def __getstate__(self) -> dict[str, Any]:
         # Ray ships the stage to its actors before setup(); a loaded model never travels.
@@ -159,6 +169,15 @@ def _first_difference(expected: list[str], found: list[str]) -> str:
         if want != got:
             return f"word {index}: expected {want!r}, aligner gave {got!r}"
     return f"expected {len(expected)} words, aligner gave {len(found)}"
+
+
+def score_distribution(alignments: pa.Table) -> dict[str, float]:
+    """Quantiles of the aligned utterances' scores (the quality gate's view of the corpus)."""
+    scores = pc.drop_null(alignments["score"])
+    if len(scores) == 0:
+        return {}
+    quantiles = pc.quantile(scores, q=[0.0, 0.05, 0.5, 1.0]).to_pylist()
+    return {f"score_{name}": round(value, 3) for name, value in zip(("min", "p05", "median", "max"), quantiles, strict=True)}
 
 
 def oov_report(alignments: pa.Table) -> pa.Table:

@@ -6,11 +6,10 @@ works as it is. No audio is read and nothing is trimmed: the TextGrid is the tru
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from lst_data.align.base import Aligner, AlignFailure, Alignment, AlignRequest, hash_files
+from lst_data.align.base import AlignFailure, Alignment, AlignRequest, ImportedAligner, hash_files
 from lst_data.align.config import AlignConfig
 from lst_data.align.textgrid_io import read_tiers, tiers_to_alignment
 
@@ -28,7 +27,7 @@ def lowercase_words(alignment: Alignment) -> Alignment:
     return replace(alignment, words=[replace(w, label=w.label.lower()) for w in alignment.words])
 
 
-class TextGridAligner(Aligner):
+class TextGridAligner(ImportedAligner):
     name = "textgrid"
 
     def __init__(self, config: AlignConfig) -> None:
@@ -45,17 +44,6 @@ class TextGridAligner(Aligner):
         self._model_hash = hash_files(
             extra=f"{self.directory.resolve()}|{self.word_tier}|{self.phone_tier}|{len(self.index)}"
         )
-
-    @property
-    def model_hash(self) -> str:
-        return self._model_hash
-
-    def normalize_word(self, word: str) -> str:
-        """TextGrids from MFA are lower-cased whatever the transcript said; compare without case."""
-        return word.lower()
-
-    def align_batch(self, requests: Sequence[AlignRequest]) -> list[Alignment | AlignFailure]:
-        return [self.align_one(r) for r in requests]
 
     def align_one(self, request: AlignRequest) -> Alignment | AlignFailure:
         path = self.index.get(request.id) or self.index.get(request.key)

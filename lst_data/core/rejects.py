@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,30 +19,78 @@ import pyarrow.parquet as pq
 from lst_data.core.tables import REJECT_SCHEMA
 
 REJECT_CODES: dict[str, str] = {
-    # ingest
+    # ingest: files and entries
     "audio_missing": "the audio file named by the corpus does not exist",
+    "file_dangling_link": "a symbolic link under the corpus whose target does not exist",
+    "file_not_regular": "a FIFO, device, socket or folder where a file was expected",
+    "file_unreadable": "a path that cannot be looked at (link loop, permission denied)",
+    "corpus_entry_invalid": "a manifest line that is not an entry (bad JSON, missing id or audio)",
+    "id_invalid": "an empty id, or one with control characters, outer spaces or invalid UTF-8",
+    "duplicate_id": "an earlier utterance already has this id (the first one ships)",
+    "key_collision": "another id already maps to this sample key (the first one ships)",
+    # ingest: audio
     "audio_unreadable": "the audio file exists but cannot be decoded",
     "audio_empty": "the audio decodes to zero samples",
-    "audio_too_short": "shorter than ingest.min_duration",
-    "audio_too_long": "longer than ingest.max_duration",
-    "transcript_missing": "audio without a transcript file or field",
+    "audio_nonfinite": "the audio holds NaN or infinite samples",
+    "audio_truncated": "the file holds fewer samples than its header promises",
+    "audio_too_short": "shorter than ingest.min_duration (s)",
+    "audio_too_long": "longer than ingest.max_duration (s)",
+    # ingest: transcripts
+    "transcript_missing": "audio without a transcript file, line or field",
+    "transcript_orphan": "a transcript file without an audio file of the same name",
+    "transcript_conflict": "two transcript files (.lab and .txt) for one audio that disagree",
     "transcript_empty": "the transcript is empty after normalization",
+    "transcript_nonspeech": "the transcript holds only non-speech annotations ([beep], (laughs))",
     "transcript_not_utf8": "the transcript bytes are not valid UTF-8",
     "transcript_too_long": "more normalized characters per second than ingest.max_chars_per_second",
     "transcript_has_digits": "digits in the transcript while ingest.numbers = 'reject'",
-    "duplicate_id": "an earlier utterance already has this id",
-    "corpus_entry_invalid": "a manifest line that is not an entry (bad JSON, missing id or audio)",
+    # ingest: long recordings
+    "segmentation_failed": "a long recording (ingest.long_recordings = 'segment') could not be aligned to find its pauses",
+    "segment_too_long": "a stretch of a long recording between aligned pauses is longer than ingest.max_duration",
     # align
-    "align_failed": "the aligner produced no alignment for the utterance",
-    "oov": "a word is out of the aligner's vocabulary and align.oov = 'reject'",
+    "align_failed": "the aligner produced no alignment for the utterance, also on retry",
+    "oov": "a word has no pronunciation: with align.oov = 'reject' any word outside the dictionary, "
+           "with 'g2p' a word the fallback cannot spell (no Latin letters)",
     "alignment_mismatch": "the aligned words do not match the transcript",
+    "alignment_low_score": "the transcript fits the audio worse than a free phone decode: score (log-likelihood "
+                           "per frame, forced minus free) below align.pocketsphinx.min_score",
+    "alignment_unaligned_speech": "the aligner left much of the speech outside every word: the transcript "
+                                  "misses words (share above align.pocketsphinx.max_unaligned_speech)",
     # units
-    "units_failed": "the encoder could not produce units (e.g. audio shorter than one frame)",
+    "units_failed": "the encoder could not produce units (e.g. audio shorter than one frame, non-finite features)",
     # tokenize / shard
     "tokenize_failed": "the tokenizer could not map the text onto the aligned words",
     "missing_stage_output": "an earlier stage has no row for this id",
     "invalid_record": "the joined record violates the shard contract",
 }
+
+# The settings each code's rejects depend on; summaries print their values beside the meaning.
+CODE_SETTINGS: dict[str, tuple[str, ...]] = {
+    "audio_too_short": ("ingest.min_duration",),
+    "audio_too_long": ("ingest.max_duration",),
+    "transcript_too_long": ("ingest.max_chars_per_second",),
+    "transcript_has_digits": ("ingest.numbers",),
+    "oov": ("align.oov",),
+    "alignment_low_score": ("align.pocketsphinx.min_score",),
+    "alignment_unaligned_speech": ("align.pocketsphinx.max_unaligned_speech",),
+}
+
+
+def reject_meaning(code: str, config: Any = None) -> str:
+    """What a code means; with the run's `config`, followed by the values of the settings it depends on."""
+    meaning = REJECT_CODES.get(code, "")
+    if config is None or code not in CODE_SETTINGS:
+        return meaning
+    values = []
+    for setting in CODE_SETTINGS[code]:
+        value = config
+        for name in setting.split("."):
+            value = getattr(value, name)
+        values.append(f"{setting} = {value!r}")
+    return f"{meaning} [{', '.join(values)}]"
+
+
+
 
 
 @dataclass(frozen=True)

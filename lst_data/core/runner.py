@@ -83,6 +83,9 @@ class _StageWorker:
     def __call__(self, batch: pa.Table) -> pa.Table:
         return encode_result(self.stage, self.stage.process_batch(batch.to_pylist()))
 
+    def __del__(self) -> None:
+        self.stage.teardown()
+
 
 def _check_inputs(stage: Stage, table: pa.Table) -> None:
     missing = [c for c in stage.input_columns if c not in table.column_names]
@@ -95,10 +98,13 @@ def iter_stage(stage: Stage, table: pa.Table, ray_config: RayConfig) -> Iterator
     _check_inputs(stage, table)
     if ray_config.runner == "local":
         stage.setup()
-        for batch in table.to_batches(max_chunksize=ray_config.batch_size):
-            result = stage.process_batch(batch.to_pylist())
-            ok, rejects = decode_result(stage, encode_result(stage, result))
-            yield ok, rejects, batch.num_rows
+        try:
+            for batch in table.to_batches(max_chunksize=ray_config.batch_size):
+                result = stage.process_batch(batch.to_pylist())
+                ok, rejects = decode_result(stage, encode_result(stage, result))
+                yield ok, rejects, batch.num_rows
+        finally:
+            stage.teardown()
         return
     from lst_data.core.ray_env import ensure_ray
 

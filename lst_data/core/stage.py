@@ -64,6 +64,10 @@ class Stage(ABC):
     def process_batch(self, rows: list[dict[str, Any]]) -> StageResult:
         """Map input rows to output rows and rejects. Raise only for bugs and infrastructure faults."""
 
+    def teardown(self) -> None:  # noqa: B027  (optional hook)
+        """Release what `setup` holds (a subprocess, temporary files). Called after the last
+        batch of a worker; on Ray, also when an actor ends."""
+
     def finalize(self, output: pa.Table, out_dir: Path) -> dict[str, Any]:
         """Stage-wide work on the driver after the last batch; returns figures for the report."""
         return {}

@@ -14,8 +14,6 @@ to one and forgotten in the other. The mapping:
 
 from __future__ import annotations
 
-import hashlib
-import re
 from typing import Any
 
 import pyarrow as pa
@@ -82,18 +80,3 @@ UNITS_SCHEMA = arrow_schema("units")
 TOKENS_SCHEMA = arrow_schema("tokens")
 REJECT_SCHEMA = arrow_schema("reject")
 INDEX_SCHEMA = arrow_schema("index")
-
-_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
-
-
-def sanitize_key(utterance_id: str) -> str:
-    """A WebDataset-safe key (only [A-Za-z0-9_-]) for an utterance id.
-
-    webdataset splits a member name at its first dot, so ids such as `a.b` or `spk/utt`
-    cannot be keys as they are. Ids that needed changing get a short hash of the original
-    so that two ids never collapse onto one key; the original id stays in the sample JSON.
-    """
-    key = _KEY_UNSAFE.sub("_", utterance_id)
-    if key != utterance_id or not key:
-        key = f"{key}_{hashlib.sha1(utterance_id.encode('utf-8')).hexdigest()[:8]}"
-    return key

@@ -1,4 +1,5 @@
-"""Readers for the three corpus layouts users bring.
+"""Readers for the corpus layouts users bring, accounting for every file they see (lhotse,
+NeMo and Hugging Face have their own modules).
 
 - MFA layout: speaker folders with audio (.wav/.flac/.ogg/.mp3) and a transcript of the
   same stem (.lab or .txt); audio directly under the root gets the root's name as speaker.
@@ -6,22 +7,33 @@
 - JSONL manifest: one object per line, {"id", "audio", "text", "speaker"?}; relative audio
   paths are relative to the manifest file.
 
-Readers only list entries. They keep transcripts as raw bytes so that the ingest stage,
-not the reader, decides what is not UTF-8 and reports it as a reject. A line that cannot
-be an entry at all (bad JSON) is returned as a reject, never dropped.
+Readers only list. They yield three kinds of item: a `CorpusEntry` (audio + transcript
+bytes), a `Reject` for a file or line that cannot become an utterance (an orphan
+transcript, a FIFO or dangling link, two transcripts that disagree, a line that is not an
+entry), and an `Ignored` file with the reason (an unknown extension). So every file under
+the corpus root ends as one of the three. Transcripts stay raw bytes, so that the ingest
+stage, not the reader, decides what is not UTF-8. Paths are made absolute but symbolic
+links are not resolved, so a dangling link is reported as one.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
+import stat
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lst_data.audio import READABLE_SUFFIXES
 from lst_data.core.rejects import Reject
+from lst_data.ingest.config import HfColumns
 
 TRANSCRIPT_SUFFIXES = (".lab", ".txt")
+LIBRISPEECH_SUFFIX = ".trans.txt"
+STAGE = "ingest"
 
 
 @dataclass(frozen=True)
@@ -31,46 +43,149 @@ class CorpusEntry:
     transcript: bytes | None  # None: no transcript was found
     speaker: str
     transcript_source: str  # where the transcript came from (file path, or manifest:line)
+    # A segment of the audio file (lhotse supervisions, NeMo offsets): start and length (s);
+    # duration None means to the end of the file.
+    offset: float = 0.0
+    duration: float | None = None
+    audio_bytes: bytes | None = None  # encoded audio held by the corpus itself (Hugging Face datasets)
 
 
-def read_mfa_layout(root: str | Path) -> Iterator[CorpusEntry]:
-    root = Path(root)
-    for audio in sorted(p for p in root.rglob("*") if p.suffix.lower() in READABLE_SUFFIXES and p.is_file()):
-        speaker = audio.parent.name if audio.parent != root else root.name
-        transcript_path = next(
-            (audio.with_suffix(s) for s in TRANSCRIPT_SUFFIXES if audio.with_suffix(s).is_file()), None
-        )
-        yield CorpusEntry(
-            id=audio.stem,
-            audio_path=str(audio.resolve()),
-            transcript=transcript_path.read_bytes() if transcript_path else None,
-            speaker=speaker,
-            transcript_source=str(transcript_path or audio.with_suffix(".lab")),
-        )
+@dataclass(frozen=True)
+class Ignored:
+    """A file under the corpus root that is deliberately not read, and why."""
+
+    path: str
+    reason: str
 
 
-def read_librispeech(root: str | Path) -> Iterator[CorpusEntry | Reject]:
-    for trans in sorted(Path(root).rglob("*.trans.txt")):
+CorpusItem = CorpusEntry | Reject | Ignored
+
+_SPECIAL_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                  (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+
+
+def file_problem(path: str | Path) -> tuple[str, str] | None:
+    """(reject code, detail) when `path` is not a readable regular file, else None.
+
+    Checked with stat only: opening a FIFO to look at it would block the job.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            return "file_dangling_link", f"{path} is a symbolic link to {os.readlink(path)!r}, which does not exist"
+        return "audio_missing", str(path)
+    except OSError as err:  # a link loop, permission denied on a folder, a name too long
+        return "file_unreadable", f"{path}: {err.strerror}"
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _SPECIAL_KINDS if test(mode)), "not a regular file")
+    return "file_not_regular", f"{path} is {kind}"
+
+
+def _walk_files(root: Path) -> Iterator[Path]:
+    """Every non-directory path under `root` (links to folders included, not followed), sorted."""
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        dirs.sort()
+        linked_dirs = [d for d in dirs if os.path.islink(os.path.join(folder, d))]
+        for name in sorted(files + linked_dirs):
+            yield Path(folder) / name
+
+
+def _reject(utterance_id: str, code: str, detail: str) -> Reject:
+    return Reject(utterance_id, STAGE, code, detail)
+
+
+def _transcript_bytes(paths: list[Path]) -> tuple[bytes, Path] | Reject | None:
+    """The transcript of one audio stem from its .lab/.txt files (None: there is none)."""
+    texts: list[tuple[bytes, Path]] = []
+    for path in paths:
+        problem = file_problem(path)
+        if problem is not None:
+            return _reject(path.stem, *problem)
+        texts.append((path.read_bytes(), path))
+    if not texts:
+        return None
+    if len({text.strip() for text, _ in texts}) > 1:
+        names = " and ".join(p.name for _, p in texts)
+        return _reject(paths[0].stem, "transcript_conflict", f"{names} in {paths[0].parent} hold different text")
+    return texts[0]
+
+
+def read_mfa_layout(root: str | Path) -> Iterator[CorpusItem]:
+    root = Path(os.path.abspath(root))
+    stems: dict[tuple[Path, str], dict[str, list[Path]]] = defaultdict(lambda: {"audio": [], "text": []})
+    for path in _walk_files(root):
+        suffix = path.suffix.lower()
+        if suffix in READABLE_SUFFIXES:
+            stems[(path.parent, path.stem)]["audio"].append(path)
+        elif suffix in TRANSCRIPT_SUFFIXES:
+            stems[(path.parent, path.stem)]["text"].append(path)
+        elif os.path.isdir(path):
+            yield Ignored(str(path), "a symbolic link to a folder (not followed)")
+        else:
+            yield Ignored(str(path), f"unknown extension {suffix or '(none)'!r}")
+    for (folder, stem), files in sorted(stems.items()):
+        texts = sorted(files["text"], key=lambda p: TRANSCRIPT_SUFFIXES.index(p.suffix.lower()))
+        if not files["audio"]:
+            for text in texts:
+                yield _reject(stem, "transcript_orphan", f"{text} has no audio file of the same name")
+            continue
+        transcript = _transcript_bytes(texts)
+        speaker = folder.name if folder != root else root.name
+        for audio in files["audio"]:
+            problem = file_problem(audio)
+            if problem is not None:
+                yield _reject(stem, *problem)
+            elif isinstance(transcript, Reject):
+                yield transcript
+            else:
+                yield CorpusEntry(
+                    id=stem,
+                    audio_path=str(audio),
+                    transcript=None if transcript is None else transcript[0],
+                    speaker=speaker,
+                    transcript_source=str(audio.with_suffix(".lab") if transcript is None else transcript[1]),
+                )
+
+
+def read_librispeech(root: str | Path) -> Iterator[CorpusItem]:
+    root = Path(os.path.abspath(root))
+    listed: set[Path] = set()
+    files = list(_walk_files(root))
+    for trans in (f for f in files if f.name.endswith(LIBRISPEECH_SUFFIX)):
+        problem = file_problem(trans)
+        if problem is not None:
+            yield _reject(trans.name, *problem)
+            continue
         for line_no, raw_line in enumerate(trans.read_bytes().splitlines(), start=1):
             if not raw_line.strip():
                 continue
-            utt_id_bytes, _, text = raw_line.partition(b" ")
-            utt_id = utt_id_bytes.decode("ascii", errors="replace")
-            audio = next(
-                (trans.parent / f"{utt_id}{s}" for s in (".flac", ".wav") if (trans.parent / f"{utt_id}{s}").exists()),
-                trans.parent / f"{utt_id}.flac",
-            )
+            utt_id_bytes, _, text = raw_line.strip().partition(b" ")
+            utt_id = utt_id_bytes.decode("utf-8", errors="backslashreplace")
+            candidates = [trans.parent / f"{utt_id}{s}" for s in (".flac", ".wav")]
+            audio = next((c for c in candidates if os.path.lexists(c)), candidates[0])
+            listed.add(audio)
             yield CorpusEntry(
                 id=utt_id,
-                audio_path=str(audio.resolve()),
+                audio_path=str(audio),
                 transcript=text,
                 speaker=utt_id.split("-")[0],
                 transcript_source=f"{trans}:{line_no}",
             )
+    for path in files:
+        if path.name.endswith(LIBRISPEECH_SUFFIX) or path in listed:
+            continue
+        if path.suffix.lower() in READABLE_SUFFIXES:
+            yield _reject(path.stem, "transcript_missing", f"{path} is in no {LIBRISPEECH_SUFFIX} file")
+        else:
+            yield Ignored(str(path), f"unknown extension {path.suffix.lower() or '(none)'!r}")
 
 
-def read_jsonl(manifest: str | Path) -> Iterator[CorpusEntry | Reject]:
-    manifest = Path(manifest)
+def read_json_lines(manifest: Path, required: tuple[str, ...],
+                    to_entry: Callable[[str, dict[str, Any]], CorpusItem]) -> Iterator[CorpusItem]:
+    """`to_entry(where, object)` for every non-blank line of a JSONL file that is an object with the
+    `required` string fields; any other line is a reject."""
     for line_no, raw_line in enumerate(manifest.read_bytes().splitlines(), start=1):
         if not raw_line.strip():
             continue
@@ -78,40 +193,67 @@ def read_jsonl(manifest: str | Path) -> Iterator[CorpusEntry | Reject]:
         try:
             obj = json.loads(raw_line)
         except UnicodeDecodeError as err:
-            yield Reject(where, "ingest", "transcript_not_utf8", f"{where}: {err}")
+            yield _reject(where, "transcript_not_utf8", f"{where}: {err}")
             continue
         except json.JSONDecodeError as err:
-            yield Reject(where, "ingest", "corpus_entry_invalid", f"{where}: not JSON ({err.msg})")
+            yield _reject(where, "corpus_entry_invalid", f"{where}: not JSON ({err.msg})")
             continue
-        if not isinstance(obj, dict) or not isinstance(obj.get("id"), str) or not isinstance(obj.get("audio"), str):
-            yield Reject(where, "ingest", "corpus_entry_invalid", f"{where}: needs string fields 'id' and 'audio'")
+        if not isinstance(obj, dict) or not all(isinstance(obj.get(field), str) for field in required):
+            yield _reject(where, "corpus_entry_invalid",
+                          f"{where}: needs string fields {' and '.join(repr(f) for f in required)}")
             continue
+        yield to_entry(where, obj)
+
+
+def read_jsonl(manifest: str | Path) -> Iterator[CorpusItem]:
+    manifest = Path(os.path.abspath(manifest))
+
+    def to_entry(where: str, obj: dict[str, Any]) -> CorpusEntry:
         text = obj.get("text")
         audio = Path(obj["audio"])
-        yield CorpusEntry(
+        return CorpusEntry(
             id=obj["id"],
-            audio_path=str((audio if audio.is_absolute() else manifest.parent / audio).resolve()),
-            transcript=text.encode("utf-8") if isinstance(text, str) else None,
+            audio_path=os.path.abspath(audio if audio.is_absolute() else manifest.parent / audio),
+            transcript=text.encode("utf-8", errors="surrogatepass") if isinstance(text, str) else None,
             speaker=str(obj.get("speaker") or ""),
             transcript_source=where,
         )
 
+    return read_json_lines(manifest, ("id", "audio"), to_entry)
+
 
 def detect_layout(path: str | Path) -> str:
+    from lst_data.ingest.hf_reader import looks_like_hf
+    from lst_data.ingest.nemo_reader import looks_like_nemo
+    from lst_data.lhotse_io import looks_like_lhotse
+
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"corpus {path} does not exist")
+    if looks_like_hf(path):
+        return "hf"
+    if looks_like_lhotse(path):
+        return "lhotse"
+    if path.is_file() and looks_like_nemo(path):
+        return "nemo"
     if path.is_file() and path.suffix in (".jsonl", ".json"):
         return "jsonl"
     if not path.is_dir():
-        raise FileNotFoundError(f"corpus {path} is neither a directory nor a .jsonl manifest")
-    if next(path.rglob("*.trans.txt"), None) is not None:
+        raise FileNotFoundError(f"corpus {path} is neither a directory nor a manifest (.jsonl, .jsonl.gz, .parquet)")
+    if next(path.rglob(f"*{LIBRISPEECH_SUFFIX}"), None) is not None:
         return "librispeech"
     return "mfa"
 
 
-def read_corpus(path: str | Path, layout: str = "auto") -> Iterator[CorpusEntry | Reject]:
-    """Entries (and entry-level rejects) of the corpus at `path`, in a deterministic order."""
+def read_corpus(path: str | Path, layout: str = "auto", hf_columns: HfColumns | None = None) -> Iterator[CorpusItem]:
+    """Entries, rejects and ignored files of the corpus at `path`, in a deterministic order."""
+    from lst_data.ingest.hf_reader import read_hf
+    from lst_data.ingest.lhotse_reader import read_lhotse
+    from lst_data.ingest.nemo_reader import read_nemo
+
     layout = detect_layout(path) if layout == "auto" else layout
-    readers = {"mfa": read_mfa_layout, "librispeech": read_librispeech, "jsonl": read_jsonl}
+    readers = {"mfa": read_mfa_layout, "librispeech": read_librispeech, "jsonl": read_jsonl, "lhotse": read_lhotse,
+               "nemo": read_nemo, "hf": lambda p: read_hf(p, hf_columns or HfColumns())}
     if layout not in readers:
         raise ValueError(f"unknown corpus layout {layout!r}; one of {sorted(readers)}")
     return readers[layout](path)

@@ -1,33 +1,52 @@
 """Ingest: corpus -> `manifest.parquet` + `rejects.parquet`.
 
 The stage decodes every file once, downmixes and resamples it to 16 kHz mono (written
-to `OUT/audio/` only when the source is not already 16 kHz mono wav/flac), measures
-`num_samples` from the decoded signal, and normalizes the transcript. Every check that
-fails becomes a reject with a code (lst_data.core.rejects), so a bad file costs one row, not
-the job.
+to `OUT/audio/KEY.flac` only when the source is not already 16 kHz mono wav/flac),
+measures `num_samples` from the decoded signal (a segment of a file, for lhotse and NeMo
+manifests, is decoded alone), and normalizes the transcript. Every check
+that fails becomes a reject with a code (lst_data.core.rejects), so a bad file costs one
+row, not the job. Before any batch the driver screens the whole listing: invalid ids, a
+later copy of an id (`duplicate_id`) and a second id with the same key (`key_collision`)
+are rejected, and the first one ships. Files the reader ignored are listed, with the
+reason, in ingest.json and in the summary. The manifest keeps the transcript as given in
+`text` (the sample's `text_original`) and the spoken form in `normalized_text`.
 """
 
 from __future__ import annotations
 
+import io
 import shutil
-from collections.abc import Iterable
+import unicodedata
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from lst_data.audio import IN_PLACE_SUFFIXES, AudioError, decode, resample, to_mono, write_audio
+from lst_data.audio import (
+    IN_PLACE_SUFFIXES,
+    AudioError,
+    decode,
+    header_frames,
+    resample,
+    to_mono,
+    write_audio,
+)
 from lst_data.config import RunConfig
 from lst_data.core.config import RayConfig
 from lst_data.core.paths import inside
 from lst_data.core.rejects import Reject
 from lst_data.core.runner import StageReport, run_stage
 from lst_data.core.stage import Resources, Stage, StageResult
-from lst_data.ingest.config import IngestConfig
-from lst_data.ingest.readers import CorpusEntry, read_corpus
-from lst_data.core.tables import MANIFEST_SCHEMA, sanitize_key
+from lst_data.ingest.config import HfColumns, IngestConfig
+from lst_data.core.tables import MANIFEST_SCHEMA
+from lst_data.ingest.readers import CorpusEntry, CorpusItem, Ignored, file_problem, read_corpus
+from lst_data.keys import sanitize_key
 from lst_data.text import normalize_text
+
+if TYPE_CHECKING:
+    from lst_data.align.config import AlignConfig
 
 ENTRY_SCHEMA = pa.schema(
     [
@@ -36,6 +55,9 @@ ENTRY_SCHEMA = pa.schema(
         pa.field("transcript", pa.binary()),
         pa.field("speaker", pa.string()),
         pa.field("transcript_source", pa.string()),
+        pa.field("offset", pa.float64()),
+        pa.field("duration", pa.float64()),
+        pa.field("audio_bytes", pa.binary()),
     ]
 )
 
@@ -48,10 +70,18 @@ class IngestStage(Stage):
     output_schema = MANIFEST_SCHEMA
     resources = Resources(cpus=1.0)
 
-    def __init__(self, config: IngestConfig, audio_dir: str | Path, corpus: str | Path | None = None) -> None:
+    def __init__(self, config: IngestConfig, audio_dir: str | Path, corpus: str | Path | None = None,
+                 align: AlignConfig | None = None, ignored: Sequence[Ignored] = ()) -> None:
         self.config = config
         self.audio_dir = Path(audio_dir)
         self.corpus = None if corpus is None else str(Path(corpus).resolve())
+        self.ignored = list(ignored)
+        self.align = align  # aligns long recordings before they are cut (long_recordings = 'segment')
+        self.aligner: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray ships the stage to its actors; a loaded aligner never travels.
+        return {**self.__dict__, "aligner": None}
 
     def prepare(self, table: pa.Table, out_dir: Path, ray: RayConfig) -> list[Reject]:
         # Converted audio of an earlier run (of utterances since edited or deleted) never lingers.
@@ -60,117 +90,225 @@ class IngestStage(Stage):
         return []
 
     def provenance(self) -> dict[str, Any]:
-        return {"corpus": self.corpus}
+        return {"corpus": self.corpus, "ignored": [vars(i) for i in self.ignored]}
 
     def finalize(self, output: pa.Table, out_dir: Path) -> dict[str, Any]:
         durations = output["duration"].to_pylist()
         return {"utterances": output.num_rows, "hours": float(sum(durations)) / 3600,
-                "speakers": len(set(output["speaker"].to_pylist()))}
+                "speakers": len(set(output["speaker"].to_pylist())), "ignored_files": len(self.ignored)}
 
     def process_batch(self, rows: list[dict[str, Any]]) -> StageResult:
         result = StageResult()
         for row in rows:
-            outcome = self.ingest_one(row)
-            (result.rejects if isinstance(outcome, Reject) else result.rows).append(outcome)
+            for outcome in self.ingest_one(row):
+                (result.rejects if isinstance(outcome, Reject) else result.rows).append(outcome)
         return result
 
-    def ingest_one(self, row: dict[str, Any]) -> dict[str, Any] | Reject:
+    def ingest_one(self, row: dict[str, Any]) -> list[dict[str, Any] | Reject]:
+        """The manifest row of one corpus entry, or its reject; a long recording cut by
+        `long_recordings = 'segment'` gives one row (or reject) per piece."""
         cfg, utt_id = self.config, row["id"]
         if row["transcript"] is None:
-            return self.reject(utt_id, "transcript_missing", f"no transcript at {row['transcript_source']}")
+            return [self.reject(utt_id, "transcript_missing", f"no transcript at {row['transcript_source']}")]
         try:
             text = row["transcript"].decode("utf-8").strip()
         except UnicodeDecodeError as err:
-            return self.reject(utt_id, "transcript_not_utf8", f"{row['transcript_source']}: {err}")
+            return [self.reject(utt_id, "transcript_not_utf8", f"{row['transcript_source']}: {err}")]
         normalized = normalize_text(text, lowercase=cfg.lowercase, numbers=cfg.numbers)
+        if "nonspeech_only" in normalized.flags:
+            return [self.reject(utt_id, "transcript_nonspeech", f"{row['transcript_source']}: {text[:80]!r}")]
         if not normalized.text:
-            return self.reject(utt_id, "transcript_empty", f"{row['transcript_source']}: {text[:80]!r}")
+            return [self.reject(utt_id, "transcript_empty", f"{row['transcript_source']}: {text[:80]!r}")]
         if cfg.numbers == "reject" and "digits" in normalized.flags:
-            return self.reject(utt_id, "transcript_has_digits", text[:80])
+            return [self.reject(utt_id, "transcript_has_digits", text[:80])]
 
         source = Path(row["audio_path"])
-        if not source.is_file():
-            return self.reject(utt_id, "audio_missing", str(source))
+        embedded = row.get("audio_bytes")
+        if embedded is None and (problem := file_problem(source)) is not None:
+            return [self.reject(utt_id, *problem)]
+        offset = row.get("offset") or 0.0
+        whole_file = embedded is None and not offset and row.get("duration") is None
         try:
-            channels, source_rate = decode(source)
+            channels, source_rate = decode(source if embedded is None else io.BytesIO(embedded), offset, row.get("duration"))
         except AudioError as err:
-            return self.reject(utt_id, "audio_unreadable", str(err))
+            return [self.reject(utt_id, "audio_unreadable", str(err))]
         if channels.shape[0] == 0:
-            return self.reject(utt_id, "audio_empty", f"{source.name} decodes to 0 samples")
+            return [self.reject(utt_id, "audio_empty", f"{source.name} decodes to 0 samples")]
+        promised = header_frames(source) if whole_file else None
+        if promised is not None and channels.shape[0] < promised:
+            return [self.reject(utt_id, "audio_truncated",
+                                f"{source.name}: {channels.shape[0]} of the {promised} frames its header promises")]
+        finite = np.isfinite(channels)
+        if not finite.all():
+            return [self.reject(utt_id, "audio_nonfinite",
+                                f"{source.name}: {finite.size - int(finite.sum())} NaN or infinite samples")]
         samples = resample(to_mono(channels), source_rate, cfg.sample_rate)
         duration = samples.shape[0] / cfg.sample_rate
-        if duration < cfg.min_duration:
-            return self.reject(utt_id, "audio_too_short", f"{duration:.3f} s < {cfg.min_duration} s")
-        if duration > cfg.max_duration:
-            return self.reject(utt_id, "audio_too_long", f"{duration:.1f} s > {cfg.max_duration} s")
-        rate = len(normalized.text) / duration
-        if rate > cfg.max_chars_per_second:
-            return self.reject(
-                utt_id, "transcript_too_long", f"{rate:.1f} chars/s > {cfg.max_chars_per_second} ({len(normalized.text)} chars in {duration:.2f} s)"
-            )
-
-        key = sanitize_key(utt_id)
         flags = list(normalized.flags)
         if source_rate != cfg.sample_rate:
             flags.append("resampled")
         if channels.shape[1] > 1:
             flags.append("downmixed")
-        audio_path = self._store(source, samples, key, converted=bool({"resampled", "downmixed"} & set(flags)))
+        utterance = {"id": utt_id, "source_path": str(source), "source_sample_rate": source_rate, "offset": offset,
+                     "speaker": row["speaker"], "text": text, "normalized_text": normalized.text, "flags": flags}
+        # Only a whole file already usable as it is is referenced in place; a segment of one is written.
+        in_place = whole_file and source.suffix.lower() in IN_PLACE_SUFFIXES and not {"resampled", "downmixed"} & set(flags)
+        if duration <= cfg.max_duration:
+            return [self.manifest_row(utterance, samples, source if in_place else None)]
+        if cfg.long_recordings == "segment" and duration <= cfg.max_recording_duration:
+            return self.segment(utterance, samples, source if in_place else None)
+        return [self.reject(utt_id, "audio_too_long", f"{duration:.1f} s > {cfg.max_duration} s")]
+
+    def manifest_row(self, utterance: dict[str, Any], samples: np.ndarray, in_place: Path | None) -> dict[str, Any] | Reject:
+        """The manifest row of a decoded utterance (or a piece of a long one), after the length checks."""
+        cfg, utt_id, normalized_text = self.config, utterance["id"], utterance["normalized_text"]
+        duration = samples.shape[0] / cfg.sample_rate
+        if duration < cfg.min_duration:
+            return self.reject(utt_id, "audio_too_short", f"{duration:.3f} s < {cfg.min_duration} s")
+        rate = len(normalized_text) / duration
+        if rate > cfg.max_chars_per_second:
+            return self.reject(
+                utt_id, "transcript_too_long", f"{rate:.1f} chars/s > {cfg.max_chars_per_second} ({len(normalized_text)} chars in {duration:.2f} s)"
+            )
+        key = sanitize_key(utt_id)
         return {
-            "id": utt_id,
+            **utterance,
             "key": key,
-            "audio_path": audio_path,
-            "source_path": str(source),
-            "source_sample_rate": source_rate,
+            "audio_path": str(in_place) if in_place is not None else self._store(samples, key),
             "sample_rate": cfg.sample_rate,
             "num_samples": int(samples.shape[0]),
             "duration": duration,
-            "speaker": row["speaker"],
-            "text": text,
-            "normalized_text": normalized.text,
-            "flags": flags,
         }
 
-    def _store(self, source: Path, samples: np.ndarray, key: str, converted: bool) -> str:
-        """Reference the source when it is already usable; otherwise write the 16 kHz mono copy once."""
-        if not converted and source.suffix.lower() in IN_PLACE_SUFFIXES:
-            return str(source)
+    def segment(self, recording: dict[str, Any], samples: np.ndarray, in_place: Path | None) -> list[dict[str, Any] | Reject]:
+        """Align a long recording whole and cut it at pauses (lst_data.ingest.segmentation)."""
+        from lst_data.ingest.segmentation import cut_at_pauses
+
+        cfg, rate = self.config, self.config.sample_rate
+        duration = samples.shape[0] / rate
+        aligned = self._align_whole(recording, samples, in_place, duration)
+        if isinstance(aligned, Reject):
+            return [aligned]
+        words = recording["normalized_text"].split()
+        outcomes: list[dict[str, Any] | Reject] = []
+        for piece in cut_at_pauses(aligned, duration, cfg.max_duration, cfg.segment_min_pause):
+            piece_id = f"{recording['id']}-{round(piece.start * 1000):08d}"
+            if piece.duration > cfg.max_duration:
+                outcomes.append(self.reject(piece_id, "segment_too_long",
+                                            f"{piece.start:.2f}-{piece.end:.2f} s of {recording['id']}: {piece.duration:.1f} s "
+                                            f"> {cfg.max_duration} s without a pause of {cfg.segment_min_pause} s"))
+                continue
+            text = " ".join(words[piece.first_word:piece.stop_word])
+            utterance = {**recording, "id": piece_id, "offset": round(recording["offset"] + piece.start, 6),
+                         "text": text, "normalized_text": text, "flags": [*recording["flags"], "segmented"]}
+            outcomes.append(self.manifest_row(utterance, samples[round(piece.start * rate):round(piece.end * rate)], None))
+        return outcomes
+
+    def _align_whole(self, recording: dict[str, Any], samples: np.ndarray, in_place: Path | None,
+                     duration: float) -> list[dict[str, Any]] | Reject:
+        """The aligned words of a whole recording (the align stage's rules), or why there are none."""
+        import tempfile
+
+        from lst_data.align import AlignStage
+
+        if self.aligner is None:
+            self.aligner = AlignStage(self.align)
+        with tempfile.TemporaryDirectory(prefix="lst-long-") as scratch:
+            audio = in_place or Path(scratch) / "recording.wav"
+            if in_place is None:
+                write_audio(audio, samples, self.config.sample_rate)
+            result = self.aligner.process_batch([{
+                "id": recording["id"], "key": sanitize_key(recording["id"]), "audio_path": str(audio),
+                "duration": duration, "speaker": recording["speaker"], "normalized_text": recording["normalized_text"]}])
+        if result.rejects:
+            failure = result.rejects[0]
+            return self.reject(recording["id"], "segmentation_failed", f"{failure.code}: {failure.detail}")
+        return result.rows[0]["words"]
+
+    def _store(self, samples: np.ndarray, key: str) -> str:
+        """Write the 16 kHz mono copy of an utterance once."""
         target = inside(self.audio_dir, f"{key}.{self.config.audio_format}")
         write_audio(target, samples, self.config.sample_rate)
         return str(target.resolve())
 
 
-def split_duplicates(items: Iterable[CorpusEntry | Reject]) -> tuple[list[CorpusEntry], list[Reject]]:
-    """Entries with first-seen ids, and rejects for the reader's rejects and every later duplicate."""
-    first_seen: dict[str, CorpusEntry] = {}
+def id_problem(utterance_id: str) -> str | None:
+    """Why an id cannot name an utterance, or None: any other UTF-8 string is a valid id."""
+    if not utterance_id.strip():
+        return "the id is empty"
+    if utterance_id != utterance_id.strip():
+        return "the id starts or ends with white space"
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in utterance_id):
+        return "the id holds control characters or is not valid UTF-8"
+    return None
+
+
+def _reject_id(entry: CorpusEntry) -> str:
+    """An invalid id as a reject row can store it: lone surrogates escaped; where it is empty,
+    where the entry came from (schemas/reject.v1.json: the file path when no id could be made)."""
+    return entry.id.encode("utf-8", errors="backslashreplace").decode("utf-8") or entry.transcript_source
+
+
+def screen_entries(items: Iterable[CorpusItem]) -> tuple[list[CorpusEntry], list[Reject], list[Ignored]]:
+    """The reader's items split into entries that may ship, rejects, and ignored files.
+
+    Of two entries with one id, or with two ids that map to one sample key, the first
+    (in reader order) ships and the later one is rejected.
+    """
+    by_id: dict[str, CorpusEntry] = {}
+    by_key: dict[str, CorpusEntry] = {}
     rejects: list[Reject] = []
+    ignored: list[Ignored] = []
     for item in items:
         if isinstance(item, Reject):
             rejects.append(item)
-        elif item.id in first_seen:
+        elif isinstance(item, Ignored):
+            ignored.append(item)
+        elif (problem := id_problem(item.id)) is not None:
+            rejects.append(Reject(_reject_id(item), "ingest", "id_invalid", f"{item.transcript_source}: {problem}"))
+        elif item.id in by_id:
             rejects.append(
-                Reject(item.id, "ingest", "duplicate_id", f"{item.audio_path} repeats the id of {first_seen[item.id].audio_path}")
+                Reject(item.id, "ingest", "duplicate_id", f"{item.audio_path} repeats the id of {by_id[item.id].audio_path}")
+            )
+        elif (key := sanitize_key(item.id)) in by_key:
+            rejects.append(
+                Reject(item.id, "ingest", "key_collision", f"key {key!r} is already the key of id {by_key[key].id!r}")
             )
         else:
-            first_seen[item.id] = item
-    return list(first_seen.values()), rejects
+            by_id[item.id] = by_key[key] = item
+    return list(by_id.values()), rejects, ignored
 
 
-def list_corpus(corpus: str | Path, layout: str = "auto") -> tuple[pa.Table, list[Reject]]:
-    """The ingest stage's input: one row per first-seen entry (sorted by id), and the reader's rejects."""
-    entries, rejects = split_duplicates(read_corpus(corpus, layout))
+def list_corpus(corpus: str | Path, layout: str = "auto",
+                hf_columns: HfColumns | None = None) -> tuple[pa.Table, list[Reject], list[Ignored]]:
+    """The ingest stage's input (one row per entry that may ship, sorted by id), rejects and ignored files."""
+    entries, rejects, ignored = screen_entries(read_corpus(corpus, layout, hf_columns))
     entries.sort(key=lambda e: e.id)
-    return pa.Table.from_pylist([e.__dict__ for e in entries], schema=ENTRY_SCHEMA), rejects
+    return pa.Table.from_pylist([e.__dict__ for e in entries], schema=ENTRY_SCHEMA), rejects, ignored
 
 
-def ingest_corpus(corpus: str | Path, out_dir: str | Path, config: RunConfig, layout: str = "auto", *,
-                  listing: tuple[pa.Table, list[Reject]] | None = None,
+def ignored_notes(ingest_json: dict[str, Any], limit: int = 20) -> list[str]:
+    """"ignored, because ..." summary lines for the files an ingest run did not read."""
+    ignored = ingest_json.get("ignored") or []
+    notes = [f"ignored {item['path']}, because {item['reason']}" for item in ignored[:limit]]
+    if len(ignored) > limit:
+        notes.append(f"... and {len(ignored) - limit} more ignored files (see ingest.json)")
+    return notes
+
+
+def list_configured_corpus(corpus: str | Path, config: IngestConfig) -> tuple[pa.Table, list[Reject], list[Ignored]]:
+    """`list_corpus` with the layout and Hugging Face columns of the ingest section."""
+    return list_corpus(corpus, config.layout, config.hf)
+
+
+def ingest_corpus(corpus: str | Path, out_dir: str | Path, config: RunConfig, *,
+                  listing: tuple[pa.Table, list[Reject], list[Ignored]] | None = None,
                   fingerprint: dict[str, Any] | None = None) -> StageReport:
     """Read, check and normalize a corpus into OUT (manifest.parquet, rejects.parquet, ingest.json).
 
-    `listing` is `list_corpus(corpus, layout)` when the caller already made it (the build does,
-    to fingerprint the corpus).
+    The layout is `config.ingest.layout`. `listing` is `list_configured_corpus(corpus, config.ingest)`
+    when the caller already made it (the build does, to fingerprint the corpus).
     """
-    entries, reader_rejects = listing or list_corpus(corpus, layout)
-    stage = IngestStage(config.ingest, Path(out_dir) / "audio", corpus=corpus)
+    entries, reader_rejects, ignored = listing or list_configured_corpus(corpus, config.ingest)
+    stage = IngestStage(config.ingest, Path(out_dir) / "audio", corpus=corpus, align=config.align, ignored=ignored)
     return run_stage(stage, entries, out_dir, config, prior_rejects=reader_rejects, fingerprint=fingerprint)

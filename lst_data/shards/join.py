@@ -74,7 +74,7 @@ def join_records(
     already_rejected = {r.id for r in prior_rejects}
     ids = tables.manifest.column("id").to_pylist()
     positions = {name: _positions(getattr(tables, name)) for name in ("alignments", "units", "tokens")}
-    order = [i for i in sample_order(ids, config.shard.order, config.seed) if ids[i] not in already_rejected]
+    order = sample_order(ids, config.shard.order, config.seed)
     for start in range(0, len(order), _BATCH_ROWS):
         chunk = order[start : start + _BATCH_ROWS]
         manifest_rows = tables.manifest.take(chunk).to_pylist()
@@ -84,7 +84,10 @@ def join_records(
         for row in manifest_rows:
             missing = [name for name in positions if row["id"] not in found[name]]
             if missing:
-                yield Reject(row["id"], STAGE, "missing_stage_output", f"no row in {', '.join(missing)}")
+                # An id an earlier stage rejected is counted there; one that every stage
+                # kept ships even when ingest rejected a later copy of it (duplicate_id).
+                if row["id"] not in already_rejected:
+                    yield Reject(row["id"], STAGE, "missing_stage_output", f"no row in {', '.join(missing)}")
                 continue
             token_row = found["tokens"][row["id"]]
             provenance.tokenizer_hashes.add(token_row["tokenizer_hash"])
@@ -158,6 +161,7 @@ def join_one(
     return SampleRecord(
         id=utterance_id,
         text=manifest["normalized_text"],
+        text_original=manifest["text"],
         speaker=manifest["speaker"],
         duration=duration,
         sample_rate=int(manifest["sample_rate"]),

@@ -17,7 +17,7 @@ import numpy as np
 import soundfile as sf
 
 from lst_data.audio import read_audio
-from lst_data.core.tables import sanitize_key
+from lst_data.keys import sanitize_key
 from lst_data.records import SampleRecord
 
 AudioSource = Callable[[SampleRecord], bytes]

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from lst_data.core.tables import sanitize_key
+from lst_data.keys import sanitize_key
 from lst_data.records import SampleRecord, parse_json
 from lst_data.shards.layout import (
     DATASET_FILE,

@@ -21,7 +21,8 @@ import lst_data
 from lst_data.config import RunConfig
 from lst_data.core.config import to_dict
 from lst_data.core.rejects import Reject, count_by_code
-from lst_data.core.tables import INDEX_SCHEMA, sanitize_key
+from lst_data.core.tables import INDEX_SCHEMA
+from lst_data.keys import sanitize_key
 from lst_data.patching import PATCH_STRATEGIES, patches
 from lst_data.records import SampleRecord
 from lst_data.shards.layout import DATASET_FILE, INDEX_FILE, shard_paths, write_json_atomic

@@ -21,7 +21,7 @@ onto a tier's entries proportionally (position * entries / characters, rounded h
 which is exact when the aligner's characters are the word's characters and degrades
 gracefully when they differ (an aligner that drops apostrophes, byte-fallback pieces).
 Cuts are clamped into the word's span and kept non-decreasing; a piece whose cuts
-coincide gets an empty span (end = start - 1), which happens when a word has fewer frames
+coincide gets an empty span (end = start - 1, never starting past the last frame), which happens when a word has fewer frames
 (or phones) than pieces, or for a lone word-start marker piece ("▁"), which has no
 characters and hence no sound of its own.
 """
@@ -32,7 +32,7 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
-from lst_data.frames import FrameSpan, time_to_frame_span
+from lst_data.frames import FrameSpan, empty_span, time_to_frame_span
 from lst_data.tokenize.tokenizer import TokenPiece
 
 # Word-start markers of SentencePiece ("▁") and byte-level BPE ("Ġ"); WordPiece marks
@@ -85,7 +85,7 @@ def bpe_frame_spans(
             n_frames,
         )
         for i, first, next_first in zip(indices, cuts, cuts[1:], strict=False):
-            spans[i] = FrameSpan(first, next_first - 1)
+            spans[i] = FrameSpan(first, next_first - 1) if next_first > first else empty_span(first, n_frames)
     return spans
 
 

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from lst_data import __version__
@@ -96,11 +95,11 @@ class _EncodingStage(Stage):
         batch: list[int] = []
         for i in sorted(waves, key=lambda j: waves[j].shape[0]):
             if batch and waves[i].shape[0] * (len(batch) + 1) > limit:
-                self._encode_into(batch, waves, outcomes)
+                self._encode_into(batch, waves, outcomes, rows)
                 batch = []
             batch.append(i)
         if batch:
-            self._encode_into(batch, waves, outcomes)
+            self._encode_into(batch, waves, outcomes, rows)
         for row, outcome in zip(rows, outcomes, strict=True):
             assert outcome is not None
             yield row, outcome
@@ -113,6 +112,8 @@ class _EncodingStage(Stage):
             samples, _ = read_audio(path, SAMPLE_RATE)
         except AudioError as err:
             return self.reject(row["id"], "audio_unreadable", str(err))
+        if not np.isfinite(samples).all():  # ingest rejects these; a manifest made elsewhere may not
+            return self.reject(row["id"], "audio_nonfinite", f"{path.name}: NaN or infinite samples")
         if encoder.num_frames(samples.shape[0]) < 1:
             return self.reject(
                 row["id"],
@@ -122,10 +123,15 @@ class _EncodingStage(Stage):
             )
         return torch.from_numpy(np.ascontiguousarray(samples))
 
-    def _encode_into(self, batch: list[int], waves: dict[int, torch.Tensor], outcomes: list[Any]) -> None:
+    def _encode_into(self, batch: list[int], waves: dict[int, torch.Tensor], outcomes: list[Any],
+                     rows: list[dict[str, Any]]) -> None:
         assert self.encoder is not None
         for i, features in zip(batch, self.encoder.encode([waves[i] for i in batch]), strict=True):
-            outcomes[i] = features
+            # Never let a non-finite feature reach k-means or the nearest-centroid search.
+            finite = bool(torch.isfinite(features).all())
+            outcomes[i] = features if finite else self.reject(
+                rows[i]["id"], "units_failed", f"{self.encoder.name} produced non-finite features"
+            )
 
 
 class FrameSampleStage(_EncodingStage):
@@ -193,7 +199,8 @@ class UnitsStage(_EncodingStage):
         return {"utterances": output.num_rows, "frames": int(sum(output["n_frames"].to_pylist()))}
 
     def provenance(self) -> dict[str, Any]:
-        assert self.codebook is not None
+        if self.codebook is None:  # prepare() is skipped when no utterance reached this stage
+            return {"codebook": None}
         return {"codebook": {"path": str(Path(self.codebook.source).resolve()), "sha256": self.codebook.sha256,
                              "k": self.codebook.k}}
 
