@@ -101,15 +101,16 @@ def test_mfa_layout_every_format_and_reject(mfa_corpus: Path, tmp_path: Path):
     assert Path(wav["audio_path"]).is_relative_to(out)
     # Already 16 kHz mono flac: referenced in place, not copied.
     assert by_id["a_flac"]["audio_path"] == by_id["a_flac"]["source_path"]
-    assert by_id["a_flac"]["flags"] == ["digits"]
+    # Numbers are spoken out by default (ingest.numbers = 'expand'); the original stays in `text`.
+    assert by_id["a_flac"]["flags"] == ["numbers_expanded"]
     assert by_id["a_wav"]["normalized_text"] == "hello world"
-    assert by_id["a_flac"]["normalized_text"] == "it's 3 o'clock"
+    assert by_id["a_flac"]["normalized_text"] == "it's three o'clock"
+    assert "3" in by_id["a_flac"]["text"]
     for row in manifest:
         assert validation_errors(row, "manifest") == []
     for reject in pq.read_table(out / "rejects.parquet").to_pylist():
         assert validation_errors(reject, "reject") == []
     provenance = json.loads((out / "ingest.json").read_text())
-    # input: the 12 entries with first-seen ids (the repeated a_ogg is a reader reject)
     # Input counts the reader's rejects too (a duplicate id, a line that is no entry): 13 = 4 + 9.
     assert provenance["counts"] == {"input": 13, "output": 4, "rejects": 9}
     assert provenance["figures"]["utterances"] == 4 == report.figures["utterances"]
