@@ -66,7 +66,7 @@ def _hubert_real_time(device, seconds_of_audio: float = 160.0, batch: int = 16) 
     import torch
     import torchaudio
 
-    from lst_data.units.codebook import NearestCentroid
+    from lst_data.units.nearest import NearestCentroid
 
     model = torchaudio.models.hubert_base().to(device).eval()
     assign = NearestCentroid(torch.randn(501, 768), device=device)

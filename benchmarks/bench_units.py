@@ -50,7 +50,7 @@ def bench_assignment(quick: bool) -> None:
     """Three numpy references, weakest first: the plain broadcast distance (what the target is
     measured against), fairseq's ApplyKmeans numpy path, and the same matmul formula in float32
     (both sides are then one BLAS sgemm, so parity is the honest expectation)."""
-    from lst_data.units.codebook import NearestCentroid
+    from lst_data.units.nearest import NearestCentroid
 
     rng = np.random.default_rng(0)
     for n, dim, k in [(50_000, 156, 500)] if quick else [(200_000, 156, 500), (100_000, 768, 500)]:
@@ -145,9 +145,9 @@ def _write_hubert_base_25hz(folder: Path) -> Path:
 
 def bench_rtf(quick: bool, tmp: Path) -> None:
     from lst_data.core.config import updated
-    from lst_data.units.codebook import NearestCentroid
     from lst_data.units.config import UnitsConfig
     from lst_data.units.encoders import build_encoder
+    from lst_data.units.nearest import NearestCentroid
 
     rng = np.random.default_rng(0)
     for encoder_name in ("mfcc", "hubert"):

@@ -19,10 +19,8 @@ from lst_data.core.config import (
     RayConfig,
     Section,
     canonical_hash,
-    deep_merge,
+    config_layers,
     doc,
-    parse_assignment,
-    read_yaml_mapping,
     to_dict,
     validate_section,
 )
@@ -52,17 +50,8 @@ class RunConfig(Section):
         return canonical_hash(self)
 
 
-def read_config_data(path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The YAML mapping at `path` (empty when None) with `overrides` merged over it."""
-    data = read_yaml_mapping(path) if path is not None else {}
-    return deep_merge(data, overrides or {})
-
-
 def load_config(
     path: str | Path | None = None, overrides: dict[str, Any] | None = None, assignments: Sequence[str] = ()
 ) -> RunConfig:
     """Defaults, then the YAML file at `path`, then `overrides` (a nested dict), then `--set` assignments."""
-    data = read_config_data(path, overrides)
-    for assignment in assignments:
-        data = deep_merge(data, parse_assignment(assignment))
-    return validate_section(RunConfig, data)
+    return validate_section(RunConfig, config_layers(path, overrides, assignments))

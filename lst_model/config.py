@@ -16,10 +16,8 @@ from pydantic import model_validator
 from lst_data.core.config import (
     Section,
     canonical_hash,
-    deep_merge,
+    config_layers,
     doc,
-    parse_assignment,
-    read_yaml_mapping,
     updated,
     validate_section,
 )
@@ -142,9 +140,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def load_run_spec(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
                   assignments: Sequence[str] = ()) -> RunSpec:
     """Defaults, then `preset` (model size), then the YAML file at `path`, then `overrides`, then `--set`."""
-    data = deep_merge(read_yaml_mapping(path) if path is not None else {}, overrides or {})
-    for assignment in assignments:
-        data = deep_merge(data, parse_assignment(assignment))
+    data = config_layers(path, overrides, assignments)
     preset = data.pop("preset", None)
     if preset is not None:
         if preset not in PRESETS:

@@ -42,10 +42,10 @@ from lst_data.core.config import canonical_hash, to_dict
 from lst_data.core.errors import UserError
 from lst_data.core.fingerprint import files_fingerprint, listing_fingerprint
 from lst_data.core.lock import OutputLocked, exclusive_output
-from lst_data.ingest.cli import layout_option
-from lst_data.ingest.stage import list_configured_corpus
 from lst_data.core.rejects import Reject, merge_rejects, read_rejects
 from lst_data.core.runner import DONE_FILE, REJECTS_FILE, StageReport
+from lst_data.ingest.cli import layout_option
+from lst_data.ingest.stage import list_configured_corpus
 
 STEP_ORDER = ("ingest", "align", "units", "tokenize", "shard")
 

@@ -28,7 +28,6 @@ from lst_data.core.tables import MANIFEST_SCHEMA, UNITS_SCHEMA
 from lst_data.frames import frames_for_duration
 from lst_data.units.codebook import (
     CodebookError,
-    NearestCentroid,
     load_codebook,
     read_sklearn_centers,
     save_codebook,
@@ -36,6 +35,7 @@ from lst_data.units.codebook import (
 from lst_data.units.config import UnitsConfig
 from lst_data.units.encoders import SpectralEncoder, build_encoder
 from lst_data.units.kmeans import minibatch_kmeans, select_frames
+from lst_data.units.nearest import NearestCentroid
 from lst_data.units.runlength import expand, run_lengths
 from lst_data.units.stage import CODEBOOK_FILE, UnitsStage, quantize_manifest, train_codebook
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -135,6 +136,16 @@ def parse_assignment(assignment: str) -> dict[str, Any]:
     for part in reversed(parts):
         value = {part: value}
     return value
+
+
+def config_layers(path: str | Path | None, overrides: dict[str, Any] | None = None,
+                  assignments: Sequence[str] = ()) -> dict[str, Any]:
+    """The YAML mapping at `path` (empty when None), then `overrides` (a nested dict), then `--set`
+    assignments, merged in that order: what a section is validated from."""
+    data = deep_merge(read_yaml_mapping(path) if path is not None else {}, overrides or {})
+    for assignment in assignments:
+        data = deep_merge(data, parse_assignment(assignment))
+    return data
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

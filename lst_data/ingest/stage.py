@@ -39,8 +39,8 @@ from lst_data.core.paths import inside
 from lst_data.core.rejects import Reject
 from lst_data.core.runner import StageReport, run_stage
 from lst_data.core.stage import Resources, Stage, StageResult
-from lst_data.ingest.config import HfColumns, IngestConfig
 from lst_data.core.tables import MANIFEST_SCHEMA
+from lst_data.ingest.config import HfColumns, IngestConfig
 from lst_data.ingest.readers import CorpusEntry, CorpusItem, Ignored, file_problem, read_corpus
 from lst_data.keys import sanitize_key
 from lst_data.text import normalize_text

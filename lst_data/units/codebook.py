@@ -33,11 +33,9 @@ import torch
 
 from lst_data.core.digests import file_sha256
 from lst_data.ssl_checkpoints import safe_torch_load
-from lst_data.units.nearest import NearestCentroid
 from lst_data.units.safe_pickle import PickledEstimator, restricted_loads
 
-# NearestCentroid is re-exported for the importers of the time before the split.
-__all__ = ["Codebook", "CodebookError", "NearestCentroid", "load_codebook", "read_sklearn_centers", "save_codebook"]
+__all__ = ["Codebook", "CodebookError", "load_codebook", "read_sklearn_centers", "save_codebook"]
 
 
 class CodebookError(ValueError):

@@ -34,10 +34,10 @@ from lst_data.core.runner import StageReport, iter_stage, read_manifest, run_sta
 from lst_data.core.stage import Resources, Stage, StageResult
 from lst_data.core.tables import UNITS_SCHEMA
 from lst_data.units.codebook import Codebook, load_codebook, save_codebook
-from lst_data.units.nearest import NearestCentroid
 from lst_data.units.config import UnitsConfig
 from lst_data.units.encoders import SAMPLE_RATE, Encoder, build_encoder, resolve_device
 from lst_data.units.kmeans import minibatch_kmeans, select_frames
+from lst_data.units.nearest import NearestCentroid
 
 if TYPE_CHECKING:
     from lst_data.config import RunConfig
