@@ -23,3 +23,24 @@ def test_inside_refuses_a_symlink_that_leads_out(tmp_path):
     (tmp_path / "out" / "link").symlink_to(tmp_path)
     with pytest.raises(ValueError, match="outside the output folder"):
         inside(tmp_path / "out", "link/x.wav")
+
+
+@pytest.mark.parametrize("stage", ["align", "units", "tokenize"])
+def test_a_stage_refuses_to_write_into_the_manifest_folder(tmp_path, stage):
+    """Its rejects.parquet and done.json would replace ingest's."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from lst_data.core.tables import MANIFEST_SCHEMA
+
+    pq.write_table(MANIFEST_SCHEMA.empty_table(), tmp_path / "manifest.parquet")
+    (tmp_path / "done.json").write_text("{}")
+    lst_data = Path(sys.executable).parent / "lst-data"
+    result = subprocess.run([str(lst_data), stage, str(tmp_path), "--out", str(tmp_path), "--runner", "local"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "--out" in result.stderr and "holds the manifest" in result.stderr and "Traceback" not in result.stderr
+    assert (tmp_path / "done.json").read_text() == "{}"

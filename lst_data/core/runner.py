@@ -194,8 +194,12 @@ def stream_to_parquet(
     return rows_out, rejects
 
 
-def read_manifest(path: str | Path) -> pa.Table:
-    """manifest.parquet (or the folder holding it): the input of every stage after ingest."""
+def read_manifest(path: str | Path, out_dir: str | Path | None = None) -> pa.Table:
+    """manifest.parquet (or the folder holding it): the input of every stage after ingest.
+
+    `out_dir`, the reading stage's output folder, must not be the manifest's own: the stage
+    would overwrite ingest's rejects.parquet and done.json there.
+    """
     from lst_data.core.errors import InputError
     from lst_data.core.tables import MANIFEST_SCHEMA
 
@@ -203,6 +207,8 @@ def read_manifest(path: str | Path) -> pa.Table:
     path = path / "manifest.parquet" if path.is_dir() else path
     if not path.is_file():
         raise InputError(f"no manifest at {path} (run `lst-data ingest` first)")
+    if out_dir is not None and Path(out_dir).resolve() == path.parent.resolve():
+        raise InputError(f"--out: {out_dir} holds the manifest; write this stage's output to a folder of its own")
     return pq.read_table(path, schema=MANIFEST_SCHEMA)
 
 

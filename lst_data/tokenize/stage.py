@@ -134,5 +134,5 @@ def tokenize_manifest(manifest_dir: str | Path, out_dir: str | Path, config: Run
                       *, fingerprint: dict[str, Any] | None = None) -> StageReport:
     """BPE pieces for every transcript of MANIFEST_DIR/manifest.parquet (training the BPE when none is set)."""
     stage = TokenizeStage(config.tokenizer, config.seed)
-    table = read_manifest(manifest_dir).select(list(TokenizeStage.input_columns))
+    table = read_manifest(manifest_dir, out_dir).select(list(TokenizeStage.input_columns))
     return run_stage(stage, table, out_dir, config, fingerprint=fingerprint)

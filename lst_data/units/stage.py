@@ -343,7 +343,7 @@ def quantize_manifest(manifest_dir: str | Path, out_dir: str | Path, config: Run
                       *, fingerprint: dict[str, Any] | None = None, show_progress: bool = True) -> StageReport:
     """Units for every utterance of MANIFEST_DIR/manifest.parquet (training the codebook when none is set)."""
     stage = UnitsStage(config.units, config.seed)
-    return run_stage(stage, read_manifest(manifest_dir).select(list(INPUT_COLUMNS)), out_dir, config,
+    return run_stage(stage, read_manifest(manifest_dir, out_dir).select(list(INPUT_COLUMNS)), out_dir, config,
                      fingerprint=fingerprint, show_progress=show_progress)
 
 
