@@ -17,27 +17,17 @@ from typing import Any
 import pyarrow as pa
 
 from lst_data.core.config import Section, canonical_hash
-
-_CHUNK = 1 << 20
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes, read in chunks (bounded memory)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+from lst_data.core.digests import file_sha256
 
 
 def path_fingerprint(value: str) -> str:
     """Content hash of a file or of a whole folder (relative paths + bytes); a name that is no path hashes as itself."""
     path = Path(value).expanduser()
     if path.is_file():
-        return file_digest(path)
+        return file_sha256(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
-        return canonical_hash([(p.relative_to(path).as_posix(), file_digest(p)) for p in files])
+        return canonical_hash([(p.relative_to(path).as_posix(), file_sha256(p)) for p in files])
     return canonical_hash({"name": value})
 
 
