@@ -86,6 +86,16 @@ def choice_example(item: ChoiceItem, ending: Side, space: TokenSpace, patching: 
     return Example(tokens, lengths, item.pair), len(tokens) - len(ending.tokens)
 
 
+def _checked_example(item: ChoiceItem, ending: Side, space: TokenSpace, patching: str, patch_size: int) -> tuple[Example, int]:
+    """`choice_example`, with ids outside the model's vocabulary or codebook named as the item's fault."""
+    try:
+        return choice_example(item, ending, space, patching, patch_size)
+    except InvalidItem:
+        raise
+    except ValueError as err:  # the task was made with another tokenizer or codebook
+        raise InvalidItem(f"item {item.id}: {err} (the model's token space: {space.to_dict()})") from None
+
+
 def _marker(side: Side, space: TokenSpace) -> int:
     return space.speech_start if side.modality == "speech" else space.text_start
 
@@ -125,7 +135,7 @@ def score_items(
     flat = spec.model.kind == "baseline"
     if flat:
         patching = "static"  # the baseline has one position per token whatever the patching
-    jobs = [(i, e, *choice_example(item, ending, space, patching, spec.data.patch_size))
+    jobs = [(i, e, *_checked_example(item, ending, space, patching, spec.data.patch_size))
             for i, item in enumerate(items) for e, ending in enumerate(item.endings)]
     sums = {(i, e): 0.0 for i, e, _, _ in jobs}
     for begin in range(0, len(jobs), batch_size):

@@ -264,3 +264,10 @@ def test_units_quantizer_matches_the_units_stage_frame_rate(tmp_path):
     units = units_quantizer(str(tmp_path / "codebook.npy"))(audio)
     assert len(units) == int(len(audio) * 25 // 16000)
     assert units.min() >= 0 and units.max() < 16 and len(set(units.tolist())) > 1
+
+
+def test_an_item_from_another_codebook_is_an_invalid_item():
+    model, spec = _model("lst")
+    item = ChoiceItem("far", Side("speech", (1, 2, 999)), (Side("speech", (1,)), Side("speech", (2,))), 0)
+    with pytest.raises(InvalidItem, match=r"item far: unit ids must lie in \[0, 32\)"):
+        score_items(model, spec, SPACE, [item])
