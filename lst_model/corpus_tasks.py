@@ -45,17 +45,13 @@ from lst_model.sequences import crop_patch_lengths
 
 log = logging.getLogger(__name__)
 
-SKIP_REASONS = ("too_few_words", "speaker_has_no_other_utterance", "empty_span")
-
-
 class _Utterance:
     """A record with what spans of it need: word starts, BPE ids per word, aligned patches."""
 
     def __init__(self, record: SampleRecord) -> None:
         self.record = record
         self.canonical = canonical_transcript(record.text)
-        n = len(record.words)
-        self.starts = [0] + [w.start_frame for w in record.words[1:n]] + [record.n_frames]
+        self.starts = [0] + [w.start_frame for w in record.words[1:]] + [record.n_frames]
         self.pieces: dict[int, list[int]] = defaultdict(list)
         for piece in record.bpe:
             self.pieces[piece.word_index].append(piece.id)
@@ -150,23 +146,27 @@ def corpus_items(
             skips["speaker_has_no_other_utterance"] += 1
             continue
         label = int(rng.integers(n_endings))
-        made = []
-        for pair in pairs:
-            prompt_modality, ending_modality = _modality(pair[0]), _modality(pair[2])
-            prompt = utterance.side(prompt_modality, 0, cut)
-            endings = [other.side(ending_modality, start, start + k) for other, start in distractors]
-            endings.insert(label, utterance.side(ending_modality, cut, cut + k))
-            if prompt is None or any(e is None for e in endings):
-                break
-            made.append(ChoiceItem(f"{utterance.record.id}:{pair}", prompt, tuple(endings), label,
-                                   utterance.record.speaker, (utterance.canonical,)))
+        made = [_item(utterance, pair, cut, k, distractors, label) for pair in pairs]
+        if any(item is None for item in made):
+            skips["empty_span"] += 1
         else:
             items.extend(made)
-            continue
-        skips["empty_span"] += 1
     if filled_from_training:
         log.info("%d distractors came from training utterances of the speaker (too few held-out ones)", filled_from_training)
     return items, dict(skips)
+
+
+def _item(utterance: _Utterance, pair: str, cut: int, k: int, distractors: list[tuple[_Utterance, int]],
+          label: int) -> ChoiceItem | None:
+    """The question of `utterance` in one pair; None when one of its spans is empty in that modality."""
+    prompt_modality, ending_modality = _modality(pair[0]), _modality(pair[2])
+    prompt = utterance.side(prompt_modality, 0, cut)
+    endings = [other.side(ending_modality, start, start + k) for other, start in distractors]
+    endings.insert(label, utterance.side(ending_modality, cut, cut + k))
+    if prompt is None or any(e is None for e in endings):
+        return None
+    return ChoiceItem(f"{utterance.record.id}:{pair}", prompt, tuple(endings), label, utterance.record.speaker,
+                      (utterance.canonical,))
 
 
 def _modality(letter: str) -> str:

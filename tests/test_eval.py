@@ -219,10 +219,13 @@ def test_corpus_skips_are_counted_and_training_utterances_fill_in():
     records = [dataclasses.replace(r, speaker="lonely") if r.id == lonely else
                dataclasses.replace(r, speaker="paired") if r.id in (paired, train[0].id) else r for r in records]
     short = dataclasses.replace(heldout[2], words=heldout[2].words[:4], bpe=tuple(p for p in heldout[2].bpe if p.word_index < 4))
-    records = [short if r.id == short.id else r for r in records]
+    no_bpe = dataclasses.replace(heldout[3], bpe=(), speaker="no_bpe")  # its text prompt is empty
+    changed = {short.id: short, no_bpe.id: no_bpe, train[1].id: dataclasses.replace(train[1], speaker="no_bpe")}
+    records = [changed.get(r.id, r) for r in records]
     items, skips = corpus_items(records, 0.3, pairs=("s2s", "t2t"))
-    assert skips == {"speaker_has_no_other_utterance": 1, "too_few_words": 1}
-    assert len(items) == 2 * (len(heldout) - 2)
+    assert skips == {"speaker_has_no_other_utterance": 1, "too_few_words": 1, "empty_span": 1}
+    assert len(items) == 2 * (len(heldout) - 3)
+    assert not [i for i in items if i.id.startswith(no_bpe.id)]
     [fallback] = [i for i in items if i.id == f"{paired}:t2t"]
     distractor = fallback.endings[1 - fallback.label].text.split()
     names = [w.word for w in train[0].words]
