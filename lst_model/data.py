@@ -69,9 +69,13 @@ def transcript_digests(texts: Iterable[str]) -> np.ndarray:
 
 
 def write_training_texts(run_dir: str | Path, texts: Iterable[str]) -> Path:
-    """The digests of a run's training transcripts, beside its checkpoint (deterministic bytes)."""
+    """The digests of a run's training transcripts, beside its checkpoint (deterministic bytes).
+
+    Digests already there are kept: a run resumed on other shards has been trained on both."""
     path = Path(run_dir) / TRAINING_TEXTS
-    np.save(path, transcript_digests(texts), allow_pickle=False)
+    digests = transcript_digests(texts)
+    earlier = read_training_texts(run_dir)
+    np.save(path, digests if earlier is None else np.union1d(earlier, digests), allow_pickle=False)
     return path
 
 

@@ -83,6 +83,8 @@ def test_training_text_digests_are_sorted_unique_uint64_with_fixed_bytes(tmp_pat
     assert digests.dtype == np.uint64 and len(digests) == 2 and digests[0] < digests[1]
     expected = int.from_bytes(hashlib.sha256(b"a dog ran").digest()[:8], "big")
     assert expected in digests.tolist()
+    write_training_texts(tmp_path / "a", ["a bird sang"])  # a resume on other shards adds its texts
+    assert len(np.load(first, allow_pickle=False)) == 3
 
 
 # --- contamination through the CLI on a tiny trained run --------------------------------
