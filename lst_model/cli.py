@@ -191,16 +191,20 @@ def build_task(input_path: Path, shard_dir: Path, pairs: str, out_path: Path, vo
     the shards' own pipeline (align, units, tokenize). Exit code 0: every item built; 3: some dropped.
     """
     from lst_data.core.summary import EXIT_WITH_REJECTS
-    from lst_model.items import PAIRS
-    from lst_model.tasks import DEFAULT_VOICES, ShardBuild, build_choice_items, read_choice_jsonl, write_build
+    from lst_model.tasks import (
+        DEFAULT_VOICES,
+        ShardBuild,
+        build_choice_items,
+        check_pairs,
+        has_speech,
+        read_choice_jsonl,
+        write_build,
+    )
 
     chosen = _names(pairs, "--pairs")
-    unknown = [p for p in chosen if p not in PAIRS]
-    if unknown:
-        raise click.BadParameter(f"unknown pairs {unknown}; known: {', '.join(PAIRS)}", param_hint="--pairs")
+    check_pairs(chosen)
     voice_names = _names(voices, "--voices") if voices is not None else list(DEFAULT_VOICES)
-    speech = any("s" in (p[0], p[2]) for p in chosen)
-    tts = _tts_command(tts_argv) if speech else None
+    tts = _tts_command(tts_argv) if any(map(has_speech, chosen)) else None
     shards = ShardBuild.from_shard_dir(shard_dir)
     result = build_choice_items(read_choice_jsonl(input_path, limit), chosen, shards, tts=tts, voices=voice_names, runner=runner)
     rejects = write_build(result, out_path)

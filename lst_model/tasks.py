@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -296,7 +296,7 @@ def _side_name(position: int) -> str:
     return PROMPT if position == 0 else f"endings[{position - 1}]"
 
 
-def text_side(text: str, encode) -> item_format.Side:
+def text_side(text: str, encode: Callable[[str], list[int]]) -> item_format.Side:
     return item_format.Side("text", tuple(encode(text)), text)
 
 
@@ -304,6 +304,17 @@ def speech_side(record: SampleRecord) -> item_format.Side:
     """The record's units, transcript and aligned patch lengths (they tile its frames)."""
     patches = {s: tuple(patch_lengths(record, s)) for s in item_format.ALIGNED_STRATEGIES}
     return item_format.Side("speech", tuple(int(u) for u in record.units), record.text, patches)
+
+
+def has_speech(pair: str) -> bool:
+    """Whether a pair ('s2t') has a speech side."""
+    return "s" in (pair[0], pair[2])
+
+
+def check_pairs(pairs: Sequence[str]) -> None:
+    unknown = [p for p in pairs if p not in item_format.PAIRS]
+    if unknown or not pairs:
+        raise TaskError(f"--pairs: unknown pairs {unknown}; known: {', '.join(item_format.PAIRS)}")
 
 
 def build_choice_items(
@@ -322,9 +333,7 @@ def build_choice_items(
     """
     from lst_data.tokenize.tokenizer import load_tokenizer
 
-    unknown = [p for p in pairs if p not in item_format.PAIRS]
-    if unknown or not pairs:
-        raise TaskError(f"--pairs: unknown pairs {unknown}; known: {', '.join(item_format.PAIRS)}")
+    check_pairs(pairs)
     if not voices:
         raise TaskError("--voices: give at least one voice")
     dropped: list[Dropped] = []
@@ -342,7 +351,7 @@ def build_choice_items(
             continue
         kept.append((choice, texts))
     records: dict[str, list[SampleRecord]] = {}
-    if any("s" in (p[0], p[2]) for p in pairs) and kept:
+    if any(map(has_speech, pairs)) and kept:
         records, failed = _speak_and_align(kept, shards, tts or CommandTTS(), voices, runner)
         dropped += failed
         kept = [(c, t) for c, t in kept if c.id in records]
@@ -358,7 +367,7 @@ def build_choice_items(
             sources = (choice.context, *choice.endings, f"{choice.context} {choice.endings[choice.label]}")
             built.append(item_format.ChoiceItem(
                 f"{choice.id}:{pair}", prompt[0], tuple(endings[1:]), choice.label,
-                voice_for(choice.id, voices) if "s" in (pair[0], pair[2]) else None,
+                voice_for(choice.id, voices) if has_speech(pair) else None,
                 tuple(canonical_transcript(t) for t in sources)))
     return BuildResult(built, dropped)
 
