@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -201,48 +201,98 @@ def compare(shard_dir: Path, config_path: Path | None, assignments: tuple[str, .
     click.echo(json.dumps(report, indent=2) if as_json else "\n".join(format_report(report)))
 
 
-def _load_callable(spec: str):
-    module, _, attr = spec.partition(":")
-    if not attr:
-        raise click.BadParameter(f"expected MODULE:FACTORY, got {spec!r}", param_hint="--quantizer")
-    return getattr(importlib.import_module(module), attr)
+def _tts_command(tts_argv: str | None):
+    from lst_model.tasks import DEFAULT_TTS, CommandTTS
+
+    if tts_argv is None:
+        return CommandTTS(DEFAULT_TTS)
+    try:
+        argv = json.loads(tts_argv)
+    except ValueError as err:
+        raise click.BadParameter(f"not JSON ({err}); expected a list such as "
+                                 '["espeak-ng", "-v", "{voice}", "-w", "{out}", "--stdin"]', param_hint="--tts") from None
+    if not isinstance(argv, list):
+        raise click.BadParameter("expected a JSON list of strings", param_hint="--tts")
+    return CommandTTS(argv)
+
+
+def _names(value: str, what: str) -> list[str]:
+    names = list(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
+    if not names:
+        raise click.BadParameter("give at least one name, comma-separated", param_hint=what)
+    return names
+
+
+def _build_corpus_task(shard_dir: Path, pairs: list[str], out_path: Path, heldout_fraction: float | None, n_endings: int,
+                       seed: int, limit: int | None) -> None:
+    from lst_model.config import DataConfig
+    from lst_model.corpus_tasks import corpus_items
+    from lst_model.data import load_records
+    from lst_model.items import write_items
+
+    fraction = DataConfig().heldout_fraction if heldout_fraction is None else heldout_fraction
+    items, skips = corpus_items(load_records(shard_dir), fraction, pairs=pairs, n_endings=n_endings, seed=seed)
+    if limit is not None:
+        items = items[: limit * len(pairs)]
+    write_items(items, out_path)
+    per_pair = {p: sum(item.pair == p for item in items) for p in pairs}
+    click.echo("items: " + ", ".join(f"{p} {n}" for p, n in per_pair.items()) + f" -> {out_path}")
+    click.echo("held-out utterances without an item: "
+               + (", ".join(f"{reason} {n}" for reason, n in sorted(skips.items())) if skips else "none"))
 
 
 @cli.command("build-task")
-@click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Multiple-choice JSONL (HellaSwag, StoryCloze or {context, endings, label}).")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--mode", type=click.Choice(["speech", "text"]), required=True)
-@click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, path_type=Path), help="Text mode: the shards' tokenizer (SentencePiece .model or tokenizer.json).")
-@click.option("--quantizer", "quantizer_factory", default="lst_model.tasks:units_quantizer", show_default=True,
-              help="Speech mode: MODULE:FACTORY; FACTORY(ARG) returns a callable float32 16 kHz audio -> unit ids.")
-@click.option("--quantizer-arg", default=None, help="Argument of the quantizer factory (default factory: the codebook .npy the shards were made with).")
-@click.option("--tts", "tts_argv", default=None, help='TTS command as a JSON list with "{out}" for the wav it writes; text on stdin. Default: espeak-ng.')
-def build_task(input_path: Path, out_path: Path, mode: str, tokenizer_path: Path | None, quantizer_factory: str | None,
-               quantizer_arg: str | None, tts_argv: str | None) -> None:
-    """Turn a text multiple-choice set into items for `score` (speech: TTS + the units quantizer)."""
-    from lst_model.items import write_items
+@click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Multiple-choice JSONL (HellaSwag, StoryCloze or {context, endings, label}). Without it: continuation "
+                   "items from the shards' own held-out utterances (same-speaker distractors, lst_model.corpus_tasks).")
+@click.option("--shards", "shard_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The shard set the task is for: its tokenizer, codebook and pipeline config make the sides.")
+@click.option("--pairs", default="s2s,t2t,s2t,t2s", show_default=True, help="Modality pairs to build (prompt 2 endings; s speech, t text).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Items JSONL; the dropped items go to NAME.rejects.jsonl beside it.")
+@click.option("--voices", default=None, help="TTS voices, comma-separated; each item is spoken in one of them, chosen by its id. [default: the demo corpus's espeak-ng voices]")
+@click.option("--tts", "tts_argv", default=None, help='TTS command as a JSON list with "{out}" for the wav it writes and "{voice}"; text on stdin. Default: espeak-ng.')
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Build the first N items only.")
+@click.option("--runner", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="How the lst-data stages run over the synthesized audio (local: in this process, fastest for small sets).")
+@click.option("--heldout-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Without --input: the held-out share of transcripts (must be the training run's data.heldout_fraction). "
+                   "[default: the data.heldout_fraction default]")
+@click.option("--endings", "n_endings", default=2, show_default=True, type=click.IntRange(2, 64), help="Without --input: endings per item.")
+@click.option("--seed", default=0, show_default=True, help="Without --input: distractor and label choice.")
+def build_task(input_path: Path | None, shard_dir: Path, pairs: str, out_path: Path, voices: str | None, tts_argv: str | None,
+               limit: int | None, runner: str, heldout_fraction: float | None, n_endings: int, seed: int) -> None:
+    """Turn a text multiple-choice set into items of each modality pair for `score`.
+
+    Speech sides: each item's context and endings synthesized in one voice and run through
+    the shards' own pipeline (align, units, tokenize). Exit code 0: every item built; 3: some dropped.
+    """
+    from lst_data.core.summary import EXIT_WITH_REJECTS
     from lst_model.tasks import (
-        DEFAULT_TTS,
-        CommandTTS,
-        build_speech_items,
-        build_text_items,
+        DEFAULT_VOICES,
+        ShardBuild,
+        build_choice_items,
+        check_pairs,
+        has_speech,
         read_choice_jsonl,
+        write_build,
     )
 
-    choices = read_choice_jsonl(input_path)
-    if mode == "text":
-        if tokenizer_path is None:
-            raise click.UsageError("text mode needs --tokenizer")
-        from lst_data.tokenize.tokenizer import load_tokenizer
-
-        items = build_text_items(choices, load_tokenizer(tokenizer_path).encode)
-    else:
-        factory = _load_callable(quantizer_factory)
-        quantize = factory(quantizer_arg) if quantizer_arg is not None else factory()
-        tts = CommandTTS(json.loads(tts_argv) if tts_argv else DEFAULT_TTS)
-        items = build_speech_items(choices, tts, quantize)
-    write_items(items, out_path)
-    click.echo(f"{len(items)} {mode} items -> {out_path}")
+    chosen = _names(pairs, "--pairs")
+    check_pairs(chosen)
+    if input_path is None:
+        _build_corpus_task(shard_dir, chosen, out_path, heldout_fraction, n_endings, seed, limit)
+        return
+    voice_names = _names(voices, "--voices") if voices is not None else list(DEFAULT_VOICES)
+    tts = _tts_command(tts_argv) if any(map(has_speech, chosen)) else None
+    shards = ShardBuild.from_shard_dir(shard_dir)
+    result = build_choice_items(read_choice_jsonl(input_path, limit), chosen, shards, tts=tts, voices=voice_names, runner=runner)
+    rejects = write_build(result, out_path)
+    per_pair = result.items_per_pair()
+    click.echo("items: " + ", ".join(f"{p} {per_pair.get(p, 0)}" for p in chosen) + f" -> {out_path}")
+    reasons = ", ".join(f"{reason} {n}" for reason, n in result.dropped_per_reason().items())
+    click.echo(f"dropped: {len(result.dropped)} items" + (f" ({reasons})" if reasons else "") + f" -> {rejects}")
+    if result.dropped:
+        sys.exit(EXIT_WITH_REJECTS)
 
 
 @cli.command()
@@ -276,7 +326,7 @@ def generate(run: Path, prompt_text: str | None, tokenizer_path: Path | None, sh
     from lst_model.data import load_token_space
     from lst_model.generate import Sampler, prompt_from, record_prompt_units
     from lst_model.generate import generate as run_generation
-    from lst_model.text_corpus import find_tokenizer, normalize_like_shards
+    from lst_model.text_corpus import find_tokenizer, normalize_like_transcripts
     from lst_model.train import load_model
 
     if (prompt_text is None) == (sample_id is None):
@@ -302,7 +352,7 @@ def generate(run: Path, prompt_text: str | None, tokenizer_path: Path | None, sh
             raise click.UsageError(f"--shards {shard_dir}: its token space {load_token_space(shard_dir)} is not the model's {space}")
     then = None if continue_in == "same" else continue_in
     if prompt_text is not None:
-        ids = tokenizer.encode(normalize_like_shards(prompt_text, dataset))
+        ids = tokenizer.encode(normalize_like_transcripts(prompt_text, dataset))
         if not ids:
             raise click.UsageError("--text: nothing is left of it after normalization")
         prompt = prompt_from(space, text_ids=ids, then=then)

@@ -49,13 +49,28 @@ def iter_documents(path: str | Path) -> Iterator[str]:
                 yield line.rstrip("\n")
 
 
-def find_tokenizer(shard_dir: str | Path) -> Path | None:
-    """The tokenizer a build used: `tokenizer.model` beside the shards or in a sibling stage folder."""
+def find_build_file(shard_dir: str | Path, name: str) -> Path | None:
+    """A file a build's stage wrote (`tokenizer.model`, `codebook.npy`): beside the shards or in
+    a sibling stage folder of the run (`RUN/tokenize/`, `RUN/units/`)."""
     shard_dir = Path(shard_dir)
-    for candidate in (shard_dir / TOKENIZER_FILE, *sorted(shard_dir.parent.glob(f"*/{TOKENIZER_FILE}"))):
+    for candidate in (shard_dir / name, *sorted(shard_dir.parent.glob(f"*/{name}"))):
         if candidate.is_file():
             return candidate
     return None
+
+
+def find_tokenizer(shard_dir: str | Path) -> Path | None:
+    """The tokenizer a build used: `tokenizer.model` beside the shards or in a sibling stage folder."""
+    return find_build_file(shard_dir, TOKENIZER_FILE)
+
+
+def normalize_like_transcripts(text: str, dataset: dict[str, Any]) -> str:
+    """`text` in the spoken form the shards' ingest gave their transcripts (its lowercase and numbers settings)."""
+    from lst_data.text import normalize_text
+
+    ingest = (dataset.get("config") or {}).get("ingest") or {}
+    numbers = "expand" if ingest.get("numbers", "expand") == "expand" else "flag"
+    return normalize_text(text, lowercase=bool(ingest.get("lowercase", True)), numbers=numbers).text
 
 
 def load_text_corpus(path: str | Path, tokenizer_path: str | Path, dataset: dict[str, Any], text_vocab_size: int) -> list[np.ndarray]:
@@ -67,22 +82,12 @@ def load_text_corpus(path: str | Path, tokenizer_path: str | Path, dataset: dict
         raise TextCorpusError(f"--tokenizer {tokenizer_path}: vocabulary {tokenizer.vocab_size} != the shards' {text_vocab_size}")
     documents = []
     for text in iter_documents(path):
-        normalized = normalize_like_shards(text, dataset)
+        normalized = normalize_like_transcripts(text, dataset)
         if normalized:
             documents.append(np.asarray(tokenizer.encode(normalized), dtype=np.int32))
     if not documents:
         raise TextCorpusError(f"--text {path}: no non-empty documents")
     return documents
-
-
-def normalize_like_shards(text: str, dataset: dict[str, Any]) -> str:
-    """`text` normalized as the shards' transcripts were (the ingest settings in their dataset.json;
-    defaults when it has none)."""
-    from lst_data.text import normalize_text
-
-    ingest = (dataset.get("config") or {}).get("ingest") or {}
-    numbers = "expand" if ingest.get("numbers") == "expand" else "flag"
-    return normalize_text(text, lowercase=bool(ingest.get("lowercase", True)), numbers=numbers).text
 
 
 def corpus_fingerprint(documents: Sequence[np.ndarray] | None) -> str | None:

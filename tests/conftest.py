@@ -39,3 +39,19 @@ def demo_corpus(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "corpus"
     synthesize_demo_corpus(out, n_utterances=12)
     return out
+
+
+# Small but real (as in test_pipeline): a 20-cluster codebook and a small BPE keep builds fast on 2 cores.
+DEMO_BUILD_OVERRIDES = {"units": {"k": 20, "sample_frames": 20000}, "tokenizer": {"vocab_size": 100},
+                        "ray": {"runner": "local"}}
+
+
+@pytest.fixture(scope="session")
+def demo_build(demo_corpus, tmp_path_factory) -> Path:
+    """`build_corpus` over the session's demo corpus (pocketsphinx, MFCC units, trained BPE): the run folder."""
+    from lst_data.config import load_config
+    from pipelines.build_corpus import build_corpus
+
+    run = tmp_path_factory.mktemp("demo_build") / "run"
+    build_corpus(demo_corpus, run, load_config(overrides=DEMO_BUILD_OVERRIDES))
+    return run

@@ -5,8 +5,6 @@ quantizer needs a trained codebook): 25 Hz frames binned by log energy."""
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 
 import numpy as np
 import pytest
@@ -19,7 +17,6 @@ from lst_model.model import build_model
 from lst_model.score import ItemScore, accuracy, accuracy_by_pair, choice_example, score_items
 from lst_model.sequences import crop_patch_lengths
 from lst_model.synthetic import ToyLanguage, synthetic_dataset_json, synthetic_records
-from lst_model.tasks import CommandTTS, build_speech_items, build_text_items, parse_choice_line
 from lst_model.tokens import TokenSpace
 
 LANGUAGE = ToyLanguage.make(2)
@@ -131,139 +128,6 @@ def test_aligned_scoring_uses_the_side_patches():
     with pytest.raises(InvalidItem, match="no bpe patches; score with --patching static"):
         score_items(lst, spec, SPACE, [bare], patching="bpe")
     assert score_items(baseline, base_spec, SPACE, [bare], patching="bpe")[0].sums
-
-
-def test_parse_hellaswag_and_storycloze():
-    hella = parse_choice_line({"ind": 4, "ctx_a": "A man sits.", "ctx_b": "He", "ctx": "A man sits. He",
-                               "endings": ["runs.", "sleeps.", "eats.", "reads."], "label": 2}, 0)
-    assert (hella.id, hella.context, hella.label, len(hella.endings)) == ("4", "A man sits. He", 2, 4)
-    story = parse_choice_line({"InputStoryid": "s1", "InputSentence1": "One.", "InputSentence2": "Two.",
-                               "InputSentence3": "Three.", "InputSentence4": "Four.",
-                               "RandomFifthSentenceQuiz1": "Good.", "RandomFifthSentenceQuiz2": "Bad.",
-                               "AnswerRightEnding": 1}, 0)
-    assert (story.context, story.endings, story.label) == ("One. Two. Three. Four.", ["Good.", "Bad."], 0)
-
-
-def energy_quantizer(audio: np.ndarray, k: int = 8) -> np.ndarray:
-    """Stand-in quantizer: 40 ms frames, log-energy in k bins."""
-    frames = audio[: len(audio) // 640 * 640].reshape(-1, 640)
-    energy = np.log10(1e-8 + (frames**2).mean(axis=1))
-    return np.clip(((energy + 8) / 8 * k).astype(int), 0, k - 1)
-
-
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
-def test_build_speech_items_synthesizes_prompt_and_endings_separately(tmp_path):
-    choice = parse_choice_line({"context": "The cat sat on the mat.", "endings": ["It slept.", "It flew to the moon quickly."],
-                                "label": 0}, 0)
-    calls = []
-
-    def tts(text):
-        calls.append(text)
-        return CommandTTS()(text)
-
-    [item] = build_speech_items([choice], tts, energy_quantizer)
-    assert calls == ["The cat sat on the mat.", "It slept.", "It flew to the moon quickly."]
-    assert item.pair == "s2s" and item.label == 0
-    assert len(item.endings[1].tokens) > len(item.endings[0].tokens) > 5, "units at 25 Hz follow the spoken length"
-    assert max(max(e.tokens) for e in item.endings) < 8
-    model, spec = _model("lst")
-    space = TokenSpace(SPACE.text_vocab_size, 8)
-    model = build_model(spec.model, space.size).eval()
-    [score] = score_items(model, spec, space, [item])
-    assert all(np.isfinite(score.sums))
-
-
-def test_command_tts_takes_argument_lists_only():
-    with pytest.raises(ValueError, match="{out}"):
-        CommandTTS(["espeak-ng", "--stdin"])
-
-
-def test_build_text_items_normalizes_then_encodes():
-    choice = parse_choice_line({"context": "Hello, World!", "endings": ["I have 2 cats."], "label": 0}, 0)
-    seen = []
-
-    def encode(text):
-        seen.append(text)
-        return [len(w) for w in text.split()]
-
-    with pytest.raises(InvalidItem, match="2 to 64 endings"):
-        build_text_items([choice], encode)
-    choice = parse_choice_line({"context": "Hello, World!", "endings": ["I have 2 cats.", "No."], "label": 0}, 0)
-    [item] = build_text_items([choice], encode)
-    assert seen == ["hello world", "i have two cats", "hello world", "i have two cats", "no"]
-    assert item.prompt.tokens == (5, 5) and [e.tokens for e in item.endings] == [(1, 4, 3, 4), (2,)]
-    assert json.loads(json.dumps(item.to_json()))["pair"] == "t2t"
-
-
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
-def test_cli_build_task_and_score(tmp_path, monkeypatch):
-    """build-task in both modes (a SentencePiece BPE trained here; the stand-in quantizer
-    loaded through --quantizer MODULE:FACTORY), then score the items with a fresh model."""
-    from click.testing import CliRunner
-
-    from lst_data.tokenize.tokenizer import train_tokenizer
-    from lst_model.cli import cli
-    from lst_model.train import save_checkpoint
-
-    (tmp_path / "toyquant.py").write_text(
-        "import numpy as np\n\n\ndef make(k='8'):\n"
-        "    def quantize(audio):\n"
-        "        frames = audio[: len(audio) // 640 * 640].reshape(-1, 640)\n"
-        "        energy = np.log10(1e-8 + (frames**2).mean(axis=1))\n"
-        "        return np.clip(((energy + 8) / 8 * int(k)).astype(int), 0, int(k) - 1)\n"
-        "    return quantize\n",
-        encoding="utf-8",
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    rows = [{"ctx": "The dog ran to the park.", "endings": ["It played with a ball.", "The moon is cheese."], "label": 0},
-            {"ctx": "She opened the book.", "endings": ["Cars fly.", "She read the first page."], "label": 1}]
-    source = tmp_path / "mc.jsonl"
-    source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    texts = ["the dog ran to the park", "it played with a ball", "she opened the book and read the first page",
-             "the moon is cheese", "cars fly"] * 4
-    tokenizer = train_tokenizer(texts, tmp_path / "bpe.model", vocab_size=60, seed=0)
-    runner = CliRunner()
-    result = runner.invoke(cli, ["build-task", "--input", str(source), "--mode", "text", "--tokenizer",
-                                  str(tmp_path / "bpe.model"), "--out", str(tmp_path / "text.jsonl")])
-    assert result.exit_code == 0, result.output
-    result = runner.invoke(cli, ["build-task", "--input", str(source), "--mode", "speech", "--quantizer", "toyquant:make",
-                                  "--quantizer-arg", "8", "--out", str(tmp_path / "speech.jsonl")])
-    assert result.exit_code == 0, result.output
-    text_items, speech_items = read_items(tmp_path / "text.jsonl"), read_items(tmp_path / "speech.jsonl")
-    assert [i.label for i in text_items] == [0, 1] == [i.label for i in speech_items]
-    assert list(text_items[0].prompt.tokens) == tokenizer.encode("the dog ran to the park")
-    space = TokenSpace(tokenizer.vocab_size, 8)
-    model, spec = _model("lst")
-    model = build_model(spec.model, space.size)
-    optimizer = torch.optim.AdamW(model.parameters())
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    save_checkpoint(tmp_path / "checkpoint.pt", model=model, optimizer=optimizer, scheduler=scheduler, step=0, spec=spec, space=space)
-    for name in ("text", "speech"):
-        result = runner.invoke(cli, ["score", "--model", str(tmp_path / "checkpoint.pt"), "--task", str(tmp_path / f"{name}.jsonl"),
-                                      "--no-contamination-check"])
-        assert result.exit_code == 0, result.output
-        assert json.loads(result.stdout)["pairs"][{"text": "t2t", "speech": "s2s"}[name]]["n"] == 2
-
-
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
-def test_units_quantizer_matches_the_units_stage_frame_rate(tmp_path):
-    """The default quantizer: the units stage's MFCC encoder + a codebook file. The codebook
-    here is random (made by this test); a real one comes from `lst-data units`."""
-    from lst_data.config import to_dict
-    from lst_data.units.codebook import save_codebook
-    from lst_data.units.config import UnitsConfig
-    from lst_data.units.encoders import build_encoder
-    from lst_model.tasks import units_quantizer
-
-    config = UnitsConfig(device="cpu")
-    dim = build_encoder(config).dim
-    centroids = np.random.default_rng(0).normal(size=(16, dim)).astype(np.float32)
-    save_codebook(centroids, tmp_path / "codebook.npy", {"units_config": to_dict(config), "encoder": config.encoder,
-                                                          "frame_rate": config.frame_rate})
-    audio = CommandTTS()("one two three")
-    units = units_quantizer(str(tmp_path / "codebook.npy"))(audio)
-    assert len(units) == int(len(audio) * 25 // 16000)
-    assert units.min() >= 0 and units.max() < 16 and len(set(units.tolist())) > 1
 
 
 def test_an_item_from_another_codebook_is_an_invalid_item():
