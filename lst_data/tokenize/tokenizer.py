@@ -75,6 +75,10 @@ class Tokenizer(ABC):
         """Plain ids of `text`, as a text LM would see them."""
         return [e.id for e in self._encode_with_offsets(text)]
 
+    @abstractmethod
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of plain ids (the inverse of `encode` on normalized text)."""
+
     def encode_words(self, words: Sequence[str]) -> list[TokenPiece]:
         """Pieces of the words joined by single spaces, each tied to its word (see module doc)."""
         if not words:
@@ -116,6 +120,9 @@ class SentencePieceTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return list(self._sp.encode(text))
 
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self._sp.decode([int(i) for i in ids]))
+
     def _encode_with_offsets(self, text: str) -> list[_Encoded]:
         proto = self._sp.encode(text, out_type="proto")
         if text.isascii():  # byte offsets are character offsets
@@ -137,6 +144,9 @@ class HuggingFaceTokenizer(Tokenizer):
     @property
     def vocab_size(self) -> int:
         return int(self._tok.get_vocab_size(with_added_tokens=True))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self._tok.decode([int(i) for i in ids], skip_special_tokens=False))
 
     def _encode_with_offsets(self, text: str) -> list[_Encoded]:
         # No BOS/EOS or template tokens: the shard holds the transcript's pieces only; a
