@@ -39,3 +39,16 @@ def demo_corpus(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "corpus"
     synthesize_demo_corpus(out, n_utterances=12)
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_build(demo_corpus, tmp_path_factory) -> Path:
+    """The demo corpus built once per session through the real pipeline (`demo_run.build_config`):
+    the run folder, with shards/ and the tokenizer beside them."""
+    from demo_run import build_config
+
+    from pipelines.build_corpus import build_corpus
+
+    run = tmp_path_factory.mktemp("demo_build") / "run"
+    build_corpus(demo_corpus, run, build_config())
+    return run

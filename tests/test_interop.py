@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
+from demo_run import build_config as config  # tests/ is on sys.path under pytest
 
-from lst_data.config import load_config
 from lst_data.core.errors import UserError
 from lst_data.ingest.readers import detect_layout, read_corpus
 from lst_data.ingest.segmentation import cut_at_pauses
@@ -33,13 +33,6 @@ datasets = pytest.importorskip("datasets", reason="the interop extra: pip instal
 REPO = Path(__file__).resolve().parent.parent
 RATE = 16000
 FRAME_RATE = 25
-# Small but real (as in test_pipeline): a 20-cluster codebook and a small BPE keep builds fast on 2 cores.
-OVERRIDES = {"units": {"k": 20, "sample_frames": 20000}, "tokenizer": {"vocab_size": 100}, "ray": {"runner": "local"}}
-
-
-def config(**sections):
-    merged = {**OVERRIDES, **{k: {**OVERRIDES.get(k, {}), **v} for k, v in sections.items()}}
-    return load_config(overrides=merged)
 
 
 def truth(corpus: Path) -> list[dict]:
@@ -118,13 +111,6 @@ def test_lhotse_recordings_and_supervisions_build(recordings, demo_corpus, tmp_p
     assert sorted(spans) == sorted(expected)
     for utt_id, (utt, _) in expected.items():
         assert [w for w, _, _ in spans[utt_id]] == utt["normalized_text"].split()
-
-
-@pytest.fixture(scope="module")
-def demo_build(demo_corpus, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("interop_build") / "run"
-    build_corpus(demo_corpus, run, config())
-    return run
 
 
 def test_lhotse_export_import_round_trip(demo_build, tmp_path):
