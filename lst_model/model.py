@@ -114,12 +114,24 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor, context: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
         """`positions` [B, T]: RoPE positions of self-attention (required when rope_theta is set)."""
-        context = x if context is None else context
+        k, v = self.keys_values(x if context is None else context, positions)
+        return self.attend(x, k, v, mask, positions)
+
+    def keys_values(self, context: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Keys (rotated at `positions` in self-attention) and values [B, H, T, D/H] of `context`;
+        incremental inference caches these (`KVCache`)."""
+        b, t, _ = context.shape
+        k, v = (z.view(b, t, self.n_heads, -1).transpose(1, 2) for z in self.kv(context).chunk(2, dim=-1))
+        if self.rope_theta is not None:
+            k = rope(k, positions, self.rope_theta)
+        return k, v
+
+    def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor, positions: Tensor | None = None) -> Tensor:
+        """Queries from x (at `positions` in self-attention) attend to keys k and values v."""
         b, t, d = x.shape
         q = self.q(x).view(b, t, self.n_heads, -1).transpose(1, 2)
-        k, v = (z.view(b, context.shape[1], self.n_heads, -1).transpose(1, 2) for z in self.kv(context).chunk(2, dim=-1))
         if self.rope_theta is not None:
-            q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
+            q = rope(q, positions, self.rope_theta)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(b, t, d))
 
@@ -143,8 +155,69 @@ class Block(nn.Module):
     def forward(self, x: Tensor, mask: Tensor, context: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
         if context is not None and self.norm_context is not None:
             context = self.norm_context(context)
-        x = x + self.attn(self.norm_attn(x), mask, context, positions)
+        return self.residual(x, self.attn(self.norm_attn(x), mask, context, positions))
+
+    def residual(self, x: Tensor, attended: Tensor) -> Tensor:
+        x = x + attended
         return x + self.mlp(self.norm_mlp(x))
+
+    def cached_self_attention(self, x: Tensor, cache: KVCache, positions: Tensor, window: int | None = None) -> Tensor:
+        """Self-attention block over new tokens x [1, T, D] at `positions` [T], after the keys in
+        `cache` (which it extends): causal, and within `window` positions when given."""
+        h = self.norm_attn(x)
+        cache.extend(*self.attn.keys_values(h, positions[None]), positions)
+        k, v, mask = cache.visible(positions, window)
+        return self.residual(x, self.attn.attend(h, k, v, mask, positions[None]))
+
+    def cached_cross_attention(self, x: Tensor, cache: KVCache, visible: Tensor) -> Tensor:
+        """Cross-attention block: query t of x [1, T, D] reads the first visible[t] entries of the
+        context held (normed and projected) in `cache`."""
+        mask = torch.arange(len(cache), device=x.device)[None, :] < visible[:, None]
+        return self.residual(x, self.attn.attend(self.norm_attn(x), cache.k, cache.v, mask[None, None]))
+
+    def extend_context(self, cache: KVCache, context: Tensor) -> None:
+        """Append context entries [1, T, kv_dim] to a cross-attention cache."""
+        cache.extend(*self.attn.keys_values(self.norm_context(context)))
+
+
+class KVCache:
+    """Keys and values [1, H, L, D/H] of one attention layer over one document, in the order they
+    came, with their positions [L] (used for the causal / windowed mask of self-attention)."""
+
+    def __init__(self) -> None:
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+        self.positions: Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def extend(self, k: Tensor, v: Tensor, positions: Tensor | None = None) -> None:
+        if positions is None:
+            positions = torch.arange(len(self), len(self) + k.shape[2], device=k.device)
+        if self.k is None:
+            self.k, self.v, self.positions = k, v, positions
+        else:
+            self.k, self.v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+            self.positions = torch.cat([self.positions, positions])
+
+    def truncate(self, length: int) -> None:
+        """Forget every entry from `length` on (a token decoded again replaces its entry)."""
+        if self.k is None:
+            return
+        self.k, self.v, self.positions = self.k[:, :, :length], self.v[:, :, :length], self.positions[:length]
+
+    def visible(self, positions: Tensor, window: int | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Keys, values and the [1, 1, T, L'] mask for queries at `positions`: causal and, with a
+        window, only the keys less than `window` positions back (older ones are not even read)."""
+        k, v, keys = self.k, self.v, self.positions
+        if window is not None:
+            first = int(torch.searchsorted(keys, positions.min() - window + 1))
+            k, v, keys = k[:, :, first:], v[:, :, first:], keys[first:]
+        allowed = keys[None, :] <= positions[:, None]
+        if window is not None:
+            allowed &= (positions[:, None] - keys[None, :]) < window
+        return k, v, allowed[None, None]
 
 
 def document_causal_mask(document: Tensor, window: int | None = None) -> Tensor:
@@ -244,12 +317,8 @@ class LatentSpeechTextTransformer(nn.Module):
         for block in self.encoder:
             x = block(x, local_mask, positions=token_positions)
 
-        # Patch j's query pools and attends to patch j's tokens only.
         membership = patch_index[:, None, :] == torch.arange(n_patches, device=device)[None, :, None]  # [B, M, N]
-        counts = membership.sum(-1, keepdim=True)
-        queries = (membership.to(x.dtype) @ x) / counts.clamp(min=1).to(x.dtype)
-        membership = membership | (counts == 0)  # padding patches: any key, result unused
-        patches = self.patch_cross(queries, membership[:, None], context=x)
+        patches = self.pool_patches(x, membership)
 
         patch_document = patch_documents(batch, n_patches)
         h = self.to_global(patches)
@@ -270,6 +339,14 @@ class LatentSpeechTextTransformer(nn.Module):
             y = cross(y, visible[:, None], context=context)
             y = self_block(y, local_mask, positions=token_positions)
         return self.head(self.norm(y))
+
+    def pool_patches(self, x: Tensor, membership: Tensor) -> Tensor:
+        """Patch vectors [B, M, D] from token states x [B, N, D] and membership [B, M, N]: patch j's
+        query is the mean of its tokens' states and attends to those tokens only."""
+        counts = membership.sum(-1, keepdim=True)
+        queries = (membership.to(x.dtype) @ x) / counts.clamp(min=1).to(x.dtype)
+        membership = membership | (counts == 0)  # padding patches: any key, result unused
+        return self.patch_cross(queries, membership[:, None], context=x)
 
 
 def build_model(config: ModelConfig, vocab_size: int) -> nn.Module:
