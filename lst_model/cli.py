@@ -1,4 +1,4 @@
-"""`lst-model`: train, score, compare and build tasks for the LST and the flat baseline; asr and tts."""
+"""`lst-model`: train, score, generate, compare and build tasks for the LST and the flat baseline; asr and tts."""
 
 from __future__ import annotations
 
@@ -292,6 +292,93 @@ def build_task(input_path: Path, out_path: Path, mode: str, tokenizer_path: Path
         items = build_speech_items(choices, tts, quantize)
     write_items(items, out_path)
     click.echo(f"{len(items)} {mode} items -> {out_path}")
+
+
+@cli.command()
+@click.option("--model", "run", required=True, type=click.Path(exists=True, path_type=Path), help="Run folder or checkpoint.pt.")
+@click.option("--text", "prompt_text", help="Text prompt (normalized as the transcripts were, encoded with the shards' tokenizer).")
+@click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The shards' tokenizer, to encode --text and decode generated text (default: found beside --shards).")
+@click.option("--shards", "shard_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Shards holding --sample (and, beside them, the tokenizer).")
+@click.option("--sample", "sample_id", help="Speech prompt: the units of this shard utterance (its id).")
+@click.option("--prompt-seconds", type=click.FloatRange(min=0, min_open=True), help="--sample: only its first S seconds.")
+@click.option("--prompt-words", type=click.IntRange(min=1), help="--sample: only the frames of its first N words.")
+@click.option("--continue-in", type=click.Choice(["same", "speech", "text"]), default="same", show_default=True,
+              help="Modality of the continuation; the other modality's marker is appended to the prompt.")
+@click.option("--max-new-tokens", default=200, show_default=True, type=click.IntRange(min=1))
+@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0), help="0 = greedy.")
+@click.option("--top-k", default=0, show_default=True, type=click.IntRange(min=0), help="Sample among the k most likely (0 = all).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the sampler.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the generation as JSON.")
+@click.option("--device", default="cpu", show_default=True)
+def generate(run: Path, prompt_text: str | None, tokenizer_path: Path | None, shard_dir: Path | None, sample_id: str | None,
+             prompt_seconds: float | None, prompt_words: int | None, continue_in: str, max_new_tokens: int,
+             temperature: float, top_k: int, seed: int, out_path: Path | None, device: str) -> None:
+    """Continue a text or speech prompt with the KV cache (greedy, temperature, top-k); EOS stops.
+
+    Generated speech is unit ids (no vocoder). See docs/generation.md."""
+    import time
+
+    from lst_data.shards.reader import iter_records
+    from lst_data.tokenize.tokenizer import load_tokenizer
+    from lst_model.data import load_token_space
+    from lst_model.generate import Sampler, prompt_from, record_prompt_units
+    from lst_model.generate import generate as run_generation
+    from lst_model.text_corpus import find_tokenizer, normalize_like_shards
+    from lst_model.train import load_model
+
+    if (prompt_text is None) == (sample_id is None):
+        raise click.UsageError("give exactly one prompt: --text, or --shards with --sample")
+    if sample_id is not None and shard_dir is None:
+        raise click.UsageError("--sample needs --shards (the shards holding that utterance)")
+    if sample_id is None and (prompt_seconds is not None or prompt_words is not None):
+        raise click.UsageError("--prompt-seconds and --prompt-words cut a --sample prompt; they do not apply to --text")
+    if prompt_seconds is not None and prompt_words is not None:
+        raise click.UsageError("give at most one of --prompt-seconds and --prompt-words")
+    tokenizer_path = tokenizer_path or (find_tokenizer(shard_dir) if shard_dir is not None else None)
+    if prompt_text is not None and tokenizer_path is None:
+        where = f"none found near {shard_dir}" if shard_dir is not None else "give --tokenizer, or --shards to find it"
+        raise click.UsageError(f"--text needs the shards' tokenizer: {where}")
+    model, spec, space = load_model(_checkpoint_path(run), device)
+    tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path is not None else None
+    if tokenizer is not None and tokenizer.vocab_size != space.text_vocab_size:
+        raise click.UsageError(f"--tokenizer {tokenizer_path}: vocabulary {tokenizer.vocab_size} != the model's {space.text_vocab_size}")
+    dataset = {}
+    if shard_dir is not None:
+        dataset = json.loads((shard_dir / "dataset.json").read_text(encoding="utf-8"))
+        if load_token_space(shard_dir) != space:
+            raise click.UsageError(f"--shards {shard_dir}: its token space {load_token_space(shard_dir)} is not the model's {space}")
+    then = None if continue_in == "same" else continue_in
+    if prompt_text is not None:
+        ids = tokenizer.encode(normalize_like_shards(prompt_text, dataset))
+        if not ids:
+            raise click.UsageError("--text: nothing is left of it after normalization")
+        prompt = prompt_from(space, text_ids=ids, then=then)
+    else:
+        record = next((r for r in iter_records(shard_dir, with_audio=False) if r.id == sample_id), None)
+        if record is None:
+            raise click.UsageError(f"--sample {sample_id}: no utterance with that id in {shard_dir}")
+        prompt = prompt_from(space, units=record_prompt_units(record, seconds=prompt_seconds, words=prompt_words), then=then)
+    started = time.perf_counter()
+    result = run_generation(model, spec, space, prompt, max_new_tokens=max_new_tokens,
+                            sampler=Sampler(temperature, top_k, seed), device=device)
+    tokens_per_second = len(result.new_tokens) / (time.perf_counter() - started)
+    new = result.new_tokens.tolist()
+    units = [t - space.unit_offset for t in new if space.is_unit(t)]
+    text_ids = [t for t in new if t < space.text_vocab_size]
+    summary = {
+        "model": spec.model.kind, "prompt_tokens": len(prompt), "tokens": result.tokens.tolist(), "new_tokens": new,
+        "patch_lengths": result.patch_lengths.tolist(), "units": units,
+        "text": tokenizer.decode(text_ids) if tokenizer is not None else None,
+        "global_steps": result.global_steps, "stopped": result.stopped, "tokens_per_second": round(tokens_per_second, 1),
+    }
+    if out_path is not None:
+        out_path.write_text(json.dumps(summary) + "\n", encoding="utf-8")
+    end = "stopped at a stop token" if result.stopped else "reached --max-new-tokens"
+    click.echo(f"{spec.model.kind}: {len(new)} new tokens ({len(units)} units, {len(text_ids)} text) in "
+               f"{result.global_steps} global steps, {tokens_per_second:.0f} tokens/s; {end}")
+    click.echo(json.dumps(summary))
 
 
 @cli.command()

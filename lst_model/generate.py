@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lst_data.core.errors import UserError
+from lst_data.records import SampleRecord
 from lst_model.config import RunSpec
 from lst_model.incremental import CachedFlat, CachedLST
 from lst_model.sequences import static_patch_lengths
@@ -98,6 +100,28 @@ def prompt_from(space: TokenSpace, *, text_ids: Sequence[int] | None = None, uni
         body, marker = space.units_to_ids(units), space.speech_start
     tail = [] if then in (None, modality) else [space.speech_start if then == "speech" else space.text_start]
     return np.concatenate([[space.bos, marker], body, tail]).astype(np.int64)
+
+
+class PromptError(UserError, ValueError):
+    """A prompt cut that the utterance cannot give (longer than it is)."""
+
+
+def record_prompt_units(record: SampleRecord, *, seconds: float | None = None, words: int | None = None) -> np.ndarray:
+    """An utterance's units as a speech prompt: all of them, its first `seconds`, or the frames
+    of its first `words` words (a word takes the silence after it, as in interleaving)."""
+    if seconds is not None and words is not None:
+        raise ValueError("give at most one of seconds and words")
+    n_frames = record.n_frames
+    if seconds is not None:
+        n_frames = round(seconds * record.frame_rate)
+        if not 0 < n_frames <= record.n_frames:
+            raise PromptError(f"--prompt-seconds {seconds}: sample {record.id} has {record.n_frames / record.frame_rate:.2f} s "
+                              f"({record.n_frames} frames); a prompt needs 1 frame up to all of them")
+    elif words is not None:
+        if not 0 < words <= len(record.words):
+            raise PromptError(f"--prompt-words {words}: sample {record.id} has {len(record.words)} words")
+        n_frames = record.words[words].start_frame if words < len(record.words) else record.n_frames
+    return np.asarray(record.units[:n_frames], dtype=np.int64)
 
 
 class Decoding:

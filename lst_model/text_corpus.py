@@ -60,23 +60,29 @@ def find_tokenizer(shard_dir: str | Path) -> Path | None:
 
 def load_text_corpus(path: str | Path, tokenizer_path: str | Path, dataset: dict[str, Any], text_vocab_size: int) -> list[np.ndarray]:
     """BPE ids of every non-empty document (int32 arrays)."""
-    from lst_data.text import normalize_text
     from lst_data.tokenize.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_path)
     if tokenizer.vocab_size != text_vocab_size:
         raise TextCorpusError(f"--tokenizer {tokenizer_path}: vocabulary {tokenizer.vocab_size} != the shards' {text_vocab_size}")
-    ingest = (dataset.get("config") or {}).get("ingest") or {}
-    lowercase = bool(ingest.get("lowercase", True))
-    numbers = "expand" if ingest.get("numbers") == "expand" else "flag"
     documents = []
     for text in iter_documents(path):
-        normalized = normalize_text(text, lowercase=lowercase, numbers=numbers).text
+        normalized = normalize_like_shards(text, dataset)
         if normalized:
             documents.append(np.asarray(tokenizer.encode(normalized), dtype=np.int32))
     if not documents:
         raise TextCorpusError(f"--text {path}: no non-empty documents")
     return documents
+
+
+def normalize_like_shards(text: str, dataset: dict[str, Any]) -> str:
+    """`text` normalized as the shards' transcripts were (the ingest settings in their dataset.json;
+    defaults when it has none)."""
+    from lst_data.text import normalize_text
+
+    ingest = (dataset.get("config") or {}).get("ingest") or {}
+    numbers = "expand" if ingest.get("numbers") == "expand" else "flag"
+    return normalize_text(text, lowercase=bool(ingest.get("lowercase", True)), numbers=numbers).text
 
 
 def corpus_fingerprint(documents: Sequence[np.ndarray] | None) -> str | None:

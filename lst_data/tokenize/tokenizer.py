@@ -77,7 +77,7 @@ class Tokenizer(ABC):
 
     @abstractmethod
     def decode(self, ids: Sequence[int]) -> str:
-        """The text of plain ids (the inverse of `encode` on normalized text)."""
+        """The text of a sequence of ids (e.g. a model's generated text tokens)."""
 
     def encode_words(self, words: Sequence[str]) -> list[TokenPiece]:
         """Pieces of the words joined by single spaces, each tied to its word (see module doc)."""
@@ -146,7 +146,7 @@ class HuggingFaceTokenizer(Tokenizer):
         return int(self._tok.get_vocab_size(with_added_tokens=True))
 
     def decode(self, ids: Sequence[int]) -> str:
-        return str(self._tok.decode([int(i) for i in ids], skip_special_tokens=False))
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def _encode_with_offsets(self, text: str) -> list[_Encoded]:
         # No BOS/EOS or template tokens: the shard holds the transcript's pieces only; a
