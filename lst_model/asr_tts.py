@@ -62,12 +62,12 @@ def eval_strategy(record: SampleRecord, spec: RunSpec) -> str:
     return strategy if strategy in ALIGNED and record.words else "static"
 
 
-def split_prompt(example: Example) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A fine-tuning example cut where its targets begin: prompt tokens, prompt patch lengths,
-    and the reference output (the targets without the final EOS)."""
+def split_prompt(example: Example) -> tuple[np.ndarray, np.ndarray]:
+    """A fine-tuning example cut where its targets begin (a patch boundary: the output's
+    opening marker is a patch of its own): prompt tokens and their patch lengths."""
     first = int(np.argmax(example.target_mask))
     patches = int(np.searchsorted(np.cumsum(example.patch_lengths), first)) + 1
-    return example.tokens[:first], example.patch_lengths[:patches], example.tokens[first:-1]
+    return example.tokens[:first], example.patch_lengths[:patches]
 
 
 def _output(generation) -> np.ndarray:
@@ -85,7 +85,7 @@ def recognize(model: nn.Module, spec: RunSpec, space: TokenSpace, records: Seque
     allowed = np.array([*range(space.text_vocab_size), space.eos], dtype=np.int64)
     results = []
     for record in records:
-        prompt, lengths, _ = split_prompt(builder.asr_example(record, eval_strategy(record, spec)))
+        prompt, lengths = split_prompt(builder.asr_example(record, eval_strategy(record, spec)))
         cap = ASR_TOKENS_PER_WORD * len(record.text.split()) + ASR_EXTRA_TOKENS
         generation = generate(model, spec, space, prompt, lengths, max_new_tokens=cap, allowed=allowed, device=device)
         hypothesis = decode([int(t) for t in _output(generation)])
@@ -102,7 +102,7 @@ def synthesize(model: nn.Module, spec: RunSpec, space: TokenSpace, records: Sequ
     allowed = np.array([space.eos, *range(space.unit_offset, space.size)], dtype=np.int64)
     results = []
     for record in records:
-        prompt, lengths, _ = split_prompt(builder.tts_example(record, "static"))
+        prompt, lengths = split_prompt(builder.tts_example(record, "static"))  # no units in a TTS prompt
         cap = TTS_UNITS_PER_REFERENCE_UNIT * record.n_frames
         generation = generate(model, spec, space, prompt, lengths, max_new_tokens=cap, allowed=allowed, device=device)
         units = _output(generation) - space.unit_offset

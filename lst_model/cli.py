@@ -65,6 +65,9 @@ def train(shard_dir: Path, config_path: Path | None, out_dir: Path, assignments:
     from lst_model.train import train as run_training
 
     spec = load_run_spec(config_path, assignments=assignments)
+    if text_path is not None and spec.data.task != "pretrain":
+        raise click.BadParameter(f"data.task={spec.data.task} fine-tunes on utterances only; a text corpus is for "
+                                 "data.task=pretrain", param_hint="--text")
     space = load_token_space(shard_dir)
     texts = _text_corpus(text_path, tokenizer_path, shard_dir, space)
     main_rank = Distributed.from_env().main
@@ -180,9 +183,9 @@ def _model_and_utterances(run: Path, shard_dir: Path, split: str, ids: str | Non
     from lst_model.train import load_model
 
     model, spec, space = load_model(_checkpoint_path(run), device)
-    if load_token_space(shard_dir) != space:
-        raise click.UsageError(f"--shards {shard_dir}: token space {load_token_space(shard_dir).to_dict()} is not the "
-                               f"model's {space.to_dict()}")
+    shard_space = load_token_space(shard_dir)
+    if shard_space != space:
+        raise click.UsageError(f"--shards {shard_dir}: token space {shard_space.to_dict()} is not the model's {space.to_dict()}")
     records = load_records(shard_dir)
     if split != "all":
         train_records, heldout = split_heldout(records, spec.data.heldout_fraction)

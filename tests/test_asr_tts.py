@@ -246,6 +246,11 @@ def test_train_init_mismatch_is_one_line_exit_2(synthetic_run, tmp_path):
     assert result.exit_code == 2 and "model.d_global 32 != 64" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(cli, ["train", "--shards", str(shards), "--out", str(tmp_path / "ft"), "--init", str(tmp_path)])
     assert result.exit_code == 2 and "holds no checkpoint.pt" in result.output
+    text = tmp_path / "texts.txt"
+    text.write_text("some words\n")
+    result = CliRunner().invoke(cli, ["train", "--shards", str(shards), "--out", str(tmp_path / "ft"), "--text", str(text),
+                                      "--set", "data.task=tts"])
+    assert result.exit_code == 2 and "a text corpus is for data.task=pretrain" in result.output
 
 
 # --- sanity: fine-tuned ASR and TTS on 8 demo utterances ----------------------------------------
@@ -296,3 +301,19 @@ def test_fine_tuned_tts_reproduces_its_demo_units(demo_pretrained, tmp_path):
     print("sanity tts:", summary)
     assert summary["utterances"] == SANITY_UTTERANCES and summary["stopped"] == SANITY_UTTERANCES
     assert summary["unit_edit_distance"] < 0.3 and 0.8 < summary["length_ratio"] < 1.25, summary
+
+
+def test_prompts_are_the_training_layout_up_to_the_first_target():
+    from lst_model.asr_tts import eval_strategy, split_prompt
+
+    record = RECORDS[0]
+    spec = _spec(data={"eval_patching": "word_sil_sep"})
+    builder = SequenceBuilder(SPACE, spec.data)
+    assert eval_strategy(record, spec) == "word_sil_sep"
+    assert eval_strategy(record, _spec(data={"eval_patching": "curriculum"})) == "static"
+    prompt, lengths = split_prompt(builder.asr_example(record, eval_strategy(record, spec)))
+    assert prompt.tolist() == [SPACE.bos, SPACE.speech_start, *(SPACE.unit_offset + record.units), SPACE.text_start]
+    assert lengths.tolist() == [1, 1, *speech_patch_lengths(record, 0, record.n_frames, "word_sil_sep", 4), 1]
+    prompt, lengths = split_prompt(builder.tts_example(record, "static"))
+    assert prompt.tolist() == [SPACE.bos, SPACE.text_start, *[p.id for p in record.bpe], SPACE.speech_start]
+    assert lengths.tolist() == [1] * len(prompt)
