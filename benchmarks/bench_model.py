@@ -1,4 +1,5 @@
-"""Benchmark of lst_model: positions (LST vs baseline), held-out accuracy at equal
+"""Benchmark of lst_model: positions (LST vs baseline), held-out accuracy (corpus
+continuation items of the held-out transcripts, same-speaker distractors, s2s/t2t/s2t/t2s) at equal
 global-position budget and at equal training FLOPs (a baseline given the LST run's FLOPs)
 over 3 seeds (mean ± standard error), and CPU training throughput.
 
@@ -35,17 +36,17 @@ def main() -> None:
 
     from lst_model.compare import compare
     from lst_model.config import load_run_spec
+    from lst_model.corpus_tasks import corpus_items
     from lst_model.data import load_records, load_token_space, split_heldout
-    from lst_model.score import accuracy, score_items
+    from lst_model.score import accuracy_by_pair, score_items
     from lst_model.synthetic import write_synthetic_shards
-    from lst_model.tasks import heldout_continuation_items
     from lst_model.train import load_model, plot_losses, read_log, train
 
     torch.set_num_threads(1)
     steps = args.steps or (60 if args.quick else 300)
     seeds = [0] if args.quick else [0, 1, 2]
     with tempfile.TemporaryDirectory() as tmp:
-        shards = args.shards or write_synthetic_shards(Path(tmp) / "shards", args.utterances)
+        shards = args.shards or write_synthetic_shards(Path(tmp) / "shards", args.utterances, speakers=4)
         space = load_token_space(shards)
         records = load_records(shards)
         base = {
@@ -89,16 +90,17 @@ def main() -> None:
                 throughput[arm].append(result.tokens_per_second)
                 flops[arm].append(read_log(out)[-1]["cumulative"]["train_flops"])
                 model, loaded, _ = load_model(out / "checkpoint.pt")
-                for mode in ("speech", "text"):
-                    items = heldout_continuation_items(heldout, mode, seed=seed)
-                    acc = accuracy(score_items(model, loaded, space, items))
-                    results[arm].setdefault(f"{mode}_acc_per_token", []).append(acc["acc_per_token"])
-                    results[arm].setdefault(f"{mode}_acc_sum", []).append(acc["acc_sum"])
+                items, _ = corpus_items(records, spec.data.heldout_fraction, seed=seed)
+                for pair, acc in accuracy_by_pair(score_items(model, loaded, space, items)).items():
+                    results[arm].setdefault(f"{pair}_acc_per_token", []).append(acc["acc_per_token"])
+                    results[arm].setdefault(f"{pair}_acc_sum", []).append(acc["acc_sum"])
             if seed == 0 and args.plot:
                 plot_losses({arm: Path(tmp) / f"{arm}-0" for arm in arms}, args.plot, x="train_flops")
 
-        n_items = len(heldout_continuation_items(heldout, "speech"))
-        print(f"# {len(train_records)} training / {len(heldout)} held-out utterances, {n_items} items per mode, "
+        items, skips = corpus_items(records, spec.data.heldout_fraction)
+        n_items = sum(item.pair == "s2s" for item in items)
+        print(f"# {len(train_records)} training / {len(heldout)} held-out utterances (split by transcript), "
+              f"{n_items} items per modality pair (skipped utterances: {skips or 'none'}), "
               f"{steps} steps x 8 x 128 global positions per run, seeds {seeds}, speech-only share {args.speech_weight}")
         lst_f = statistics.mean(flops["lst"])
         for arm in arms[1:]:

@@ -160,17 +160,24 @@ def synthesize_utterance(
     return signal.astype(np.float32), words, pauses
 
 
+def demo_plan(n_utterances: int) -> list[tuple[str, str, str, int, str]]:
+    """(id, speaker, espeak voice, rate, sentence) of each demo utterance: voices cycle
+    every utterance and sentences every len(SENTENCES), so a sentence recurs in several voices."""
+    plan = []
+    for i in range(n_utterances):
+        speaker, voice = VOICES[i % len(VOICES)]
+        rate = RATES[(i // len(VOICES)) % len(RATES)]
+        plan.append((f"{speaker}_{i:03d}", speaker, voice, rate, SENTENCES[i % len(SENTENCES)]))
+    return plan
+
+
 def synthesize_demo_corpus(out_dir: str | Path, n_utterances: int = 36, seed: int = 0) -> Path:
     """Write the demo corpus (MFA layout) and ground_truth.json to `out_dir`; return it."""
     if shutil.which("espeak-ng") is None:
         raise RuntimeError("espeak-ng is not installed (Debian package espeak-ng; `make setup` installs it)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plan = []
-    for i in range(n_utterances):
-        speaker, voice = VOICES[i % len(VOICES)]
-        rate = RATES[(i // len(VOICES)) % len(RATES)]
-        plan.append((f"{speaker}_{i:03d}", speaker, voice, rate, SENTENCES[i % len(SENTENCES)]))
+    plan = demo_plan(n_utterances)
     needed = sorted({(w, voice, rate) for _, _, voice, rate, s in plan for w, _ in _tokens_with_commas(s)})
     with ThreadPoolExecutor(max_workers=4) as pool:
         cache = dict(zip(needed, pool.map(lambda key: _espeak(*key), needed), strict=True))

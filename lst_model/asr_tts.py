@@ -2,8 +2,8 @@
 from the training layout's input side, scored against the utterance's other side.
 
 - ASR: prompt ``BOS <s> units <t>``, the units patched with `data.eval_patching` (an
-  aligned strategy uses the record's alignment; 'mixed' and 'curriculum', which are
-  training schedules, patch statically); only text ids and EOS may be emitted; the BPE ids
+  aligned strategy uses the record's alignment; a record without words is patched
+  statically); only text ids and EOS may be emitted; the BPE ids
   are decoded with the shards' tokenizer and compared with the normalized transcript.
 - TTS: prompt ``BOS <t> text <s>``; only units and EOS may be emitted; the units are
   compared with the utterance's units.

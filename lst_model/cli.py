@@ -57,10 +57,11 @@ def _text_corpus(text_path: Path | None, tokenizer_path: Path | None, shard_dir:
                    "token space), with a fresh optimizer and schedule; e.g. with --set data.task=asr.")
 def train(shard_dir: Path, config_path: Path | None, out_dir: Path, assignments: tuple[str, ...], text_path: Path | None,
           tokenizer_path: Path | None, init_run: Path | None) -> None:
-    """Train (or resume) on the shards' training utterances; held-out ones are left for `score`.
+    """Train (or resume) on the shards' training utterances; held-out transcripts are left for `score`.
 
+    The digests of the training transcripts go to training_texts.npy in --out (score's contamination check).
     Distributed: `torchrun --nproc_per_node N -m lst_model.cli train ...` (DDP; rank 0 prints and writes)."""
-    from lst_model.data import load_records, load_token_space, split_heldout
+    from lst_model.data import is_heldout, load_records, load_token_space, split_heldout, write_training_texts
     from lst_model.train import Distributed, plot_losses
     from lst_model.train import train as run_training
 
@@ -68,6 +69,9 @@ def train(shard_dir: Path, config_path: Path | None, out_dir: Path, assignments:
     if text_path is not None and spec.data.task != "pretrain":
         raise click.BadParameter(f"data.task={spec.data.task} fine-tunes on utterances only; a text corpus is for "
                                  "data.task=pretrain", param_hint="--text")
+    init = _checkpoint_path(init_run) if init_run is not None else None
+    if init is not None and not init.is_file():
+        raise click.BadParameter(f"{init_run} holds no {init.name}", param_hint="--init")
     space = load_token_space(shard_dir)
     texts = _text_corpus(text_path, tokenizer_path, shard_dir, space)
     main_rank = Distributed.from_env().main
@@ -81,14 +85,20 @@ def train(shard_dir: Path, config_path: Path | None, out_dir: Path, assignments:
         records, heldout = split_heldout(load_records(shard_dir), spec.data.heldout_fraction)
         summary = f"{len(records)} training utterances ({len(heldout)} held out)"
     if main_rank:
+        if records is None:  # one pass over the records, without audio
+            from lst_data.shards.reader import iter_records
+
+            training_texts = (r.text for r in iter_records(shard_dir, with_audio=False)
+                              if not is_heldout(r, spec.data.heldout_fraction))
+        else:
+            training_texts = (r.text for r in records)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_training_texts(out_dir, training_texts)
         click.echo(f"{spec.model.kind}: {summary}{corpus}, {spec.steps} steps")
 
     def report(row: dict) -> None:
         click.echo(f"step {row['step'] + 1}/{spec.steps} loss {row['loss']:.4f} lr {row['lr']:.2e} {row['tokens_per_s']:.0f} tok/s")
 
-    init = _checkpoint_path(init_run) if init_run is not None else None
-    if init is not None and not init.is_file():
-        raise click.BadParameter(f"{init_run} holds no {init.name}", param_hint="--init")
     result = run_training(spec, records, space, out_dir, texts=texts, shard_dir=shard_dir, progress_callback=report,
                           init=init)
     if not main_rank:
@@ -105,36 +115,77 @@ def _checkpoint_path(run: Path) -> Path:
     return run / CHECKPOINT if run.is_dir() else run
 
 
+def _pairs(value: str) -> tuple[str, ...]:
+    from lst_model.items import PAIRS
+
+    pairs = tuple(p.strip() for p in value.split(",") if p.strip())
+    if not pairs or any(p not in PAIRS for p in pairs):
+        raise click.BadParameter(f"a comma-separated subset of {','.join(PAIRS)}, got {value!r}", param_hint="--pairs")
+    return pairs
+
+
 @cli.command()
 @click.option("--model", "run", required=True, type=click.Path(exists=True, path_type=Path), help="Run folder or checkpoint.pt.")
-@click.option("--task", "task_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Items JSONL from `build-task`.")
-@click.option("--shards", "shard_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Score the held-out continuation task of these shards.")
-@click.option("--mode", type=click.Choice(["speech", "text", "both"]), default="both", show_default=True, help="Held-out task modality.")
-@click.option("--seed", default=0, show_default=True, help="Held-out task: distractor and label choice.")
+@click.option("--task", "task_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Items JSONL (lst_model.items).")
+@click.option("--shards", "shard_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Score continuation items built from these shards' held-out utterances (same-speaker distractors).")
+@click.option("--pairs", default="s2s,t2t,s2t,t2s", show_default=True, help="--shards: modality pairs to build.")
+@click.option("--endings", "n_endings", default=2, show_default=True, type=click.IntRange(2, 64), help="--shards: endings per item.")
+@click.option("--seed", default=0, show_default=True, help="--shards: distractor and label choice.")
+@click.option("--patching", type=click.Choice(["static", "word_sil_sep", "word_sil_merged", "bpe"]), default=None,
+              help="Speech patching for scoring (default: the run's data.eval_patching).")
+@click.option("--drop-contaminated", is_flag=True, help="Score only items whose sources are not training transcripts.")
+@click.option("--no-contamination-check", is_flag=True, help="Skip the check against the run's training transcripts.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), help="Write per-item scores (JSONL).")
 @click.option("--device", default="cpu", show_default=True)
-def score(run: Path, task_path: Path | None, shard_dir: Path | None, mode: str, seed: int, out_path: Path | None, device: str) -> None:
-    """Multiple-choice accuracy by summed and per-token log-likelihood of each ending."""
-    from lst_model.data import is_heldout, load_records
-    from lst_model.score import accuracy, read_items, score_items
-    from lst_model.tasks import heldout_continuation_items
+def score(run: Path, task_path: Path | None, shard_dir: Path | None, pairs: str, n_endings: int, seed: int,
+          patching: str | None, drop_contaminated: bool, no_contamination_check: bool, out_path: Path | None,
+          device: str) -> None:
+    """Multiple-choice accuracy (± standard error) per modality pair, by summed and per-token
+    log-likelihood of each ending. Prints a table on stderr and the figures as JSON on stdout.
+
+    Items whose sources share a transcript with the model's training data are refused."""
+    from lst_data.core.errors import UserError
+    from lst_model.corpus_tasks import corpus_items
+    from lst_model.data import contaminated, load_records, read_training_texts
+    from lst_model.items import read_items
+    from lst_model.score import accuracy_by_pair, format_accuracy_table, resolve_patching, score_items
     from lst_model.train import load_model
 
     if (task_path is None) == (shard_dir is None):
         raise click.UsageError("give exactly one of --task and --shards")
-    model, spec, space = load_model(_checkpoint_path(run), device)
+    checkpoint = _checkpoint_path(run)
+    model, spec, space = load_model(checkpoint, device)
+    patching = resolve_patching(spec, patching)
+    report: dict = {"patching": "flat (baseline)" if spec.model.kind == "baseline" else patching}
     if task_path is not None:
         items = read_items(task_path)
     else:
-        heldout = [r for r in load_records(shard_dir) if is_heldout(r.id, spec.data.heldout_fraction)]
-        modes = ("speech", "text") if mode == "both" else (mode,)
-        items = [item for m in modes for item in heldout_continuation_items(heldout, m, seed=seed)]
-    scores = score_items(model, spec, space, items, device=device)
-    results = {m: accuracy([s for s in scores if s.mode == m]) for m in sorted({s.mode for s in scores})}
+        items, skips = corpus_items(load_records(shard_dir), spec.data.heldout_fraction, pairs=_pairs(pairs),
+                                    n_endings=n_endings, seed=seed)
+        report["skipped_utterances"] = skips
+    if not no_contamination_check:
+        digests = read_training_texts(checkpoint.parent)
+        if digests is None:
+            raise UserError(f"{checkpoint.parent}: no training_texts.npy (a run from before the contamination check); "
+                            "retrain, or pass --no-contamination-check")
+        dirty = [item.id for item in items if contaminated(item.sources, digests)]
+        if dirty and not drop_contaminated:
+            raise UserError(f"{len(dirty)} of {len(items)} items share a transcript with the model's training data "
+                            f"(first: {', '.join(dirty[:3])}); rebuild the task from held-out text or pass --drop-contaminated")
+        if dirty:
+            dropped = set(dirty)
+            items = [item for item in items if item.id not in dropped]
+            click.echo(f"dropped {len(dirty)} contaminated items of {len(items) + len(dirty)}", err=True)
+        report["dropped_contaminated"] = len(dirty)
+    if not items:
+        raise UserError("no items to score")
+    scores = score_items(model, spec, space, items, patching=patching, device=device)
+    report["pairs"] = accuracy_by_pair(scores)
     if out_path is not None:
-        out_path.write_text("".join(json.dumps({"id": s.id, "mode": s.mode, "label": s.label, "sums": s.sums,
-                                                "lengths": s.lengths}) + "\n" for s in scores), encoding="utf-8")
-    click.echo(json.dumps(results))
+        out_path.write_text("".join(json.dumps(s.to_json()) + "\n" for s in scores), encoding="utf-8")
+    click.echo("\n".join(format_accuracy_table(report["pairs"])), err=True)
+    click.echo(json.dumps(report))
 
 
 @cli.command()
@@ -272,7 +323,7 @@ def _load_callable(spec: str):
 def build_task(input_path: Path, out_path: Path, mode: str, tokenizer_path: Path | None, quantizer_factory: str | None,
                quantizer_arg: str | None, tts_argv: str | None) -> None:
     """Turn a text multiple-choice set into items for `score` (speech: TTS + the units quantizer)."""
-    from lst_model.score import write_items
+    from lst_model.items import write_items
     from lst_model.tasks import (
         DEFAULT_TTS,
         CommandTTS,

@@ -54,7 +54,9 @@ class DataConfig(Section):
     aligned_strategy: AlignedStrategy = doc("Aligned strategy that 'mixed' and 'curriculum' use when not static.", "word_sil_sep")
     patch_size: int = doc("Tokens per static patch (paper: 4).", 4, ge=1, le=1024)
     mixed_aligned_prob: float = doc("'mixed': probability that a sequence uses the aligned strategy.", 0.5, ge=0, le=1)
-    eval_patching: Strategy = doc("Patching at evaluation/scoring (paper: static p=4, so no aligner is needed).", "static")
+    eval_patching: Literal["static", "word_sil_sep", "word_sil_merged", "bpe"] = doc(
+        "Patching at evaluation/scoring: 'static' (paper: p=4, no aligner needed) or an aligned strategy "
+        "(the items' speech sides must carry its patches).", "static")
     interleaved_weight: float = doc("Token share of interleaved text/speech examples (paper: 0.33).", 0.33, ge=0)
     text_weight: float = doc("Token share of text examples, from the --text corpus (paper: 0.67).", 0.67, ge=0)
     speech_weight: float = doc("Token share of speech-only examples (paper: 0).", 0.0, ge=0)
@@ -63,8 +65,8 @@ class DataConfig(Section):
     speech_ratio: float = doc("Interleaving: a speech span has about speech_ratio * L words (paper: 1/2).", 0.5, gt=0)
     seq_positions: int = doc("Global positions per packed training sequence.", 128, ge=2)
     heldout_fraction: float = doc(
-        "Share of utterances (chosen by a hash of their id) kept out of training for the held-out "
-        "continuation task.",
+        "Share of transcripts (chosen by a hash of the normalized transcript, so a sentence is held out in "
+        "every voice) kept out of training for evaluation.",
         0.1,
         ge=0, lt=1,
     )

@@ -1,15 +1,28 @@
-"""Records for training and scoring: read from shards, split into train / held-out by id."""
+"""Records for training and scoring: read from shards, split into train / held-out by transcript.
+
+The split key is the *canonical transcript* (`canonical_transcript`: `lst_data.text`'s
+normalization with numbers written out, whitespace collapsed), so one sentence read by
+several voices or speakers lands on one side: no held-out text is ever heard or read in
+training. Its sha256 decides membership (stable across runs and shard orders) and, as a
+uint64, is the digest `train` records of every training transcript (`training_texts.npy`
+beside the checkpoint), against which `score` checks a task's `sources`.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from lst_data.core.errors import ConfigError
+import numpy as np
+
+from lst_data.core.errors import ConfigError, UserError
 from lst_data.records import SampleRecord
+from lst_data.text import normalize_text
 from lst_model.tokens import TokenSpace
+
+TRAINING_TEXTS = "training_texts.npy"
 
 
 def load_records(shard_dir: str | Path) -> list[SampleRecord]:
@@ -23,15 +36,61 @@ def load_token_space(shard_dir: str | Path) -> TokenSpace:
     return TokenSpace.from_dataset_json(json.loads((Path(shard_dir) / "dataset.json").read_text(encoding="utf-8")))
 
 
-def is_heldout(record_id: str, fraction: float) -> bool:
-    """Stable membership: the same id is held out in every run, whatever the shard order."""
-    digest = int.from_bytes(hashlib.sha256(record_id.encode("utf-8")).digest()[:8], "big")
-    return digest / 2**64 < fraction
+def canonical_transcript(text: str) -> str:
+    """The form transcripts are compared in: normalized, numbers expanded, single spaces."""
+    return normalize_text(text, numbers="expand").text
+
+
+def transcript_digest(text: str) -> int:
+    """uint64 of the sha256 of the canonical transcript (the split key and the contamination digest)."""
+    return int.from_bytes(hashlib.sha256(canonical_transcript(text).encode("utf-8")).digest()[:8], "big")
+
+
+def is_heldout_text(text: str, fraction: float) -> bool:
+    """Stable membership of a transcript: the same text is held out in every run, in every voice."""
+    return transcript_digest(text) / 2**64 < fraction
+
+
+def is_heldout(record: SampleRecord, fraction: float) -> bool:
+    return is_heldout_text(record.text, fraction)
 
 
 def split_heldout(records: Sequence[SampleRecord], fraction: float) -> tuple[list[SampleRecord], list[SampleRecord]]:
-    train = [r for r in records if not is_heldout(r.id, fraction)]
-    heldout = [r for r in records if is_heldout(r.id, fraction)]
+    train = [r for r in records if not is_heldout(r, fraction)]
+    heldout = [r for r in records if is_heldout(r, fraction)]
     if not train:
         raise ConfigError(f"data.heldout_fraction: no training utterances left after holding out {fraction:.0%} of {len(records)}")
     return train, heldout
+
+
+def transcript_digests(texts: Iterable[str]) -> np.ndarray:
+    """Sorted unique digests of transcripts (uint64): what `training_texts.npy` holds."""
+    return np.unique(np.array([transcript_digest(t) for t in texts], dtype=np.uint64))
+
+
+def write_training_texts(run_dir: str | Path, texts: Iterable[str]) -> Path:
+    """The digests of a run's training transcripts, beside its checkpoint (deterministic bytes).
+
+    Digests already there are kept: a run resumed on other shards has been trained on both."""
+    path = Path(run_dir) / TRAINING_TEXTS
+    digests = transcript_digests(texts)
+    earlier = read_training_texts(run_dir)
+    np.save(path, digests if earlier is None else np.union1d(earlier, digests), allow_pickle=False)
+    return path
+
+
+def read_training_texts(run_dir: str | Path) -> np.ndarray | None:
+    """The run's training-transcript digests, or None when the run predates them."""
+    path = Path(run_dir) / TRAINING_TEXTS
+    if not path.exists():
+        return None
+    digests = np.load(path, allow_pickle=False)
+    if digests.dtype != np.uint64 or digests.ndim != 1:
+        raise UserError(f"{path}: expected a 1-D uint64 array of transcript digests, got {digests.dtype} {digests.shape}")
+    return digests
+
+
+def contaminated(sources: Iterable[str], training_digests: np.ndarray) -> bool:
+    """Whether any source transcript is (canonically) one the model was trained on."""
+    wanted = np.array([transcript_digest(s) for s in sources], dtype=np.uint64)
+    return bool(np.isin(wanted, training_digests).any())

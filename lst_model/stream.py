@@ -2,8 +2,8 @@
 
 Each worker runs the shard reader's webdataset pipeline (`lst_data.shards.reader.shard_pipeline`:
 shards split by rank and by worker, a seeded shuffle buffer, 'epoch' = every sample once
-per epoch, 'resampled' = shards drawn with replacement), drops held-out utterances, turns
-the rest into examples mixed by token share (`SequenceBuilder.examples_from`: each
+per epoch, 'resampled' = shards drawn with replacement), drops held-out utterances (by
+transcript, `lst_model.data.is_heldout`), turns the rest into examples mixed by token share (`SequenceBuilder.examples_from`: each
 utterance is used once; text examples come from the text corpus), packs them into rows and
 collates micro-batches. Only token tensors (and the micro-batch's cost under both models, a
 few integers) cross the process boundary; no record list is ever held, so memory does not
@@ -73,7 +73,7 @@ class PackedShardStream(IterableDataset):
                                   seed=t.seed, shuffle_buffer=data.shuffle_buffer, world_size=self.world_size,
                                   num_workers=max(1, n_workers), with_audio=False)
         pipeline.set_epoch(self.position.epoch)
-        records = (r for batch in pipeline for r in batch if not is_heldout(r.id, data.heldout_fraction))
+        records = (r for batch in pipeline for r in batch if not is_heldout(r, data.heldout_fraction))
         produced = 0
         total_batches = self.spec.steps * t.grad_accum
 

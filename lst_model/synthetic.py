@@ -56,7 +56,7 @@ class ToyLanguage:
                 words.append(int(rng.integers(len(self.word_pieces))))
         return words
 
-    def record(self, rng: np.random.Generator, record_id: str, n_words: int) -> SampleRecord:
+    def record(self, rng: np.random.Generator, record_id: str, n_words: int, speaker: str = "toy") -> SampleRecord:
         units: list[int] = []
         words: list[Word] = []
         pieces: list[BpePiece] = []
@@ -82,7 +82,7 @@ class ToyLanguage:
         return SampleRecord(
             id=record_id,
             text=" ".join(w.word for w in words),
-            speaker="toy",
+            speaker=speaker,
             duration=len(array) / FRAME_RATE,
             sample_rate=16000,
             frame_rate=FRAME_RATE,
@@ -99,11 +99,14 @@ def _word(word: str, start_frame: int, end_frame: int) -> Word:
     return Word(word, start_frame / FRAME_RATE, (end_frame + 1) / FRAME_RATE, start_frame, end_frame)
 
 
-def synthetic_records(n: int, seed: int = 0, min_words: int = 6, max_words: int = 14, language: ToyLanguage | None = None) -> list[SampleRecord]:
-    """`n` toy utterances (ids `toy-00000`...) of one toy language (seeded)."""
+def synthetic_records(n: int, seed: int = 0, min_words: int = 6, max_words: int = 14, language: ToyLanguage | None = None,
+                      speakers: int = 1) -> list[SampleRecord]:
+    """`n` toy utterances (ids `toy-00000`...) of one toy language (seeded); with several
+    `speakers`, utterance i is spoken by `toy-spk{i % speakers}` (one speaker is `toy`)."""
     language = language or ToyLanguage.make(seed)
     rng = np.random.default_rng([seed, 1])
-    return [language.record(rng, f"toy-{i:05d}", int(rng.integers(min_words, max_words + 1))) for i in range(n)]
+    return [language.record(rng, f"toy-{i:05d}", int(rng.integers(min_words, max_words + 1)),
+                            "toy" if speakers == 1 else f"toy-spk{i % speakers}") for i in range(n)]
 
 
 def synthetic_dataset_json(language: ToyLanguage) -> dict:
@@ -111,13 +114,13 @@ def synthetic_dataset_json(language: ToyLanguage) -> dict:
     return {"tokenizer": {"vocab_size": language.text_vocab_size}, "units": {"k": language.n_units}}
 
 
-def write_synthetic_shards(out_dir, n: int, seed: int = 0, samples_per_shard: int = 100) -> Path:
+def write_synthetic_shards(out_dir, n: int, seed: int = 0, samples_per_shard: int = 100, speakers: int = 1) -> Path:
     """Real shards (the shard stage's writer) of `n` toy utterances, for the CLI and the demo."""
     from lst_data.config import load_config
     from lst_data.shards.writer import write_shards
 
     language = ToyLanguage.make(seed)
     config = load_config(overrides={"seed": seed, "shard": {"samples_per_shard": samples_per_shard}})
-    write_shards(synthetic_records(n, seed, language=language), out_dir, config,
+    write_shards(synthetic_records(n, seed, language=language, speakers=speakers), out_dir, config,
                  tokenizer_vocab_size=language.text_vocab_size, show_progress=False)
     return Path(out_dir)

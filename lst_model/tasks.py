@@ -1,8 +1,7 @@
 """Multiple-choice tasks for `lst-model score`.
 
-- `heldout_continuation_items`: from the shard set itself, no external data: the prompt is
-  the first half of a held-out utterance (by words), the endings are its next few words and
-  as many words taken from another utterance, in speech (units) or text (BPE ids).
+(Items from the shard set's own held-out utterances: `lst_model.corpus_tasks`.)
+
 - `build_speech_items` / `build_text_items`: a HellaSwag- or StoryCloze-style JSONL turned
   into items. Speech items synthesize the prompt and each ending separately with a TTS
   command (espeak-ng by default, run with argument lists, text on stdin) and quantize each
@@ -24,9 +23,8 @@ import numpy as np
 
 from lst_data.audio import read_audio
 from lst_data.core.errors import UserError
-from lst_data.records import SampleRecord
 from lst_data.text import normalize_text
-from lst_model.score import ChoiceItem
+from lst_model.items import ChoiceItem, Side
 
 Synthesizer = Callable[[str], np.ndarray]  # text -> float32 mono waveform at 16 kHz
 Quantizer = Callable[[np.ndarray], np.ndarray]  # waveform -> unit ids
@@ -37,51 +35,6 @@ DEFAULT_TTS = ("espeak-ng", "-v", "en-us", "-w", "{out}", "--stdin")
 
 class TaskError(UserError, ValueError):
     """A task cannot be built from what the user gave (too few utterances, a bad TTS command)."""
-
-
-def _word_frames(record: SampleRecord, first: int, stop: int) -> list[int]:
-    begin = record.words[first].start_frame
-    end = record.words[stop].start_frame if stop < len(record.words) else record.n_frames
-    return record.units[begin:end].tolist()
-
-
-def _word_pieces(record: SampleRecord, first: int, stop: int) -> list[int]:
-    return [p.id for p in record.bpe if first <= p.word_index < stop]
-
-
-def heldout_continuation_items(
-    records: Sequence[SampleRecord], mode: str, seed: int = 0, continuation_words: int = 3, min_prompt_words: int = 3
-) -> list[ChoiceItem]:
-    """Two-way items from held-out utterances: which of two `continuation_words`-word endings
-    follows the prompt?
-
-    The prompt is the utterance's first half (at least `min_prompt_words` words; in speech
-    it starts at frame 0, so it includes the leading silence), the true ending the next
-    words, the distractor as many words from a random place in another utterance. A
-    speech span of words runs from the first word's first frame to the next word's first
-    frame (a word keeps the silence after it). The label position is random (`seed`).
-    """
-    need = min_prompt_words + continuation_words
-    usable = [r for r in records if len(r.words) >= need]
-    if len(usable) < 2:
-        raise TaskError(f"need at least two utterances with >= {need} words, got {len(usable)}")
-    span = _word_frames if mode == "speech" else _word_pieces
-    rng = np.random.default_rng(seed)
-    items = []
-    for index, record in enumerate(usable):
-        other = usable[(index + int(rng.integers(1, len(usable)))) % len(usable)]
-        cut = max(min_prompt_words, len(record.words) // 2)
-        cut = min(cut, len(record.words) - continuation_words)
-        other_start = int(rng.integers(0, len(other.words) - continuation_words + 1))
-        prompt = record.units[: record.words[cut].start_frame].tolist() if mode == "speech" else _word_pieces(record, 0, cut)
-        true_end = span(record, cut, cut + continuation_words)
-        false_end = span(other, other_start, other_start + continuation_words)
-        label = int(rng.integers(2))
-        if not prompt or not true_end or not false_end:
-            continue
-        endings = [false_end, true_end] if label else [true_end, false_end]
-        items.append(ChoiceItem(f"{record.id}:{mode}", mode, prompt, endings, label))
-    return items
 
 
 @dataclass(frozen=True)
@@ -128,18 +81,20 @@ class CommandTTS:
 
 def build_speech_items(choices: Sequence[ChoiceText], synthesize: Synthesizer, quantize: Quantizer) -> list[ChoiceItem]:
     """Prompt and each ending synthesized separately, then quantized to units."""
-    def units(text: str) -> list[int]:
-        return [int(u) for u in np.asarray(quantize(synthesize(text))).reshape(-1)]
+    def side(text: str) -> Side:
+        return Side("speech", tuple(int(u) for u in np.asarray(quantize(synthesize(text))).reshape(-1)), _normalized(text))
 
-    return [ChoiceItem(c.id, "speech", units(c.context), [units(e) for e in c.endings], c.label) for c in choices]
+    return [ChoiceItem(c.id, side(c.context), tuple(side(e) for e in c.endings), c.label, sources=(_normalized(c.context),))
+            for c in choices]
 
 
 def build_text_items(choices: Sequence[ChoiceText], encode: Encoder) -> list[ChoiceItem]:
     """Prompt and endings normalized as transcripts are (lst_data.text) and BPE-encoded separately."""
-    return [
-        ChoiceItem(c.id, "text", encode(_normalized(c.context)), [encode(_normalized(e)) for e in c.endings], c.label)
-        for c in choices
-    ]
+    def side(text: str) -> Side:
+        return Side("text", tuple(encode(_normalized(text))), _normalized(text))
+
+    return [ChoiceItem(c.id, side(c.context), tuple(side(e) for e in c.endings), c.label, sources=(_normalized(c.context),))
+            for c in choices]
 
 
 def _normalized(text: str) -> str:

@@ -13,21 +13,18 @@ import pytest
 import torch
 
 from lst_model.config import ModelConfig, load_run_spec
+from lst_model.corpus_tasks import corpus_items
+from lst_model.items import PAIRS, ChoiceItem, InvalidItem, Side, read_items, write_items
 from lst_model.model import build_model
-from lst_model.score import ChoiceItem, accuracy, read_items, score_items, write_items
+from lst_model.score import ItemScore, accuracy, accuracy_by_pair, choice_example, score_items
 from lst_model.sequences import crop_patch_lengths
 from lst_model.synthetic import ToyLanguage, synthetic_dataset_json, synthetic_records
-from lst_model.tasks import (
-    CommandTTS,
-    build_speech_items,
-    build_text_items,
-    heldout_continuation_items,
-    parse_choice_line,
-)
+from lst_model.tasks import CommandTTS, build_speech_items, build_text_items, parse_choice_line
 from lst_model.tokens import TokenSpace
 
 LANGUAGE = ToyLanguage.make(2)
-RECORDS = synthetic_records(12, seed=2, language=LANGUAGE)
+RECORDS = synthetic_records(24, seed=2, language=LANGUAGE, speakers=2)
+ITEMS, _ = corpus_items(RECORDS, 0.5, seed=1)
 SPACE = TokenSpace.from_dataset_json(synthetic_dataset_json(LANGUAGE))
 SMALL = ModelConfig(d_global=32, n_global_layers=1, n_global_heads=2, d_local=32, n_local_heads=2, local_window=8)
 
@@ -39,22 +36,23 @@ def _model(kind):
 
 
 @pytest.mark.parametrize("kind", ["lst", "baseline"])
-@pytest.mark.parametrize("mode", ["speech", "text"])
-def test_score_is_the_sum_of_autoregressive_next_token_log_probs(kind, mode):
-    """Scoring one padded batch must equal scoring each token from its prefix alone."""
+@pytest.mark.parametrize("pair", PAIRS)
+@pytest.mark.parametrize("patching", ["static", "word_sil_sep"])
+def test_score_is_the_sum_of_autoregressive_next_token_log_probs(kind, pair, patching):
+    """Scoring one padded batch must equal scoring each ending token from its prefix alone."""
     from lst_model.model import Batch
-    from lst_model.score import choice_example
 
     model, spec = _model(kind)
-    items = heldout_continuation_items(RECORDS, mode, seed=1)[:3]
-    scores = score_items(model, spec, SPACE, items, batch_size=4)
+    items = [i for i in ITEMS if i.pair == pair][:1]
+    scores = score_items(model, spec, SPACE, items, patching=patching, batch_size=3)
     flat = kind == "baseline"
     for item, score in zip(items, scores, strict=True):
         for ending, total in zip(item.endings, score.sums, strict=True):
-            example, first = choice_example(item, ending, SPACE, 4)
+            example, first = choice_example(item, ending, SPACE, patching, 4)
+            assert len(example.tokens) - first == len(ending.tokens)
             expected = 0.0
             for t in range(first, len(example.tokens)):
-                # Generation knows where token t's (static) patch lies, not its value: a placeholder
+                # Generation knows where token t's patch lies, not its value: a placeholder
                 # stands at t, so token t-1 reads the global states up to the patch before t's (BLT).
                 tokens = np.concatenate([example.tokens[:t], [SPACE.pad]])
                 prefix = dataclasses.replace(example, tokens=tokens, patch_lengths=np.array(crop_patch_lengths(example.patch_lengths, 0, t + 1)))
@@ -62,36 +60,77 @@ def test_score_is_the_sum_of_autoregressive_next_token_log_probs(kind, mode):
                     logits = model(Batch.from_examples([prefix], SPACE.pad, flat))
                 expected += float(torch.log_softmax(logits[0, -2].float(), -1)[example.tokens[t]])
             assert total == pytest.approx(expected, abs=1e-3)
-        assert score.lengths == [len(e) for e in item.endings]
-
-
-@pytest.mark.parametrize("mode", ["speech", "text"])
-def test_heldout_items_hold_the_true_continuation(mode):
-    items = heldout_continuation_items(RECORDS, mode, seed=0, continuation_words=3)
-    assert len(items) == len([r for r in RECORDS if len(r.words) >= 6])
-    assert {i.label for i in items} == {0, 1}
-    for item in items:
-        record = next(r for r in RECORDS if item.id == f"{r.id}:{mode}")
-        true = item.endings[item.label]
-        if mode == "speech":
-            joined = item.prompt + true
-            assert joined == record.units[: len(joined)].tolist()
-        else:
-            pieces = [p.id for p in record.bpe]
-            assert item.prompt + true == pieces[: len(item.prompt) + len(true)]
-        assert item.endings[1 - item.label] != true
+        assert score.lengths == [len(e.tokens) for e in item.endings]
 
 
 def test_items_roundtrip_and_accuracy(tmp_path):
-    items = heldout_continuation_items(RECORDS, "text")
-    assert read_items(write_items(items, tmp_path / "items.jsonl")) == items
+    assert read_items(write_items(ITEMS, tmp_path / "items.jsonl")) == ITEMS
     model, spec = _model("lst")
-    scores = score_items(model, spec, SPACE, items)
+    scores = score_items(model, spec, SPACE, ITEMS)
+    result = accuracy_by_pair(scores)
+    assert list(result) == list(PAIRS)
+    for pair, figures in result.items():
+        mine = [s for s in scores if s.pair == pair]
+        assert figures["n"] == len(mine) > 0
+        assert figures["acc_sum"] == sum(int(np.argmax(s.sums)) == s.label for s in mine) / len(mine)
+
+
+def test_standard_errors_are_binomial():
+    """3 of 4 right by sum (p = 0.75: s.e. sqrt(0.75 * 0.25 / 4) = 0.216506), 2 of 4 per token
+    (item c's per-token scores are -4 and -1.5)."""
+    scores = [ItemScore("a", "s2s", 1, [-1.0, -2.0], [1, 1]), ItemScore("b", "s2s", 1, [-3.0, -2.0], [1, 1]),
+              ItemScore("c", "s2s", 0, [-4.0, -6.0], [1, 4]), ItemScore("d", "s2s", 1, [-9.0, -5.0], [1, 1])]
     result = accuracy(scores)
-    assert result["n"] == len(items)
-    assert result["acc_sum"] == sum(int(np.argmax(s.sums)) == s.label for s in scores) / len(items)
-    with pytest.raises(ValueError):
-        ChoiceItem("x", "text", [1], [[2]], label=1)
+    assert result["acc_sum"] == 0.75 and result["acc_per_token"] == 0.5
+    assert result["acc_sum_se"] == pytest.approx(0.216506, abs=1e-6)
+    assert result["acc_per_token_se"] == pytest.approx(0.25, abs=1e-12)  # sqrt(0.5 * 0.5 / 4)
+    assert np.isnan(accuracy([])["acc_sum_se"])
+
+
+HAND = TokenSpace(10, 6)  # <t> 10, <s> 11, BOS 12, unit u -> 15 + u
+SPEECH_PROMPT = Side("speech", (3, 4, 5), "a b", {"word_sil_sep": (1, 2)})
+SPEECH_ENDING = Side("speech", (0, 2), "c", {"word_sil_sep": (2,)})
+TEXT_PROMPT = Side("text", (1, 2, 3), "a b")
+TEXT_ENDING = Side("text", (7, 8), "c")
+# pair -> (prompt, ending, static (p = 4) tokens and patch lengths, word_sil_sep patch lengths)
+EXPECTED = {
+    "s2s": (SPEECH_PROMPT, SPEECH_ENDING, [12, 11, 18, 19, 20, 15, 17], [1, 1, 4, 1], [1, 1, 1, 2, 2]),
+    "t2t": (TEXT_PROMPT, TEXT_ENDING, [12, 10, 1, 2, 3, 7, 8], [1] * 7, [1] * 7),
+    "s2t": (SPEECH_PROMPT, TEXT_ENDING, [12, 11, 18, 19, 20, 10, 7, 8], [1, 1, 3, 1, 1, 1], [1, 1, 1, 2, 1, 1, 1]),
+    "t2s": (TEXT_PROMPT, SPEECH_ENDING, [12, 10, 1, 2, 3, 11, 15, 17], [1, 1, 1, 1, 1, 1, 2], [1, 1, 1, 1, 1, 1, 2]),
+}
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_scored_sequence_of_every_pair_token_by_token(pair):
+    prompt, ending, tokens, static, aligned = EXPECTED[pair]
+    item = ChoiceItem("x", prompt, (ending, ending), 0)
+    assert item.pair == pair
+    for patching, lengths in (("static", static), ("word_sil_sep", aligned)):
+        example, first = choice_example(item, ending, HAND, patching, 4)
+        assert example.tokens.tolist() == tokens
+        assert example.patch_lengths.tolist() == lengths, patching
+        assert first == len(tokens) - 2, "only the ending's two tokens are scored"
+
+
+def test_aligned_scoring_uses_the_side_patches():
+    """On the LST, aligned patches change the scores (s2s: the prompt's patches, then the
+    ending's); the flat baseline ignores the patching. A side without the strategy's patches
+    is an InvalidItem saying how to score it."""
+    items = [i for i in ITEMS if i.pair in ("s2s", "t2s")]
+    lst, spec = _model("lst")
+    static = score_items(lst, spec, SPACE, items, patching="static")
+    aligned = score_items(lst, spec, SPACE, items, patching="word_sil_sep")
+    assert all(a.sums != s.sums for a, s in zip(aligned, static, strict=True))
+    example, _ = choice_example(items[0], items[0].endings[0], SPACE, "word_sil_merged", 4)
+    assert example.patch_lengths.tolist()[2:] == [*items[0].prompt.patches["word_sil_merged"], *items[0].endings[0].patches["word_sil_merged"]]
+    baseline, base_spec = _model("baseline")
+    assert [s.sums for s in score_items(baseline, base_spec, SPACE, items, patching="bpe")] == \
+        [s.sums for s in score_items(baseline, base_spec, SPACE, items, patching="static")]
+    bare = dataclasses.replace(items[0], prompt=Side("speech", items[0].prompt.tokens, items[0].prompt.text))
+    with pytest.raises(InvalidItem, match="no bpe patches; score with --patching static"):
+        score_items(lst, spec, SPACE, [bare], patching="bpe")
+    assert score_items(baseline, base_spec, SPACE, [bare], patching="bpe")[0].sums
 
 
 def test_parse_hellaswag_and_storycloze():
@@ -124,9 +163,9 @@ def test_build_speech_items_synthesizes_prompt_and_endings_separately(tmp_path):
 
     [item] = build_speech_items([choice], tts, energy_quantizer)
     assert calls == ["The cat sat on the mat.", "It slept.", "It flew to the moon quickly."]
-    assert item.mode == "speech" and item.label == 0
-    assert len(item.endings[1]) > len(item.endings[0]) > 5, "units at 25 Hz follow the spoken length"
-    assert max(max(e) for e in item.endings) < 8
+    assert item.pair == "s2s" and item.label == 0
+    assert len(item.endings[1].tokens) > len(item.endings[0].tokens) > 5, "units at 25 Hz follow the spoken length"
+    assert max(max(e.tokens) for e in item.endings) < 8
     model, spec = _model("lst")
     space = TokenSpace(SPACE.text_vocab_size, 8)
     model = build_model(spec.model, space.size).eval()
@@ -147,10 +186,13 @@ def test_build_text_items_normalizes_then_encodes():
         seen.append(text)
         return [len(w) for w in text.split()]
 
+    with pytest.raises(InvalidItem, match="2 to 64 endings"):
+        build_text_items([choice], encode)
+    choice = parse_choice_line({"context": "Hello, World!", "endings": ["I have 2 cats.", "No."], "label": 0}, 0)
     [item] = build_text_items([choice], encode)
-    assert seen == ["hello world", "i have two cats"]
-    assert item.prompt == [5, 5] and item.endings == [[1, 4, 3, 4]]
-    assert json.loads(json.dumps(item.to_json()))["mode"] == "text"
+    assert seen == ["hello world", "i have two cats", "hello world", "i have two cats", "no"]
+    assert item.prompt.tokens == (5, 5) and [e.tokens for e in item.endings] == [(1, 4, 3, 4), (2,)]
+    assert json.loads(json.dumps(item.to_json()))["pair"] == "t2t"
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
@@ -189,7 +231,7 @@ def test_cli_build_task_and_score(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     text_items, speech_items = read_items(tmp_path / "text.jsonl"), read_items(tmp_path / "speech.jsonl")
     assert [i.label for i in text_items] == [0, 1] == [i.label for i in speech_items]
-    assert text_items[0].prompt == tokenizer.encode("the dog ran to the park")
+    assert list(text_items[0].prompt.tokens) == tokenizer.encode("the dog ran to the park")
     space = TokenSpace(tokenizer.vocab_size, 8)
     model, spec = _model("lst")
     model = build_model(spec.model, space.size)
@@ -197,9 +239,10 @@ def test_cli_build_task_and_score(tmp_path, monkeypatch):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     save_checkpoint(tmp_path / "checkpoint.pt", model=model, optimizer=optimizer, scheduler=scheduler, step=0, spec=spec, space=space)
     for name in ("text", "speech"):
-        result = runner.invoke(cli, ["score", "--model", str(tmp_path / "checkpoint.pt"), "--task", str(tmp_path / f"{name}.jsonl")])
+        result = runner.invoke(cli, ["score", "--model", str(tmp_path / "checkpoint.pt"), "--task", str(tmp_path / f"{name}.jsonl"),
+                                      "--no-contamination-check"])
         assert result.exit_code == 0, result.output
-        assert json.loads(result.output.strip().splitlines()[-1])[name]["n"] == 2
+        assert json.loads(result.stdout)["pairs"][{"text": "t2t", "speech": "s2s"}[name]]["n"] == 2
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
@@ -221,3 +264,10 @@ def test_units_quantizer_matches_the_units_stage_frame_rate(tmp_path):
     units = units_quantizer(str(tmp_path / "codebook.npy"))(audio)
     assert len(units) == int(len(audio) * 25 // 16000)
     assert units.min() >= 0 and units.max() < 16 and len(set(units.tolist())) > 1
+
+
+def test_an_item_from_another_codebook_is_an_invalid_item():
+    model, spec = _model("lst")
+    item = ChoiceItem("far", Side("speech", (1, 2, 999)), (Side("speech", (1,)), Side("speech", (2,))), 0)
+    with pytest.raises(InvalidItem, match=r"item far: unit ids must lie in \[0, 32\)"):
+        score_items(model, spec, SPACE, [item])

@@ -50,7 +50,7 @@ def test_an_exact_epoch_uses_every_training_utterance_once_over_ranks_and_worker
                     seen.append(tuple((tokens[begin + 2 : end] - space.unit_offset).tolist()))  # BOS <s> units EOS
                     begin = end + 1
     records = synthetic_records(N, 0, language=ToyLanguage.make(0))
-    expected = sorted(tuple(r.units.tolist()) for r in records if not is_heldout(r.id, spec.data.heldout_fraction))
+    expected = sorted(tuple(r.units.tolist()) for r in records if not is_heldout(r, spec.data.heldout_fraction))
     assert sorted(seen) == expected
 
 

@@ -92,9 +92,10 @@ def test_cli_train_score_compare_plot(tmp_path):
     result = runner.invoke(cli, ["score", "--model", str(tmp_path / "lst"), "--shards", str(shards),
                                   "--out", str(tmp_path / "scores.jsonl")])
     assert result.exit_code == 0, result.output
-    accuracies = json.loads(result.output.strip().splitlines()[-1])
-    assert set(accuracies) == {"speech", "text"} and accuracies["speech"]["n"] > 0
-    assert len((tmp_path / "scores.jsonl").read_text().splitlines()) == accuracies["speech"]["n"] + accuracies["text"]["n"]
+    accuracies = json.loads(result.stdout)["pairs"]
+    assert set(accuracies) == {"s2s", "t2t", "s2t", "t2s"} and accuracies["s2s"]["n"] > 0
+    assert "S→T" in result.stderr, "the readable table goes to stderr"
+    assert len((tmp_path / "scores.jsonl").read_text().splitlines()) == sum(a["n"] for a in accuracies.values())
     result = runner.invoke(cli, ["compare", "--shards", str(shards), "--json", "--mixture-tokens", "5000"])
     assert result.exit_code == 0, result.output
     assert "transcripts stand in" in result.stderr
@@ -117,20 +118,21 @@ def test_demo_config_loads():
 def test_trained_models_find_the_true_continuation(tmp_path):
     """Both models, trained briefly on toy utterances (a Markov chain over words), must pick
     the true held-out text continuation far above chance (0.5)."""
+    from lst_model.corpus_tasks import corpus_items
     from lst_model.data import split_heldout
     from lst_model.score import accuracy, score_items
-    from lst_model.tasks import heldout_continuation_items
     from lst_model.train import load_model
 
     records = synthetic_records(300, seed=5, language=LANGUAGE)
-    train_records, heldout = split_heldout(records, 0.2)
+    train_records, _ = split_heldout(records, 0.2)
     for kind in ("lst", "baseline"):
         spec = load_run_spec(overrides={"preset": "tiny", "model": {"kind": kind},
                                         "train": {"batch_size": 8, "budget_positions": 8 * 128 * 120, "threads": 1,
                                                   "checkpoint_every": 1000}})
         train(spec, train_records, SPACE, tmp_path / kind)
         model, spec, space = load_model(tmp_path / kind / CHECKPOINT)
-        result = accuracy(score_items(model, spec, space, heldout_continuation_items(heldout, "text")))
+        items, _ = corpus_items(records, 0.2, pairs=("t2t",))
+        result = accuracy(score_items(model, spec, space, items))
         assert result["acc_per_token"] > 0.7, (kind, result)
 
 

@@ -1,0 +1,173 @@
+"""Continuation items from a shard set's own held-out utterances, in all four modality pairs.
+
+For each held-out utterance (`lst_model.data.split_heldout`: by canonical transcript) with
+enough words, one question: which ending follows the prompt?
+
+- prompt: the utterance's first words (half of them, at least `min_prompt_words`); in speech
+  frames [0, F(cut)) where F(k) is word k's first frame, so it keeps the leading silence and
+  the pause after its last word, as a training speech segment does;
+- true ending: its next `continuation_words` words, frames [F(cut), F(cut + k)) (F(n) = n_frames);
+- distractors (`n_endings - 1`): as many words from *other utterances of the same speaker*,
+  so voice, channel and recording conditions cannot tell the endings apart. They come from
+  the speaker's other held-out utterances; only when the speaker has too few of those are
+  the speaker's training utterances used to fill up (their words are not the answer, so
+  this leaks nothing, but the model may have memorised them: the task gets harder, never
+  easier). A distractor never starts at its utterance's first word (no true ending does,
+  and the leading silence would give it away), and it ends at its utterance's end exactly
+  when the true ending does (same trailing-silence cue on both). Utterances with the
+  prompt's transcript and spans with the true ending's words are never distractors.
+
+The question is rendered in every requested pair (s2s, t2t, s2t, t2s) with one label
+position (random by `seed`), so the pairs differ only in modality. Speech sides carry their
+units and the record's aligned patches (`lst_data.patching`, cropped to the span) under every
+aligned strategy; text sides the span's BPE ids. `text` is the span's words, `voice` the
+speaker, `sources` the canonical transcript of the prompt's (held-out) utterance.
+
+An utterance that gives no item is counted under its reason in the returned skips:
+`too_few_words`, `speaker_has_no_other_utterance`, `empty_span` (a span without frames or
+without BPE pieces).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from functools import cached_property
+
+import numpy as np
+
+from lst_data.patching import patch_lengths
+from lst_data.records import SampleRecord
+from lst_model.data import canonical_transcript, is_heldout
+from lst_model.items import ALIGNED_STRATEGIES, PAIRS, ChoiceItem, Side
+from lst_model.sequences import crop_patch_lengths
+
+log = logging.getLogger(__name__)
+
+class _Utterance:
+    """A record with what spans of it need: word starts, BPE ids per word, aligned patches."""
+
+    def __init__(self, record: SampleRecord) -> None:
+        self.record = record
+        self.canonical = canonical_transcript(record.text)
+        self.starts = [0] + [w.start_frame for w in record.words[1:]] + [record.n_frames]
+        self.pieces: dict[int, list[int]] = defaultdict(list)
+        for piece in record.bpe:
+            self.pieces[piece.word_index].append(piece.id)
+
+    @cached_property
+    def patches(self) -> dict[str, list[int]]:
+        """The record's aligned patches (computed only for utterances that make a side)."""
+        patches = {}
+        for strategy in ALIGNED_STRATEGIES:
+            try:
+                patches[strategy] = patch_lengths(self.record, strategy)
+            except ValueError:  # spans that do not tile (e.g. words without BPE): that strategy is left out
+                log.warning("%s: no %s patches, its items score with the others or static only", self.record.id, strategy)
+        return patches
+
+    @property
+    def n_words(self) -> int:
+        return len(self.record.words)
+
+    def side(self, modality: str, first: int, stop: int) -> Side | None:
+        """Words [first, stop) in one modality; None when the span is empty there."""
+        words = " ".join(w.word for w in self.record.words[first:stop])
+        if modality == "text":
+            ids = [i for w in range(first, stop) for i in self.pieces.get(w, [])]
+            return Side("text", tuple(ids), words) if ids else None
+        begin, end = self.starts[first], self.starts[stop]
+        if end <= begin:
+            return None
+        patches = {s: tuple(crop_patch_lengths(lengths, begin, end)) for s, lengths in self.patches.items()}
+        return Side("speech", tuple(int(u) for u in self.record.units[begin:end]), words, patches)
+
+    def span_words(self, first: int, stop: int) -> tuple[str, ...]:
+        return tuple(w.word for w in self.record.words[first:stop])
+
+
+def corpus_items(
+    records: Sequence[SampleRecord],
+    heldout_fraction: float,
+    *,
+    pairs: Sequence[str] = PAIRS,
+    n_endings: int = 2,
+    seed: int = 0,
+    continuation_words: int = 3,
+    min_prompt_words: int = 3,
+) -> tuple[list[ChoiceItem], dict[str, int]]:
+    """Items of the held-out utterances of `records` (split as training splits them), and the
+    number of held-out utterances that gave none, by reason (see the module doc)."""
+    unknown = [p for p in pairs if p not in PAIRS]
+    if unknown or not pairs:
+        raise ValueError(f"pairs must be a non-empty subset of {PAIRS}, got {list(pairs)}")
+    if n_endings < 2:
+        raise ValueError(f"n_endings must be >= 2, got {n_endings}")
+    k = continuation_words
+    by_speaker: dict[str, dict[bool, list[_Utterance]]] = defaultdict(lambda: {True: [], False: []})
+    heldout: list[_Utterance] = []
+    for record in records:
+        held = is_heldout(record, heldout_fraction)
+        utterance = _Utterance(record)
+        by_speaker[record.speaker][held].append(utterance)
+        if held:
+            heldout.append(utterance)
+    rng = np.random.default_rng(seed)
+    items: list[ChoiceItem] = []
+    skips: Counter[str] = Counter()
+    filled_from_training = 0
+    for utterance in heldout:
+        n = utterance.n_words
+        if n < min_prompt_words + k:
+            skips["too_few_words"] += 1
+            continue
+        cut = min(max(min_prompt_words, n // 2), n - k)
+        at_end = cut + k == n
+        true_words = utterance.span_words(cut, cut + k)
+        pools = by_speaker[utterance.record.speaker]
+        distractors: list[tuple[_Utterance, int]] = []
+        for held in (True, False):
+            pool = pools[held]
+            if len(distractors) == n_endings - 1:
+                break
+            for other in (pool[int(i)] for i in rng.permutation(len(pool))):
+                if len(distractors) == n_endings - 1:
+                    break
+                if other.canonical == utterance.canonical or other.n_words < k + (1 if at_end else 2):
+                    continue
+                start = other.n_words - k if at_end else int(rng.integers(1, other.n_words - k))
+                words = other.span_words(start, start + k)
+                if words == true_words or any(words == o.span_words(s, s + k) for o, s in distractors):
+                    continue
+                filled_from_training += not held
+                distractors.append((other, start))
+        if len(distractors) < n_endings - 1:
+            skips["speaker_has_no_other_utterance"] += 1
+            continue
+        label = int(rng.integers(n_endings))
+        made = [_item(utterance, pair, cut, k, distractors, label) for pair in pairs]
+        if any(item is None for item in made):
+            skips["empty_span"] += 1
+        else:
+            items.extend(made)
+    if filled_from_training:
+        log.info("%d distractors came from training utterances of the speaker (too few held-out ones)", filled_from_training)
+    return items, dict(skips)
+
+
+def _item(utterance: _Utterance, pair: str, cut: int, k: int, distractors: list[tuple[_Utterance, int]],
+          label: int) -> ChoiceItem | None:
+    """The question of `utterance` in one pair; None when one of its spans is empty in that modality."""
+    prompt_modality, ending_modality = _modality(pair[0]), _modality(pair[2])
+    prompt = utterance.side(prompt_modality, 0, cut)
+    endings = [other.side(ending_modality, start, start + k) for other, start in distractors]
+    endings.insert(label, utterance.side(ending_modality, cut, cut + k))
+    if prompt is None or any(e is None for e in endings):
+        return None
+    return ChoiceItem(f"{utterance.record.id}:{pair}", prompt, tuple(endings), label, utterance.record.speaker,
+                      (utterance.canonical,))
+
+
+def _modality(letter: str) -> str:
+    return "speech" if letter == "s" else "text"
