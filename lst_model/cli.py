@@ -61,7 +61,17 @@ def train(shard_dir: Path, config_path: Path | None, out_dir: Path, assignments:
 
     The digests of the training transcripts go to training_texts.npy in --out (score's contamination check).
     Distributed: `torchrun --nproc_per_node N -m lst_model.cli train ...` (DDP; rank 0 prints and writes)."""
-    from lst_model.data import is_heldout, load_records, load_token_space, split_heldout, write_training_texts
+    import numpy as np
+
+    from lst_model.data import (
+        TRAINING_TEXTS,
+        is_heldout,
+        load_records,
+        load_token_space,
+        read_training_texts,
+        split_heldout,
+        write_training_texts,
+    )
     from lst_model.train import Distributed, plot_losses
     from lst_model.train import train as run_training
 
@@ -94,6 +104,9 @@ def train(shard_dir: Path, config_path: Path | None, out_dir: Path, assignments:
             training_texts = (r.text for r in records)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_training_texts(out_dir, training_texts)
+        pretrained_texts = read_training_texts(init.parent) if init is not None else None
+        if pretrained_texts is not None:  # the init's weights saw these too (score's contamination check)
+            np.save(out_dir / TRAINING_TEXTS, np.union1d(read_training_texts(out_dir), pretrained_texts), allow_pickle=False)
         click.echo(f"{spec.model.kind}: {summary}{corpus}, {spec.steps} steps")
 
     def report(row: dict) -> None:

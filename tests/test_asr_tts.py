@@ -318,3 +318,22 @@ def test_prompts_are_the_training_layout_up_to_the_first_target():
     prompt, lengths = split_prompt(builder.tts_example(record, "static"))
     assert prompt.tolist() == [SPACE.bos, SPACE.text_start, *[p.id for p in record.bpe], SPACE.speech_start]
     assert lengths.tolist() == [1] * len(prompt)
+
+
+def test_cli_fine_tuning_keeps_the_pretrained_runs_training_texts(tmp_path):
+    """score's contamination check must see what the init's weights were trained on too."""
+    from lst_model.data import read_training_texts, split_heldout, transcript_digests
+
+    shards = write_synthetic_shards(tmp_path / "shards", 16)
+    common = ["--shards", str(shards), "--set", "preset=tiny", "--set", "data.seq_positions=32",
+              "--set", "train.batch_size=2", "--set", "train.budget_positions=64", "--set", "train.threads=1"]
+    runner = CliRunner()
+    result = runner.invoke(cli, ["train", *common, "--out", str(tmp_path / "pre"), "--set", "data.heldout_fraction=0.2"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["train", *common, "--out", str(tmp_path / "ft"), "--init", str(tmp_path / "pre"),
+                                 "--set", "data.task=asr", "--set", "data.heldout_fraction=0.6"])
+    assert result.exit_code == 0, result.output
+    own = transcript_digests(r.text for r in split_heldout(load_records(shards), 0.6)[0])
+    pre, ft = read_training_texts(tmp_path / "pre"), read_training_texts(tmp_path / "ft")
+    assert set(own.tolist()) < set(pre.tolist())  # more held out in the fine-tune: its own texts are fewer
+    assert np.array_equal(ft, pre)
