@@ -1,4 +1,4 @@
-"""`lst-model`: train, score, generate, compare and build tasks for the LST and the flat baseline."""
+"""`lst-model`: train, score, generate, compare and build tasks for the LST and the flat baseline; asr and tts."""
 
 from __future__ import annotations
 
@@ -52,17 +52,36 @@ def _text_corpus(text_path: Path | None, tokenizer_path: Path | None, shard_dir:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder; an existing checkpoint there is resumed.")
 @click.option("--text", "text_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help=_TEXT_HELP)
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, path_type=Path), help=_TOKENIZER_HELP)
+@click.option("--init", "init_run", type=click.Path(exists=True, path_type=Path),
+              help="Fine-tune: start from this run folder's (or checkpoint.pt's) weights (same model config and "
+                   "token space), with a fresh optimizer and schedule; e.g. with --set data.task=asr.")
 def train(shard_dir: Path, config_path: Path | None, out_dir: Path, assignments: tuple[str, ...], text_path: Path | None,
-          tokenizer_path: Path | None) -> None:
+          tokenizer_path: Path | None, init_run: Path | None) -> None:
     """Train (or resume) on the shards' training utterances; held-out transcripts are left for `score`.
 
     The digests of the training transcripts go to training_texts.npy in --out (score's contamination check).
     Distributed: `torchrun --nproc_per_node N -m lst_model.cli train ...` (DDP; rank 0 prints and writes)."""
-    from lst_model.data import is_heldout, load_records, load_token_space, split_heldout, write_training_texts
+    import numpy as np
+
+    from lst_model.data import (
+        TRAINING_TEXTS,
+        is_heldout,
+        load_records,
+        load_token_space,
+        read_training_texts,
+        split_heldout,
+        write_training_texts,
+    )
     from lst_model.train import Distributed, plot_losses
     from lst_model.train import train as run_training
 
     spec = load_run_spec(config_path, assignments=assignments)
+    if text_path is not None and spec.data.task != "pretrain":
+        raise click.BadParameter(f"data.task={spec.data.task} fine-tunes on utterances only; a text corpus is for "
+                                 "data.task=pretrain", param_hint="--text")
+    init = _checkpoint_path(init_run) if init_run is not None else None
+    if init is not None and not init.is_file():
+        raise click.BadParameter(f"{init_run} holds no {init.name}", param_hint="--init")
     space = load_token_space(shard_dir)
     texts = _text_corpus(text_path, tokenizer_path, shard_dir, space)
     main_rank = Distributed.from_env().main
@@ -85,12 +104,16 @@ def train(shard_dir: Path, config_path: Path | None, out_dir: Path, assignments:
             training_texts = (r.text for r in records)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_training_texts(out_dir, training_texts)
+        pretrained_texts = read_training_texts(init.parent) if init is not None else None
+        if pretrained_texts is not None:  # the init's weights saw these too (score's contamination check)
+            np.save(out_dir / TRAINING_TEXTS, np.union1d(read_training_texts(out_dir), pretrained_texts), allow_pickle=False)
         click.echo(f"{spec.model.kind}: {summary}{corpus}, {spec.steps} steps")
 
     def report(row: dict) -> None:
         click.echo(f"step {row['step'] + 1}/{spec.steps} loss {row['loss']:.4f} lr {row['lr']:.2e} {row['tokens_per_s']:.0f} tok/s")
 
-    result = run_training(spec, records, space, out_dir, texts=texts, shard_dir=shard_dir, progress_callback=report)
+    result = run_training(spec, records, space, out_dir, texts=texts, shard_dir=shard_dir, progress_callback=report,
+                          init=init)
     if not main_rank:
         return
     plot_losses({spec.model.kind: out_dir}, out_dir / "loss.png")
@@ -199,6 +222,99 @@ def compare(shard_dir: Path, config_path: Path | None, assignments: tuple[str, .
         click.echo("warning: no --text corpus: the transcripts stand in for the text share", err=True)
     report = run_compare(load_records(shard_dir), space, spec, seed=spec.train.seed, texts=texts, mixture_tokens=mixture_tokens)
     click.echo(json.dumps(report, indent=2) if as_json else "\n".join(format_report(report)))
+
+
+def _utterance_options(fn):
+    """The model, the shards and which of their utterances `asr` and `tts` run on."""
+    for option in reversed([
+        click.option("--model", "run", required=True, type=click.Path(exists=True, path_type=Path), help="Run folder or checkpoint.pt (fine-tuned with data.task asr, tts or asr_tts)."),
+        click.option("--shards", "shard_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)),
+        click.option("--split", type=click.Choice(["train", "heldout", "all"]), default="heldout", show_default=True,
+                     help="Utterances of the model's training split, of the held-out split, or all."),
+        click.option("--ids", default=None, help="Comma-separated utterance ids (within --split)."),
+        click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many utterances (after --ids)."),
+        click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), help="Write per-utterance results (JSONL)."),
+        click.option("--device", default="cpu", show_default=True),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _model_and_utterances(run: Path, shard_dir: Path, split: str, ids: str | None, limit: int | None, device: str):
+    """The model, its spec and token space, and the selected records (usage errors for a
+    token space that is not the shards', unknown ids, or an empty selection)."""
+    from lst_model.data import load_records, load_token_space, split_heldout
+    from lst_model.train import load_model
+
+    model, spec, space = load_model(_checkpoint_path(run), device)
+    shard_space = load_token_space(shard_dir)
+    if shard_space != space:
+        raise click.UsageError(f"--shards {shard_dir}: token space {shard_space.to_dict()} is not the model's {space.to_dict()}")
+    records = load_records(shard_dir)
+    if split != "all":
+        train_records, heldout = split_heldout(records, spec.data.heldout_fraction)
+        records = train_records if split == "train" else heldout
+    if ids is not None:
+        by_id = {r.id: r for r in records}
+        wanted = [i for i in ids.split(",") if i]
+        missing = [i for i in wanted if i not in by_id]
+        if missing:
+            raise click.BadParameter(f"not in the {split} split of {shard_dir}: {', '.join(missing)}", param_hint="--ids")
+        records = [by_id[i] for i in wanted]
+    records = records[:limit]
+    if not records:
+        raise click.UsageError(f"no utterances selected (--split {split})")
+    return model, spec, space, records
+
+
+def _write_jsonl(path: Path | None, rows) -> None:
+    if path is not None:
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
+@cli.command()
+@_utterance_options
+@click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, path_type=Path),
+              help="The shards' tokenizer (default: tokenizer.model beside the shards or in a sibling stage folder).")
+def asr(run: Path, shard_dir: Path, split: str, ids: str | None, limit: int | None, out_path: Path | None, device: str,
+        tokenizer_path: Path | None) -> None:
+    """Greedy transcripts of utterances' units; WER and CER against their normalized transcripts."""
+    from lst_data.tokenize.tokenizer import load_tokenizer
+    from lst_model.asr_tts import recognize
+    from lst_model.metrics import character_error_rate, word_error_rate
+    from lst_model.text_corpus import find_tokenizer
+
+    model, spec, space, records = _model_and_utterances(run, shard_dir, split, ids, limit, device)
+    tokenizer_path = tokenizer_path or find_tokenizer(shard_dir)
+    if tokenizer_path is None:
+        raise click.UsageError(f"no tokenizer found near {shard_dir}; give --tokenizer")
+    tokenizer = load_tokenizer(tokenizer_path)
+    if tokenizer.vocab_size != space.text_vocab_size:
+        raise click.BadParameter(f"{tokenizer_path}: vocabulary {tokenizer.vocab_size} != the model's "
+                                 f"{space.text_vocab_size}", param_hint="--tokenizer")
+    results = recognize(model, spec, space, records, tokenizer.decode, device=device)
+    _write_jsonl(out_path, (r.to_json() for r in results))
+    references, hypotheses = [r.reference for r in results], [r.hypothesis for r in results]
+    click.echo(json.dumps({"utterances": len(results), "wer": word_error_rate(references, hypotheses),
+                           "cer": character_error_rate(references, hypotheses),
+                           "stopped": sum(r.stopped for r in results)}))
+
+
+@cli.command()
+@_utterance_options
+def tts(run: Path, shard_dir: Path, split: str, ids: str | None, limit: int | None, out_path: Path | None, device: str) -> None:
+    """Greedy units of utterances' transcripts; unit edit distance (per reference unit) and
+    generated/reference length ratio against their units."""
+    from lst_model.asr_tts import synthesize
+    from lst_model.metrics import length_ratio, unit_edit_distance
+
+    model, spec, space, records = _model_and_utterances(run, shard_dir, split, ids, limit, device)
+    results = synthesize(model, spec, space, records, device=device)
+    _write_jsonl(out_path, (r.to_json() for r in results))
+    references, generated = [r.reference for r in results], [r.units for r in results]
+    click.echo(json.dumps({"utterances": len(results), "unit_edit_distance": unit_edit_distance(references, generated),
+                           "length_ratio": length_ratio(references, generated),
+                           "stopped": sum(r.stopped for r in results)}))
 
 
 def _tts_command(tts_argv: str | None):

@@ -43,7 +43,13 @@ class ModelConfig(Section):
     dropout: float = doc("Dropout in attention outputs and MLPs.", 0.0, ge=0, lt=1)
 
 
+Task = Literal["pretrain", "asr", "tts", "asr_tts"]
+
+
 class DataConfig(Section):
+    task: Task = doc("'pretrain' (the text/speech/interleaved mixture), or fine-tuning examples with the loss on the "
+                     "output side only: 'asr' (BOS <s> units <t> text EOS), 'tts' (BOS <t> text <s> units EOS), "
+                     "'asr_tts' (each utterance one of them, 50/50).", "pretrain")
     patching: Strategy = doc(f"Speech patching strategy: one of {', '.join(STRATEGIES)}.", "curriculum")
     aligned_strategy: AlignedStrategy = doc("Aligned strategy that 'mixed' and 'curriculum' use when not static.", "word_sil_sep")
     patch_size: int = doc("Tokens per static patch (paper: 4).", 4, ge=1, le=1024)

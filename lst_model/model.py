@@ -41,19 +41,25 @@ class Batch:
     patch_index: Tensor  # [B, N] global position of each token, -1 on padding
     n_patches: Tensor  # [B] global positions per row
     document: Tensor  # [B, N] document (packed example) of each token within its row, -1 on padding
+    target: Tensor | None = None  # [B, N] bool: the token is a loss target (None: every real token)
 
     @classmethod
     def from_examples(cls, examples: Sequence, pad_id: int, flat: bool = False) -> Batch:
-        """Right-pad examples (tokens + patch_lengths [+ document_lengths]) into tensors;
-        `flat` makes every token a patch. An example without document_lengths is one document."""
+        """Right-pad examples (tokens + patch_lengths [+ document_lengths, target_mask]) into
+        tensors; `flat` makes every token a patch. An example without document_lengths is one
+        document; the batch has a target mask when any example has one."""
         width = max(len(ex.tokens) for ex in examples)
         tokens = torch.full((len(examples), width), pad_id, dtype=torch.long)
         patch_index = torch.full((len(examples), width), -1, dtype=torch.long)
         document = torch.full((len(examples), width), -1, dtype=torch.long)
         n_patches = torch.zeros(len(examples), dtype=torch.long)
+        masks = [getattr(ex, "target_mask", None) for ex in examples]
+        target = torch.zeros((len(examples), width), dtype=torch.bool) if any(m is not None for m in masks) else None
         for row, ex in enumerate(examples):
             n = len(ex.tokens)
             tokens[row, :n] = torch.as_tensor(ex.tokens)
+            if target is not None:
+                target[row, :n] = True if masks[row] is None else torch.as_tensor(masks[row])
             doc_lengths = getattr(ex, "document_lengths", None)
             doc_lengths = torch.as_tensor([n] if doc_lengths is None else doc_lengths)
             document[row, :n] = torch.repeat_interleave(torch.arange(len(doc_lengths)), doc_lengths)
@@ -64,17 +70,24 @@ class Batch:
                 lengths = torch.as_tensor(ex.patch_lengths)
                 patch_index[row, :n] = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
                 n_patches[row] = len(lengths)
-        return cls(tokens, patch_index, n_patches, document)
+        return cls(tokens, patch_index, n_patches, document, target)
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(*(t.to(device) for t in (self.tokens, self.patch_index, self.n_patches, self.document)))
+        return Batch(*(t.to(device) for t in (self.tokens, self.patch_index, self.n_patches, self.document)),
+                     None if self.target is None else self.target.to(device))
 
     def with_tokens(self, tokens: Tensor) -> Batch:
-        return Batch(tokens, self.patch_index, self.n_patches, self.document)
+        return Batch(tokens, self.patch_index, self.n_patches, self.document, self.target)
 
     @property
     def valid(self) -> Tensor:
         return self.patch_index >= 0
+
+    @property
+    def loss_targets(self) -> Tensor:
+        """[B, N-1] bool: token i + 1 is a loss target (real, and in the target mask when there is one)."""
+        real = self.valid[:, 1:]
+        return real if self.target is None else real & self.target[:, 1:]
 
 
 def rope(x: Tensor, positions: Tensor, theta: float) -> Tensor:
@@ -348,9 +361,10 @@ def token_log_probs(logits: Tensor, tokens: Tensor) -> Tensor:
 
 
 def summed_next_token_loss(logits: Tensor, batch: Batch) -> Tensor:
-    """Next-token cross-entropy summed over real targets (the caller divides by the step's
-    target count, so micro-batches and ranks add up to the mean over the whole step)."""
-    targets = batch.tokens[:, 1:].masked_fill(~batch.valid[:, 1:], -100)
+    """Next-token cross-entropy summed over the loss targets (`Batch.loss_targets`; the caller
+    divides by the step's target count, so micro-batches and ranks add up to the mean over
+    the whole step)."""
+    targets = batch.tokens[:, 1:].masked_fill(~batch.loss_targets, -100)
     return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                            ignore_index=-100, reduction="sum")
 

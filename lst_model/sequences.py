@@ -15,6 +15,13 @@ A speech segment of words [a, b) covers frames [F(a), F(b)) where F(k) is word k
 frame, F(0) = 0 and F(n_words) = n_frames: a word takes the silence after it, and the
 segments of an utterance tile its frames.
 
+Fine-tuning (`data.task` other than 'pretrain') replaces the mixture with one example per
+utterance, the loss on the output side only (`Example.target_mask`):
+
+- asr: BOS <s> units... <t> bpe... EOS   targets: the BPE ids and EOS
+- tts: BOS <t> bpe... <s> units... EOS   targets: the units and EOS
+- asr_tts: each utterance one of the two, 50/50 by a draw from the row's rng.
+
 The kind of the next example is the one furthest below its token share so far in the row's
 stream (a deterministic deficit schedule: shares hold exactly, up to one example, in every
 row, and the kinds do not depend on the patching, so the LST and the baseline read the same
@@ -48,18 +55,27 @@ KINDS = ("interleaved", "text", "speech")
 @dataclass(frozen=True)
 class Example:
     """Token ids of one example and the lengths of its global positions (sum == len(tokens));
-    a packed sequence also has the token lengths of its documents (None: one document)."""
+    a packed sequence also has the token lengths of its documents (None: one document).
+    `target_mask` (bool per token) says which tokens are loss targets (None: all of them):
+    a fine-tuning example puts the loss on its output side only."""
 
     tokens: np.ndarray
     patch_lengths: np.ndarray
     kind: str
     document_lengths: np.ndarray | None = None
+    target_mask: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if int(self.patch_lengths.sum()) != len(self.tokens) or (self.patch_lengths <= 0).any():
             raise ValueError("patch_lengths must be positive and sum to the number of tokens")
         if self.document_lengths is not None and int(self.document_lengths.sum()) != len(self.tokens):
             raise ValueError("document_lengths must sum to the number of tokens")
+        if self.target_mask is not None and self.target_mask.shape != self.tokens.shape:
+            raise ValueError("target_mask must have one entry per token")
+
+    def targets(self) -> np.ndarray:
+        """The target mask, all True when none was given."""
+        return np.ones(len(self.tokens), dtype=bool) if self.target_mask is None else self.target_mask
 
     def positions(self, flat: bool) -> int:
         return len(self.tokens) if flat else len(self.patch_lengths)
@@ -183,6 +199,34 @@ class SequenceBuilder:
         tokens = np.concatenate(token_parts).astype(np.int64)
         return Example(tokens, np.array([n for part in length_parts for n in part], dtype=np.int64), "interleaved")
 
+    def asr_example(self, record: SampleRecord, strategy: str) -> Example:
+        """BOS <s> units <t> text EOS, the loss on text + EOS."""
+        return self._transcription_example(record, strategy, speech_first=True)
+
+    def tts_example(self, record: SampleRecord, strategy: str) -> Example:
+        """BOS <t> text <s> units EOS, the loss on units + EOS."""
+        return self._transcription_example(record, strategy, speech_first=False)
+
+    def _transcription_example(self, record: SampleRecord, strategy: str, speech_first: bool) -> Example:
+        speech, speech_lengths = self._speech_segment(record, 0, record.n_frames, strategy)
+        text = np.concatenate([[self.space.text_start], self.space.text_to_ids([piece.id for piece in record.bpe])])
+        sides = [(speech, speech_lengths), (text, [1] * len(text))]
+        (source, source_lengths), (output, output_lengths) = sides if speech_first else sides[::-1]
+        tokens = np.concatenate([[self.space.bos], source, output, [self.space.eos]]).astype(np.int64)
+        # The output's opening marker is given (it names the task); its content and EOS are the targets.
+        mask = np.zeros(len(tokens), dtype=bool)
+        mask[2 + len(source):] = True
+        return Example(tokens, np.array([1, *source_lengths, *output_lengths, 1], dtype=np.int64),
+                       "asr" if speech_first else "tts", target_mask=mask)
+
+    def task_example(self, record: SampleRecord, rng: np.random.Generator, progress: float) -> Example:
+        """One fine-tuning example of `data.task` (two draws from `rng` whatever the task,
+        strategy or model, so the LST and the baseline see the same examples)."""
+        strategy = self.resolve_strategy(self.config.patching, rng, progress)
+        direction = rng.random()
+        asr = self.config.task == "asr" or (self.config.task == "asr_tts" and direction < 0.5)
+        return self.asr_example(record, strategy) if asr else self.tts_example(record, strategy)
+
     def _speech_segment(self, record: SampleRecord, start: int, stop: int, strategy: str) -> tuple[np.ndarray, list[int]]:
         units = self.space.units_to_ids(record.units[start:stop])
         lengths = speech_patch_lengths(record, start, stop, strategy, self.config.patch_size)
@@ -214,7 +258,12 @@ class SequenceBuilder:
     def examples_from(self, next_record: Callable[[], SampleRecord | None], rng: np.random.Generator,
                       progress: Callable[[], float]) -> Iterator[Example]:
         """Examples mixed by token share; `next_record()` gives the next utterance (None: there
-        are no more, and the stream ends). Text examples from a text corpus consume none."""
+        are no more, and the stream ends). Text examples from a text corpus consume none.
+        A fine-tuning task makes one task example of every utterance instead."""
+        if self.config.task != "pretrain":
+            while (record := next_record()) is not None:
+                yield self.task_example(record, rng, progress())
+            return
         tokens_so_far = np.zeros(len(KINDS))
         while True:
             kind = self.next_kind(tokens_so_far)
@@ -237,7 +286,9 @@ def pack(examples: Iterator[Example], positions: int, flat: bool) -> Example:
     """
     tokens: list[np.ndarray] = []
     lengths: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
     documents: list[int] = []
+    masked = False
     used = 0
     for example in examples:
         if flat:
@@ -251,10 +302,13 @@ def pack(examples: Iterator[Example], positions: int, flat: bool) -> Example:
             used += len(ex_lengths)
         tokens.append(example.tokens[:n_tokens])
         lengths.append(ex_lengths)
+        masks.append(example.targets()[:n_tokens])
+        masked |= example.target_mask is not None
         documents.append(n_tokens)
         if used == positions:
             break
-    return Example(np.concatenate(tokens), np.concatenate(lengths), "packed", np.array(documents, dtype=np.int64))
+    return Example(np.concatenate(tokens), np.concatenate(lengths), "packed", np.array(documents, dtype=np.int64),
+                   np.concatenate(masks) if masked else None)
 
 
 def training_sequences(

@@ -98,13 +98,16 @@ class PackedShardStream(IterableDataset):
             costs = [batch_cost(config, self.space.size, Batch.from_examples(sequences, self.space.pad, kind == "baseline"))
                      for kind, config in both.items()]
             produced += 1
-            yield {"tokens": batch.tokens, "patch_index": batch.patch_index, "n_patches": batch.n_patches,
-                   "document": batch.document,
-                   "cost": torch.tensor([[c.tokens, c.global_positions, c.train_flops] for c in costs], dtype=torch.int64)}
+            item = {"tokens": batch.tokens, "patch_index": batch.patch_index, "n_patches": batch.n_patches,
+                    "document": batch.document,
+                    "cost": torch.tensor([[c.tokens, c.global_positions, c.train_flops] for c in costs], dtype=torch.int64)}
+            if batch.target is not None:
+                item["target"] = batch.target
+            yield item
 
 
 def batch_from_tensors(item: dict[str, torch.Tensor]) -> Batch:
-    return Batch(item["tokens"], item["patch_index"], item["n_patches"], item["document"])
+    return Batch(item["tokens"], item["patch_index"], item["n_patches"], item["document"], item.get("target"))
 
 
 class StreamCursor:

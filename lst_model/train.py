@@ -17,6 +17,11 @@ are split over ranks x grad_accum micro-steps; the loss is the sum of token loss
 whole step divided by the step's target count (all-reduced first), so N processes give the
 same step as one process accumulating N times as many micro-steps. Rank 0 writes the log
 and the checkpoint.
+
+Fine-tuning (`init`): the weights come from a pretrained checkpoint of the same model
+config (all but dropout) and token space; the optimizer and schedule start fresh. The init
+checkpoint's sha256 goes into config.json and every checkpoint, and a resume from another
+init is refused.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lst_data.core.config import to_dict, updated
+from lst_data.core.digests import file_sha256
 from lst_data.core.errors import ConfigError
 from lst_data.records import SampleRecord
 from lst_model.config import RunSpec, run_spec_from_dict
@@ -132,7 +138,7 @@ def _set_rng_state(state: torch.Tensor, device: torch.device) -> None:
 
 def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, step: int, spec: RunSpec, space: TokenSpace,
                     rng_states: list[torch.Tensor] | None = None, text_corpus: str | None = None,
-                    stream: dict[str, int] | None = None) -> None:
+                    stream: dict[str, int] | None = None, init_sha256: str | None = None) -> None:
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -142,6 +148,7 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, step:
         "token_space": space.to_dict(),
         "rng_states": rng_states if rng_states is not None else [torch.get_rng_state()],  # one per rank
         "text_corpus": text_corpus or "",
+        "init_sha256": init_sha256 or "",  # the pretrained checkpoint a fine-tuning run started from
     }
     if stream is not None:
         state["stream"] = stream  # streaming input: epoch and micro-batches consumed
@@ -165,6 +172,20 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     return model.eval(), state["spec"], state["token_space"]
 
 
+def pretrained_weights(path: Path, spec: RunSpec, space: TokenSpace, device: torch.device) -> dict[str, torch.Tensor]:
+    """The model weights of checkpoint `path` for fine-tuning `spec`; a ConfigError naming
+    what differs when its model config (dropout aside) or token space is not this run's."""
+    state = load_checkpoint(path, device)
+    theirs, ours = to_dict(state["spec"].model), to_dict(spec.model)
+    differences = [f"model.{key} {theirs[key]!r} != {ours[key]!r}" for key in ours
+                   if key != "dropout" and theirs[key] != ours[key]]
+    if state["token_space"] != space:
+        differences.append(f"token space {state['token_space'].to_dict()} != the shards' {space.to_dict()}")
+    if differences:
+        raise ConfigError(f"--init {path}: the pretrained model differs: {'; '.join(differences)}")
+    return state["model"]
+
+
 def read_log(out_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(out_dir) / LOG
     if not path.exists():
@@ -182,12 +203,14 @@ def train(
     shard_dir: str | Path | None = None,
     stop_at_step: int | None = None,
     progress_callback=None,
+    init: str | Path | None = None,
 ) -> TrainResult:
     """Train (or resume from `out_dir/checkpoint.pt`) until spec.steps, or until `stop_at_step`.
 
     `texts`: BPE ids of the text corpus for the text share (None: transcripts stand in).
     With `data.input = 'stream'` the rows come from `shard_dir` through `lst_model.stream`
-    (DataLoader workers) and `records` is not used.
+    (DataLoader workers) and `records` is not used. `init`: a pretrained checkpoint to
+    fine-tune from (see the module doc).
     Writes `checkpoint.pt`, `log.jsonl` (one line per logged step: loss, lr, tokens, global
     positions, FLOPs, throughput) and `config.json` into `out_dir` (rank 0). Under torchrun
     (WORLD_SIZE > 1) it joins or starts the process group and trains with DDP.
@@ -208,10 +231,11 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
     if t.threads:
         torch.set_num_threads(t.threads)
-    if texts is None and ranks.main:
+    if texts is None and ranks.main and spec.data.task == "pretrain":
         log.warning("no text corpus: the transcripts of the speech utterances stand in for the text share "
                     "(the paper uses an independent text corpus; lst-model train --text)")
     fingerprint = corpus_fingerprint(texts) or ""
+    init_sha256 = file_sha256(init) if init is not None else ""
     torch.manual_seed(t.seed)  # identical initialisation on every rank
     model = build_model(spec.model, space.size).to(device)
     optimizer = make_optimizer(model, spec)
@@ -227,6 +251,9 @@ def train(
             raise ValueError(f"{checkpoint} was made with another config or token space; use a new --out")
         if state.get("text_corpus", "") != fingerprint:
             raise ValueError(f"{checkpoint} was trained on another text corpus; use a new --out")
+        if state.get("init_sha256", "") != init_sha256:
+            raise ConfigError(f"{checkpoint} was fine-tuned from another --init (sha256 "
+                              f"{state.get('init_sha256') or 'none'}, this run: {init_sha256 or 'none'}); use a new --out")
         if len(state["rng_states"]) != ranks.world_size:
             raise ValueError(f"{checkpoint} was written by {len(state['rng_states'])} processes, this run has {ranks.world_size}")
         model.load_state_dict(state["model"])
@@ -235,12 +262,15 @@ def train(
         _set_rng_state(state["rng_states"][ranks.rank], device)
         start = state["step"]
         stream_position = state.get("stream")
+    elif init is not None:
+        model.load_state_dict(pretrained_weights(Path(init), spec, space, device))
     # only rank 0 reads and rewrites the log (another rank could read it half-rewritten)
     log_rows = [row for row in read_log(out) if row["step"] < start] if ranks.main else []
     if ranks.main:
         (out / LOG).write_text("".join(json.dumps(row) + "\n" for row in log_rows), encoding="utf-8")
         (out / "config.json").write_text(json.dumps({"spec": to_dict(spec), "token_space": space.to_dict(),
                                                      "text_corpus_sha256": fingerprint or None,
+                                                     "init": {"checkpoint": str(init), "sha256": init_sha256} if init else None,
                                                      "processes": ranks.world_size}, indent=2), encoding="utf-8")
     wrapped = nn.parallel.DistributedDataParallel(model) if ranks.world_size > 1 else model
 
@@ -278,7 +308,7 @@ def train(
                 costs.append(torch.tensor([[c.tokens, c.global_positions, c.train_flops] for c in
                                            (batch_cost(config, space.size, Batch.from_examples(sequences, space.pad, kind == "baseline"))
                                             for kind, config in both_models.items())]))
-            sums = ranks.all_sum([sum(int(b.valid[:, 1:].sum()) for b in micro_batches),
+            sums = ranks.all_sum([sum(int(b.loss_targets.sum()) for b in micro_batches),
                                   *torch.stack(costs).sum(0).flatten().tolist()], device, torch.int64).tolist()
             n_targets = sums[0]
             same_data = {kind: {"tokens": sums[1 + 3 * i], "global_positions": sums[2 + 3 * i], "train_flops": sums[3 + 3 * i]}
@@ -328,6 +358,7 @@ def train(
                 if ranks.main:
                     save_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, step=step + 1,
                                     spec=spec, space=space, rng_states=rng_states, text_corpus=fingerprint,
+                                    init_sha256=init_sha256,
                                     stream=cursor.state() if cursor is not None else None)
     if ranks.world_size > 1:
         dist.barrier()  # every rank returns after rank 0's checkpoint is on disk

@@ -41,17 +41,14 @@ def demo_corpus(tmp_path_factory) -> Path:
     return out
 
 
-# Small but real (as in test_pipeline): a 20-cluster codebook and a small BPE keep builds fast on 2 cores.
-DEMO_BUILD_OVERRIDES = {"units": {"k": 20, "sample_frames": 20000}, "tokenizer": {"vocab_size": 100},
-                        "ray": {"runner": "local"}}
-
-
 @pytest.fixture(scope="session")
 def demo_build(demo_corpus, tmp_path_factory) -> Path:
-    """`build_corpus` over the session's demo corpus (pocketsphinx, MFCC units, trained BPE): the run folder."""
-    from lst_data.config import load_config
+    """The demo corpus built once per session through the real pipeline (`demo_run.build_config`):
+    the run folder, with shards/ and the tokenizer beside them."""
+    from demo_run import build_config
+
     from pipelines.build_corpus import build_corpus
 
     run = tmp_path_factory.mktemp("demo_build") / "run"
-    build_corpus(demo_corpus, run, load_config(overrides=DEMO_BUILD_OVERRIDES))
+    build_corpus(demo_corpus, run, build_config())
     return run

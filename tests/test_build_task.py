@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lst_data.config import load_config
 from lst_data.patching import patch_lengths
 from lst_data.records import SampleRecord
 from lst_data.shards.reader import iter_records
@@ -118,15 +117,14 @@ def test_all_speech_sides_of_an_item_share_one_voice_and_items_differ(task):
 def direct_record(text: str, voice: str, demo_build: Path, root: Path) -> SampleRecord:
     """One side built by hand: espeak-ng in `voice`, an MFA-layout corpus of one file, and the
     pipeline with the demo build's codebook and tokenizer (the config the demo was built with)."""
-    from conftest import DEMO_BUILD_OVERRIDES
+    from demo_run import build_config
 
     corpus = root / "corpus" / "spk"
     corpus.mkdir(parents=True)
     subprocess.run(["espeak-ng", "-v", voice, "-w", str(corpus / "side.wav"), "--stdin"], input=text.encode(), check=True)
     (corpus / "side.lab").write_text(text + "\n", encoding="utf-8")
-    config = load_config(overrides={**DEMO_BUILD_OVERRIDES, "units": {**DEMO_BUILD_OVERRIDES["units"],
-                                                                      "codebook": str(demo_build / "units" / "codebook.npy")},
-                                    "tokenizer": {"model": str(demo_build / "tokenize" / "tokenizer.model")}})
+    config = build_config(units={"codebook": str(demo_build / "units" / "codebook.npy")},
+                          tokenizer={"model": str(demo_build / "tokenize" / "tokenizer.model")})
     build_corpus(root / "corpus", root / "run", config)
     [record] = iter_records(root / "run" / "shards", with_audio=False)
     return record

@@ -18,9 +18,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
-from conftest import DEMO_BUILD_OVERRIDES  # tests/ is on sys.path under pytest
+from demo_run import build_config as config  # tests/ is on sys.path under pytest
 
-from lst_data.config import load_config
 from lst_data.core.errors import UserError
 from lst_data.ingest.readers import detect_layout, read_corpus
 from lst_data.ingest.segmentation import cut_at_pauses
@@ -34,12 +33,6 @@ datasets = pytest.importorskip("datasets", reason="the interop extra: pip instal
 REPO = Path(__file__).resolve().parent.parent
 RATE = 16000
 FRAME_RATE = 25
-OVERRIDES = DEMO_BUILD_OVERRIDES
-
-
-def config(**sections):
-    merged = {**OVERRIDES, **{k: {**OVERRIDES.get(k, {}), **v} for k, v in sections.items()}}
-    return load_config(overrides=merged)
 
 
 def truth(corpus: Path) -> list[dict]:

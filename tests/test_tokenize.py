@@ -299,3 +299,16 @@ def test_cli_train_and_encode(tmp_path):
     tokens = pq.read_table(tmp_path / "tok" / "tokens.parquet")
     assert tokens["id"].to_pylist() == [f"u{i}" for i in range(len(CORPUS))]
     assert set(tokens["tokenizer_hash"].to_pylist()) == {load_tokenizer(tmp_path / "m.model").hash}
+
+
+def test_decode_inverts_encode(bpe, llama_like, tmp_path):
+    """ASR hypotheses are decoded with the shards' tokenizer: decode(encode(text)) == text."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+
+    path = _hf_tokenizer_json(tmp_path / "tokenizer.json", pre_tokenizers.Metaspace())
+    hf = Tokenizer.from_file(str(path))
+    hf.decoder = decoders.Metaspace()  # a tokenizer.json as shipped names its decoder
+    hf.save(str(path))
+    text = "the early fox catches the croissant"
+    for tok in (bpe, llama_like, load_tokenizer(path)):
+        assert tok.decode(tok.encode(text)) == text, tok
