@@ -27,7 +27,8 @@ def main() -> None:
     parser.add_argument("--shards", type=Path, help="shard folder (default: toy shards)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per run")
     parser.add_argument("--utterances", type=int, default=600, help="toy utterances when no --shards")
-    parser.add_argument("--plot", type=Path, help="write the loss curves of seed 0 to this PNG")
+    parser.add_argument("--plot", type=Path, default=Path("build/bench/bench_model.png"),
+                        help="PNG of the accuracies per pair and the seed-0 loss curves")
     parser.add_argument("--speech-weight", type=float, default=0.0,
                         help="share of speech-only examples (taken from the text share; paper mix: 0)")
     args = parser.parse_args()
@@ -38,9 +39,10 @@ def main() -> None:
     from lst_model.config import load_run_spec
     from lst_model.corpus_tasks import corpus_items
     from lst_model.data import load_records, load_token_space, split_heldout
+    from lst_model.items import PAIRS
     from lst_model.score import accuracy_by_pair, score_items
     from lst_model.synthetic import write_synthetic_shards
-    from lst_model.train import load_model, plot_losses, read_log, train
+    from lst_model.train import load_model, read_log, train
 
     torch.set_num_threads(1)
     steps = args.steps or (60 if args.quick else 300)
@@ -73,45 +75,110 @@ def main() -> None:
             ref = report["speech_only"]["positions_per_utterance"]["baseline"]
             print(f"speech_positions_per_utterance_{strategy}: {lst:.1f} positions (reference: baseline {ref:.1f} positions, ratio {ref / lst:.2f})")
 
-        arms = ("lst", "baseline", "baseline_flop_matched")
-        results: dict[str, dict[str, list[float]]] = {arm: {} for arm in arms}
+        # (arm, model kind, training patching); the FLOP-matched baseline gets as many training
+        # FLOPs as the same seed's curriculum LST (the default training strategy).
+        arms = {"lst_static": ("lst", "static"), "lst_aligned": ("lst", "word_sil_sep"),
+                "lst_curriculum": ("lst", "curriculum"), "baseline": ("baseline", "static"),
+                "baseline_flops": ("baseline", "static")}
+        # (arm, scoring patching) rows of the table: LSTs trained with aligned patches are also scored aligned
+        rows = [("lst_static", "static"), ("lst_aligned", "static"), ("lst_aligned", "word_sil_sep"),
+                ("lst_curriculum", "static"), ("lst_curriculum", "word_sil_sep"), ("baseline", "static"),
+                ("baseline_flops", "static")]
+        results: dict[tuple[str, str], dict[str, list[float]]] = {row: {} for row in rows}
         throughput: dict[str, list[float]] = {arm: [] for arm in arms}
         flops: dict[str, list[float]] = {arm: [] for arm in arms}
+        budget = base["train"]["budget_positions"]
         for seed in seeds:
-            for arm in arms:
-                kind = "lst" if arm == "lst" else "baseline"
-                budget = base["train"]["budget_positions"]
-                if arm == "baseline_flop_matched":  # as many training FLOPs as this seed's LST run
-                    budget = round(budget * flops["lst"][-1] / flops["baseline"][-1])
+            items, _ = corpus_items(records, spec.data.heldout_fraction, seed=seed)
+            for arm, (kind, patching) in arms.items():
+                arm_budget = round(budget * flops["lst_curriculum"][-1] / flops["baseline"][-1]) if arm == "baseline_flops" else budget
                 run_spec = load_run_spec(overrides={**base, "model": {"kind": kind},
-                                                    "train": {**base["train"], "seed": seed, "budget_positions": budget}})
+                                                    "data": {**base["data"], "patching": patching},
+                                                    "train": {**base["train"], "seed": seed, "budget_positions": arm_budget}})
                 out = Path(tmp) / f"{arm}-{seed}"
                 result = train(run_spec, train_records, space, out)
                 throughput[arm].append(result.tokens_per_second)
                 flops[arm].append(read_log(out)[-1]["cumulative"]["train_flops"])
                 model, loaded, _ = load_model(out / "checkpoint.pt")
-                items, _ = corpus_items(records, spec.data.heldout_fraction, seed=seed)
-                for pair, acc in accuracy_by_pair(score_items(model, loaded, space, items)).items():
-                    results[arm].setdefault(f"{pair}_acc_per_token", []).append(acc["acc_per_token"])
-                    results[arm].setdefault(f"{pair}_acc_sum", []).append(acc["acc_sum"])
-            if seed == 0 and args.plot:
-                plot_losses({arm: Path(tmp) / f"{arm}-0" for arm in arms}, args.plot, x="train_flops")
+                for row_arm, scoring in rows:
+                    if row_arm != arm:
+                        continue
+                    scores = score_items(model, loaded, space, items, patching=scoring)
+                    for pair, acc in accuracy_by_pair(scores).items():
+                        for metric in ("acc_per_token", "acc_sum"):
+                            results[(arm, scoring)].setdefault(f"{pair}_{metric}", []).append(acc[metric])
 
         items, skips = corpus_items(records, spec.data.heldout_fraction)
         n_items = sum(item.pair == "s2s" for item in items)
         print(f"# {len(train_records)} training / {len(heldout)} held-out utterances (split by transcript), "
-              f"{n_items} items per modality pair (skipped utterances: {skips or 'none'}), "
+              f"{n_items} items per modality pair (2 endings, same-speaker distractors; skipped utterances: {skips or 'none'}), "
               f"{steps} steps x 8 x 128 global positions per run, seeds {seeds}, speech-only share {args.speech_weight}")
-        lst_f = statistics.mean(flops["lst"])
-        for arm in arms[1:]:
-            ref_f = statistics.mean(flops[arm])
-            print(f"train_flops_per_run_vs_{arm}: {lst_f / 1e12:.3f} TFLOP (reference: {arm} {ref_f / 1e12:.3f} TFLOP, ratio {lst_f / ref_f:.2f})")
-        for arm in arms[1:]:
-            for metric in results["lst"]:
-                lst, ref = results["lst"][metric], results[arm][metric]
-                print(f"heldout_{metric}_vs_{arm}: {_fmt(lst)} (reference: {arm} {_fmt(ref)}, ratio {statistics.mean(lst) / statistics.mean(ref):.2f})")
-        lst_tps, ref_tps = statistics.mean(throughput["lst"]), statistics.mean(throughput["baseline"])
+        for arm in ("baseline", "baseline_flops"):
+            lst_f, ref_f = statistics.mean(flops["lst_curriculum"]), statistics.mean(flops[arm])
+            print(f"train_flops_per_run_lst_curriculum_vs_{arm}: {lst_f / 1e12:.3f} TFLOP (reference: {arm} "
+                  f"{ref_f / 1e12:.3f} TFLOP, ratio {lst_f / ref_f:.2f})")
+        for row in rows[:5]:
+            for reference in ("baseline", "baseline_flops"):
+                for pair in PAIRS:
+                    lst, ref = results[row][f"{pair}_acc_per_token"], results[(reference, "static")][f"{pair}_acc_per_token"]
+                    print(f"heldout_{pair}_acc_per_token_{row[0]}_scored_{row[1]}: {_fmt(lst)} (reference: {reference} "
+                          f"{_fmt(ref)}, ratio {statistics.mean(lst) / statistics.mean(ref):.2f})")
+        lst_tps, ref_tps = statistics.mean(throughput["lst_curriculum"]), statistics.mean(throughput["baseline"])
         print(f"train_throughput_cpu_1thread: {lst_tps:.0f} tokens/s (reference: baseline {ref_tps:.0f} tokens/s, ratio {lst_tps / ref_tps:.2f})")
+        print()
+        for line in _table(results, rows):
+            print(line)
+        if args.plot:
+            _plot(results, rows, {arm: Path(tmp) / f"{arm}-0" for arm in arms}, args.plot)
+            print(f"plot: {args.plot}")
+
+
+def _table(results: dict, rows: list[tuple[str, str]]) -> list[str]:
+    """Markdown table: per-token (and summed) accuracy per pair, mean ± s.e. over seeds."""
+    from lst_model.items import PAIRS, pair_label
+
+    header = "| model | scored | " + " | ".join(f"{pair_label(p)} per-token | {pair_label(p)} summed" for p in PAIRS) + " |"
+    lines = [header, "|" + "---|" * (2 + 2 * len(PAIRS))]
+    for arm, scoring in rows:
+        cells = [_fmt(results[(arm, scoring)][f"{p}_{m}"]) for p in PAIRS for m in ("acc_per_token", "acc_sum")]
+        lines.append(f"| {arm} | {scoring} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _plot(results: dict, rows: list[tuple[str, str]], runs: dict[str, Path], out: Path) -> None:
+    """Per-token accuracy per pair (bars, s.e. over seeds) and the seed-0 loss curves against training FLOPs."""
+    import matplotlib
+
+    from lst_model.items import PAIRS, pair_label
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lst_model.train import read_log
+
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    width = 0.8 / len(rows)
+    for index, row in enumerate(rows):
+        values = [results[row][f"{p}_acc_per_token"] for p in PAIRS]
+        means = [statistics.mean(v) for v in values]
+        errors = [statistics.stdev(v) / len(v) ** 0.5 if len(v) > 1 else 0.0 for v in values]
+        positions = [i + (index - (len(rows) - 1) / 2) * width for i in range(len(PAIRS))]
+        bars.bar(positions, means, width, yerr=errors, capsize=2, label=f"{row[0]} ({row[1]})")
+    bars.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+    bars.set_xticks(range(len(PAIRS)), [pair_label(p) for p in PAIRS])
+    bars.set_ylabel("held-out accuracy (per-token), mean ± s.e.")
+    bars.set_ylim(0.3, 1.0)
+    bars.legend(fontsize=7, ncol=2)
+    for arm, run in runs.items():
+        log = read_log(run)
+        curves.plot([r["cumulative"]["train_flops"] for r in log], [r["loss"] for r in log], label=arm)
+    curves.set_xlabel("cumulative training FLOPs (seed 0)")
+    curves.set_ylabel("training loss")
+    curves.legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
 
 
 def _fmt(values: list[float]) -> str:
