@@ -7,15 +7,15 @@ enough words, one question: which ending follows the prompt?
   frames [0, F(cut)) where F(k) is word k's first frame, so it keeps the leading silence and
   the pause after its last word, as a training speech segment does;
 - true ending: its next `continuation_words` words, frames [F(cut), F(cut + k)) (F(n) = n_frames);
-- distractors (`n_endings - 1`): as many words from *other utterances of the same speaker*,
-  so voice, channel and recording conditions cannot tell the endings apart. They come from
-  the speaker's other held-out utterances; only when the speaker has too few of those are
-  the speaker's training utterances used to fill up (their words are not the answer, so
-  this leaks nothing, but the model may have memorised them: the task gets harder, never
-  easier). A distractor never starts at its utterance's first word (no true ending does,
-  and the leading silence would give it away), and it ends at its utterance's end exactly
-  when the true ending does (same trailing-silence cue on both). Utterances with the
-  prompt's transcript and spans with the true ending's words are never distractors.
+- distractors (`n_endings - 1`): as many words from *other held-out utterances of the same
+  speaker*, so voice, channel and recording conditions cannot tell the endings apart, and
+  neither can familiarity: a distractor is never a training utterance. (An earlier version
+  filled up from the speaker's training utterances; on the demo shards both models then
+  picked the memorised distractor in every item, accuracy 0/4 in all four pairs, so the task
+  measured memorisation.) A distractor never starts at its utterance's first word (no true
+  ending does, and the leading silence would give it away), and it ends at its utterance's
+  end exactly when the true ending does (same trailing-silence cue on both). Utterances
+  with the prompt's transcript and spans with the true ending's words are never distractors.
 
 The question is rendered in every requested pair (s2s, t2t, s2t, t2s) with one label
 position (random by `seed`), so the pairs differ only in modality. Speech sides carry their
@@ -24,7 +24,7 @@ aligned strategy; text sides the span's BPE ids. `text` is the span's words, `vo
 speaker, `sources` the canonical transcript of the prompt's (held-out) utterance.
 
 An utterance that gives no item is counted under its reason in the returned skips:
-`too_few_words`, `speaker_has_no_other_utterance`, `empty_span` (a span without frames or
+`too_few_words`, `speaker_has_too_few_heldout_utterances`, `empty_span` (a span without frames or
 without BPE pieces).
 """
 
@@ -105,18 +105,16 @@ def corpus_items(
     if n_endings < 2:
         raise ValueError(f"n_endings must be >= 2, got {n_endings}")
     k = continuation_words
-    by_speaker: dict[str, dict[bool, list[_Utterance]]] = defaultdict(lambda: {True: [], False: []})
+    by_speaker: dict[str, list[_Utterance]] = defaultdict(list)
     heldout: list[_Utterance] = []
     for record in records:
-        held = is_heldout(record, heldout_fraction)
-        utterance = _Utterance(record)
-        by_speaker[record.speaker][held].append(utterance)
-        if held:
+        if is_heldout(record, heldout_fraction):
+            utterance = _Utterance(record)
+            by_speaker[record.speaker].append(utterance)
             heldout.append(utterance)
     rng = np.random.default_rng(seed)
     items: list[ChoiceItem] = []
     skips: Counter[str] = Counter()
-    filled_from_training = 0
     for utterance in heldout:
         n = utterance.n_words
         if n < min_prompt_words + k:
@@ -125,25 +123,20 @@ def corpus_items(
         cut = min(max(min_prompt_words, n // 2), n - k)
         at_end = cut + k == n
         true_words = utterance.span_words(cut, cut + k)
-        pools = by_speaker[utterance.record.speaker]
+        pool = by_speaker[utterance.record.speaker]
         distractors: list[tuple[_Utterance, int]] = []
-        for held in (True, False):
-            pool = pools[held]
+        for other in (pool[int(i)] for i in rng.permutation(len(pool))):
             if len(distractors) == n_endings - 1:
                 break
-            for other in (pool[int(i)] for i in rng.permutation(len(pool))):
-                if len(distractors) == n_endings - 1:
-                    break
-                if other.canonical == utterance.canonical or other.n_words < k + (1 if at_end else 2):
-                    continue
-                start = other.n_words - k if at_end else int(rng.integers(1, other.n_words - k))
-                words = other.span_words(start, start + k)
-                if words == true_words or any(words == o.span_words(s, s + k) for o, s in distractors):
-                    continue
-                filled_from_training += not held
-                distractors.append((other, start))
+            if other.canonical == utterance.canonical or other.n_words < k + (1 if at_end else 2):
+                continue
+            start = other.n_words - k if at_end else int(rng.integers(1, other.n_words - k))
+            words = other.span_words(start, start + k)
+            if words == true_words or any(words == o.span_words(s, s + k) for o, s in distractors):
+                continue
+            distractors.append((other, start))
         if len(distractors) < n_endings - 1:
-            skips["speaker_has_no_other_utterance"] += 1
+            skips["speaker_has_too_few_heldout_utterances"] += 1
             continue
         label = int(rng.integers(n_endings))
         made = [_item(utterance, pair, cut, k, distractors, label) for pair in pairs]
@@ -151,8 +144,6 @@ def corpus_items(
             skips["empty_span"] += 1
         else:
             items.extend(made)
-    if filled_from_training:
-        log.info("%d distractors came from training utterances of the speaker (too few held-out ones)", filled_from_training)
     return items, dict(skips)
 
 

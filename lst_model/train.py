@@ -248,14 +248,15 @@ def train(
     if checkpoint.exists():
         state = load_checkpoint(checkpoint, device)
         if state["spec"].hash != spec.hash or state["token_space"] != space:
-            raise ValueError(f"{checkpoint} was made with another config or token space; use a new --out")
+            raise ConfigError(f"--out {out}: its checkpoint was made with another config or token space; use a new --out")
         if state.get("text_corpus", "") != fingerprint:
-            raise ValueError(f"{checkpoint} was trained on another text corpus; use a new --out")
+            raise ConfigError(f"--out {out}: its checkpoint was trained on another text corpus; use a new --out")
         if state.get("init_sha256", "") != init_sha256:
             raise ConfigError(f"{checkpoint} was fine-tuned from another --init (sha256 "
                               f"{state.get('init_sha256') or 'none'}, this run: {init_sha256 or 'none'}); use a new --out")
         if len(state["rng_states"]) != ranks.world_size:
-            raise ValueError(f"{checkpoint} was written by {len(state['rng_states'])} processes, this run has {ranks.world_size}")
+            raise ConfigError(f"--out {out}: its checkpoint was written by {len(state['rng_states'])} processes, this run has "
+                              f"{ranks.world_size}; resume with as many")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -269,7 +269,7 @@ def demo_run(demo_build, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run") / "lst"
     code, _, err = lst_model("train", "--shards", str(demo_build / "shards"), "--out", str(out),
                              "--set", "preset=tiny", "--set", "data.patching=word_sil_sep", "--set", "data.seq_positions=32",
-                             "--set", "data.heldout_fraction=0.3", "--set", "train.batch_size=2",
+                             "--set", "data.heldout_fraction=0.6", "--set", "train.batch_size=2",
                              "--set", "train.budget_positions=320", "--set", "train.threads=1")
     assert code == 0, err
     return out
@@ -295,7 +295,7 @@ def test_corpus_task_file_scores_as_the_shards_option_does(demo_build, demo_run,
     """build-task without --input writes the held-out continuation items `score --shards` builds on the fly."""
     shards = str(demo_build / "shards")
     code, out, err = lst_model("build-task", "--shards", shards, "--out", str(tmp_path / "corpus.jsonl"),
-                               "--heldout-fraction", "0.3", "--seed", "3")
+                               "--heldout-fraction", "0.6", "--seed", "3")
     assert code == 0, err
     items = read_items(tmp_path / "corpus.jsonl")
     assert items and {i.pair for i in items} == {"s2s", "t2t", "s2t", "t2s"}

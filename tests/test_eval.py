@@ -214,24 +214,22 @@ def test_corpus_distractors_come_from_other_heldout_utterances_of_the_same_speak
     assert all([e.text for e in i.endings] == texts[i.id.rsplit(":", 1)[0]] for i in items), "one question in every pair"
 
 
-def test_corpus_skips_are_counted_and_training_utterances_fill_in():
+def test_corpus_skips_are_counted_and_distractors_are_never_training_utterances():
     records = synthetic_records(40, seed=3, language=LANGUAGE, speakers=2)
     train, heldout = split_heldout(records, 0.3)
     lonely, paired = heldout[0].id, heldout[1].id
-    records = [dataclasses.replace(r, speaker="lonely") if r.id == lonely else
-               dataclasses.replace(r, speaker="paired") if r.id in (paired, train[0].id) else r for r in records]
+    # "paired" has one held-out utterance and one training utterance: the training one is no distractor
     short = dataclasses.replace(heldout[2], words=heldout[2].words[:4], bpe=tuple(p for p in heldout[2].bpe if p.word_index < 4))
     no_bpe = dataclasses.replace(heldout[3], bpe=(), speaker="no_bpe")  # its text prompt is empty
-    changed = {short.id: short, no_bpe.id: no_bpe, train[1].id: dataclasses.replace(train[1], speaker="no_bpe")}
+    changed = {lonely: dataclasses.replace(heldout[0], speaker="lonely"), paired: dataclasses.replace(heldout[1], speaker="paired"),
+               train[0].id: dataclasses.replace(train[0], speaker="paired"), short.id: short, no_bpe.id: no_bpe,
+               heldout[4].id: dataclasses.replace(heldout[4], speaker="no_bpe")}
     records = [changed.get(r.id, r) for r in records]
     items, skips = corpus_items(records, 0.3, pairs=("s2s", "t2t"))
-    assert skips == {"speaker_has_no_other_utterance": 1, "too_few_words": 1, "empty_span": 1}
-    assert len(items) == 2 * (len(heldout) - 3)
-    assert not [i for i in items if i.id.startswith(no_bpe.id)]
-    [fallback] = [i for i in items if i.id == f"{paired}:t2t"]
-    distractor = fallback.endings[1 - fallback.label].text.split()
-    names = [w.word for w in train[0].words]
-    assert any(names[a : a + 3] == distractor for a in range(len(names))), "the speaker's training utterance"
+    # heldout[4] is no_bpe's only other held-out utterance: its distractor (from no_bpe) has no BPE either
+    assert skips == {"speaker_has_too_few_heldout_utterances": 2, "too_few_words": 1, "empty_span": 2}
+    assert len(items) == 2 * (len(heldout) - 5)
+    assert not [i for i in items if i.id.startswith((no_bpe.id, lonely, paired))]
     with pytest.raises(ValueError, match="pairs"):
         corpus_items(records, 0.3, pairs=("s2x",))
 
