@@ -60,7 +60,7 @@ EXPECTED_ARROW = {
 }  # fmt: skip
 ARROW_CONSTANTS = {"manifest": "MANIFEST_SCHEMA", "alignment": "ALIGNMENT_SCHEMA", "oov": "OOV_SCHEMA",
                    "units": "UNITS_SCHEMA", "tokens": "TOKENS_SCHEMA", "reject": "REJECT_SCHEMA", "index": "INDEX_SCHEMA"}
-RECORD_SCHEMAS = ("sample", "sidecar", "dataset")  # JSON files, not tables
+RECORD_SCHEMAS = ("sample", "sidecar", "dataset", "choice_item")  # JSON files, not tables
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_ARROW))
@@ -126,6 +126,12 @@ def written(tmp_path_factory) -> dict[str, list[dict]]:
     records["sample"] = [json.loads(m["json"]) for t in tars for _, m in iter_raw_samples(t, with_audio=False)]
     records["sidecar"] = [json.loads(sidecar_path(t).read_text()) for t in tars]
     records["dataset"] = [json.loads((out / "dataset.json").read_text())]
+    from lst_model.corpus_tasks import corpus_items
+    from lst_model.items import write_items
+    from lst_model.synthetic import synthetic_records
+
+    items, _ = corpus_items(synthetic_records(20, seed=5, speakers=2), 0.5)
+    records["choice_item"] = [json.loads(line) for line in write_items(items, run / "items.jsonl").read_text().splitlines()]
     return records
 
 
