@@ -160,16 +160,28 @@ def write_items(items: Iterable[ChoiceItem], path: str | Path) -> Path:
     return Path(path)
 
 
-def iter_items(path: str | Path) -> Iterator[ChoiceItem]:
-    """Items of a JSONL file, one line at a time (bounded memory)."""
+def jsonl_lines(path: str | Path, max_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) of every non-blank line; a line over `max_bytes` is refused
+    after reading at most that much of it, so a file without line ends never fills memory."""
     with Path(path).open("rb") as lines:
-        for number, line in enumerate(lines, 1):
+        number = 0
+        while line := lines.readline(max_bytes + 1):
+            number += 1
             if not line.strip():
                 continue
             try:
-                yield ChoiceItem.from_json(parse_json(line, max_bytes=MAX_LINE_BYTES, what="item line"))
-            except (InvalidItem, ValueError) as err:
+                yield number, parse_json(line, max_bytes=max_bytes, what="line")
+            except ValueError as err:
                 raise InvalidItem(f"{path}:{number}: {err}") from None
+
+
+def iter_items(path: str | Path) -> Iterator[ChoiceItem]:
+    """Items of a JSONL file, one line at a time (bounded memory)."""
+    for number, data in jsonl_lines(path):
+        try:
+            yield ChoiceItem.from_json(data)
+        except InvalidItem as err:
+            raise InvalidItem(f"{path}:{number}: {err}") from None
 
 
 def read_items(path: str | Path) -> list[ChoiceItem]:

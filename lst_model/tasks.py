@@ -34,7 +34,7 @@ from lst_data.demo import VOICES as DEMO_VOICES
 from lst_data.patching import patch_lengths
 from lst_data.records import SampleRecord
 from lst_model.data import canonical_transcript
-from lst_model.items import ALIGNED_STRATEGIES, PAIRS, ChoiceItem, Side, write_items
+from lst_model.items import ALIGNED_STRATEGIES, PAIRS, ChoiceItem, InvalidItem, Side, jsonl_lines, write_items
 
 DEFAULT_TTS = ("espeak-ng", "-v", "{voice}", "-w", "{out}", "--stdin")
 DEFAULT_VOICES = tuple(voice for _, voice in DEMO_VOICES)
@@ -87,16 +87,16 @@ def parse_choice_line(data: Any, index: int) -> ChoiceText:
 def read_choice_jsonl(path: str | Path, limit: int | None = None) -> list[ChoiceText]:
     """The first `limit` (all) items of a multiple-choice JSONL; a bad line is a TaskError naming it."""
     choices: list[ChoiceText] = []
-    with Path(path).open("rb") as lines:
-        for number, line in enumerate(lines, 1):
+    try:
+        for number, data in jsonl_lines(path):
             if limit is not None and len(choices) >= limit:
                 break
-            if not line.strip():
-                continue
             try:
-                choices.append(parse_choice_line(json.loads(line), number - 1))
-            except (TaskError, ValueError) as err:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+                choices.append(parse_choice_line(data, number - 1))
+            except (TaskError, ValueError) as err:
                 raise TaskError(f"{path}:{number}: {err}") from None
+    except InvalidItem as err:  # not JSON, or a line over the cap
+        raise TaskError(str(err)) from None
     return choices
 
 

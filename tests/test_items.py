@@ -70,5 +70,9 @@ def test_what_the_schema_cannot_say_is_refused_too(tmp_path):
             read_items(path)
     huge = tmp_path / "huge.jsonl"
     huge.write_text(json.dumps(dict(line, voice="x" * (17 * 2**20))) + "\n", encoding="utf-8")
-    with pytest.raises(InvalidItem, match="over the"):
+    with pytest.raises(InvalidItem, match="huge.jsonl:1: .*over the"):
         list(iter_items(huge))
+    endless = tmp_path / "endless.jsonl"  # no newline at all: refused after the cap, not read whole
+    endless.write_bytes(b"[" * (17 * 2**20))
+    with pytest.raises(InvalidItem, match="endless.jsonl:1: line of .* bytes is over the"):
+        list(iter_items(endless))
