@@ -267,6 +267,13 @@ def _model_and_utterances(run: Path, shard_dir: Path, split: str, ids: str | Non
     return model, spec, space, records
 
 
+def _warn_unless_fine_tuned(spec, task: str) -> None:
+    """A model not fine-tuned for `task` still runs (zero-shot, through what interleaving taught it), with a warning."""
+    if spec.data.task not in (task, "asr_tts"):
+        click.echo(f"warning: this model was trained with data.task={spec.data.task}, not {task}; fine-tune it first "
+                   f"(lst-model train --init RUN --set data.task={task}) for meaningful figures", err=True)
+
+
 def _write_jsonl(path: Path | None, rows) -> None:
     if path is not None:
         path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
@@ -285,6 +292,7 @@ def asr(run: Path, shard_dir: Path, split: str, ids: str | None, limit: int | No
     from lst_model.text_corpus import find_tokenizer
 
     model, spec, space, records = _model_and_utterances(run, shard_dir, split, ids, limit, device)
+    _warn_unless_fine_tuned(spec, "asr")
     tokenizer_path = tokenizer_path or find_tokenizer(shard_dir)
     if tokenizer_path is None:
         raise click.UsageError(f"no tokenizer found near {shard_dir}; give --tokenizer")
@@ -309,6 +317,7 @@ def tts(run: Path, shard_dir: Path, split: str, ids: str | None, limit: int | No
     from lst_model.metrics import length_ratio, unit_edit_distance
 
     model, spec, space, records = _model_and_utterances(run, shard_dir, split, ids, limit, device)
+    _warn_unless_fine_tuned(spec, "tts")
     results = synthesize(model, spec, space, records, device=device)
     _write_jsonl(out_path, (r.to_json() for r in results))
     references, generated = [r.reference for r in results], [r.units for r in results]

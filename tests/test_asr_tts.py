@@ -289,6 +289,10 @@ def test_fine_tuned_asr_transcribes_its_demo_utterances(demo_pretrained, tmp_pat
     lines = [json.loads(line) for line in (tmp_path / "asr.jsonl").read_text().splitlines()]
     assert [line["reference"] for line in lines] == [r.text for r in records]
     assert summary["utterances"] == SANITY_UTTERANCES and summary["wer"] < 0.10, lines
+    # the same utterances through the pretrained model: a warning, and far from transcribing them
+    before = CliRunner().invoke(cli, ["asr", "--model", str(init), "--shards", str(shards), "--split", "all", "--ids", ids])
+    assert before.exit_code == 0 and "data.task=pretrain, not asr; fine-tune it first" in before.stderr
+    assert json.loads(before.stdout.strip().splitlines()[-1])["wer"] > 0.5
 
 
 @pytest.mark.slow  # 300 fine-tuning steps over ~140-unit outputs: about 15 s of CPU on top of the ASR run
