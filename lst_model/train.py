@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -44,7 +45,7 @@ from torch import nn
 
 from lst_data.core.config import to_dict, updated
 from lst_data.core.digests import file_sha256
-from lst_data.core.errors import ConfigError
+from lst_data.core.errors import ConfigError, InputError
 from lst_data.records import SampleRecord
 from lst_model.config import RunSpec, run_spec_from_dict
 from lst_model.flops import batch_cost
@@ -158,10 +159,21 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, step:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A checkpoint's state, loaded without unpickling arbitrary objects (weights_only=True)."""
-    state = torch.load(Path(path), map_location=map_location, weights_only=True)
-    state["spec"] = run_spec_from_dict(json.loads(state["spec"]))
-    state["token_space"] = TokenSpace.from_dict(state["token_space"])
+    """A checkpoint's state, loaded without unpickling arbitrary objects (weights_only=True).
+    A missing or unreadable file is the user's (an InputError: one line, exit 2)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no checkpoint there (give a run folder holding {CHECKPOINT}, or the file itself)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+        state["spec"] = run_spec_from_dict(json.loads(state["spec"]))
+        state["token_space"] = TokenSpace.from_dict(state["token_space"])
+    except pickle.UnpicklingError:  # torch's message suggests weights_only=False, which would run arbitrary code
+        raise InputError(f"{path}: not an lst-model checkpoint (not a torch file, or it holds objects other than "
+                         "tensors and plain data)") from None
+    except (RuntimeError, EOFError, ValueError, KeyError, TypeError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"{path}: not an lst-model checkpoint ({reason[:200]})") from None
     return state
 
 

@@ -142,3 +142,22 @@ def test_bad_run_settings_are_one_line_usage_errors(tmp_path, setting, field):
     shards = write_synthetic_shards(tmp_path / "shards", 4)
     result = CliRunner().invoke(cli, ["train", "--shards", str(shards), "--out", str(tmp_path / "run"), "--set", setting])
     assert result.exit_code == 2 and field in result.output and "Traceback" not in result.output
+
+
+def test_a_model_path_that_is_no_checkpoint_is_one_line_exit_2(tmp_path):
+    """score/asr/generate/train --init read checkpoints the user names: a folder without one,
+    a file that is not one, or a truncated one is a one-line error, never a traceback."""
+    shards = write_synthetic_shards(tmp_path / "shards", 6)
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n", encoding="utf-8")
+    run = tmp_path / "run"
+    train(_spec(steps=1), RECORDS, SPACE, run)
+    (tmp_path / "truncated.pt").write_bytes((run / CHECKPOINT).read_bytes()[:300])
+    cases = [(tmp_path, "checkpoint"), (tmp_path / "notes.txt", "not an lst-model checkpoint"),
+             (tmp_path / "truncated.pt", "not an lst-model checkpoint")]
+    for path, message in cases:
+        for args in (["score", "--model", str(path), "--shards", str(shards)],
+                     ["generate", "--model", str(path), "--shards", str(shards), "--sample", "toy-00000"],
+                     ["train", "--shards", str(shards), "--out", str(tmp_path / "ft"), "--init", str(path)]):
+            result = CliRunner().invoke(cli, args)
+            assert result.exit_code == 2 and message in result.output and str(path) in result.output, (args, result.output)
+            assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
