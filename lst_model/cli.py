@@ -192,7 +192,9 @@ def score(run: Path, task_path: Path | None, shard_dir: Path | None, pairs: str,
             click.echo(f"dropped {len(dirty)} contaminated items of {len(items) + len(dirty)}", err=True)
         report["dropped_contaminated"] = len(dirty)
     if not items:
-        raise UserError("no items to score")
+        skipped = ", ".join(f"{reason} {n}" for reason, n in sorted(report.get("skipped_utterances", {}).items()))
+        raise UserError("no items to score" + (f": the held-out utterances gave none ({skipped}); a larger "
+                                               "data.heldout_fraction or fewer --endings gives more" if skipped else ""))
     scores = score_items(model, spec, space, items, patching=patching, device=device)
     report["pairs"] = accuracy_by_pair(scores)
     if out_path is not None:
