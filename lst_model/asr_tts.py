@@ -15,6 +15,7 @@ training wrote.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -26,10 +27,12 @@ from lst_model.config import RunSpec
 from lst_model.sequences import ALIGNED, Example, SequenceBuilder
 from lst_model.tokens import TokenSpace
 
-# Generation caps: far above any real output, they only stop a model that never emits EOS.
-ASR_TOKENS_PER_WORD = 4
+# Generation caps, from the input side only (the reference output is not looked at): far above
+# any real output, they only stop a model that never emits EOS. ASR: at most one BPE token per
+# unit frame; TTS: 0.3 s of speech per character (read speech is about 0.07 s per character).
 ASR_EXTRA_TOKENS = 16
-TTS_UNITS_PER_REFERENCE_UNIT = 3
+TTS_SECONDS_PER_CHARACTER = 0.3
+TTS_EXTRA_UNITS = 16
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ def recognize(model: nn.Module, spec: RunSpec, space: TokenSpace, records: Seque
     results = []
     for record in records:
         prompt, lengths = split_prompt(builder.asr_example(record, eval_strategy(record, spec)))
-        cap = ASR_TOKENS_PER_WORD * len(record.text.split()) + ASR_EXTRA_TOKENS
+        cap = record.n_frames + ASR_EXTRA_TOKENS
         generation = generate(model, spec, space, prompt, lengths, max_new_tokens=cap, allowed=allowed, device=device)
         hypothesis = decode([int(t) for t in _output(generation)])
         results.append(AsrResult(record.id, record.text, hypothesis, bool(generation.stopped)))
@@ -103,7 +106,7 @@ def synthesize(model: nn.Module, spec: RunSpec, space: TokenSpace, records: Sequ
     results = []
     for record in records:
         prompt, lengths = split_prompt(builder.tts_example(record, "static"))  # no units in a TTS prompt
-        cap = TTS_UNITS_PER_REFERENCE_UNIT * record.n_frames
+        cap = math.ceil(TTS_SECONDS_PER_CHARACTER * len(record.text) * record.frame_rate) + TTS_EXTRA_UNITS
         generation = generate(model, spec, space, prompt, lengths, max_new_tokens=cap, allowed=allowed, device=device)
         units = _output(generation) - space.unit_offset
         results.append(TtsResult(record.id, np.asarray(record.units, dtype=np.int64), units, bool(generation.stopped)))
