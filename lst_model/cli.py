@@ -131,7 +131,7 @@ def _checkpoint_path(run: Path) -> Path:
 def _pairs(value: str) -> tuple[str, ...]:
     from lst_model.items import PAIRS
 
-    pairs = tuple(p.strip() for p in value.split(",") if p.strip())
+    pairs = tuple(dict.fromkeys(p.strip() for p in value.split(",") if p.strip()))
     if not pairs or any(p not in PAIRS for p in pairs):
         raise click.BadParameter(f"a comma-separated subset of {','.join(PAIRS)}, got {value!r}", param_hint="--pairs")
     return pairs
@@ -398,14 +398,12 @@ def build_task(input_path: Path | None, shard_dir: Path, pairs: str, out_path: P
         DEFAULT_VOICES,
         ShardBuild,
         build_choice_items,
-        check_pairs,
         has_speech,
         read_choice_jsonl,
         write_build,
     )
 
-    chosen = _names(pairs, "--pairs")
-    check_pairs(chosen)
+    chosen = list(_pairs(pairs))
     if input_path is None:
         _build_corpus_task(shard_dir, chosen, out_path, heldout_fraction, n_endings, seed, limit)
         return
