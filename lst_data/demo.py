@@ -224,3 +224,31 @@ def demo_corpus_command(out: Path, n_utterances: int, seed: int) -> None:
     speakers = len({u["speaker"] for u in truth["utterances"]})
     click.echo(f"demo corpus: {len(truth['utterances'])} utterances, {speakers} speakers, "
                f"{hours * 60:.1f} min -> {out} (ground truth: {out / 'ground_truth.json'})")
+
+
+def replicate_corpus(source: str | Path, out_dir: str | Path, copies: int, textgrids: str | Path | None = None) -> int:
+    """`copies` copies of a synthesized corpus under new speaker folders (`<speaker>_rNNNN`), audio
+    hard-linked, for scale tests and benchmarks; with `textgrids`, a TextGrid of every copy's exact
+    word boundaries there too (`align.backend = textgrid` then costs no aligner time).
+    Returns the number of utterances written."""
+    from lst_data.align.base import Interval
+    from lst_data.align.textgrid_io import write_textgrid
+
+    source, out_dir = Path(source), Path(out_dir)
+    truth = load_ground_truth(source)
+    written = 0
+    for copy in range(copies):
+        for utt in truth["utterances"]:
+            speaker = f"{utt['speaker']}_r{copy:04d}"
+            utt_id = f"{utt['id']}_r{copy:04d}"
+            folder = out_dir / speaker
+            folder.mkdir(parents=True, exist_ok=True)
+            audio = folder / f"{utt_id}.wav"
+            if not audio.exists():
+                audio.hardlink_to(source / utt["audio"])
+            (folder / f"{utt_id}.lab").write_text(utt["text"] + "\n", encoding="utf-8")
+            if textgrids is not None:
+                words = [Interval(w["word"], w["start"], w["end"]) for w in utt["words"]]
+                write_textgrid(Path(textgrids) / speaker / f"{utt_id}.TextGrid", utt["duration"], words)
+            written += 1
+    return written

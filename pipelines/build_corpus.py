@@ -1,24 +1,31 @@
 """Corpus -> shards in one job: ingest -> align -> units -> tokenize -> shard.
 
 Run it locally (`lst-data build CORPUS --out RUN`, `make corpus`) or on a cluster
-(`ray job submit ... -- python -m pipelines.build_corpus CORPUS --out RUN`). Each stage
-streams its rows through Ray Data (or in-process with `--runner local`) and writes its
-tables under its own folder of the run directory:
+(`ray job submit ... -- python -m pipelines.build_corpus CORPUS --out RUN`). The driver only
+plans: it lists the corpus into partitions that follow the shard order
+(`lst_data.core.partitions`), and each step runs one task per partition in which a worker
+reads its input partition, computes, and writes its output partition. The run directory:
 
     RUN/config.yaml          the resolved config of the run
-    RUN/ingest/              manifest.parquet, rejects.parquet, ingest.json, audio/
-    RUN/align/               alignments.parquet, rejects.parquet, oov.parquet, align.json
-    RUN/units/               codebook.npy (+ .json), units.parquet, rejects.parquet, units.json
-    RUN/tokenize/            tokenizer.model, tokens.parquet, rejects.parquet, tokenize.json
+    RUN/plan/                entries.parquet/ (the corpus listing, by partition), listing rejects
+    RUN/ingest/              manifest.parquet/, rejects.parquet/, parts/, ingest.json, audio/<part>/
+    RUN/align/               alignments.parquet/, rejects.parquet/, parts/, oov.parquet, align.json
+    RUN/units/               codebook.npy (+ .json), units.parquet/, rejects.parquet/, parts/, units.json
+    RUN/tokenize/            tokenizer.model, tokens.parquet/, rejects.parquet/, parts/, tokenize.json
+    RUN/encode/              samples.parquet/: each partition's checked, encoded samples in shard order
     RUN/shards/              {split}-NNNNNN.tar + .json sidecars, index.parquet, rejects.parquet, dataset.json,
                              shard.json
     RUN/build.json           what ran, what was kept, wall time per stage, reject counts
 
-Every step is one stage run by `lst_data.core.runner` (the shard writer ends the same way), so
-each folder also holds `done.json`, written last. Resume: a step is done when `RUN/<step>/done.json` holds the hash of everything its output
-depends on (its config sections, the seed, and the hashes of the steps it reads). A rerun
-skips done steps and redoes the rest; the shard step also keeps every finished shard. A
-killed run therefore resumes to the same bytes as an uninterrupted one.
+A `<table>.parquet/` folder holds one `part-NNNNN.parquet` per partition (pyarrow reads the
+folder as one table). Resume: each partition of a step has a marker (`parts/part-NNNNN.json`)
+holding the hash of exactly what it was made from: its config sections, the content of the
+files they name, what the upstream steps recorded for that partition, and the fitted
+codebook or tokenizer. A rerun keeps every partition whose hash is unchanged, so adding an
+utterance reruns the partitions it falls in (and a fit on the whole corpus, when the run
+trains its codebook or tokenizer, refits and reruns everything downstream of it). The shard
+writers keep every finished shard whose content is unchanged. A killed run therefore
+resumes to the same bytes as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -42,12 +49,30 @@ from lst_data.core.config import canonical_hash, to_dict
 from lst_data.core.errors import UserError
 from lst_data.core.fingerprint import files_fingerprint, listing_fingerprint
 from lst_data.core.lock import OutputLocked, exclusive_output
-from lst_data.core.rejects import Reject, merge_rejects, read_rejects
-from lst_data.core.runner import DONE_FILE, REJECTS_FILE, StageReport
+from lst_data.core.partitions import (
+    PartitionPlan,
+    marker_path,
+    part_file,
+    part_is_done,
+    partition_count,
+    read_marker,
+    remove_parts_beyond,
+    route_to_partitions,
+    table_path,
+    write_json_atomic,
+    write_part,
+)
+from lst_data.core.rejects import Reject, merge_rejects, read_rejects, rejects_to_table
+from lst_data.core.runner import DONE_FILE, REJECTS_FILE, StagePartitions, TableParts, finish_stage, map_items
+from lst_data.core.stage import Resources, Stage
 from lst_data.ingest.cli import layout_option
-from lst_data.ingest.stage import list_configured_corpus
+from lst_data.ingest.stage import AUDIO_FOLDER, Ignored, spill_listing
 
 STEP_ORDER = ("ingest", "align", "units", "tokenize", "shard")
+PLAN_FOLDER = "plan"
+ENCODE_FOLDER = "encode"
+REJECTS_TABLE = "rejects"
+LISTING_REJECTS = "listing"  # the corpus reader's rejects, beside ingest's partitions in rejects.parquet/
 
 
 @dataclass(frozen=True)
@@ -55,8 +80,8 @@ class Step:
     name: str
     sections: tuple[str, ...]  # config sections the output depends on
     reads: tuple[str, ...]  # steps whose outputs it reads
-    run: Callable[[BuildContext, dict[str, Any]], StageReport]  # (context, input fingerprints) -> report
     folder: str  # under the run directory
+    table: str  # the table it writes per partition
 
 
 @dataclass
@@ -67,6 +92,75 @@ class StepOutcome:
     rejects: list[Reject]
     figures: dict[str, Any]
     reason: str  # why it was kept or run again
+    parts_run: int = 0
+    parts: int = 0
+
+
+STEPS = {
+    "ingest": Step("ingest", ("ingest",), (), "ingest", "manifest"),
+    "align": Step("align", ("align",), ("ingest",), "align", "alignments"),
+    "units": Step("units", ("units",), ("ingest",), "units", "units"),
+    "tokenize": Step("tokenize", ("tokenizer",), ("ingest",), "tokenize", "tokens"),
+    "shard": Step("shard", ("shard",), ("ingest", "align", "units", "tokenize"), "shards", "samples"),
+}
+
+
+@dataclass
+class CorpusPlan:
+    """What the driver keeps of the corpus listing: O(partitions), plus the reader's rejects."""
+
+    partitions: PartitionPlan
+    entry_hashes: list[str]  # per partition: the content of its entries (transcripts, audio size and mtime)
+    rejects: list[Reject]
+    ignored: list[Ignored]
+
+    @property
+    def names(self) -> list[str]:
+        return self.partitions.names
+
+    @property
+    def listing_hash(self) -> str:
+        return canonical_hash({"rejects": [asdict(r) for r in self.rejects], "ignored": [asdict(i) for i in self.ignored]})
+
+
+def plan_corpus(corpus: Path, run_dir: Path, config: RunConfig) -> CorpusPlan:
+    """List the corpus into partitions under RUN/plan, streaming: the driver holds one chunk of the
+    listing, then one partition, at a time. Unchanged partitions are not rewritten."""
+    folder = run_dir / PLAN_FOLDER
+    scratch = folder / ".listing"
+    shutil.rmtree(scratch, ignore_errors=True)
+    spill = scratch / "entries.parquet"
+    rows, rejects, ignored = spill_listing(corpus, config.ingest, spill)
+    # Pieces of a cut long recording get new ids, and 'id' order has no hash ranges to cut:
+    # both keep the whole corpus in one partition.
+    single = config.shard.order != "hash" or config.ingest.long_recordings == "segment"
+    count = partition_count(rows, config.ray.partition_rows, config.ray.min_partitions, single)
+    plan = PartitionPlan(count, config.seed)
+    hashes = []
+    for part, entries in zip(plan.names, route_to_partitions(spill, plan, scratch / "routed"), strict=True):
+        digest = listing_fingerprint(entries, "audio_path", {"partitions": count})
+        path = part_file(folder, "entries", part)
+        marker = read_marker(folder, part)
+        if marker is None or marker.get("hash") != digest or not path.is_file():
+            write_part(entries, path)
+            write_json_atomic(marker_path(folder, part), {"hash": digest, "rows": entries.num_rows})
+        hashes.append(digest)
+    shutil.rmtree(scratch)
+    remove_parts_beyond(folder, ["entries"], plan.names)
+    return CorpusPlan(plan, hashes, rejects, ignored)
+
+
+def step_base_inputs(config: RunConfig, name: str) -> dict[str, str]:
+    """What a step's output depends on besides its inputs: its config sections (+ seed) and the
+    content of every file those sections name."""
+    names = STEPS[name].sections
+    if name == "ingest" and config.ingest.long_recordings == "segment":
+        names = (*names, "align")  # long recordings are aligned to be cut
+    return {
+        "sections": canonical_hash({"step": name, "seed": config.seed,
+                                    "sections": {s: to_dict(getattr(config, s)) for s in names}}),
+        "files": canonical_hash(files_fingerprint([getattr(config, s) for s in names])),
+    }
 
 
 @dataclass
@@ -74,98 +168,224 @@ class BuildContext:
     corpus: Path
     run_dir: Path
     config: RunConfig
-    listing: tuple[Any, list[Reject], list[Any]]  # the corpus reader's entries table, rejects and ignored files
+    plan: CorpusPlan
+    show_progress: bool = True
 
     def dir(self, step: str) -> Path:
         path = self.run_dir / STEPS[step].folder
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    @property
-    def manifest_dir(self) -> Path:
-        return self.run_dir / STEPS["ingest"].folder
+    def recorded_hashes(self, step: str) -> list[str]:
+        """What `step` recorded for each partition: the hash its markers hold (never what it is
+        expected to hold), so a step downstream of a partial run sees the tables that exist."""
+        folder = self.run_dir / STEPS[step].folder
+        hashes = []
+        for part in self.plan.names:
+            marker = read_marker(folder, part)
+            if marker is None or not part_file(folder, STEPS[step].table, part).is_file():
+                raise UserError(f"--steps: the {step} step has no output for partition {part} in {self.run_dir}; "
+                                f"run it first (e.g. --steps {step},...)")
+            hashes.append(marker["hash"])
+        return hashes
+
+    def upstream(self, step: str) -> list[dict[str, str]]:
+        """Per partition, the recorded hash of every step `step` reads (ingest reads the plan)."""
+        if step == "ingest":
+            return [{"entries": h} for h in self.plan.entry_hashes]
+        recorded = {r: self.recorded_hashes(r) for r in STEPS[step].reads}
+        return [{r: recorded[r][i] for r in recorded} for i in range(len(self.plan.names))]
+
+    def tasks(self, step: str, folder: Path, tables: list[str], fitted: dict[str, Any],
+              task_fields: Callable[[str], dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        """(tasks for the partitions to run, markers of the partitions kept) of a step."""
+        base = step_base_inputs(self.config, step)
+        todo, kept = [], {}
+        for part, reads in zip(self.plan.names, self.upstream(step), strict=True):
+            inputs = {**base, "partitions": self.plan.partitions.count, "reads": reads, "fitted": fitted}
+            digest = canonical_hash(inputs)
+            marker = part_is_done(folder, part, digest, tables)
+            if marker is not None:
+                kept[part] = marker
+            else:
+                todo.append({"part": part, "out_dir": str(folder), "hash": digest, "inputs": inputs, **task_fields(part)})
+        remove_parts_beyond(folder, tables, self.plan.names)
+        return todo, kept
 
 
-def _ingest(ctx: BuildContext, fingerprint: dict[str, Any]) -> StageReport:
-    from lst_data.ingest.stage import ingest_corpus
-
-    return ingest_corpus(ctx.corpus, ctx.dir("ingest"), ctx.config, listing=ctx.listing, fingerprint=fingerprint)
-
-
-def _align(ctx: BuildContext, fingerprint: dict[str, Any]) -> StageReport:
-    from lst_data.align.stage import align_manifest
-
-    return align_manifest(ctx.manifest_dir, ctx.dir("align"), ctx.config, fingerprint=fingerprint)
-
-
-def _units(ctx: BuildContext, fingerprint: dict[str, Any]) -> StageReport:
-    from lst_data.units.stage import quantize_manifest
-
-    return quantize_manifest(ctx.manifest_dir, ctx.dir("units"), ctx.config, fingerprint=fingerprint)
-
-
-def _tokenize(ctx: BuildContext, fingerprint: dict[str, Any]) -> StageReport:
-    from lst_data.tokenize.stage import tokenize_manifest
-
-    return tokenize_manifest(ctx.manifest_dir, ctx.dir("tokenize"), ctx.config, fingerprint=fingerprint)
-
-
-def _shard(ctx: BuildContext, fingerprint: dict[str, Any]) -> StageReport:
-    from lst_data.shards.build import StageOutputs, build_shards
-
-    outputs = StageOutputs.from_run_dir(ctx.run_dir)
-    return build_shards(outputs, ctx.dir("shard"), ctx.config, fingerprint=fingerprint)
-
-
-STEPS = {
-    "ingest": Step("ingest", ("ingest",), (), _ingest, "ingest"),
-    "align": Step("align", ("align",), ("ingest",), _align, "align"),
-    "units": Step("units", ("units",), ("ingest",), _units, "units"),
-    "tokenize": Step("tokenize", ("tokenizer",), ("ingest",), _tokenize, "tokenize"),
-    "shard": Step("shard", ("shard",), ("ingest", "align", "units", "tokenize"), _shard, "shards"),
-}
-
-
-def step_inputs(config: RunConfig, corpus_fingerprint: str) -> dict[str, dict[str, Any]]:
-    """What every step's output depends on, by component: config sections (+ seed), the content
-    of every file those sections name, the corpus listing (ingest), and the upstream steps."""
-    inputs: dict[str, dict[str, Any]] = {}
-    for name in STEP_ORDER:
-        step = STEPS[name]
-        names = step.sections
-        if name == "ingest" and config.ingest.long_recordings == "segment":
-            names = (*names, "align")  # long recordings are aligned to be cut
-        sections = [getattr(config, s) for s in names]
-        inputs[name] = {
-            "sections": canonical_hash({"step": name, "seed": config.seed,
-                                        "sections": {s: to_dict(getattr(config, s)) for s in names}}),
-            "files": canonical_hash(files_fingerprint(sections)),
-            "corpus": corpus_fingerprint if name == "ingest" else None,
-            "reads": {r: canonical_hash(inputs[r]) for r in step.reads},
-        }
+def _step_inputs(ctx: BuildContext, step: str) -> dict[str, Any]:
+    """Everything a whole step depends on (stored in its done.json): a match keeps it unread."""
+    inputs: dict[str, Any] = {**step_base_inputs(ctx.config, step), "partitions": ctx.plan.partitions.count,
+                              "reads": ctx.upstream(step)}
+    if step == "ingest":
+        inputs["listing"] = ctx.plan.listing_hash
     return inputs
 
 
-def _done_marker(run_dir: Path, step: str) -> Path:
-    return run_dir / STEPS[step].folder / DONE_FILE
+def _stage_for(step: str, ctx: BuildContext) -> Stage:
+    config = ctx.config
+    if step == "ingest":
+        from lst_data.ingest.stage import IngestStage
+
+        return IngestStage(config.ingest, ctx.dir("ingest") / AUDIO_FOLDER, corpus=ctx.corpus, align=config.align,
+                           ignored=ctx.plan.ignored)
+    if step == "align":
+        from lst_data.align.stage import AlignStage
+
+        return AlignStage(config.align)
+    if step == "units":
+        from lst_data.units.stage import UnitsStage
+
+        return UnitsStage(config.units, config.seed)
+    from lst_data.tokenize.stage import TokenizeStage
+
+    return TokenizeStage(config.tokenizer, config.seed)
 
 
-def redo_reason(run_dir: Path, step: str, inputs: dict[str, Any]) -> str | None:
-    """None when the step's stored output was made from exactly these inputs; else why it must run."""
-    marker = _done_marker(run_dir, step)
+def _drop_older_layout(folder: Path, tables: list[str]) -> bool:
+    """A step folder written before partitions (one file per table) is redone from scratch."""
+    if any(table_path(folder, t).is_file() for t in tables):
+        shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        return True
+    return False
+
+
+def _run_stage_step(ctx: BuildContext, name: str, inputs: dict[str, Any]) -> StepOutcome:
+    started = time.perf_counter()
+    config, step = ctx.config, STEPS[name]
+    folder = ctx.dir(name)
+    stage = _stage_for(name, ctx)
+    tables = [stage.table, "rejects"]
+    _drop_older_layout(folder, tables)
+    (folder / DONE_FILE).unlink(missing_ok=True)
+    source_folder, source_table = (PLAN_FOLDER, "entries") if name == "ingest" else (STEPS["ingest"].folder, "manifest")
+    sources = [part_file(ctx.run_dir / source_folder, source_table, p) for p in ctx.plan.names]
+    parts = TableParts(list(sources), fingerprint=canonical_hash(inputs["reads"]))
+    if parts.num_rows:
+        # Whole-corpus fits (codebook, BPE) reject nothing the partitions do not reject themselves.
+        stage.prepare(parts, folder, config.ray)
+    todo, markers = ctx.tasks(name, folder, tables, stage.fitted(), lambda part: {
+        "input": str(sources[ctx.plan.names.index(part)])})
+    worker = StagePartitions(stage, config.ray.batch_size)
+    for task, marker in zip(todo, map_items(worker, todo, config.ray, resources=stage.resources, desc=name,
+                                             show_progress=ctx.show_progress), strict=True):
+        markers[task["part"]] = marker
+    ordered = [markers[p] for p in ctx.plan.names]
+    listing: list[Reject] = []
+    if name == "ingest":
+        listing = ctx.plan.rejects
+        (table_path(folder, "rejects")).mkdir(parents=True, exist_ok=True)
+        write_part(rejects_to_table(listing), part_file(folder, "rejects", LISTING_REJECTS))
+    figures = stage.finalize([m["summary"] for m in ordered], folder)
+    report = finish_stage(
+        name, folder, rows_in=sum(m["rows_in"] for m in ordered) + len(listing),
+        rows_out=sum(m["rows_out"] for m in ordered), rejects=read_rejects(table_path(folder, REJECTS_TABLE)),
+        started=started, config=config, config_section=stage.config_section, provenance=stage.provenance(),
+        figures=figures, fingerprint=inputs, rejects_written=True,
+    )
+    return StepOutcome(name, False, report.seconds, [r for r in report.rejects if r.stage == step.name], figures,
+                       "", len(todo), len(ctx.plan.names))
+
+
+def _run_shard_step(ctx: BuildContext, name: str, inputs: dict[str, Any]) -> StepOutcome:
+    from lst_data.shards.build import StageOutputs, shard_provenance
+    from lst_data.shards.contract import STAGE
+    from lst_data.shards.parallel import ENCODED_TABLE, EncodePartitions, write_partitioned_shards
+    from lst_data.tokenize import load_tokenizer
+
+    started = time.perf_counter()
+    config, run_dir = ctx.config, ctx.run_dir
+    out = ctx.dir(name)
+    (out / DONE_FILE).unlink(missing_ok=True)
+    encode_dir = run_dir / ENCODE_FOLDER
+    tables = [ENCODED_TABLE, "rejects"]
+    earlier = [s for s in STEPS[name].reads]
+
+    def task_fields(part: str) -> dict[str, Any]:
+        return {
+            "tables": {table: str(part_file(run_dir / STEPS[s].folder, STEPS[s].table, part))
+                       for table, s in (("manifest", "ingest"), ("alignments", "align"), ("units", "units"),
+                                        ("tokens", "tokenize"))},
+            "earlier_rejects": [str(p) for s in earlier
+                                if (p := part_file(run_dir / STEPS[s].folder, "rejects", part)).exists()],
+        }
+
+    todo, markers = ctx.tasks(name, encode_dir, tables, {}, task_fields)
+    for task, marker in zip(todo, map_items(EncodePartitions(config), todo, config.ray, resources=Resources(cpus=1.0),
+                                             desc="encode", show_progress=ctx.show_progress), strict=True):
+        markers[task["part"]] = marker
+    ordered = [markers[p] for p in ctx.plan.names]
+    encoded = [part_file(encode_dir, ENCODED_TABLE, p) for p in ctx.plan.names]
+    carried = merge_rejects(r for s in earlier for r in read_rejects(table_path(run_dir / STEPS[s].folder, REJECTS_TABLE)))
+    outputs = StageOutputs.from_run_dir(run_dir)
+    tokenizer = load_tokenizer(outputs.tokenizer) if outputs.tokenizer else None
+
+    def run_tasks(worker: Any, tasks: list[dict[str, Any]]) -> Any:
+        return map_items(worker, tasks, config.ray, resources=Resources(cpus=1.0), desc="shard", unit="shard",
+                         show_progress=ctx.show_progress)
+
+    report = write_partitioned_shards(encoded, ordered, out, config, carried_rejects=carried,
+                                      tokenizer_vocab_size=tokenizer.vocab_size if tokenizer else None,
+                                      run_tasks=run_tasks)
+    manifest_rows = sum(m["rows_out"] for m in (read_marker(run_dir / "ingest", p) or {"rows_out": 0}
+                                                for p in ctx.plan.names))
+    finish_stage(
+        STAGE, out, rows_in=manifest_rows, rows_out=report.samples, rejects=report.rejects, started=started,
+        config=config, config_section="shard", provenance=shard_provenance(config, outputs.tokenizer, tokenizer, report),
+        figures=report.figures(), fingerprint=inputs, rejects_written=True,
+    )
+    return StepOutcome(name, False, time.perf_counter() - started, [r for r in report.rejects if r.stage == STAGE],
+                       report.figures(), "", len(todo), len(ctx.plan.names))
+
+
+def _kept_outcome(ctx: BuildContext, name: str, inputs: dict[str, Any]) -> StepOutcome | None:
+    """The outcome of a step whose stored output was made from exactly `inputs` and is all there; else None."""
+    folder = ctx.run_dir / STEPS[name].folder
+    marker = folder / DONE_FILE
+    try:
+        stored = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if stored.get("hash") != canonical_hash(inputs) or not _outputs_present(ctx, name):
+        return None
+    rejects = [r for r in read_rejects(folder / REJECTS_FILE) if r.stage == name]
+    return StepOutcome(name, True, 0.0, rejects, stored.get("figures", {}), "inputs unchanged", 0, len(ctx.plan.names))
+
+
+def _outputs_present(ctx: BuildContext, name: str) -> bool:
+    """A kept step must have its outputs: every partition's table (the shards: every tar)."""
+    if name == "shard":
+        from lst_data.shards.layout import DATASET_FILE
+
+        dataset = ctx.run_dir / STEPS[name].folder / DATASET_FILE
+        try:
+            shards = json.loads(dataset.read_text(encoding="utf-8"))["shards"]
+        except (OSError, ValueError, KeyError):
+            return False
+        return all((dataset.parent / s).is_file() for s in shards)
+    folder = ctx.run_dir / STEPS[name].folder
+    return all(part_file(folder, STEPS[name].table, p).is_file() for p in ctx.plan.names)
+
+
+def redo_reason(run_dir: Path, step: str, inputs: dict[str, Any]) -> str:
+    """Why a step must run (it was not kept): what changed since its stored output."""
+    marker = run_dir / STEPS[step].folder / DONE_FILE
     if not marker.exists():
         return "not run yet" if not marker.parent.exists() else "no done.json (unfinished)"
     try:
         stored = json.loads(marker.read_text(encoding="utf-8"))
     except ValueError:
         return "done.json unreadable"
-    if stored.get("hash") == canonical_hash(inputs):
-        return None
     before = stored.get("inputs") or {}
-    changed = [k for k in ("sections", "files", "corpus") if before.get(k) != inputs[k]]
-    changed += [f"{r} output" for r, h in inputs["reads"].items() if (before.get("reads") or {}).get(r) != h]
-    labels = {"sections": "config", "files": "files named in the config", "corpus": "corpus content"}
-    return "changed: " + ", ".join(labels.get(c, c) for c in changed) if changed else "inputs changed"
+    if stored.get("hash") == canonical_hash(inputs):
+        return "outputs missing"
+    labels = {"sections": "config", "files": "files named in the config", "listing": "corpus listing",
+              "partitions": "partition count"}
+    changed = [labels[k] for k in labels if before.get(k) != inputs.get(k)]
+    if before.get("reads") != inputs["reads"]:
+        changed.append("corpus content" if step == "ingest" else "upstream output")
+    return "changed: " + ", ".join(changed) if changed else "inputs changed"
 
 
 @dataclass
@@ -182,54 +402,31 @@ class BuildReport:
 
 def build_corpus(
     corpus: str | Path, run_dir: str | Path, config: RunConfig, *, steps: tuple[str, ...] = STEP_ORDER,
-    on_step: Callable[[StepOutcome], None] | None = None,
+    on_step: Callable[[StepOutcome], None] | None = None, show_progress: bool = True,
 ) -> BuildReport:
     """Run (or resume) the steps over `corpus` into `run_dir`, holding the run directory's lock."""
     started = time.perf_counter()
     corpus, run_dir = Path(corpus), Path(run_dir)
     with exclusive_output(run_dir):
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=True), encoding="utf-8")
-        listing = list_configured_corpus(corpus, config.ingest)
-        inputs = step_inputs(config, listing_fingerprint(listing[0], "audio_path", {
-            "rejects": [asdict(r) for r in listing[1]], "ignored": [asdict(i) for i in listing[2]]}))
-        ctx = BuildContext(corpus, run_dir, config, listing)
+        ctx = BuildContext(corpus, run_dir, config, plan_corpus(corpus, run_dir, config), show_progress)
         outcomes: list[StepOutcome] = []
+        hashes: dict[str, str] = {}
         for name in steps:
-            reason = redo_reason(run_dir, name, inputs[name])
-            if reason is None:
-                marker = json.loads(_done_marker(run_dir, name).read_text(encoding="utf-8"))
-                outcome = StepOutcome(name, True, 0.0, _stored_rejects(run_dir, name), marker.get("figures", {}),
-                                      "inputs unchanged")
-            else:
-                _clear_step_folder(run_dir, name)
-                report = STEPS[name].run(ctx, inputs[name])
-                # The shard folder's rejects also carry every earlier stage's: count each step's own.
-                own = [r for r in report.rejects if r.stage == name]
-                outcome = StepOutcome(name, False, report.seconds, own, report.figures, reason)
+            inputs = _step_inputs(ctx, name)
+            hashes[name] = canonical_hash(inputs)
+            outcome = _kept_outcome(ctx, name, inputs)
+            if outcome is None:
+                reason = redo_reason(run_dir, name, inputs)
+                run = _run_shard_step if name == "shard" else _run_stage_step
+                outcome = run(ctx, name, inputs)
+                outcome.reason = reason
             outcomes.append(outcome)
             if on_step is not None:
                 on_step(outcome)
         report = BuildReport(outcomes, run_dir, time.perf_counter() - started)
-        _write_build_json(report, config, {n: canonical_hash(i) for n, i in inputs.items()})
+        _write_build_json(report, config, hashes)
     return report
-
-
-def _clear_step_folder(run_dir: Path, step: str) -> None:
-    """A step that runs again starts from an empty folder, so nothing stale (an old tokenizer, converted
-    audio of a deleted utterance) survives into its output. The shard folder keeps its shards: the
-    writer verifies each against its sidecar and keeps only what it would write again."""
-    folder = run_dir / STEPS[step].folder
-    if step != "shard" and folder.is_dir():
-        shutil.rmtree(folder)
-
-
-def _stored_rejects(run_dir: Path, step: str) -> list[Reject]:
-    """The rejects a kept step wrote: rows of its own stage in its folder's reject files.
-
-    Filtering by stage matters for the shard folder, whose rejects.parquet also carries
-    every earlier stage's rejects; step names are the stage names of their reject rows.
-    """
-    return [r for r in read_rejects(run_dir / STEPS[step].folder / REJECTS_FILE) if r.stage == step]
 
 
 def _write_build_json(report: BuildReport, config: RunConfig, hashes: dict[str, str]) -> None:
@@ -239,7 +436,7 @@ def _write_build_json(report: BuildReport, config: RunConfig, hashes: dict[str, 
         "step_hashes": hashes,
         "steps": [
             {"name": o.name, "skipped": o.skipped, "seconds": round(o.seconds, 3), "rejects": len(o.rejects),
-             "figures": o.figures}
+             "figures": o.figures, "partitions": o.parts, "partitions_run": o.parts_run, "reason": o.reason}
             for o in report.outcomes
         ],
     }
@@ -247,8 +444,10 @@ def _write_build_json(report: BuildReport, config: RunConfig, hashes: dict[str, 
 
 
 def _print_step(o: StepOutcome) -> None:
-    click.echo(f"[{o.name}] kept ({o.reason})" if o.skipped else f"[{o.name}] ran in {o.seconds:.1f} s ({o.reason})",
-               err=True)
+    if o.skipped:
+        click.echo(f"[{o.name}] kept ({o.reason})", err=True)
+    else:
+        click.echo(f"[{o.name}] ran {o.parts_run} of {o.parts} partitions in {o.seconds:.1f} s ({o.reason})", err=True)
 
 
 def print_build_summary(report: BuildReport, config: RunConfig) -> None:

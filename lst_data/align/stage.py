@@ -10,11 +10,13 @@ directory and writes alignments.parquet, rejects.parquet, oov.parquet and align.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -26,7 +28,7 @@ from lst_data.audio import AudioError, read_audio
 from lst_data.config import RunConfig
 from lst_data.core.config import RayConfig, to_dict
 from lst_data.core.rejects import Reject
-from lst_data.core.runner import StageReport, read_manifest, run_stage
+from lst_data.core.runner import StageReport, TableParts, read_manifest, run_stage
 from lst_data.core.stage import Resources, Stage, StageResult
 from lst_data.core.tables import ALIGNMENT_SCHEMA, OOV_SCHEMA
 
@@ -41,6 +43,7 @@ BACKENDS: dict[str, str] = {
 ACOUSTIC_BACKENDS = frozenset({"pocketsphinx", "mfa", "ctc"})
 
 OOV_FILE = "oov.parquet"
+SCORE_DECIMALS = 3  # scores are summarised at this precision (the figures are rounded to it anyway)
 
 
 def make_aligner(config: AlignConfig) -> Aligner:
@@ -62,7 +65,7 @@ class AlignStage(Stage):
         if config.backend == "ctc" and config.ctc.device in ("auto", "cuda") and _cuda_available():
             self.resources = Resources(cpus=1.0, gpus=1.0)
 
-    def prepare(self, table: pa.Table, out_dir: Path, ray: RayConfig) -> list[Reject]:
+    def prepare(self, inputs: TableParts, out_dir: Path, ray: RayConfig) -> list[Reject]:
         """MFA: check the install and the model in the driver, before any worker starts; in
         train mode, train on the whole manifest once (the batches then align with that model)."""
         if self.config.backend == "mfa":
@@ -70,7 +73,8 @@ class AlignStage(Stage):
 
             check_mfa_config(self.config.mfa)
             if self.config.mfa.mode == "train":
-                requests = [AlignRequest.from_row(row) for row in table.to_pylist()]
+                # MFA trains on the whole corpus at once: this fit is not bounded by a partition.
+                requests = [AlignRequest.from_row(row) for row in inputs.read().to_pylist()]
                 self.config = train_acoustic_model(requests, out_dir, self.config)
         return []
 
@@ -84,11 +88,26 @@ class AlignStage(Stage):
             self.aligner.close()
             self.aligner = None
 
-    def finalize(self, output: pa.Table, out_dir: Path) -> dict[str, Any]:
-        oov = oov_report(output)
+    def fitted(self) -> dict[str, Any]:
+        # After MFA training the config names the trained model (and train mode its content).
+        return {"aligner_config": to_dict(self.config)}
+
+    def summarize(self, output: pa.Table) -> dict[str, Any]:
+        scores = pc.drop_null(output["score"]).to_numpy() if output.num_rows else np.zeros(0)
+        values, counts = np.unique(np.round(scores.astype(np.float64), SCORE_DECIMALS), return_counts=True)
+        return {"aligned": output.num_rows, "oov": oov_report(output).to_pylist(),
+                "model_hashes": sorted(set(output["model_hash"].to_pylist())),
+                "scores": [[float(v), int(c)] for v, c in zip(values, counts, strict=True)]}
+
+    def finalize(self, summaries: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+        oov = merge_oov_reports(s["oov"] for s in summaries)
         pq.write_table(oov, out_dir / OOV_FILE)
-        self.model_hashes = sorted(set(output["model_hash"].to_pylist()))
-        return {"aligned": output.num_rows, "oov_words": oov.num_rows, **score_distribution(output)}
+        self.model_hashes = sorted(set().union(*(s["model_hashes"] for s in summaries)))
+        scores: Counter[float] = Counter()
+        for summary in summaries:
+            scores.update({value: count for value, count in summary["scores"]})
+        return {"aligned": sum(s["aligned"] for s in summaries), "oov_words": oov.num_rows,
+                **score_distribution(scores)}
 
     def provenance(self) -> dict[str, Any]:
         # What the aligner ran with: after MFA training, the trained model's path.
@@ -171,13 +190,35 @@ def _first_difference(expected: list[str], found: list[str]) -> str:
     return f"expected {len(expected)} words, aligner gave {len(found)}"
 
 
-def score_distribution(alignments: pa.Table) -> dict[str, float]:
-    """Quantiles of the aligned utterances' scores (the quality gate's view of the corpus)."""
-    scores = pc.drop_null(alignments["score"])
-    if len(scores) == 0:
+def score_distribution(scores: Counter[float]) -> dict[str, float]:
+    """Quantiles (linear interpolation) of the aligned utterances' scores, given as value -> count
+    at SCORE_DECIMALS (the quality gate's view of the corpus; bounded however large the corpus)."""
+    total = sum(scores.values())
+    if total == 0:
         return {}
-    quantiles = pc.quantile(scores, q=[0.0, 0.05, 0.5, 1.0]).to_pylist()
-    return {f"score_{name}": round(value, 3) for name, value in zip(("min", "p05", "median", "max"), quantiles, strict=True)}
+    values = np.array(sorted(scores), dtype=np.float64)
+    ends = np.cumsum([scores[v] for v in values])  # rank of the last copy of each value, + 1
+
+    def at(rank: int) -> float:
+        return float(values[np.searchsorted(ends, rank, side="right")])
+
+    figures = {}
+    for name, q in (("min", 0.0), ("p05", 0.05), ("median", 0.5), ("max", 1.0)):
+        position = q * (total - 1)
+        low, frac = int(np.floor(position)), position - np.floor(position)
+        value = at(low) if frac == 0 else at(low) + (at(low + 1) - at(low)) * frac
+        figures[f"score_{name}"] = round(value, SCORE_DECIMALS)
+    return figures
+
+
+def merge_oov_reports(reports: Iterable[list[dict[str, Any]]]) -> pa.Table:
+    """One (word, source, count) table from per-partition reports, most used first."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for report in reports:
+        counts.update({(row["word"], row["source"]): row["count"] for row in report})
+    rows = [{"word": w, "source": src, "count": n}
+            for (w, src), n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+    return pa.Table.from_pylist(rows, schema=OOV_SCHEMA)
 
 
 def oov_report(alignments: pa.Table) -> pa.Table:

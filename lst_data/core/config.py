@@ -58,6 +58,13 @@ class RayConfig(Section):
     num_workers: int = doc("Actors per stage (0 = one per available CPU).", 0, ge=0, le=4096)
     cpus_per_worker: float = doc("CPUs each actor asks for (fractional is fine on small machines).", 1.0, gt=0, le=1024)
     batch_size: int = doc("Rows per batch handed to a stage.", 16, ge=1, le=1_000_000)
+    partition_rows: int = doc(
+        "Utterances per partition a build aims for: each step's work and files are cut into partitions "
+        "(a power of two of them), and a resume reruns only the partitions whose inputs changed.",
+        1024, ge=1, le=10_000_000)
+    min_partitions: int = doc(
+        "Fewest partitions a build cuts a corpus into (so a small corpus still spreads over the workers).",
+        8, ge=1, le=65536)
 
 
 def to_dict(obj: Any) -> Any:

@@ -111,9 +111,12 @@ def rejects_to_table(rejects: Iterable[Reject]) -> pa.Table:
     return pa.Table.from_pylist([asdict(r) for r in rejects], schema=REJECT_SCHEMA)
 
 
+def sorted_rejects_table(rejects: Iterable[Reject]) -> pa.Table:
+    return rejects_to_table(rejects).sort_by([("stage", "ascending"), ("id", "ascending"), ("code", "ascending")])
+
+
 def write_rejects(rejects: Iterable[Reject], path: str | Path) -> pa.Table:
-    table = rejects_to_table(rejects)
-    table = table.sort_by([("stage", "ascending"), ("id", "ascending"), ("code", "ascending")])
+    table = sorted_rejects_table(rejects)
     pq.write_table(table, path)
     return table
 

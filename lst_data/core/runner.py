@@ -33,8 +33,8 @@ from lst_data import __version__
 from lst_data.core.config import RayConfig, canonical_hash, to_dict
 from lst_data.core.paths import inside
 from lst_data.core.progress import progress_bar
-from lst_data.core.rejects import Reject, merge_rejects, write_rejects
-from lst_data.core.stage import Stage, StageResult
+from lst_data.core.rejects import Reject, merge_rejects, sorted_rejects_table, write_rejects
+from lst_data.core.stage import Resources, Stage, StageResult
 
 if TYPE_CHECKING:
     from lst_data.config import RunConfig
@@ -139,6 +139,147 @@ def _map_stage(ds: Any, stage: Stage, ray_config: RayConfig, ray_data: Any, bloc
     )
 
 
+class TableParts:
+    """A stage's input: one table in partitions, read one at a time.
+
+    `fingerprint` names the content of all partitions together: a stage that fits a model
+    on its whole input (a codebook, a BPE) keys the fitted file on it. A standalone stage
+    command hands its one in-memory table as a single partition.
+    """
+
+    def __init__(self, sources: list[Path | pa.Table], fingerprint: str | None = None) -> None:
+        self.sources = sources
+        self.fingerprint = fingerprint
+
+    @classmethod
+    def of_table(cls, table: pa.Table) -> TableParts:
+        return cls([table])
+
+    @property
+    def num_rows(self) -> int:
+        return sum(s.num_rows if isinstance(s, pa.Table) else pq.ParquetFile(s).metadata.num_rows for s in self.sources)
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        return self.iter_columns(None)
+
+    def iter_columns(self, columns: Iterable[str] | None) -> Iterator[pa.Table]:
+        for source in self.sources:
+            if isinstance(source, pa.Table):
+                yield source if columns is None else source.select(list(columns))
+            else:
+                yield pq.read_table(source, columns=None if columns is None else list(columns))
+
+    def read(self, columns: Iterable[str] | None = None) -> pa.Table:
+        """All partitions as one table: only for fits that need every row at once (MFA training)."""
+        cols = None if columns is None else list(columns)
+        return pa.concat_tables(list(self.iter_columns(cols)))
+
+
+class PartitionWorker:
+    """What a worker does with one task of `map_items`: `setup` once, then one call per task."""
+
+    def setup(self) -> None:  # noqa: B027  (optional hook)
+        """Load what every task needs (a model), once per worker."""
+
+    def teardown(self) -> None:  # noqa: B027  (optional hook)
+        """Release what `setup` holds."""
+
+    def __call__(self, task: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class _ItemActor:
+    """Ray Data callable class: one PartitionWorker per actor; tasks and results travel as JSON."""
+
+    def __init__(self, worker: PartitionWorker) -> None:
+        self.worker = worker
+        self.worker.setup()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        results = [json.dumps(self.worker(json.loads(task))) for task in batch.column("task").to_pylist()]
+        return pa.table({"result": pa.array(results, pa.string())})
+
+    def __del__(self) -> None:
+        self.worker.teardown()
+
+
+def map_items(worker: PartitionWorker, tasks: list[dict[str, Any]], ray_config: RayConfig, *, resources: Resources,
+              desc: str, unit: str = "part", show_progress: bool = True) -> Iterator[dict[str, Any]]:
+    """Run `worker` over `tasks` (JSON-able dicts) on Ray actors or in this process; results in task order.
+
+    Each task names files the worker reads and writes itself: only the small task and result
+    dicts pass through the driver.
+    """
+    with progress_bar(total=len(tasks), desc=desc, unit=unit, disable=not show_progress) as bar:
+        if not tasks:
+            return
+        if ray_config.runner == "local":
+            worker.setup()
+            try:
+                for task in tasks:
+                    yield worker(task)
+                    bar.update(1)
+            finally:
+                worker.teardown()
+            return
+        from lst_data.core.ray_env import actor_options, ensure_ray, stage_pool_size
+
+        ray_data = ensure_ray(ray_config)
+        ds = ray_data.from_arrow([pa.table({"task": [json.dumps(t)]}) for t in tasks])
+        actors = min(stage_pool_size(resources, ray_config), len(tasks))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
+            mapped = ds.map_batches(
+                _ItemActor, fn_constructor_args=(worker,), batch_size=1, batch_format="pyarrow",
+                compute=ray_data.ActorPoolStrategy(size=actors),
+                num_cpus=resources.cpus * ray_config.cpus_per_worker, num_gpus=resources.gpus,
+                **actor_options(ray_config),
+            )
+        for batch in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for result in batch.column("result").to_pylist():
+                yield json.loads(result)
+                bar.update(1)
+
+
+@dataclass
+class StagePartitions(PartitionWorker):
+    """Runs a stage over whole partitions: reads the input file, writes the output and rejects files,
+    then the partition's marker (last, so a marker always means a whole partition)."""
+
+    stage: Stage
+    batch_size: int
+    ready: bool = False
+
+    def teardown(self) -> None:
+        if self.ready:
+            self.stage.teardown()
+            self.ready = False
+
+    def __call__(self, task: dict[str, Any]) -> dict[str, Any]:
+        from lst_data.core.partitions import marker_path, part_file, write_json_atomic, write_part
+
+        stage, out_dir, part = self.stage, Path(task["out_dir"]), task["part"]
+        table = pq.read_table(task["input"])
+        _check_inputs(stage, table)
+        if table.num_rows and not self.ready:  # no model is loaded for empty partitions (or corpora)
+            stage.setup()
+            self.ready = True
+        stage.open_partition(part)
+        outputs, rejects = [], []
+        for batch in table.to_batches(max_chunksize=self.batch_size):
+            ok, batch_rejects = decode_result(stage, encode_result(stage, stage.process_batch(batch.to_pylist())))
+            outputs.append(ok)
+            rejects += batch_rejects
+        output = pa.concat_tables(outputs) if outputs else stage.output_schema.empty_table()
+        write_part(output, part_file(out_dir, stage.table, part))
+        rejects = merge_rejects(rejects)
+        write_part(sorted_rejects_table(rejects), part_file(out_dir, "rejects", part))
+        marker = {"hash": task["hash"], "inputs": task["inputs"], "rows_in": table.num_rows,
+                  "rows_out": output.num_rows, "rejects": len(rejects), "summary": stage.summarize(output)}
+        write_json_atomic(marker_path(out_dir, part), marker)
+        return marker
+
+
 @dataclass
 class StageReport:
     """What one stage run did: counts, rejects, wall time and the stage's own figures."""
@@ -229,13 +370,16 @@ def finish_stage(
     provenance: dict[str, Any],
     figures: dict[str, Any],
     fingerprint: dict[str, Any] | None,
+    rejects_written: bool = False,
 ) -> StageReport:
-    """Write rejects.parquet, <name>.json and, last, done.json; return the report.
+    """Write rejects.parquet (unless the partitions `rejects_written` it), <name>.json and, last,
+    done.json; return the report.
 
-    Shared by `run_stage` and by writers that are not row transforms (the shard writer).
+    Shared by `run_stage`, the partitioned steps of a build and the shard writer.
     """
     rejects = merge_rejects(rejects)
-    write_rejects(rejects, out_dir / REJECTS_FILE)
+    if not rejects_written:
+        write_rejects(rejects, out_dir / REJECTS_FILE)
     seconds = time.perf_counter() - started
     counts = {"input": rows_in, "output": rows_out, "rejects": len(rejects)}
     write_json(out_dir / f"{name}.json", {
@@ -275,11 +419,11 @@ def run_stage(
     (out_dir / DONE_FILE).unlink(missing_ok=True)
     rejects = list(prior_rejects)
     rows_in = table.num_rows + len(rejects)  # what the stage was handed, its reader's rejects included
-    rejects += stage.prepare(table, out_dir, config.ray) if table.num_rows else []
+    rejects += stage.prepare(TableParts.of_table(table), out_dir, config.ray) if table.num_rows else []
     out_path = inside(out_dir, f"{stage.table}.parquet")
     rows_out, batch_rejects = stream_to_parquet(stage, table, out_path, config.ray, show_progress=show_progress)
     output = pq.read_table(out_path, schema=stage.output_schema)
-    figures = stage.finalize(output, out_dir)
+    figures = stage.finalize([stage.summarize(output)], out_dir)
     report = finish_stage(
         stage.name, out_dir, rows_in=rows_in, rows_out=rows_out, rejects=[*batch_rejects, *rejects],
         started=started, config=config, config_section=stage.config_section, provenance=stage.provenance(),

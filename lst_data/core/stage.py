@@ -5,7 +5,7 @@ input columns it reads, the table it writes and that table's Arrow schema. It lo
 model once per worker in `setup` and then maps batches of rows to result rows plus
 rejects. Stage-wide work happens on the driver in two optional hooks: `prepare` before any
 batch (train the codebook, the tokenizer, the MFA model) and `finalize` after the last one
-(the OOV report). Nothing in a stage knows about Ray: `lst_data.core.runner` is the only
+(the OOV report), which sees only the small per-partition `summarize` results, never the rows. Nothing in a stage knows about Ray: `lst_data.core.runner` is the only
 code that does, so every stage's core is testable as a plain function over a list of dicts.
 """
 
@@ -22,6 +22,7 @@ from lst_data.core.rejects import Reject
 
 if TYPE_CHECKING:
     from lst_data.core.config import RayConfig
+    from lst_data.core.runner import TableParts
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,22 @@ class Stage(ABC):
     config_section: ClassVar[str]
     resources: Resources = Resources()
 
-    def prepare(self, table: pa.Table, out_dir: Path, ray: RayConfig) -> list[Reject]:
+    def prepare(self, inputs: TableParts, out_dir: Path, ray: RayConfig) -> list[Reject]:
         """Stage-wide work on the driver before any batch (e.g. train a model into out_dir).
 
-        Returns rejects found on the way (utterances that could not contribute).
+        `inputs` is read one partition at a time, so the driver holds one partition (or a
+        bounded sample) at most. Returns rejects found on the way (utterances that could not
+        contribute).
         """
         return []
+
+    def fitted(self) -> dict[str, Any]:
+        """Hashes of what `prepare` fitted or loaded (a codebook, a BPE): every partition's output
+        depends on them, so a partition is redone when they change."""
+        return {}
+
+    def open_partition(self, part: str) -> None:  # noqa: B027  (optional hook)
+        """Called in the worker before the batches of one partition (e.g. clear its scratch files)."""
 
     def setup(self) -> None:  # noqa: B027  (optional hook)
         """Load models once per worker. Called before the first batch."""
@@ -68,8 +79,13 @@ class Stage(ABC):
         """Release what `setup` holds (a subprocess, temporary files). Called after the last
         batch of a worker; on Ray, also when an actor ends."""
 
-    def finalize(self, output: pa.Table, out_dir: Path) -> dict[str, Any]:
-        """Stage-wide work on the driver after the last batch; returns figures for the report."""
+    def summarize(self, output: pa.Table) -> dict[str, Any]:
+        """A small JSON summary of one partition's output, made in the worker (counts, histograms)."""
+        return {}
+
+    def finalize(self, summaries: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+        """Stage-wide work on the driver after the last batch, from the partitions' summaries;
+        returns figures for the report."""
         return {}
 
     def provenance(self) -> dict[str, Any]:

@@ -17,12 +17,14 @@ from __future__ import annotations
 import io
 import shutil
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from lst_data.audio import (
     IN_PLACE_SUFFIXES,
@@ -34,7 +36,7 @@ from lst_data.audio import (
     write_audio,
 )
 from lst_data.config import RunConfig
-from lst_data.core.config import RayConfig, updated
+from lst_data.core.config import updated
 from lst_data.core.paths import inside
 from lst_data.core.rejects import Reject
 from lst_data.core.runner import StageReport, run_stage
@@ -47,6 +49,8 @@ from lst_data.text import normalize_text
 
 if TYPE_CHECKING:
     from lst_data.align.config import AlignConfig
+
+AUDIO_FOLDER = "audio"  # converted 16 kHz copies, under the ingest output folder
 
 ENTRY_SCHEMA = pa.schema(
     [
@@ -73,7 +77,7 @@ class IngestStage(Stage):
     def __init__(self, config: IngestConfig, audio_dir: str | Path, corpus: str | Path | None = None,
                  align: AlignConfig | None = None, ignored: Sequence[Ignored] = ()) -> None:
         self.config = config
-        self.audio_dir = Path(audio_dir)
+        self.audio_root = self.audio_dir = Path(audio_dir)
         self.corpus = None if corpus is None else str(Path(corpus).resolve())
         self.ignored = list(ignored)
         self.align = align  # aligns long recordings before they are cut (long_recordings = 'segment')
@@ -83,19 +87,25 @@ class IngestStage(Stage):
         # Ray ships the stage to its actors; a loaded aligner never travels.
         return {**self.__dict__, "aligner": None}
 
-    def prepare(self, table: pa.Table, out_dir: Path, ray: RayConfig) -> list[Reject]:
-        # Converted audio of an earlier run (of utterances since edited or deleted) never lingers.
+    def open_partition(self, part: str) -> None:
+        # Each partition converts into a folder of its own, emptied when the partition reruns:
+        # converted audio of utterances since edited or deleted never lingers.
+        self.audio_dir = self.audio_root / part
         if self.audio_dir.is_dir():
             shutil.rmtree(self.audio_dir)
-        return []
 
     def provenance(self) -> dict[str, Any]:
         return {"corpus": self.corpus, "ignored": [vars(i) for i in self.ignored]}
 
-    def finalize(self, output: pa.Table, out_dir: Path) -> dict[str, Any]:
-        durations = output["duration"].to_pylist()
-        return {"utterances": output.num_rows, "hours": float(sum(durations)) / 3600,
-                "speakers": len(set(output["speaker"].to_pylist())), "ignored_files": len(self.ignored)}
+    def summarize(self, output: pa.Table) -> dict[str, Any]:
+        return {"utterances": output.num_rows, "seconds": float(pc.sum(output["duration"]).as_py() or 0.0),
+                "speakers": sorted(set(output["speaker"].to_pylist()))}
+
+    def finalize(self, summaries: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+        speakers = set().union(*(s["speakers"] for s in summaries)) if summaries else set()
+        return {"utterances": sum(s["utterances"] for s in summaries),
+                "hours": sum(s["seconds"] for s in summaries) / 3600,
+                "speakers": len(speakers), "ignored_files": len(self.ignored)}
 
     def process_batch(self, rows: list[dict[str, Any]]) -> StageResult:
         result = StageResult()
@@ -252,34 +262,37 @@ def _reject_id(entry: CorpusEntry) -> str:
     return entry.id.encode("utf-8", errors="backslashreplace").decode("utf-8") or entry.transcript_source
 
 
-def screen_entries(items: Iterable[CorpusItem]) -> tuple[list[CorpusEntry], list[Reject], list[Ignored]]:
-    """The reader's items split into entries that may ship, rejects, and ignored files.
+def screen_stream(items: Iterable[CorpusItem]) -> Iterator[CorpusItem]:
+    """The reader's items with every entry that may not ship turned into a reject, in reader order.
 
     Of two entries with one id, or with two ids that map to one sample key, the first
-    (in reader order) ships and the later one is rejected.
+    (in reader order) ships and the later one is rejected. Only ids, keys and first paths
+    are remembered, never the entries themselves.
     """
-    by_id: dict[str, CorpusEntry] = {}
-    by_key: dict[str, CorpusEntry] = {}
+    first_path: dict[str, str] = {}  # id -> audio path of the copy that ships
+    id_of_key: dict[str, str] = {}
+    for item in items:
+        if isinstance(item, (Reject, Ignored)):
+            yield item
+        elif (problem := id_problem(item.id)) is not None:
+            yield Reject(_reject_id(item), "ingest", "id_invalid", f"{item.transcript_source}: {problem}")
+        elif item.id in first_path:
+            yield Reject(item.id, "ingest", "duplicate_id", f"{item.audio_path} repeats the id of {first_path[item.id]}")
+        elif (key := sanitize_key(item.id)) in id_of_key:
+            yield Reject(item.id, "ingest", "key_collision", f"key {key!r} is already the key of id {id_of_key[key]!r}")
+        else:
+            first_path[item.id], id_of_key[key] = item.audio_path, item.id
+            yield item
+
+
+def screen_entries(items: Iterable[CorpusItem]) -> tuple[list[CorpusEntry], list[Reject], list[Ignored]]:
+    """`screen_stream` split into entries that may ship, rejects, and ignored files."""
+    entries: list[CorpusEntry] = []
     rejects: list[Reject] = []
     ignored: list[Ignored] = []
-    for item in items:
-        if isinstance(item, Reject):
-            rejects.append(item)
-        elif isinstance(item, Ignored):
-            ignored.append(item)
-        elif (problem := id_problem(item.id)) is not None:
-            rejects.append(Reject(_reject_id(item), "ingest", "id_invalid", f"{item.transcript_source}: {problem}"))
-        elif item.id in by_id:
-            rejects.append(
-                Reject(item.id, "ingest", "duplicate_id", f"{item.audio_path} repeats the id of {by_id[item.id].audio_path}")
-            )
-        elif (key := sanitize_key(item.id)) in by_key:
-            rejects.append(
-                Reject(item.id, "ingest", "key_collision", f"key {key!r} is already the key of id {by_key[key].id!r}")
-            )
-        else:
-            by_id[item.id] = by_key[key] = item
-    return list(by_id.values()), rejects, ignored
+    for item in screen_stream(items):
+        (rejects if isinstance(item, Reject) else ignored if isinstance(item, Ignored) else entries).append(item)
+    return entries, rejects, ignored
 
 
 def list_corpus(corpus: str | Path, layout: str = "auto",
@@ -288,6 +301,33 @@ def list_corpus(corpus: str | Path, layout: str = "auto",
     entries, rejects, ignored = screen_entries(read_corpus(corpus, layout, hf_columns))
     entries.sort(key=lambda e: e.id)
     return pa.Table.from_pylist([e.__dict__ for e in entries], schema=ENTRY_SCHEMA), rejects, ignored
+
+
+def spill_listing(corpus: str | Path, config: IngestConfig, path: Path,
+                  chunk_rows: int = 4096) -> tuple[int, list[Reject], list[Ignored]]:
+    """Stream the screened listing into the Parquet file `path` (reader order), holding one chunk of
+    entries at a time; returns (entries written, rejects, ignored files)."""
+    rejects: list[Reject] = []
+    ignored: list[Ignored] = []
+    chunk: list[dict[str, Any]] = []
+    written = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pq.ParquetWriter(path, ENTRY_SCHEMA) as writer:
+        for item in screen_stream(read_corpus(corpus, config.layout, config.hf)):
+            if isinstance(item, Reject):
+                rejects.append(item)
+            elif isinstance(item, Ignored):
+                ignored.append(item)
+            else:
+                chunk.append(item.__dict__)
+            if len(chunk) >= chunk_rows:
+                writer.write_table(pa.Table.from_pylist(chunk, schema=ENTRY_SCHEMA))
+                written += len(chunk)
+                chunk.clear()
+        if chunk:
+            writer.write_table(pa.Table.from_pylist(chunk, schema=ENTRY_SCHEMA))
+            written += len(chunk)
+    return written, rejects, ignored
 
 
 def ignored_notes(ingest_json: dict[str, Any], limit: int = 20) -> list[str]:
@@ -313,5 +353,8 @@ def ingest_corpus(corpus: str | Path, out_dir: str | Path, config: RunConfig, *,
     when the caller already made it (the build does, to fingerprint the corpus).
     """
     entries, reader_rejects, ignored = listing or list_configured_corpus(corpus, config.ingest)
-    stage = IngestStage(config.ingest, Path(out_dir) / "audio", corpus=corpus, align=config.align, ignored=ignored)
+    audio_dir = Path(out_dir) / AUDIO_FOLDER
+    if audio_dir.is_dir():  # converted audio of an earlier run never lingers
+        shutil.rmtree(audio_dir)
+    stage = IngestStage(config.ingest, audio_dir, corpus=corpus, align=config.align, ignored=ignored)
     return run_stage(stage, entries, out_dir, config, prior_rejects=reader_rejects, fingerprint=fingerprint)

@@ -105,6 +105,16 @@ def shard_tables(
     )
 
 
+def shard_provenance(config: RunConfig, tokenizer_path: Path | None, tokenizer: Any, report: ShardReport) -> dict[str, Any]:
+    """shard.json's record of what the shards were made with and what the writer rewrote or removed."""
+    return {
+        "shard_config_hash": shard_config_hash(config),
+        "tokenizer": {"path": str(tokenizer_path), "hash": tokenizer.hash} if tokenizer else None,
+        "shards_rewritten": [{"shard": name, "why": why} for name, why in report.rewritten],
+        "shards_removed": report.removed,
+    }
+
+
 def build_shards(
     outputs: StageOutputs,
     out_dir: str | Path,
@@ -140,12 +150,7 @@ def build_shards(
     stage_report = finish_stage(
         STAGE, out, rows_in=tables.manifest.num_rows, rows_out=report.samples, rejects=report.rejects,
         started=started, config=config, config_section="shard",
-        provenance={
-            "shard_config_hash": shard_config_hash(config),
-            "tokenizer": {"path": str(outputs.tokenizer), "hash": tokenizer.hash} if tokenizer else None,
-            "shards_rewritten": [{"shard": name, "why": why} for name, why in report.rewritten],
-            "shards_removed": report.removed,
-        },
+        provenance=shard_provenance(config, outputs.tokenizer, tokenizer, report),
         figures=report.figures(), fingerprint=fingerprint,
     )
     return ShardStageReport(**{f.name: getattr(stage_report, f.name) for f in fields(stage_report)})

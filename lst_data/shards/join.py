@@ -77,7 +77,7 @@ def join_records(
     order = sample_order(ids, config.shard.order, config.seed)
     for start in range(0, len(order), _BATCH_ROWS):
         chunk = order[start : start + _BATCH_ROWS]
-        manifest_rows = tables.manifest.take(chunk).to_pylist()
+        manifest_rows = tables.manifest.take(pa.array(chunk, pa.int64())).to_pylist()
         found = {
             name: _take(getattr(tables, name), positions[name], [ids[i] for i in chunk]) for name in positions
         }
@@ -105,7 +105,8 @@ def _positions(table: pa.Table) -> dict[str, int]:
 
 def _take(table: pa.Table, positions: Mapping[str, int], ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     """id -> row (units as an int16 array, not a Python list) for the ids present in `table`."""
-    rows = table.take([positions[i] for i in ids if i in positions])
+    # Typed indices: an empty Python list would be a null array, which `take` refuses.
+    rows = table.take(pa.array([positions[i] for i in ids if i in positions], pa.int64()))
     unit_lists = None
     if "units" in rows.column_names:
         unit_lists = _split_lists(rows.column("units").combine_chunks())

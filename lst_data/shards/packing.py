@@ -27,7 +27,7 @@ class PushBackIterator(Iterator[SampleRecord]):
         return self.pending.popleft() if self.pending else next(self.source)
 
 
-def _audio_for(record: SampleRecord, audio_source: AudioSource | None, include_audio: bool) -> bytes | None:
+def sample_audio(record: SampleRecord, audio_source: AudioSource | None, include_audio: bool) -> bytes | None:
     if not include_audio:
         return None
     if record.audio is not None:
@@ -35,6 +35,28 @@ def _audio_for(record: SampleRecord, audio_source: AudioSource | None, include_a
     if audio_source is None:
         raise ValueError("shard.include_audio is set but write_shards got no audio_source")
     return audio_source(record)
+
+
+class ShardPacker:
+    """Where shards close: at `max_samples` samples, or before a sample that would take the tar past
+    `max_bytes` (0: no limit); a shard always takes its first sample, however large."""
+
+    def __init__(self, max_samples: int, max_bytes: int) -> None:
+        self.max_samples, self.max_bytes = max_samples, max_bytes
+        self.samples = self.bytes = 0
+
+    def fits(self, sample_bytes: int) -> bool:
+        """Whether a sample of `sample_bytes` (member headers + data) still goes into the open shard."""
+        return not (self.samples and self.max_bytes and tar_file_size(self.bytes + sample_bytes) > self.max_bytes)
+
+    def add(self, sample_bytes: int) -> bool:
+        """Put a sample into the open shard; True when that made the shard full."""
+        self.samples += 1
+        self.bytes += sample_bytes
+        return self.samples >= self.max_samples
+
+    def close(self) -> None:
+        self.samples = self.bytes = 0
 
 
 def next_shard(
@@ -51,19 +73,18 @@ def next_shard(
     a record whose audio cannot be read becomes an `audio_unreadable` reject.
     """
     shard: list[EncodedSample] = []
-    size = 0
+    packer = ShardPacker(max_samples, max_bytes)
     for record in stream:
         try:
-            audio = _audio_for(record, audio_source, include_audio)
+            audio = sample_audio(record, audio_source, include_audio)
         except AudioError as err:
             rejects.append(Reject(record.id, STAGE, "audio_unreadable", str(err)))
             continue
         sample = encode_sample(record, audio)
-        if shard and max_bytes and tar_file_size(size + sample.tar_bytes) > max_bytes:
+        if not packer.fits(sample.tar_bytes):
             stream.push_back([record])
             break
         shard.append(sample)
-        size += sample.tar_bytes
-        if len(shard) >= max_samples:
+        if packer.add(sample.tar_bytes):
             break
     return shard

@@ -72,6 +72,38 @@ class ShardTally:
                 for p in patches(record, strategy, patch_size=self.patch_size)
             )
 
+    def merge(self, other: ShardTally) -> None:
+        """Add another tally's samples (a partition's) to this one."""
+        self.totals.update(other.totals)
+        self.seconds += other.seconds
+        self.aligners |= other.aligners
+        self.codebooks |= other.codebooks
+        self.frame_rates |= other.frame_rates
+        for strategy, lengths in other.patch_lengths.items():
+            self.patch_lengths[strategy].update(lengths)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON form that `from_json` reads back exactly (what a worker sends the driver)."""
+        return {
+            "patch_size": self.patch_size, "totals": dict(self.totals), "seconds": self.seconds,
+            "aligners": sorted(map(list, self.aligners)), "codebooks": sorted(map(list, self.codebooks), key=str),
+            "frame_rates": sorted(self.frame_rates),
+            "patch_lengths": {s: [[kind, length, n] for (kind, length), n in sorted(c.items())]
+                              for s, c in self.patch_lengths.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ShardTally:
+        tally = cls(patch_size=data["patch_size"])
+        tally.totals.update(data["totals"])
+        tally.seconds = data["seconds"]
+        tally.aligners = {tuple(a) for a in data["aligners"]}
+        tally.codebooks = {tuple(c) for c in data["codebooks"]}
+        tally.frame_rates = set(data["frame_rates"])
+        for strategy, rows in data["patch_lengths"].items():
+            tally.patch_lengths[strategy].update({(kind, length): n for kind, length, n in rows})
+        return tally
+
     def counts(self, shards: int, rejects: list[Reject]) -> dict[str, Any]:
         """dataset.json's `counts`."""
         units = self.totals["units"]
@@ -171,11 +203,25 @@ def write_index_and_summary(
     tokenizer_vocab_size: int | None,
 ) -> dict[str, Any]:
     """Read the written shards back once: `index.parquet` and `dataset.json` come from what is on disk."""
-    split = config.shard.split
-    tars = shard_paths(out, split)
+    tars = shard_paths(out, config.shard.split)
     tmp_index = out / f".{INDEX_FILE}.tmp"
     tally = tally_shards(tars, index=tmp_index)
     tmp_index.replace(out / INDEX_FILE)
+    return write_dataset_json(out, config, config_hash, rejects, tokenizer_hashes, tokenizer_vocab_size, tars, tally)
+
+
+def write_dataset_json(
+    out: Path,
+    config: RunConfig,
+    config_hash: str,
+    rejects: list[Reject],
+    tokenizer_hashes: Iterable[str],
+    tokenizer_vocab_size: int | None,
+    tars: list[Path],
+    tally: ShardTally,
+) -> dict[str, Any]:
+    """`dataset.json` of the shards `tars` from the tally of their samples; returns what it wrote."""
+    split = config.shard.split
     provenance = tally.provenance()
     summary = {
         "schema_version": lst_data.SCHEMA_VERSION,

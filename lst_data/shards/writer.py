@@ -129,7 +129,7 @@ def write_shards(
             if why_not is not None:
                 log.warning("%s: %s; rewriting it", tar_path.name, why_not)
                 report.rewritten.append((tar_path.name, why_not))
-            _write_shard(tar_path, shard, settings.split, index, config_hash)
+            write_shard_files(tar_path, shard, settings.split, index, config_hash)
             report.shards_written += 1
             report.samples += len(shard)
             bar.update(len(shard))
@@ -146,7 +146,8 @@ def write_shards(
     return report
 
 
-def _write_shard(tar_path: Path, shard: list[EncodedSample], split: str, index: int, config_hash: str) -> None:
+def write_shard_files(tar_path: Path, shard: list[EncodedSample], split: str, index: int, config_hash: str) -> None:
+    """The tar, then its sidecar (so a tar with a sidecar is always whole)."""
     size, sha256 = write_tar(tar_path, shard)
     seconds = sum(s.duration for s in shard)
     sidecar = Sidecar(

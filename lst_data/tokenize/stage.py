@@ -7,8 +7,10 @@ tables. This stage only fixes which pieces a transcript has and which word each 
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -16,7 +18,7 @@ import pyarrow as pa
 
 from lst_data.core.config import RayConfig
 from lst_data.core.rejects import Reject
-from lst_data.core.runner import StageReport, read_manifest, run_stage
+from lst_data.core.runner import StageReport, TableParts, read_manifest, run_stage
 from lst_data.core.stage import Stage, StageResult
 from lst_data.core.tables import TOKENS_SCHEMA
 from lst_data.tokenize.config import TokenizerConfig
@@ -28,6 +30,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TRAINED_MODEL_NAME = "tokenizer.model"
+TRAINED_ON_FILE = "tokenizer.trained_on"  # fingerprint of the input partitions the BPE was trained on
+# A BPE's merges settle long before this many sentences (sentencepiece's own default sample is 1M).
+MAX_BPE_SENTENCES = 2_000_000
 
 
 class TokenizeStage(Stage):
@@ -52,16 +57,37 @@ class TokenizeStage(Stage):
         self._tokenizer: Tokenizer | None = None
         self.vocab_size: int | None = None
 
-    def prepare(self, table: pa.Table, out_dir: Path, ray: RayConfig) -> list[Reject]:
-        """The configured tokenizer, or a BPE trained on the stage's transcripts into out_dir."""
+    def prepare(self, inputs: TableParts, out_dir: Path, ray: RayConfig) -> list[Reject]:
+        """The configured tokenizer, or a BPE trained on the stage's transcripts into out_dir
+        (kept from an earlier run when it was trained on the same input partitions)."""
+        trained = out_dir / TRAINED_MODEL_NAME
+        marker = out_dir / TRAINED_ON_FILE
+        if self.config.model is not None:
+            for stale in (trained, marker):  # trained by an earlier run without tokenizer.model
+                stale.unlink(missing_ok=True)
         if self.model_path is None:
-            tokenizer = prepare_tokenizer(self.config, table["normalized_text"].to_pylist(), out_dir, self.seed)
+            reuse = (self.config.model is None and inputs.fingerprint is not None and trained.is_file()
+                     and marker.is_file() and marker.read_text(encoding="utf-8") == inputs.fingerprint)
+            if reuse:
+                tokenizer = load_tokenizer(trained)
+            else:
+                marker.unlink(missing_ok=True)
+                texts = bpe_training_texts(inputs) if self.config.model is None else []
+                tokenizer = prepare_tokenizer(self.config, texts, out_dir, self.seed)
+                if self.config.model is None and inputs.fingerprint is not None:
+                    marker.write_text(inputs.fingerprint, encoding="utf-8")
             self.model_path, self.expected_hash = str(tokenizer.path), tokenizer.hash
             self.vocab_size = tokenizer.vocab_size
         return []
 
-    def finalize(self, output: pa.Table, out_dir: Path) -> dict[str, Any]:
-        return {"tokenized": output.num_rows, "vocab_size": self.vocab_size}
+    def fitted(self) -> dict[str, Any]:
+        return {"tokenizer": self.expected_hash}
+
+    def summarize(self, output: pa.Table) -> dict[str, Any]:
+        return {"tokenized": output.num_rows}
+
+    def finalize(self, summaries: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+        return {"tokenized": sum(s["tokenized"] for s in summaries), "vocab_size": self.vocab_size}
 
     def provenance(self) -> dict[str, Any]:
         return {"tokenizer": {"path": self.model_path, "sha256": self.expected_hash}}
@@ -110,6 +136,19 @@ class TokenizeStage(Stage):
                 }
             )
         return result
+
+
+def bpe_training_texts(inputs: TableParts, limit: int = MAX_BPE_SENTENCES) -> list[str]:
+    """The transcripts a trained BPE learns from: all of them up to `limit`, else the `limit` with the
+    smallest sha1 (a deterministic sample that does not depend on the partitioning); one partition
+    is read at a time, so the driver holds at most `limit` sentences."""
+    def keyed() -> Iterator[tuple[bytes, str]]:
+        for part in inputs.iter_columns(["normalized_text"]):
+            for text in part["normalized_text"].to_pylist():
+                if text:
+                    yield hashlib.sha1(text.encode("utf-8")).digest(), text
+
+    return [text for _, text in heapq.nsmallest(limit, keyed())]
 
 
 def prepare_tokenizer(

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from lst_data import __version__
@@ -30,10 +31,11 @@ from lst_data.core.config import RayConfig, canonical_hash, to_dict, updated
 from lst_data.core.errors import ConfigError, InputError
 from lst_data.core.progress import progress_bar
 from lst_data.core.rejects import Reject
-from lst_data.core.runner import StageReport, iter_stage, read_manifest, run_stage
+from lst_data.core.runner import StageReport, TableParts, iter_stage, read_manifest, run_stage
 from lst_data.core.stage import Resources, Stage, StageResult
 from lst_data.core.tables import UNITS_SCHEMA
-from lst_data.units.codebook import Codebook, load_codebook, save_codebook
+from lst_data.units.codebook import Codebook, CodebookError, load_codebook, save_codebook
+from lst_data.units.codebook import sidecar_path as codebook_sidecar
 from lst_data.units.config import UnitsConfig
 from lst_data.units.encoders import SAMPLE_RATE, Encoder, build_encoder, resolve_device
 from lst_data.units.kmeans import minibatch_kmeans, select_frames
@@ -177,13 +179,20 @@ class UnitsStage(_EncodingStage):
         self.codebook = codebook
         self.nearest: NearestCentroid | None = None
 
-    def prepare(self, table: pa.Table, out_dir: Path, ray: RayConfig) -> list[Reject]:
+    def prepare(self, inputs: TableParts, out_dir: Path, ray: RayConfig) -> list[Reject]:
         rejects: list[Reject] = []
+        trained_path = out_dir / CODEBOOK_FILE
         if self.codebook is None and self.config.codebook is None:
-            trained = train_codebook(table, out_dir / CODEBOOK_FILE, self.config, self.seed, ray)
-            self.codebook, rejects = trained.codebook, trained.rejects
-        elif self.codebook is None:
-            self.codebook = load_codebook(self.config.codebook)
+            self.codebook = reusable_codebook(trained_path, inputs.fingerprint, self.config, self.seed)
+            if self.codebook is None:
+                trained = train_codebook(inputs, trained_path, self.config, self.seed, ray, trained_on=inputs.fingerprint)
+                self.codebook, rejects = trained.codebook, trained.rejects
+        else:
+            # A codebook trained by an earlier run with another units.codebook setting must not linger.
+            for stale in (trained_path, codebook_sidecar(trained_path)):
+                stale.unlink(missing_ok=True)
+            if self.codebook is None:
+                self.codebook = load_codebook(self.config.codebook)
         _check_codebook_matches(self.codebook, self.config)
         dim = build_encoder_for_counting(self.config).dim
         if self.codebook.dim != dim:
@@ -195,8 +204,14 @@ class UnitsStage(_EncodingStage):
             raise ConfigError(f"codebook {self.codebook.source} has k = {self.codebook.k}: does not fit int16 unit ids")
         return rejects
 
-    def finalize(self, output: pa.Table, out_dir: Path) -> dict[str, Any]:
-        return {"utterances": output.num_rows, "frames": int(sum(output["n_frames"].to_pylist()))}
+    def fitted(self) -> dict[str, Any]:
+        return {"codebook": None if self.codebook is None else self.codebook.sha256}
+
+    def summarize(self, output: pa.Table) -> dict[str, Any]:
+        return {"utterances": output.num_rows, "frames": int(pc.sum(output["n_frames"]).as_py() or 0)}
+
+    def finalize(self, summaries: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+        return {"utterances": sum(s["utterances"] for s in summaries), "frames": sum(s["frames"] for s in summaries)}
 
     def provenance(self) -> dict[str, Any]:
         if self.codebook is None:  # prepare() is skipped when no utterance reached this stage
@@ -248,30 +263,50 @@ class TrainReport:
     kmeans_seconds: float
 
 
+def reusable_codebook(path: Path, trained_on: str | None, config: UnitsConfig, seed: int) -> Codebook | None:
+    """The codebook an earlier run trained at `path` from the same input partitions and settings, if any."""
+    if trained_on is None or not path.is_file():
+        return None
+    try:
+        codebook = load_codebook(path)
+    except CodebookError:
+        return None
+    same_settings = codebook.meta.get("units_config_hash") == canonical_hash({"seed": seed, "units": to_dict(config)})
+    return codebook if same_settings and codebook.meta.get("trained_on") == trained_on else None
+
+
 def train_codebook(
-    manifest: pa.Table,
+    manifest: pa.Table | TableParts,
     out_path: str | Path,
     config: UnitsConfig,
     seed: int,
     ray_config: RayConfig,
     *,
     show_progress: bool = True,
+    trained_on: str | None = None,
 ) -> TrainReport:
     """Sample frames across the corpus (Stage, on Ray or in process), train k-means, save the codebook.
 
-    Memory on the driver is one buffer of the sampled frames, whatever the corpus size.
+    Memory on the driver is one buffer of the sampled frames and the rows of the utterances
+    that give them, whatever the corpus size: the manifest is read a partition at a time.
+    The sample is assembled in id order, so it does not depend on the partitioning.
+    `trained_on` (the input partitions' fingerprint) is stored so a resume can reuse the file.
     """
+    parts = manifest if isinstance(manifest, TableParts) else TableParts.of_table(manifest)
     counter = build_encoder_for_counting(config)
-    n_frames = [counter.num_frames(n) for n in manifest["num_samples"].to_pylist()]
-    corpus_frames = sum(n_frames)
+    corpus_frames = sum(
+        counter.num_frames(n) for part in parts.iter_columns(["num_samples"]) for n in part["num_samples"].to_pylist()
+    )
     if corpus_frames == 0:
         raise InputError("units: the manifest has no utterance long enough for one frame")
     probability = min(1.0, config.sample_frames / corpus_frames)
-    ids = manifest["id"].to_pylist()
-    picked = [len(select_frames(u, n, probability, seed)) for u, n in zip(ids, n_frames, strict=True)]
-    wanted = pa.array([p > 0 for p in picked])
-    table = manifest.filter(wanted).select(list(INPUT_COLUMNS))
-    total = sum(picked)
+    chosen, total = [], 0
+    for part in parts.iter_columns(INPUT_COLUMNS):
+        picked = [len(select_frames(u, counter.num_frames(n), probability, seed))
+                  for u, n in zip(part["id"].to_pylist(), part["num_samples"].to_pylist(), strict=True)]
+        chosen.append(part.filter(pa.array([p > 0 for p in picked], pa.bool_())))
+        total += sum(picked)
+    table = pa.concat_tables(chosen).sort_by("id")
     if total < config.k:
         raise ConfigError(
             f"units.k: only {total} frames to train k = {config.k} centroids; use a larger corpus or a smaller units.k"
@@ -319,11 +354,12 @@ def train_codebook(
         "inertia": result.inertia,
         "used_clusters": result.used_clusters,
         "toolkit_version": __version__,
+        **({"trained_on": trained_on} if trained_on is not None else {}),
     }
     codebook = save_codebook(result.centroids, out_path, meta)
     return TrainReport(
         codebook,
-        int(sum(p > 0 for p in picked)) - len(rejects),
+        table.num_rows - len(rejects),
         filled,
         corpus_frames,
         result.inertia,

@@ -1,0 +1,185 @@
+"""Partitions: how a build splits its corpus so that workers, not the driver, hold the rows.
+
+A build cuts its corpus into `count` partitions (a power of two) that follow the shard
+order: with `shard.order = 'hash'`, partition p holds the ids whose sha1(seed:id) starts
+in the p-th of `count` equal ranges of the digest space, so the shards are the
+partitions' samples laid end to end, and a worker can write the final shards of its
+partition once the driver has added up the partitions' sample counts. Every step stores
+a table as a folder of per-partition Parquet files (`<table>.parquet/part-NNNNN.parquet`,
+one large row group each; `pyarrow.parquet.read_table` reads the folder as one table)
+beside one marker per partition (`parts/part-NNNNN.json`) that records the hash of
+exactly the inputs the partition was made from. A resume reruns a partition only when
+that hash changes, so a corpus edit reruns the partitions it touches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lst_data.core.config import canonical_hash
+
+PARTS_FOLDER = "parts"  # per-partition markers of a step
+# One row group per partition file: a reader's `take` then costs one chunk, not one per batch.
+ROW_GROUP_ROWS = 1 << 20
+
+
+def order_digest(seed: int, utterance_id: str) -> bytes:
+    """The sort key of `shard.order = 'hash'`: sha1 of "seed:id" (ties broken by the id)."""
+    return hashlib.sha1(f"{seed}:".encode() + utterance_id.encode("utf-8")).digest()
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}"
+
+
+@dataclass(frozen=True)
+class PartitionPlan:
+    """How many partitions a build has and which one an id falls in (O(1) state on the driver)."""
+
+    count: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or self.count & (self.count - 1):
+            raise ValueError(f"partition count must be a power of two, got {self.count}")
+
+    @property
+    def bits(self) -> int:
+        return self.count.bit_length() - 1
+
+    @property
+    def names(self) -> list[str]:
+        return [part_name(i) for i in range(self.count)]
+
+    def assign(self, ids: Sequence[str]) -> np.ndarray:
+        """The partition of each id: the top `bits` bits of its order digest (int64)."""
+        if self.count == 1:
+            return np.zeros(len(ids), dtype=np.int64)
+        shift = 64 - self.bits
+        return np.fromiter(
+            (int.from_bytes(order_digest(self.seed, i)[:8], "big") >> shift for i in ids), dtype=np.int64
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"count": self.count, "seed": self.seed}
+
+
+def partition_count(rows: int, partition_rows: int, min_partitions: int, single: bool) -> int:
+    """Partitions for `rows` utterances: the power of two that keeps each near `partition_rows`
+    (at least `min_partitions`, so that small corpora still spread over the workers).
+
+    A power of two changes rarely as a corpus grows, and a changed count reruns every step.
+    `single` (one partition) is for orders the partitions cannot follow.
+    """
+    if single:
+        return 1
+    wanted = max(min_partitions, math.ceil(rows / partition_rows), 1)
+    return 1 << (wanted - 1).bit_length()
+
+
+def table_path(folder: Path, table: str) -> Path:
+    """The folder of a partitioned table: `folder/<table>.parquet/`."""
+    return folder / f"{table}.parquet"
+
+
+def part_file(folder: Path, table: str, part: str) -> Path:
+    return table_path(folder, table) / f"{part}.parquet"
+
+
+def marker_path(folder: Path, part: str) -> Path:
+    return folder / PARTS_FOLDER / f"{part}.json"
+
+
+def write_part(table: pa.Table, path: Path) -> None:
+    """Write one partition file atomically (a dot name while written: dataset readers skip it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table.combine_chunks(), tmp, row_group_size=ROW_GROUP_ROWS)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_marker(folder: Path, part: str) -> dict[str, Any] | None:
+    """A partition's marker, or None when it is missing or unreadable (the partition reruns)."""
+    path = marker_path(folder, part)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def part_is_done(folder: Path, part: str, inputs_hash: str, tables: Sequence[str]) -> dict[str, Any] | None:
+    """The marker of a partition made from exactly `inputs_hash` whose tables all exist; else None."""
+    marker = read_marker(folder, part)
+    if marker is None or marker.get("hash") != inputs_hash:
+        return None
+    if not all(part_file(folder, t, part).is_file() for t in tables):
+        return None
+    return marker
+
+
+def partition_inputs_hash(**components: Any) -> str:
+    return canonical_hash(components)
+
+
+def route_to_partitions(source: Path, plan: PartitionPlan, scratch: Path, batch_rows: int = 4096) -> Iterator[pa.Table]:
+    """The rows of the Parquet file `source`, one partition at a time (each sorted by id).
+
+    pyarrow's dataset writer spreads the rows over one folder per partition under `scratch`,
+    with a bounded number of open files and rows in memory; then each partition is read back
+    alone. The driver never holds more than one partition.
+    """
+    import pyarrow.dataset as ds
+
+    reader = pq.ParquetFile(source)
+    schema = reader.schema_arrow.append(pa.field("partition", pa.int32()))
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for batch in reader.iter_batches(batch_size=batch_rows):
+            partition = pa.array(plan.assign(batch.column("id").to_pylist()), pa.int32())
+            yield batch.append_column("partition", partition)
+
+    ds.write_dataset(pa.RecordBatchReader.from_batches(schema, batches()), scratch, format="parquet",
+                     partitioning=ds.partitioning(pa.schema([pa.field("partition", pa.int32())])),
+                     existing_data_behavior="delete_matching", use_threads=False)
+    for index in range(plan.count):
+        folder = scratch / str(index)
+        table = pq.read_table(folder, schema=reader.schema_arrow) if folder.is_dir() else reader.schema_arrow.empty_table()
+        yield table.sort_by("id")
+
+
+def iter_part_tables(folder: Path, table: str, parts: Sequence[str], columns: Sequence[str] | None = None,
+                     schema: pa.Schema | None = None) -> Iterator[pa.Table]:
+    """The partitions of a table, one at a time (what the driver may hold)."""
+    for part in parts:
+        yield pq.read_table(part_file(folder, table, part), columns=None if columns is None else list(columns),
+                            schema=schema)
+
+
+def remove_parts_beyond(folder: Path, tables: Sequence[str], keep: Sequence[str]) -> None:
+    """Delete partition files and markers not named in `keep` (a plan with fewer partitions)."""
+    wanted = set(keep)
+    for table in tables:
+        for path in table_path(folder, table).glob("part-*.parquet"):
+            if path.stem not in wanted:
+                path.unlink()
+    for path in (folder / PARTS_FOLDER).glob("part-*.json"):
+        if path.stem not in wanted:
+            path.unlink()
