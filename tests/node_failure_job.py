@@ -2,7 +2,7 @@
 
 Used by tests/test_pipeline.py in its own process (a `ray.cluster_utils.Cluster` cannot
 share a process with the session's local Ray). The head has no CPUs, so every actor runs
-on a worker node; once `RUN/<step>/` shows the stage started, the node hosting one of its
+on a worker node; once `RUN/align/alignments.parquet/` shows the stage wrote its first partition, the node hosting one of its
 actors is removed without warning. Ray restarts the actor on the spare node and retries
 its batch. Prints one line, NODE_FAILURE_RESULT + JSON: the node killed, the node
 addresses (all loopback) and what the build reported.

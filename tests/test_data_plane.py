@@ -175,3 +175,31 @@ def test_the_driver_writes_no_tar(ray_local, demo_corpus, tmp_path, monkeypatch)
     monkeypatch.undo()
     build_corpus(corpus, local, config_for(grids, shard={"samples_per_shard": 4}), show_progress=False)
     assert shard_files(run / "shards") == shard_files(local / "shards")
+
+
+@pytest.mark.slow
+def test_driver_memory_stays_flat_as_the_corpus_grows_8x(demo_corpus, tmp_path):
+    """The driver's private memory (RssAnon, sampled while it runs) at 1 h and at 8 h of audio, on
+    Ray: the driver plans and the workers hold the rows, so the two peaks are within 10 %."""
+    import os
+    import sys
+
+    from lst_data.core.memory import run_sampling_memory
+
+    demo_hours = sum(u["duration"] for u in load_ground_truth(demo_corpus)["utterances"]) / 3600
+    copies = max(1, round(1.0 / demo_hours))
+    peaks = {}
+    for label, n in (("small", copies), ("large", 8 * copies)):
+        corpus, grids = textgrid_corpus(demo_corpus, tmp_path / label, n)
+        config = tmp_path / f"{label}.yaml"
+        config.write_text(json.dumps({**SMALL, "units": {"k": 20, "sample_frames": 20000},
+                                      "align": {"backend": "textgrid", "textgrid": {"directory": str(grids)}},
+                                      "ray": {"runner": "ray", "num_workers": 2, "cpus_per_worker": 0.5}}))
+        run = run_sampling_memory([sys.executable, "-m", "lst_data.cli", "build", str(corpus), "--out",
+                                   str(tmp_path / label / "run"), "--config", str(config)],
+                                  env={**os.environ, "LST_DATA_NO_PROGRESS": "1"}, timeout=900)
+        assert run.returncode == 0, run.stderr[-3000:]
+        dataset = json.loads((tmp_path / label / "run" / "shards" / "dataset.json").read_text())
+        assert dataset["counts"]["samples"] == n * len(load_ground_truth(demo_corpus)["utterances"])
+        peaks[label] = run.peak_rss_anon_kib
+    assert peaks["large"] <= 1.10 * peaks["small"], peaks

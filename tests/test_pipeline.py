@@ -113,7 +113,7 @@ def test_node_removed_mid_job_gives_the_same_bytes(clean_build, demo_corpus, tmp
     overrides = {**OVERRIDES, "ray": {"runner": "ray", "num_workers": 2, "batch_size": 2}}
     result = subprocess.run(
         [sys.executable, str(REPO / "tests" / "node_failure_job.py"), str(demo_corpus), str(out),
-         "align/alignments.parquet.tmp", json.dumps(overrides)],
+         "align/alignments.parquet", json.dumps(overrides)],
         cwd=REPO, capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -104,14 +104,19 @@ def marker_path(folder: Path, part: str) -> Path:
 def write_part(table: pa.Table, path: Path) -> None:
     """Write one partition file atomically (a dot name while written: dataset readers skip it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = _temporary(path)
     pq.write_table(table.combine_chunks(), tmp, row_group_size=ROW_GROUP_ROWS)
     os.replace(tmp, path)
 
 
+def _temporary(path: Path) -> Path:
+    """A dot name of this process: a retried task (its worker lost with its node) may still be writing."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = _temporary(path)
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
@@ -174,12 +179,15 @@ def iter_part_tables(folder: Path, table: str, parts: Sequence[str], columns: Se
 
 
 def remove_parts_beyond(folder: Path, tables: Sequence[str], keep: Sequence[str]) -> None:
-    """Delete partition files and markers not named in `keep` (a plan with fewer partitions)."""
+    """Delete partition files and markers not named in `keep` (a plan with fewer partitions), and
+    temporary files of writers that died."""
     wanted = set(keep)
     for table in tables:
         for path in table_path(folder, table).glob("part-*.parquet"):
             if path.stem not in wanted:
                 path.unlink()
+        for path in table_path(folder, table).glob(".*.tmp"):
+            path.unlink()
     for path in (folder / PARTS_FOLDER).glob("part-*.json"):
         if path.stem not in wanted:
             path.unlink()
