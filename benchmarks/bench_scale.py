@@ -6,7 +6,8 @@ measured. Every build runs as its own `lst-data build` process; its driver's Rss
 memory) is sampled while it runs. Prints `name: figure unit (reference: figure unit, ratio X)`
 lines, each against a reference measured in the same run:
 
-- driver peak RssAnon per added hour, against the peak at SMALL hours (ratio large / small);
+- driver peak RssAnon per added hour, against the peak at SMALL hours (ratio large / small), with
+  partitions of one size (`ray.partition_rows`) at both sizes;
 - shard-step seconds per hour in-process (one core) at 8 x SMALL, against SMALL (ratio: 1.0 is linear);
 - Ray (2 workers) against the in-process runner at SMALL hours;
 - the align step with PocketSphinx on 2 Ray workers against 1.
@@ -66,8 +67,11 @@ def main() -> None:
             return {**base, "align": {"backend": "textgrid", "textgrid": {"directory": str(corpora[label][1])}},
                     "ray": ray}
 
-        ray2 = {"runner": "ray", "num_workers": 2, "cpus_per_worker": 0.5}
-        local = {"runner": "local"}
+        # Partitions of one size at both corpus sizes (8 at the small one): what the driver holds
+        # per partition is then the same, and only what grows with the corpus shows.
+        small_utterances = round(corpora["small"][2] / demo_hours) * len(load_ground_truth(demo)["utterances"])
+        ray2 = {"runner": "ray", "num_workers": 2, "cpus_per_worker": 0.5, "partition_rows": -(-small_utterances // 8)}
+        local = {"runner": "local", "partition_rows": ray2["partition_rows"]}
         small_h, large_h = corpora["small"][2], corpora["large"][2]
         _, small_peak, ray_small = build(corpora["small"][0], tmp_path / "ray_small", textgrid("small", ray2))
         _, large_peak, _ = build(corpora["large"][0], tmp_path / "ray_large", textgrid("large", ray2))

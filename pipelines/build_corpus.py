@@ -210,7 +210,13 @@ class BuildContext:
             else:
                 todo.append({"part": part, "out_dir": str(folder), "hash": digest, "inputs": inputs, **task_fields(part)})
         remove_parts_beyond(folder, tables, self.plan.names)
+        # Largest partitions first (by their input's bytes): the workers then finish together.
+        todo.sort(key=lambda task: -_bytes(Path(task.get("input") or task["tables"]["manifest"])))
         return todo, kept
+
+
+def _bytes(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
 
 
 def _step_inputs(ctx: BuildContext, step: str) -> dict[str, Any]:
@@ -274,6 +280,9 @@ def _run_stage_step(ctx: BuildContext, name: str, inputs: dict[str, Any]) -> Ste
     ordered = [markers[p] for p in ctx.plan.names]
     listing: list[Reject] = []
     if name == "ingest":
+        for stale in (folder / AUDIO_FOLDER).glob("part-*"):
+            if stale.name not in ctx.plan.names:  # a plan with fewer partitions than the last
+                shutil.rmtree(stale)
         listing = ctx.plan.rejects
         (table_path(folder, "rejects")).mkdir(parents=True, exist_ok=True)
         write_part(rejects_to_table(listing), part_file(folder, "rejects", LISTING_REJECTS))
@@ -285,7 +294,7 @@ def _run_stage_step(ctx: BuildContext, name: str, inputs: dict[str, Any]) -> Ste
         figures=figures, fingerprint=inputs, rejects_written=True,
     )
     return StepOutcome(name, False, report.seconds, [r for r in report.rejects if r.stage == step.name], figures,
-                       "", len(todo), len(ctx.plan.names))
+                       f"; {stage.refitted}" if stage.refitted else "", len(todo), len(ctx.plan.names))
 
 
 def _run_shard_step(ctx: BuildContext, name: str, inputs: dict[str, Any]) -> StepOutcome:
@@ -420,7 +429,7 @@ def build_corpus(
                 reason = redo_reason(run_dir, name, inputs)
                 run = _run_shard_step if name == "shard" else _run_stage_step
                 outcome = run(ctx, name, inputs)
-                outcome.reason = reason
+                outcome.reason = reason + outcome.reason  # a step adds what it refit
             outcomes.append(outcome)
             if on_step is not None:
                 on_step(outcome)

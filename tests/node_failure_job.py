@@ -1,10 +1,10 @@
 """Run a build on a 4-node local Ray cluster and kill a worker node while a stage runs.
 
 Used by tests/test_pipeline.py in its own process (a `ray.cluster_utils.Cluster` cannot
-share a process with the session's local Ray). The head has no CPUs, so every actor runs
-on a worker node; once `RUN/align/alignments.parquet/` shows the stage wrote its first partition, the node hosting one of its
-actors is removed without warning. Ray restarts the actor on the spare node and retries
-its batch. Prints one line, NODE_FAILURE_RESULT + JSON: the node killed, the node
+share a process with the session's local Ray). The head has no CPUs, so every task runs
+on a worker node; once the watched path shows the stage wrote its first partition, a node
+running one of the build's tasks is removed without warning. Ray retries the lost tasks on
+the spare node. Prints one line, NODE_FAILURE_RESULT + JSON: the node killed, the node
 addresses (all loopback) and what the build reported.
 """
 
@@ -24,7 +24,7 @@ os.environ["LST_DATA_NO_PROGRESS"] = "1"
 
 import ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
-from ray.util.state import list_actors  # noqa: E402
+from ray.util.state import list_tasks  # noqa: E402
 
 from lst_data.config import load_config  # noqa: E402
 from pipelines.build_corpus import build_corpus  # noqa: E402
@@ -38,8 +38,7 @@ def main(corpus: str, out: str, watch_file: str, config_overrides: str) -> None:
     workers = [cluster.add_node(num_cpus=1, node_ip_address=LOOPBACK) for _ in range(3)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
-    # The build joins this cluster as a user's would (ray.address set): only then may actors
-    # restart on another node (lst_data.core.ray_env.actor_options).
+    # The build joins this cluster as a user's would (ray.address set).
     overrides = json.loads(config_overrides)
     overrides.setdefault("ray", {})["address"] = cluster.address
     config = load_config(overrides=overrides)
@@ -60,8 +59,8 @@ def main(corpus: str, out: str, watch_file: str, config_overrides: str) -> None:
     while thread.is_alive() and killed is None and time.monotonic() < deadline:
         if watched.exists():
             time.sleep(1.0)
-            actors = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "MapWorker" in a.class_name]
-            nodes = {a.node_id for a in actors}
+            running = [t for t in list_tasks(filters=[("state", "=", "RUNNING")]) if "MapBatches" in (t.name or "")]
+            nodes = {t.node_id for t in running}
             victim = next((w for w in workers if w.node_id in nodes), None)
             if victim is not None:
                 cluster.remove_node(victim, allow_graceful=False)

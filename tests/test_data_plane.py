@@ -149,6 +149,8 @@ def test_a_trained_codebook_refits_when_its_input_changes(demo_corpus, tmp_path)
     report = build_corpus(corpus, run, config, show_progress=False)
     runs = {o.name: o.parts_run for o in report.outcomes}
     assert runs["units"] == runs["tokenize"] == runs["shard"] == 8
+    reasons = {o.name: o.reason for o in report.outcomes}
+    assert "trained codebook.npy" in reasons["units"] and "trained tokenizer.model" in reasons["tokenize"], reasons
     assert runs["ingest"] < 8
     clean = tmp_path / "clean"
     build_corpus(corpus, clean, config, show_progress=False)
@@ -186,20 +188,53 @@ def test_driver_memory_stays_flat_as_the_corpus_grows_8x(demo_corpus, tmp_path):
 
     from lst_data.core.memory import run_sampling_memory
 
-    demo_hours = sum(u["duration"] for u in load_ground_truth(demo_corpus)["utterances"]) / 3600
+    utterances = load_ground_truth(demo_corpus)["utterances"]
+    demo_hours = sum(u["duration"] for u in utterances) / 3600
     copies = max(1, round(1.0 / demo_hours))
+    # Partitions of one size at both corpus sizes (8, then 64): the driver holds one partition's
+    # worth at a time, the same at both; what grows with the corpus is what this test is after.
+    partition_rows = -(-copies * len(utterances) // 8)
     peaks = {}
     for label, n in (("small", copies), ("large", 8 * copies)):
         corpus, grids = textgrid_corpus(demo_corpus, tmp_path / label, n)
         config = tmp_path / f"{label}.yaml"
         config.write_text(json.dumps({**SMALL, "units": {"k": 20, "sample_frames": 20000},
                                       "align": {"backend": "textgrid", "textgrid": {"directory": str(grids)}},
-                                      "ray": {"runner": "ray", "num_workers": 2, "cpus_per_worker": 0.5}}))
+                                      "ray": {"runner": "ray", "num_workers": 2, "cpus_per_worker": 0.5,
+                                              "partition_rows": partition_rows}}))
         run = run_sampling_memory([sys.executable, "-m", "lst_data.cli", "build", str(corpus), "--out",
                                    str(tmp_path / label / "run"), "--config", str(config)],
                                   env={**os.environ, "LST_DATA_NO_PROGRESS": "1"}, timeout=900)
         assert run.returncode == 0, run.stderr[-3000:]
         dataset = json.loads((tmp_path / label / "run" / "shards" / "dataset.json").read_text())
-        assert dataset["counts"]["samples"] == n * len(load_ground_truth(demo_corpus)["utterances"])
+        assert dataset["counts"]["samples"] == n * len(utterances)
         peaks[label] = run.peak_rss_anon_kib
     assert peaks["large"] <= 1.10 * peaks["small"], peaks
+
+
+@pytest.mark.slow
+def test_one_added_utterance_in_a_thousand_reruns_one_partition(demo_corpus, tmp_path):
+    """1,008 utterances (about 1.5 h) with a fixed codebook and tokenizer: one added utterance
+    reruns one of the 8 partitions of every step, and the shards equal a clean build."""
+    copies = -(-1000 // len(load_ground_truth(demo_corpus)["utterances"]))
+    corpus, grids = textgrid_corpus(demo_corpus, tmp_path / "data", copies + 1)
+    held = tmp_path / "held"
+    for folder in sorted(corpus.glob(f"*_r{copies:04d}")):
+        shutil.move(folder, held / folder.name)
+    models = tmp_path / "models"
+    first = build_corpus(corpus, models, config_for(grids), steps=("ingest", "units", "tokenize"), show_progress=False)
+    assert first.outcomes[0].figures["utterances"] >= 1000
+    fixed = config_for(grids, units={"codebook": str(models / "units" / "codebook.npy")},
+                       tokenizer={"model": str(models / "tokenize" / "tokenizer.model")})
+    run = tmp_path / "run"
+    build_corpus(corpus, run, fixed, show_progress=False)
+    speaker = sorted(held.iterdir())[0]
+    added = sorted(speaker.glob("*.wav"))[0]
+    (corpus / speaker.name).mkdir()
+    for path in speaker.glob(f"{added.stem}.*"):
+        shutil.copy(path, corpus / speaker.name / path.name)
+    build_corpus(corpus, run, fixed, show_progress=False)
+    assert partitions_run(run) == {"ingest": 1, "align": 1, "units": 1, "tokenize": 1, "shard": 1}
+    clean = tmp_path / "clean"
+    build_corpus(corpus, clean, fixed, show_progress=False)
+    assert shard_files(run / "shards") == shard_files(clean / "shards")

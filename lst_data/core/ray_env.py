@@ -37,7 +37,6 @@ def _quiet_ray_loggers() -> None:
 
 def ensure_ray(config: RayConfig) -> ModuleType:
     """Initialise Ray once per process and return the `ray.data` module."""
-    global _started_local_ray
     for key, value in _LOCAL_ENV.items():
         os.environ.setdefault(key, value)
     import ray
@@ -49,7 +48,6 @@ def ensure_ray(config: RayConfig) -> ModuleType:
         if joins_cluster(config):
             ray.init(address=config.address or os.environ["RAY_ADDRESS"], log_to_driver=False)
         else:
-            _started_local_ray = True
             # "local" always starts a fresh Ray: a bare init() would follow
             # /tmp/ray/ray_current_cluster to whatever cluster ran last, dead or alive.
             ray.init(
@@ -71,29 +69,12 @@ def joins_cluster(config: RayConfig) -> bool:
     return bool(config.address or os.environ.get("RAY_ADDRESS"))
 
 
-# Set when ensure_ray itself started a single-node local Ray (not a cluster, not a Ray the
-# caller had already started).
-_started_local_ray = False
-
-
-def actor_options(config: RayConfig) -> dict[str, int]:
-    """Ray remote options of a stage's actors.
-
-    Where a node can go away (a cluster, or a Ray the caller started), actors restart on
-    another node (Ray Data's default). On the local Ray this process started there is no
-    other node to move to, and a restartable actor whose constructor arguments sit in the
-    object store (Ray Data always puts them there) makes Ray log an error-level notice on
-    every run; a crashed local actor fails the job instead.
-    """
-    return {"max_restarts": 0} if _started_local_ray else {}
-
-
 def stage_pool_size(resources: Resources, config: RayConfig) -> int:
-    """Actors for a stage: config.num_workers, or as many as the cluster's CPUs allow."""
+    """Concurrent workers for a stage: config.num_workers, or as many as the cluster's CPUs allow."""
     import ray
 
     if config.num_workers > 0:
         return config.num_workers
     cpus = ray.cluster_resources().get("CPU", 1.0)
-    per_actor = max(resources.cpus * config.cpus_per_worker, 0.01)
-    return max(1, int(cpus // per_actor))
+    per_worker = max(resources.cpus * config.cpus_per_worker, 0.01)
+    return max(1, int(cpus // per_worker))

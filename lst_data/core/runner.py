@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-import warnings
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,18 +73,64 @@ def decode_result(stage: Stage, table: pa.Table) -> tuple[pa.Table, list[Reject]
     return ok.cast(stage.output_schema), rejects
 
 
-class _StageWorker:
-    """Ray Data callable class: one stage instance (and its model) per actor."""
+class _BatchRunner:
+    """What a Ray task does with a batch: `setup` once per worker process, then `run` per batch."""
 
-    def __init__(self, stage: Stage) -> None:
-        self.stage = stage
+    def setup(self) -> None:
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        raise NotImplementedError
+
+    def run(self, batch: pa.Table) -> pa.Table:
+        raise NotImplementedError
+
+
+@dataclass
+class _StageBatches(_BatchRunner):
+    """Rows of a stage's input -> the stage's wire table (results and rejects)."""
+
+    stage: Stage
+
+    def setup(self) -> None:
         self.stage.setup()
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def teardown(self) -> None:
+        self.stage.teardown()
+
+    def run(self, batch: pa.Table) -> pa.Table:
         return encode_result(self.stage, self.stage.process_batch(batch.to_pylist()))
 
-    def __del__(self) -> None:
-        self.stage.teardown()
+
+# The runner of the step this Ray worker process ran last, set up. Ray reuses its worker
+# processes for later tasks, so a step's model is loaded once per process, and no process is
+# started per step (an actor pool would start its processes, and import torch, for every step).
+_READY: dict[str, _BatchRunner] = {}
+
+
+def _run_cached(batch: pa.Table, runner: _BatchRunner, step_key: str) -> pa.Table:
+    ready = _READY.get(step_key)
+    if ready is None:
+        for earlier in _READY.values():
+            earlier.teardown()
+        _READY.clear()
+        runner.setup()
+        _READY[step_key] = ready = runner
+    return ready.run(batch)
+
+
+def _map_on_ray(blocks: list[pa.Table], runner: _BatchRunner, resources: Resources, ray_config: RayConfig,
+                batch_size: int) -> Iterator[pa.Table]:
+    """`runner` over `blocks` as Ray tasks (a lost task is retried on another node); outputs in block order."""
+    from lst_data.core.ray_env import ensure_ray, stage_pool_size
+
+    ray_data = ensure_ray(ray_config)
+    mapped = ray_data.from_arrow(blocks).map_batches(
+        _run_cached, fn_kwargs={"runner": runner, "step_key": uuid.uuid4().hex}, batch_size=batch_size,
+        batch_format="pyarrow", concurrency=min(stage_pool_size(resources, ray_config), len(blocks)),
+        num_cpus=resources.cpus * ray_config.cpus_per_worker, num_gpus=resources.gpus,
+    )
+    yield from mapped.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
 def _check_inputs(stage: Stage, table: pa.Table) -> None:
@@ -106,37 +152,12 @@ def iter_stage(stage: Stage, table: pa.Table, ray_config: RayConfig) -> Iterator
         finally:
             stage.teardown()
         return
-    from lst_data.core.ray_env import ensure_ray
-
-    ray_data = ensure_ray(ray_config)
     # Blocks are cut here, in the driver: a repartition would need CPU tasks that the
-    # actor pool may already hold (two 1-CPU actors on a 2-core machine deadlock).
+    # workers may already hold (two 1-CPU workers on a 2-core machine deadlock).
     blocks = [table.slice(i, ray_config.batch_size) for i in range(0, table.num_rows, ray_config.batch_size)]
-    ds = ray_data.from_arrow(blocks or [table])
-    with warnings.catch_warnings():
-        # max_restarts has no named parameter yet; passing it as a remote arg is deprecated.
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
-        mapped = _map_stage(ds, stage, ray_config, ray_data, max(1, len(blocks)))
-    for wire in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
+    for wire in _map_on_ray(blocks or [table], _StageBatches(stage), stage.resources, ray_config, ray_config.batch_size):
         ok, rejects = decode_result(stage, wire)
         yield ok, rejects, wire.num_rows
-
-
-def _map_stage(ds: Any, stage: Stage, ray_config: RayConfig, ray_data: Any, blocks: int) -> Any:
-    from lst_data.core.ray_env import actor_options, stage_pool_size
-
-    # No more actors than blocks: each extra one would load its model for nothing.
-    actors = min(stage_pool_size(stage.resources, ray_config), blocks)
-    return ds.map_batches(
-        _StageWorker,
-        fn_constructor_args=(stage,),
-        batch_size=ray_config.batch_size,
-        batch_format="pyarrow",
-        compute=ray_data.ActorPoolStrategy(size=actors),
-        num_cpus=stage.resources.cpus * ray_config.cpus_per_worker,
-        num_gpus=stage.resources.gpus,
-        **actor_options(ray_config),
-    )
 
 
 class TableParts:
@@ -179,7 +200,7 @@ class PartitionWorker:
     """What a worker does with one task of `map_items`: `setup` once, then one call per task."""
 
     def setup(self) -> None:  # noqa: B027  (optional hook)
-        """Load what every task needs (a model), once per worker."""
+        """Load what every task needs (a model), once per worker process."""
 
     def teardown(self) -> None:  # noqa: B027  (optional hook)
         """Release what `setup` holds."""
@@ -188,27 +209,29 @@ class PartitionWorker:
         raise NotImplementedError
 
 
-class _ItemActor:
-    """Ray Data callable class: one PartitionWorker per actor; tasks and results travel as JSON."""
+@dataclass
+class _TaskBatches(_BatchRunner):
+    """JSON tasks -> JSON results of a PartitionWorker."""
 
-    def __init__(self, worker: PartitionWorker) -> None:
-        self.worker = worker
+    worker: PartitionWorker
+
+    def setup(self) -> None:
         self.worker.setup()
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def teardown(self) -> None:
+        self.worker.teardown()
+
+    def run(self, batch: pa.Table) -> pa.Table:
         results = [json.dumps(self.worker(json.loads(task))) for task in batch.column("task").to_pylist()]
         return pa.table({"result": pa.array(results, pa.string())})
-
-    def __del__(self) -> None:
-        self.worker.teardown()
 
 
 def map_items(worker: PartitionWorker, tasks: list[dict[str, Any]], ray_config: RayConfig, *, resources: Resources,
               desc: str, unit: str = "part", show_progress: bool = True) -> Iterator[dict[str, Any]]:
-    """Run `worker` over `tasks` (JSON-able dicts) on Ray actors or in this process; results in task order.
+    """Run `worker` over `tasks` (JSON-able dicts) on Ray tasks or in this process; results in task order.
 
     Each task names files the worker reads and writes itself: only the small task and result
-    dicts pass through the driver.
+    dicts pass through the driver. On Ray, a task lost with its node is retried elsewhere.
     """
     with progress_bar(total=len(tasks), desc=desc, unit=unit, disable=not show_progress) as bar:
         if not tasks:
@@ -222,20 +245,8 @@ def map_items(worker: PartitionWorker, tasks: list[dict[str, Any]], ray_config: 
             finally:
                 worker.teardown()
             return
-        from lst_data.core.ray_env import actor_options, ensure_ray, stage_pool_size
-
-        ray_data = ensure_ray(ray_config)
-        ds = ray_data.from_arrow([pa.table({"task": [json.dumps(t)]}) for t in tasks])
-        actors = min(stage_pool_size(resources, ray_config), len(tasks))
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*ray_remote_args.*is deprecated")
-            mapped = ds.map_batches(
-                _ItemActor, fn_constructor_args=(worker,), batch_size=1, batch_format="pyarrow",
-                compute=ray_data.ActorPoolStrategy(size=actors),
-                num_cpus=resources.cpus * ray_config.cpus_per_worker, num_gpus=resources.gpus,
-                **actor_options(ray_config),
-            )
-        for batch in mapped.iter_batches(batch_size=None, batch_format="pyarrow"):
+        blocks = [pa.table({"task": [json.dumps(t)]}) for t in tasks]
+        for batch in _map_on_ray(blocks, _TaskBatches(worker), resources, ray_config, 1):
             for result in batch.column("result").to_pylist():
                 yield json.loads(result)
                 bar.update(1)

@@ -50,6 +50,8 @@ class Stage(ABC):
     # The run-config section this stage's output depends on (hashed into its provenance).
     config_section: ClassVar[str]
     resources: Resources = Resources()
+    # Set by `prepare` when it fitted a model anew on the whole input (not kept from an earlier run).
+    refitted: str | None = None
 
     def prepare(self, inputs: TableParts, out_dir: Path, ray: RayConfig) -> list[Reject]:
         """Stage-wide work on the driver before any batch (e.g. train a model into out_dir).

@@ -83,13 +83,19 @@ def file_problem(path: str | Path) -> tuple[str, str] | None:
     return "file_not_regular", f"{path} is {kind}"
 
 
-def _walk_files(root: Path) -> Iterator[Path]:
-    """Every non-directory path under `root` (links to folders included, not followed), sorted."""
+def _walk_folders(root: Path) -> Iterator[list[Path]]:
+    """The non-directory paths under `root` (links to folders included, not followed), one folder's
+    at a time, sorted: what a listing holds at once is one folder, not the corpus."""
     for folder, dirs, files in os.walk(root, followlinks=False):
         dirs.sort()
         linked_dirs = [d for d in dirs if os.path.islink(os.path.join(folder, d))]
-        for name in sorted(files + linked_dirs):
-            yield Path(folder) / name
+        yield [Path(folder) / name for name in sorted(files + linked_dirs)]
+
+
+def _walk_files(root: Path) -> Iterator[Path]:
+    """Every non-directory path under `root` (links to folders included, not followed), sorted."""
+    for paths in _walk_folders(root):
+        yield from paths
 
 
 def _reject(utterance_id: str, code: str, detail: str) -> Reject:
@@ -113,9 +119,16 @@ def _transcript_bytes(paths: list[Path]) -> tuple[bytes, Path] | Reject | None:
 
 
 def read_mfa_layout(root: str | Path) -> Iterator[CorpusItem]:
+    """Audio and .lab/.txt files paired by stem within each folder, folder by folder (in sorted
+    path order: the same order as sorting the whole tree, with one folder in memory)."""
     root = Path(os.path.abspath(root))
+    for paths in _walk_folders(root):
+        yield from _read_mfa_folder(root, paths)
+
+
+def _read_mfa_folder(root: Path, paths: list[Path]) -> Iterator[CorpusItem]:
     stems: dict[tuple[Path, str], dict[str, list[Path]]] = defaultdict(lambda: {"audio": [], "text": []})
-    for path in _walk_files(root):
+    for path in paths:
         suffix = path.suffix.lower()
         if suffix in READABLE_SUFFIXES:
             stems[(path.parent, path.stem)]["audio"].append(path)

@@ -304,7 +304,7 @@ def list_corpus(corpus: str | Path, layout: str = "auto",
 
 
 def spill_listing(corpus: str | Path, config: IngestConfig, path: Path,
-                  chunk_rows: int = 4096) -> tuple[int, list[Reject], list[Ignored]]:
+                  chunk_rows: int = 1024) -> tuple[int, list[Reject], list[Ignored]]:
     """Stream the screened listing into the Parquet file `path` (reader order), holding one chunk of
     entries at a time; returns (entries written, rejects, ignored files)."""
     rejects: list[Reject] = []
@@ -312,7 +312,7 @@ def spill_listing(corpus: str | Path, config: IngestConfig, path: Path,
     chunk: list[dict[str, Any]] = []
     written = 0
     path.parent.mkdir(parents=True, exist_ok=True)
-    with pq.ParquetWriter(path, ENTRY_SCHEMA) as writer:
+    with pq.ParquetWriter(path, ENTRY_SCHEMA) as writer:  # one row group per chunk: routing reads it back by chunk
         for item in screen_stream(read_corpus(corpus, config.layout, config.hf)):
             if isinstance(item, Reject):
                 rejects.append(item)

@@ -74,8 +74,10 @@ class TokenizeStage(Stage):
                 marker.unlink(missing_ok=True)
                 texts = bpe_training_texts(inputs) if self.config.model is None else []
                 tokenizer = prepare_tokenizer(self.config, texts, out_dir, self.seed)
-                if self.config.model is None and inputs.fingerprint is not None:
-                    marker.write_text(inputs.fingerprint, encoding="utf-8")
+                if self.config.model is None:
+                    self.refitted = f"trained {TRAINED_MODEL_NAME} on the whole manifest"
+                    if inputs.fingerprint is not None:
+                        marker.write_text(inputs.fingerprint, encoding="utf-8")
             self.model_path, self.expected_hash = str(tokenizer.path), tokenizer.hash
             self.vocab_size = tokenizer.vocab_size
         return []

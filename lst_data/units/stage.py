@@ -187,6 +187,7 @@ class UnitsStage(_EncodingStage):
             if self.codebook is None:
                 trained = train_codebook(inputs, trained_path, self.config, self.seed, ray, trained_on=inputs.fingerprint)
                 self.codebook, rejects = trained.codebook, trained.rejects
+                self.refitted = f"trained {CODEBOOK_FILE} on the whole manifest"
         else:
             # A codebook trained by an earlier run with another units.codebook setting must not linger.
             for stale in (trained_path, codebook_sidecar(trained_path)):
