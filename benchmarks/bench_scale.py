@@ -9,7 +9,8 @@ lines, each against a reference measured in the same run:
 - driver peak RssAnon per added hour, against the peak at SMALL hours (ratio large / small), with
   partitions of one size (`ray.partition_rows`) at both sizes;
 - shard-step seconds per hour in-process (one core) at 8 x SMALL, against SMALL (ratio: 1.0 is linear);
-- Ray (2 workers) against the in-process runner at SMALL hours;
+- Ray (2 workers) against the in-process runner at SMALL hours with TextGrids (Ray's fixed cost),
+  and the default build (PocketSphinx) at --ray-hours, in-process against Ray;
 - the align step with PocketSphinx on 2 Ray workers against 1.
 """
 
@@ -50,17 +51,18 @@ def step_seconds(report: dict, name: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--hours", type=float, default=1.0, help="the small corpus (the large one is 8x)")
-    parser.add_argument("--align-hours", type=float, default=0.25, help="corpus for the PocketSphinx scaling run")
+    parser.add_argument("--ray-hours", type=float, default=1.0,
+                        help="corpus of the default (PocketSphinx) builds: in-process vs Ray, 1 vs 2 workers")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         tmp_path = Path(tmp)
         demo = synthesize_demo_corpus(tmp_path / "demo")
         demo_hours = sum(u["duration"] for u in load_ground_truth(demo)["utterances"]) / 3600
         corpora = {}
-        for label, hours in (("small", args.hours), ("large", 8 * args.hours), ("align", args.align_hours)):
+        for label, hours in (("small", args.hours), ("large", 8 * args.hours), ("full", args.ray_hours)):
             copies = max(1, round(hours / demo_hours))
             corpora[label] = (tmp_path / label, tmp_path / f"{label}_tg", copies * demo_hours)
-            replicate_corpus(demo, tmp_path / label, copies, textgrids=None if label == "align" else tmp_path / f"{label}_tg")
+            replicate_corpus(demo, tmp_path / label, copies, textgrids=None if label == "full" else tmp_path / f"{label}_tg")
         base = {"units": {"k": 50, "sample_frames": 50000}, "tokenizer": {"vocab_size": 200}}
 
         def textgrid(label: str, ray: dict) -> dict:
@@ -89,15 +91,21 @@ def main() -> None:
             print(f"local_step_{name}_seconds_per_hour: {step_seconds(large_local, name) / large_h:.2f} s/h "
                   f"(reference: {step_seconds(small_local, name) / small_h:.2f} s/h at {small_h:.2f} h, ratio "
                   f"{(step_seconds(large_local, name) / large_h) / max(step_seconds(small_local, name) / small_h, 1e-9):.2f})")
-        print(f"ray_vs_local_build_{small_h:.0f}h: {ray_small:.1f} s on Ray, 2 workers (reference: {local_small:.1f} s "
-              f"in-process, ratio {ray_small / local_small:.2f})")
+        print(f"ray_vs_local_textgrid_build_{small_h:.0f}h: {ray_small:.1f} s on Ray, 2 workers (reference: "
+              f"{local_small:.1f} s in-process, ratio {ray_small / local_small:.2f}; no aligner: the fixed cost of Ray)")
 
-        align_corpus, _, align_h = corpora["align"]
-        one, _, _ = build(align_corpus, tmp_path / "align1", {**base, "ray": {**ray2, "num_workers": 1}}, "ingest,align")
-        two, _, _ = build(align_corpus, tmp_path / "align2", {**base, "ray": ray2}, "ingest,align")
+        # The default build (PocketSphinx alignment) at --ray-hours: in-process, Ray with 1 worker, with 2.
+        full_corpus, _, full_h = corpora["full"]
+        runs = {}
+        for label, ray in (("local", {"runner": "local"}), ("ray1", {**ray2, "num_workers": 1}), ("ray2", ray2)):
+            report, _, wall = build(full_corpus, tmp_path / f"full_{label}", {**base, "ray": ray})
+            runs[label] = (report, wall)
+        local_wall, (one, _), (two, two_wall) = runs["local"][1], runs["ray1"], runs["ray2"]
+        print(f"ray_vs_local_build_{full_h:.1f}h: {two_wall:.1f} s on Ray, 2 workers (reference: {local_wall:.1f} s "
+              f"in-process, ratio {two_wall / local_wall:.2f}; PocketSphinx, {full_h * 3600 / two_wall:.0f}x real time)")
         one_s, two_s = step_seconds(one, "align"), step_seconds(two, "align")
-        print(f"align_scaling_2_vs_1_workers: {two_s:.1f} s with 2 (reference: {one_s:.1f} s with 1 worker, "
-              f"{align_h:.2f} h PocketSphinx, ratio {one_s / two_s:.2f})")
+        print(f"align_scaling_2_vs_1_workers: {two_s:.1f} s with 2 (reference: {one_s:.1f} s with 1 Ray worker, "
+              f"{full_h:.2f} h PocketSphinx, ratio {one_s / two_s:.2f})")
 
 
 if __name__ == "__main__":

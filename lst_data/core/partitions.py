@@ -14,6 +14,7 @@ that hash changes, so a corpus edit reruns the partitions it touches.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -32,6 +33,8 @@ from lst_data.core.config import canonical_hash
 PARTS_FOLDER = "parts"  # per-partition markers of a step
 # One row group per partition file: a reader's `take` then costs one chunk, not one per batch.
 ROW_GROUP_ROWS = 1 << 20
+# Files the listing is first spread over (open at once): up to this many partitions, one each.
+ROUTE_BUCKETS = 256
 
 
 def order_digest(seed: int, utterance_id: str) -> bytes:
@@ -147,27 +150,29 @@ def partition_inputs_hash(**components: Any) -> str:
 def route_to_partitions(source: Path, plan: PartitionPlan, scratch: Path, batch_rows: int = 4096) -> Iterator[pa.Table]:
     """The rows of the Parquet file `source`, one partition at a time (each sorted by id).
 
-    pyarrow's dataset writer spreads the rows over one folder per partition under `scratch`,
-    with a bounded number of open files and rows in memory; then each partition is read back
-    alone. The driver never holds more than one partition.
+    One pass spreads the rows over at most ROUTE_BUCKETS files (Arrow IPC streams, which write
+    each batch as it comes, so the driver holds one batch); a bucket holds whole, consecutive
+    partitions and is then read back alone. The driver holds one batch, then one bucket.
     """
-    import pyarrow.dataset as ds
-
     reader = pq.ParquetFile(source)
-    schema = reader.schema_arrow.append(pa.field("partition", pa.int32()))
-
-    def batches() -> Iterator[pa.RecordBatch]:
+    schema = reader.schema_arrow
+    buckets = min(plan.count, ROUTE_BUCKETS)
+    per_bucket = plan.count // buckets
+    scratch.mkdir(parents=True, exist_ok=True)
+    paths = [scratch / f"bucket-{b:05d}.arrows" for b in range(buckets)]
+    with contextlib.ExitStack() as stack:
+        writers = [stack.enter_context(pa.ipc.new_stream(str(path), schema)) for path in paths]
         for batch in reader.iter_batches(batch_size=batch_rows):
-            partition = pa.array(plan.assign(batch.column("id").to_pylist()), pa.int32())
-            yield batch.append_column("partition", partition)
-
-    ds.write_dataset(pa.RecordBatchReader.from_batches(schema, batches()), scratch, format="parquet",
-                     partitioning=ds.partitioning(pa.schema([pa.field("partition", pa.int32())])),
-                     existing_data_behavior="delete_matching", use_threads=False)
-    for index in range(plan.count):
-        folder = scratch / str(index)
-        table = pq.read_table(folder, schema=reader.schema_arrow) if folder.is_dir() else reader.schema_arrow.empty_table()
-        yield table.sort_by("id")
+            assignment = plan.assign(batch.column("id").to_pylist()) // per_bucket
+            for bucket in np.unique(assignment):
+                writers[bucket].write_batch(batch.filter(pa.array(assignment == bucket)))
+    for bucket, path in enumerate(paths):
+        with pa.ipc.open_stream(str(path)) as stream:
+            rows = stream.read_all()
+        path.unlink()
+        assignment = plan.assign(rows.column("id").to_pylist())
+        for index in range(bucket * per_bucket, (bucket + 1) * per_bucket):
+            yield rows.filter(pa.array(assignment == index)).sort_by("id")
 
 
 def iter_part_tables(folder: Path, table: str, parts: Sequence[str], columns: Sequence[str] | None = None,
