@@ -73,33 +73,29 @@ def decode_result(stage: Stage, table: pa.Table) -> tuple[pa.Table, list[Reject]
     return ok.cast(stage.output_schema), rejects
 
 
+@dataclass
 class _BatchRunner:
-    """What a Ray task does with a batch: `setup` once per worker process, then `run` per batch."""
+    """What a Ray task does with a batch: set `target` (a stage or a PartitionWorker) up once per
+    worker process, then `run` per batch."""
+
+    target: Stage | PartitionWorker
 
     def setup(self) -> None:
-        raise NotImplementedError
+        self.target.setup()
 
     def teardown(self) -> None:
-        raise NotImplementedError
+        self.target.teardown()
 
     def run(self, batch: pa.Table) -> pa.Table:
         raise NotImplementedError
 
 
-@dataclass
 class _StageBatches(_BatchRunner):
     """Rows of a stage's input -> the stage's wire table (results and rejects)."""
 
-    stage: Stage
-
-    def setup(self) -> None:
-        self.stage.setup()
-
-    def teardown(self) -> None:
-        self.stage.teardown()
-
     def run(self, batch: pa.Table) -> pa.Table:
-        return encode_result(self.stage, self.stage.process_batch(batch.to_pylist()))
+        assert isinstance(self.target, Stage)
+        return encode_result(self.target, self.target.process_batch(batch.to_pylist()))
 
 
 # The runner of the step this Ray worker process ran last, set up. Ray reuses its worker
@@ -209,20 +205,11 @@ class PartitionWorker:
         raise NotImplementedError
 
 
-@dataclass
 class _TaskBatches(_BatchRunner):
     """JSON tasks -> JSON results of a PartitionWorker."""
 
-    worker: PartitionWorker
-
-    def setup(self) -> None:
-        self.worker.setup()
-
-    def teardown(self) -> None:
-        self.worker.teardown()
-
     def run(self, batch: pa.Table) -> pa.Table:
-        results = [json.dumps(self.worker(json.loads(task))) for task in batch.column("task").to_pylist()]
+        results = [json.dumps(self.target(json.loads(task))) for task in batch.column("task").to_pylist()]
         return pa.table({"result": pa.array(results, pa.string())})
 
 

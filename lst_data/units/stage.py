@@ -14,24 +14,28 @@ Outputs of the units stage (in OUT, written by `lst_data.core.runner.run_stage`)
 
 from __future__ import annotations
 
+import heapq
+import shutil
 import time
+import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
 from lst_data import __version__
 from lst_data.audio import AudioError, read_audio
 from lst_data.core.config import RayConfig, canonical_hash, to_dict, updated
 from lst_data.core.errors import ConfigError, InputError
-from lst_data.core.progress import progress_bar
+from lst_data.core.partitions import write_part
 from lst_data.core.rejects import Reject
-from lst_data.core.runner import StageReport, TableParts, iter_stage, read_manifest, run_stage
+from lst_data.core.runner import PartitionWorker, StageReport, TableParts, map_items, read_manifest, run_stage
 from lst_data.core.stage import Resources, Stage, StageResult
 from lst_data.core.tables import UNITS_SCHEMA
 from lst_data.units.codebook import Codebook, CodebookError, load_codebook, save_codebook
@@ -301,37 +305,37 @@ def train_codebook(
     if corpus_frames == 0:
         raise InputError("units: the manifest has no utterance long enough for one frame")
     probability = min(1.0, config.sample_frames / corpus_frames)
-    chosen, total = [], 0
-    for part in parts.iter_columns(INPUT_COLUMNS):
-        picked = [len(select_frames(u, counter.num_frames(n), probability, seed))
-                  for u, n in zip(part["id"].to_pylist(), part["num_samples"].to_pylist(), strict=True)]
-        chosen.append(part.filter(pa.array([p > 0 for p in picked], pa.bool_())))
-        total += sum(picked)
-    table = pa.concat_tables(chosen).sort_by("id")
-    if total < config.k:
-        raise ConfigError(
-            f"units.k: only {total} frames to train k = {config.k} centroids; use a larger corpus or a smaller units.k"
-        )
-
-    device = resolve_device(config.device)
-    sample = torch.empty(total, counter.dim, dtype=torch.float32)
-    filled = 0
-    rejects: list[Reject] = []
     started = time.perf_counter()
-    stage = FrameSampleStage(config, probability, seed)
-    with progress_bar(
-        total=table.num_rows, desc="units sample", unit="utt", disable=not show_progress
-    ) as bar:
-        for ok, batch_rejects, consumed in iter_stage(stage, table, ray_config):
-            rejects.extend(batch_rejects)
-            for n, blob in zip(ok["n"].to_pylist(), ok["features"].to_pylist(), strict=True):
-                if filled + n > total:
-                    raise RuntimeError("decoded audio gave more frames than manifest num_samples promised")
-                sample[filled : filled + n].numpy()[:] = np.frombuffer(blob, dtype="<f4").reshape(
-                    n, counter.dim
-                )
-                filled += n
-            bar.update(consumed)
+    # Workers encode and sample their partitions into files beside the codebook (a folder every
+    # node sees); the driver then merges them in id order into the one sample buffer.
+    scratch = Path(out_path).parent / f".kmeans-sample-{uuid.uuid4().hex}"
+    scratch.mkdir(parents=True)
+    try:
+        inputs = []
+        for index, source in enumerate(parts.sources):
+            if isinstance(source, pa.Table):
+                source = scratch / f"input-{index:05d}.parquet"
+                pq.write_table(parts.sources[index], source)
+            inputs.append(source)
+        tasks = [{"input": str(path), "out": str(scratch / f"sample-{i:05d}.parquet"), "batch_size": ray_config.batch_size}
+                 for i, path in enumerate(inputs)]
+        worker = FrameSamplePartitions(config, probability, seed)
+        results = list(map_items(worker, tasks, ray_config, resources=_resources(config), desc="units sample",
+                                 show_progress=show_progress))
+        total = sum(r["frames"] for r in results)
+        rejects = [Reject(**r) for result in results for r in result["rejects"]]
+        if total < config.k:
+            raise ConfigError(
+                f"units.k: only {total} frames to train k = {config.k} centroids; use a larger corpus or a smaller units.k"
+            )
+        device = resolve_device(config.device)
+        sample = torch.empty(total, counter.dim, dtype=torch.float32)
+        filled = 0
+        for _, n, blob in heapq.merge(*(_sample_rows(Path(t["out"])) for t in tasks), key=lambda row: row[0]):
+            sample[filled : filled + n].numpy()[:] = np.frombuffer(blob, dtype="<f4").reshape(n, counter.dim)
+            filled += n
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     encode_seconds = time.perf_counter() - started
     sample = sample[:filled].to(device)
     result = minibatch_kmeans(
@@ -360,7 +364,7 @@ def train_codebook(
     codebook = save_codebook(result.centroids, out_path, meta)
     return TrainReport(
         codebook,
-        table.num_rows - len(rejects),
+        sum(r["utterances"] for r in results) - len(rejects),
         filled,
         corpus_frames,
         result.inertia,
@@ -369,6 +373,49 @@ def train_codebook(
         encode_seconds,
         result.seconds,
     )
+
+
+@dataclass
+class FrameSamplePartitions(PartitionWorker):
+    """One partition's share of the k-means sample: its utterances that give any frame, encoded,
+    their sampled frames written (sorted by id) to the task's file."""
+
+    config: UnitsConfig
+    probability: float
+    seed: int
+    stage: FrameSampleStage | None = None
+
+    def setup(self) -> None:
+        self.stage = FrameSampleStage(self.config, self.probability, self.seed)
+        self.stage.setup()
+
+    def teardown(self) -> None:
+        if self.stage is not None:
+            self.stage.teardown()
+
+    def __call__(self, task: dict[str, Any]) -> dict[str, Any]:
+        assert self.stage is not None and self.stage.encoder is not None, "setup() was not called"
+        table = pq.read_table(task["input"], columns=list(INPUT_COLUMNS))
+        frames = self.stage.encoder.num_frames
+        picked = [len(select_frames(u, frames(n), self.probability, self.seed)) > 0
+                  for u, n in zip(table["id"].to_pylist(), table["num_samples"].to_pylist(), strict=True)]
+        table = table.filter(pa.array(picked, pa.bool_())).sort_by("id")
+        rows: list[dict[str, Any]] = []
+        rejects: list[Reject] = []
+        for batch in table.to_batches(max_chunksize=task["batch_size"]):
+            result = self.stage.process_batch(batch.to_pylist())
+            rows += result.rows
+            rejects += result.rejects
+        write_part(pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), Path(task["out"]))
+        return {"utterances": table.num_rows, "frames": sum(r["n"] for r in rows),
+                "rejects": [asdict(r) for r in rejects]}
+
+
+def _sample_rows(path: Path) -> Iterator[tuple[str, int, bytes]]:
+    """(id, frames, features) of a partition's sample file, in its (id) order, a batch at a time."""
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
+        yield from zip(batch.column("id").to_pylist(), batch.column("n").to_pylist(),
+                       batch.column("features").to_pylist(), strict=True)
 
 
 def build_encoder_for_counting(config: UnitsConfig) -> Encoder:
