@@ -14,7 +14,6 @@ Outputs of the units stage (in OUT, written by `lst_data.core.runner.run_stage`)
 
 from __future__ import annotations
 
-import heapq
 import shutil
 import time
 import uuid
@@ -33,7 +32,6 @@ from lst_data import __version__
 from lst_data.audio import AudioError, read_audio
 from lst_data.core.config import RayConfig, canonical_hash, to_dict, updated
 from lst_data.core.errors import ConfigError, InputError
-from lst_data.core.partitions import write_part
 from lst_data.core.rejects import Reject
 from lst_data.core.runner import PartitionWorker, StageReport, TableParts, map_items, read_manifest, run_stage
 from lst_data.core.stage import Resources, Stage, StageResult
@@ -49,6 +47,7 @@ if TYPE_CHECKING:
     from lst_data.config import RunConfig
 
 INPUT_COLUMNS = ("id", "audio_path", "num_samples")
+SAMPLE_GROUP_ROWS = 64  # utterances per row group of a partition's k-means sample file
 CODEBOOK_FILE = "codebook.npy"  # what the stage trains into its folder when units.codebook is None
 
 SAMPLE_SCHEMA = pa.schema(
@@ -329,11 +328,26 @@ def train_codebook(
                 f"units.k: only {total} frames to train k = {config.k} centroids; use a larger corpus or a smaller units.k"
             )
         device = resolve_device(config.device)
+        # One partition's file at a time, then rows reordered by utterance id: the same sample
+        # whatever the partitioning, with one file open (a merge would open every partition's).
         sample = torch.empty(total, counter.dim, dtype=torch.float32)
+        ids: list[str] = []
+        starts, counts = [], []
         filled = 0
-        for _, n, blob in heapq.merge(*(_sample_rows(Path(t["out"])) for t in tasks), key=lambda row: row[0]):
-            sample[filled : filled + n].numpy()[:] = np.frombuffer(blob, dtype="<f4").reshape(n, counter.dim)
-            filled += n
+        for task in tasks:
+            for batch in pq.ParquetFile(task["out"]).iter_batches(batch_size=SAMPLE_GROUP_ROWS):
+                n = batch.column("n").to_numpy().astype(np.int64)
+                frames = np.frombuffer(b"".join(batch.column("features").to_pylist()), dtype="<f4")
+                sample[filled : filled + len(frames) // counter.dim].numpy()[:] = frames.reshape(-1, counter.dim)
+                ids += batch.column("id").to_pylist()
+                starts.append(filled + np.cumsum(n) - n)
+                counts.append(n)
+                filled += int(n.sum())
+        if ids:
+            order = np.array(sorted(range(len(ids)), key=ids.__getitem__))
+            first, n = np.concatenate(starts)[order], np.concatenate(counts)[order]
+            moved_to = np.cumsum(n) - n
+            sample = sample[torch.from_numpy(np.arange(filled) - np.repeat(moved_to, n) + np.repeat(first, n))]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     encode_seconds = time.perf_counter() - started
@@ -406,16 +420,10 @@ class FrameSamplePartitions(PartitionWorker):
             result = self.stage.process_batch(batch.to_pylist())
             rows += result.rows
             rejects += result.rejects
-        write_part(pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), Path(task["out"]))
+        # Small row groups: the driver's merge then holds one small group of every partition at a time.
+        pq.write_table(pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), task["out"], row_group_size=SAMPLE_GROUP_ROWS)
         return {"utterances": table.num_rows, "frames": sum(r["n"] for r in rows),
                 "rejects": [asdict(r) for r in rejects]}
-
-
-def _sample_rows(path: Path) -> Iterator[tuple[str, int, bytes]]:
-    """(id, frames, features) of a partition's sample file, in its (id) order, a batch at a time."""
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
-        yield from zip(batch.column("id").to_pylist(), batch.column("n").to_pylist(),
-                       batch.column("features").to_pylist(), strict=True)
 
 
 def build_encoder_for_counting(config: UnitsConfig) -> Encoder:
