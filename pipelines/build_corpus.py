@@ -248,13 +248,11 @@ def _stage_for(step: str, ctx: BuildContext) -> Stage:
     return TokenizeStage(config.tokenizer, config.seed)
 
 
-def _drop_older_layout(folder: Path, tables: list[str]) -> bool:
+def _drop_older_layout(folder: Path, tables: list[str]) -> None:
     """A step folder written before partitions (one file per table) is redone from scratch."""
     if any(table_path(folder, t).is_file() for t in tables):
         shutil.rmtree(folder)
         folder.mkdir(parents=True)
-        return True
-    return False
 
 
 def _run_stage_step(ctx: BuildContext, name: str, inputs: dict[str, Any]) -> StepOutcome:
@@ -309,7 +307,7 @@ def _run_shard_step(ctx: BuildContext, name: str, inputs: dict[str, Any]) -> Ste
     (out / DONE_FILE).unlink(missing_ok=True)
     encode_dir = run_dir / ENCODE_FOLDER
     tables = [ENCODED_TABLE, "rejects"]
-    earlier = [s for s in STEPS[name].reads]
+    earlier = STEPS[name].reads
 
     def task_fields(part: str) -> dict[str, Any]:
         return {

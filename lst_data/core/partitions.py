@@ -28,8 +28,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lst_data.core.config import canonical_hash
-
 PARTS_FOLDER = "parts"  # per-partition markers of a step
 # One row group per partition file: a reader's `take` then costs one chunk, not one per batch.
 ROW_GROUP_ROWS = 1 << 20
@@ -73,9 +71,6 @@ class PartitionPlan:
         return np.fromiter(
             (int.from_bytes(order_digest(self.seed, i)[:8], "big") >> shift for i in ids), dtype=np.int64
         )
-
-    def to_json(self) -> dict[str, Any]:
-        return {"count": self.count, "seed": self.seed}
 
 
 def partition_count(rows: int, partition_rows: int, min_partitions: int, single: bool) -> int:
@@ -143,10 +138,6 @@ def part_is_done(folder: Path, part: str, inputs_hash: str, tables: Sequence[str
     return marker
 
 
-def partition_inputs_hash(**components: Any) -> str:
-    return canonical_hash(components)
-
-
 def route_to_partitions(source: Path, plan: PartitionPlan, scratch: Path, batch_rows: int = 4096) -> Iterator[pa.Table]:
     """The rows of the Parquet file `source`, one partition at a time (each sorted by id).
 
@@ -173,14 +164,6 @@ def route_to_partitions(source: Path, plan: PartitionPlan, scratch: Path, batch_
         assignment = plan.assign(rows.column("id").to_pylist())
         for index in range(bucket * per_bucket, (bucket + 1) * per_bucket):
             yield rows.filter(pa.array(assignment == index)).sort_by("id")
-
-
-def iter_part_tables(folder: Path, table: str, parts: Sequence[str], columns: Sequence[str] | None = None,
-                     schema: pa.Schema | None = None) -> Iterator[pa.Table]:
-    """The partitions of a table, one at a time (what the driver may hold)."""
-    for part in parts:
-        yield pq.read_table(part_file(folder, table, part), columns=None if columns is None else list(columns),
-                            schema=schema)
 
 
 def remove_parts_beyond(folder: Path, tables: Sequence[str], keep: Sequence[str]) -> None:

@@ -176,9 +176,6 @@ class TableParts:
     def num_rows(self) -> int:
         return sum(s.num_rows if isinstance(s, pa.Table) else pq.ParquetFile(s).metadata.num_rows for s in self.sources)
 
-    def __iter__(self) -> Iterator[pa.Table]:
-        return self.iter_columns(None)
-
     def iter_columns(self, columns: Iterable[str] | None) -> Iterator[pa.Table]:
         for source in self.sources:
             if isinstance(source, pa.Table):

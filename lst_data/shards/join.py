@@ -12,7 +12,6 @@ of the input tables, which Ray does not keep.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lst_data.config import RunConfig
+from lst_data.core.partitions import order_digest
 from lst_data.core.rejects import Reject
 from lst_data.frames import FrameSpan, frame_to_time, silence_frame_runs, word_frame_spans
 from lst_data.records import BpePiece, SampleRecord, Silence, Word
@@ -52,10 +52,7 @@ def sample_order(ids: Sequence[str], order: str, seed: int) -> list[int]:
     if order == "id":
         return sorted(range(len(ids)), key=lambda i: ids[i])
     if order == "hash":
-        prefix = f"{seed}:".encode()
-        return sorted(
-            range(len(ids)), key=lambda i: (hashlib.sha1(prefix + ids[i].encode("utf-8")).digest(), ids[i])
-        )
+        return sorted(range(len(ids)), key=lambda i: (order_digest(seed, ids[i]), ids[i]))
     raise ValueError(f"unknown shard.order {order!r} (use 'hash' or 'id')")
 
 

@@ -28,7 +28,6 @@ import pyarrow.parquet as pq
 
 from lst_data.audio import AudioError
 from lst_data.config import RunConfig
-from lst_data.core.config import canonical_hash
 from lst_data.core.partitions import marker_path, part_file, write_json_atomic, write_part
 from lst_data.core.rejects import Reject, read_rejects, sorted_rejects_table, write_rejects
 from lst_data.core.runner import PartitionWorker
@@ -190,13 +189,6 @@ def write_index(out: Path, encoded: list[Path], plan: ShardPlan) -> None:
         if rows:
             writer.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA))
     tmp.replace(out / INDEX_FILE)
-
-
-def encode_task(part: str, tables: dict[str, Path], earlier_rejects: list[Path], encode_dir: Path,
-                inputs: dict[str, Any]) -> dict[str, Any]:
-    return {"part": part, "tables": {k: str(v) for k, v in tables.items()},
-            "earlier_rejects": [str(p) for p in earlier_rejects if p.exists()], "out_dir": str(encode_dir),
-            "hash": canonical_hash(inputs), "inputs": inputs}
 
 
 def write_partitioned_shards(
