@@ -8,6 +8,7 @@ always what decoding produced, never a header's claim.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,14 +25,15 @@ class AudioError(Exception):
     """The file exists but cannot be decoded (the reject code is audio_unreadable)."""
 
 
-def decode(path: str | Path | BinaryIO, offset: float = 0.0, duration: float | None = None) -> tuple[np.ndarray, int]:
+def decode(path: str | Path | BinaryIO, offset: float = 0.0, duration: float | None = None,
+           name: str | None = None) -> tuple[np.ndarray, int]:
     """All channels of `path` (a file, or a file object holding encoded audio) as float32
-    [frames, channels] and its sample rate.
+    [frames, channels] and its sample rate; `name` names a file object in errors.
 
     `offset` and `duration` (s) select a segment: only its frames are decoded (soundfile
     seeks), so a supervision inside a long recording never costs a decode of the whole file.
     """
-    name = Path(path).name if isinstance(path, (str, Path)) else "embedded audio"
+    name = Path(path).name if isinstance(path, (str, Path)) else name or "embedded audio"
     try:
         with sf.SoundFile(str(path) if isinstance(path, Path) else path) as audio:
             rate = audio.samplerate
@@ -48,25 +50,26 @@ def decode(path: str | Path | BinaryIO, offset: float = 0.0, duration: float | N
     return samples, int(rate)
 
 
-def header_frames(path: str | Path) -> int | None:
+def header_frames(path: str | Path, data: bytes | None = None) -> int | None:
     """The number of frames the file's header promises, or None when it promises none.
 
     libsndfile quietly shortens a WAV whose data chunk claims more bytes than the file
     holds, so for WAV the RIFF chunks are read here; for other containers soundfile's count
     (FLAC STREAMINFO) is the promise. A streaming WAV's 0 or 0xFFFFFFFF size promises nothing.
+    `data`, when given, is the file's content (fetched from object storage); `path` names it.
     """
-    path = Path(path)
+    path = Path(str(path))
     if path.suffix.lower() != ".wav":
         try:
-            frames = sf.info(str(path)).frames
+            frames = sf.info(str(path) if data is None else io.BytesIO(data)).frames
         except (sf.LibsndfileError, RuntimeError, ValueError, TypeError):
             return None
         return frames if 0 < frames < 2**62 else None
-    return _wav_data_frames(path)
+    return _wav_data_frames(path, data)
 
 
-def _wav_data_frames(path: Path) -> int | None:
-    with open(path, "rb") as handle:
+def _wav_data_frames(path: Path, data: bytes | None) -> int | None:
+    with open(path, "rb") if data is None else io.BytesIO(data) as handle:
         head = handle.read(12)
         if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
             return None
@@ -124,8 +127,6 @@ def write_audio(path: str | Path, samples: np.ndarray, rate: int) -> None:
 
 def encode_flac(samples: np.ndarray, rate: int) -> bytes:
     """16-bit FLAC bytes of mono audio (for shard members)."""
-    import io
-
     buffer = io.BytesIO()
     sf.write(buffer, np.clip(samples, -1.0, 1.0), rate, format="FLAC", subtype="PCM_16")
     return buffer.getvalue()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from lst_data.core.cli_options import Commands, config_file_options, run_cli
+from lst_data.core.cli_options import Commands, StorageLocation, config_file_options, run_cli
 from lst_model.config import load_run_spec
 
 
@@ -47,7 +47,8 @@ def _text_corpus(text_path: Path | None, tokenizer_path: Path | None, shard_dir:
 
 
 @cli.command()
-@click.option("--shards", "shard_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--shards", "shard_dir", required=True, type=StorageLocation(exists=True),
+              help="The shard folder, or its URL (s3://bucket/shards): tars are streamed from object storage.")
 @config_file_options
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder; an existing checkpoint there is resumed.")
 @click.option("--text", "text_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help=_TEXT_HELP)
@@ -204,7 +205,8 @@ def score(run: Path, task_path: Path | None, shard_dir: Path | None, pairs: str,
 
 
 @cli.command()
-@click.option("--shards", "shard_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--shards", "shard_dir", required=True, type=StorageLocation(exists=True),
+              help="The shard folder, or its URL (s3://bucket/shards): tars are streamed from object storage.")
 @config_file_options
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
 @click.option("--text", "text_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help=_TEXT_HELP)

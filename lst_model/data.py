@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from lst_data.core.errors import ConfigError, UserError
+from lst_data.core.storage import location
 from lst_data.records import SampleRecord
 from lst_data.text import normalize_text
 from lst_model.tokens import TokenSpace
@@ -29,11 +30,11 @@ def load_records(shard_dir: str | Path) -> list[SampleRecord]:
     """Every sample of a shard set (without audio), in the reader's order (the shard stage's reader)."""
     from lst_data.shards.reader import iter_records
 
-    return list(iter_records(Path(shard_dir), with_audio=False))
+    return list(iter_records(shard_dir, with_audio=False))
 
 
 def load_token_space(shard_dir: str | Path) -> TokenSpace:
-    return TokenSpace.from_dataset_json(json.loads((Path(shard_dir) / "dataset.json").read_text(encoding="utf-8")))
+    return TokenSpace.from_dataset_json(json.loads((location(shard_dir) / "dataset.json").read_text(encoding="utf-8")))
 
 
 def canonical_transcript(text: str) -> str:

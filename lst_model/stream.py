@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from lst_data.core.config import updated
+from lst_data.core.storage import location
 from lst_model.config import RunSpec
 from lst_model.data import is_heldout
 from lst_model.flops import batch_cost
@@ -54,7 +55,7 @@ class PackedShardStream(IterableDataset):
 
     def __init__(self, shard_dir: str | Path, spec: RunSpec, space: TokenSpace, *, rows: int, world_size: int = 1,
                  texts: Sequence[np.ndarray] | None = None) -> None:
-        self.shard_dir = Path(shard_dir)
+        self.shard_dir = location(shard_dir)
         self.spec = spec
         self.space = space
         self.rows = rows

@@ -44,7 +44,7 @@ import yaml
 
 from lst_data import __version__
 from lst_data.config import RunConfig
-from lst_data.core.cli_options import config_options, load_run_config, run_cli
+from lst_data.core.cli_options import StorageLocation, config_options, load_run_config, run_cli
 from lst_data.core.config import canonical_hash, to_dict
 from lst_data.core.errors import UserError
 from lst_data.core.fingerprint import files_fingerprint, listing_fingerprint
@@ -65,6 +65,7 @@ from lst_data.core.partitions import (
 from lst_data.core.rejects import Reject, merge_rejects, read_rejects, rejects_to_table
 from lst_data.core.runner import DONE_FILE, REJECTS_FILE, StagePartitions, TableParts, finish_stage, map_items
 from lst_data.core.stage import Resources, Stage
+from lst_data.core.storage import StoragePath, is_url, location
 from lst_data.ingest.cli import layout_option
 from lst_data.ingest.stage import AUDIO_FOLDER, Ignored, spill_listing
 
@@ -123,7 +124,7 @@ class CorpusPlan:
         return canonical_hash({"rejects": [asdict(r) for r in self.rejects], "ignored": [asdict(i) for i in self.ignored]})
 
 
-def plan_corpus(corpus: Path, run_dir: Path, config: RunConfig) -> CorpusPlan:
+def plan_corpus(corpus: StoragePath, run_dir: Path, config: RunConfig) -> CorpusPlan:
     """List the corpus into partitions under RUN/plan, streaming: the driver holds one chunk of the
     listing, then one partition, at a time. Unchanged partitions are not rewritten."""
     folder = run_dir / PLAN_FOLDER
@@ -165,14 +166,19 @@ def step_base_inputs(config: RunConfig, name: str) -> dict[str, str]:
 
 @dataclass
 class BuildContext:
-    corpus: Path
+    corpus: StoragePath
     run_dir: Path
+    shards: StoragePath  # RUN/shards, or a URL
     config: RunConfig
     plan: CorpusPlan
     show_progress: bool = True
 
-    def dir(self, step: str) -> Path:
-        path = self.run_dir / STEPS[step].folder
+    def folder(self, step: str) -> StoragePath:
+        """Where a step's output lives (the shard step's: the shard folder or URL)."""
+        return self.shards if step == "shard" else self.run_dir / STEPS[step].folder
+
+    def dir(self, step: str) -> StoragePath:
+        path = self.folder(step)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -348,7 +354,7 @@ def _run_shard_step(ctx: BuildContext, name: str, inputs: dict[str, Any]) -> Ste
 
 def _kept_outcome(ctx: BuildContext, name: str, inputs: dict[str, Any]) -> StepOutcome | None:
     """The outcome of a step whose stored output was made from exactly `inputs` and is all there; else None."""
-    folder = ctx.run_dir / STEPS[name].folder
+    folder = ctx.folder(name)
     marker = folder / DONE_FILE
     try:
         stored = json.loads(marker.read_text(encoding="utf-8"))
@@ -365,7 +371,7 @@ def _outputs_present(ctx: BuildContext, name: str) -> bool:
     if name == "shard":
         from lst_data.shards.layout import DATASET_FILE
 
-        dataset = ctx.run_dir / STEPS[name].folder / DATASET_FILE
+        dataset = ctx.shards / DATASET_FILE
         try:
             shards = json.loads(dataset.read_text(encoding="utf-8"))["shards"]
         except (OSError, ValueError, KeyError):
@@ -375,9 +381,9 @@ def _outputs_present(ctx: BuildContext, name: str) -> bool:
     return all(part_file(folder, STEPS[name].table, p).is_file() for p in ctx.plan.names)
 
 
-def redo_reason(run_dir: Path, step: str, inputs: dict[str, Any]) -> str:
-    """Why a step must run (it was not kept): what changed since its stored output."""
-    marker = run_dir / STEPS[step].folder / DONE_FILE
+def redo_reason(folder: StoragePath, step: str, inputs: dict[str, Any]) -> str:
+    """Why a step must run (it was not kept): what changed since its stored output in `folder`."""
+    marker = folder / DONE_FILE
     if not marker.exists():
         return "not run yet" if not marker.parent.exists() else "no done.json (unfinished)"
     try:
@@ -399,6 +405,7 @@ def redo_reason(run_dir: Path, step: str, inputs: dict[str, Any]) -> str:
 class BuildReport:
     outcomes: list[StepOutcome]
     run_dir: Path
+    shards: StoragePath
     seconds: float
 
     @property
@@ -408,15 +415,18 @@ class BuildReport:
 
 
 def build_corpus(
-    corpus: str | Path, run_dir: str | Path, config: RunConfig, *, steps: tuple[str, ...] = STEP_ORDER,
-    on_step: Callable[[StepOutcome], None] | None = None, show_progress: bool = True,
+    corpus: str | StoragePath, run_dir: str | Path, config: RunConfig, *, steps: tuple[str, ...] = STEP_ORDER,
+    shards: str | StoragePath | None = None, on_step: Callable[[StepOutcome], None] | None = None,
+    show_progress: bool = True,
 ) -> BuildReport:
-    """Run (or resume) the steps over `corpus` into `run_dir`, holding the run directory's lock."""
+    """Run (or resume) the steps over `corpus` (a path or URL) into `run_dir`, holding the run
+    directory's lock; the shards go to `shards` (a folder or URL; default RUN/shards)."""
     started = time.perf_counter()
-    corpus, run_dir = Path(corpus), Path(run_dir)
+    corpus, run_dir = location(corpus, "CORPUS"), local_run_dir(run_dir)
+    shard_dir = run_dir / STEPS["shard"].folder if shards is None else location(shards, "--shards")
     with exclusive_output(run_dir):
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=True), encoding="utf-8")
-        ctx = BuildContext(corpus, run_dir, config, plan_corpus(corpus, run_dir, config), show_progress)
+        ctx = BuildContext(corpus, run_dir, shard_dir, config, plan_corpus(corpus, run_dir, config), show_progress)
         outcomes: list[StepOutcome] = []
         hashes: dict[str, str] = {}
         for name in steps:
@@ -424,14 +434,14 @@ def build_corpus(
             hashes[name] = canonical_hash(inputs)
             outcome = _kept_outcome(ctx, name, inputs)
             if outcome is None:
-                reason = redo_reason(run_dir, name, inputs)
+                reason = redo_reason(ctx.folder(name), name, inputs)
                 run = _run_shard_step if name == "shard" else _run_stage_step
                 outcome = run(ctx, name, inputs)
                 outcome.reason = reason + outcome.reason  # a step adds what it refit
             outcomes.append(outcome)
             if on_step is not None:
                 on_step(outcome)
-        report = BuildReport(outcomes, run_dir, time.perf_counter() - started)
+        report = BuildReport(outcomes, run_dir, shard_dir, time.perf_counter() - started)
         _write_build_json(report, config, hashes)
     return report
 
@@ -440,6 +450,7 @@ def _write_build_json(report: BuildReport, config: RunConfig, hashes: dict[str, 
     summary = {
         "toolkit_version": __version__,
         "config_hash": config.hash,
+        "shards": str(report.shards),
         "step_hashes": hashes,
         "steps": [
             {"name": o.name, "skipped": o.skipped, "seconds": round(o.seconds, 3), "rejects": len(o.rejects),
@@ -486,17 +497,29 @@ def print_build_summary(report: BuildReport, config: RunConfig) -> None:
     print_summary("totals", figures, report.rejects, console=console, config=config, notes=notes)
 
 
+def local_run_dir(value: str | Path) -> Path:
+    """The run folder: a path every worker opens (this machine's disk, or one the cluster's nodes share)."""
+    if is_url(value):
+        raise UserError(f"--out: {value} is a URL; the run folder is a path every worker can open (a local "
+                        "disk, or a file system the cluster's nodes share). Corpus and shards may be URLs: "
+                        "CORPUS and --shards")
+    return Path(value)
+
+
 @click.command("build")
-@click.argument("corpus", type=click.Path(exists=True, path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
+@click.argument("corpus", type=StorageLocation(exists=True))
+@click.option("--out", required=True, help="Run directory (a local or shared folder).")
+@click.option("--shards", type=StorageLocation(), default=None,
+              help="Where the shards go: a folder or a URL (s3://bucket/shards, gs://...)  [default: OUT/shards]")
 @click.option("--resume", is_flag=True, help="Continue a run in OUT: done steps and finished shards are kept.")
 @layout_option
 @config_options
 @click.option("--steps", default=",".join(STEP_ORDER), show_default=True,
               help="Comma-separated steps to run, in pipeline order (e.g. ingest,align).")
-def build_command(corpus: Path, out: Path, resume: bool, layout: str | None, config_path: Path | None,
+def build_command(corpus: StoragePath, out: str, shards: StoragePath | None, resume: bool, layout: str | None, config_path: Path | None,
                   assignments: tuple[str, ...], runner: str | None, steps: str) -> None:
-    """Build shards from CORPUS into the run directory OUT (ingest, align, units, tokenize, shard).
+    """Build shards from CORPUS (a folder, a manifest, or a URL) into the run directory OUT (ingest,
+    align, units, tokenize, shard).
 
     Exit code 0: every utterance is in the shards; 3: finished, with rejects; 1: failed.
     """
@@ -506,11 +529,14 @@ def build_command(corpus: Path, out: Path, resume: bool, layout: str | None, con
     unknown = [s for s in chosen if s not in STEPS]
     if unknown:
         raise UserError(f"--steps: unknown steps {unknown}; known: {', '.join(STEP_ORDER)}")
-    if out.exists() and any(out.iterdir()) and not resume:
+    run_dir = local_run_dir(out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out: {out} is a file; the run directory must be a folder")
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise UserError(f"--out: {out} already holds a run: pass --resume to continue it, or choose another --out")
     config = load_run_config(config_path, assignments, runner, aliases={"ingest.layout": layout})
     try:
-        report = build_corpus(corpus, out, config, steps=chosen, on_step=_print_step)
+        report = build_corpus(corpus, run_dir, config, steps=chosen, shards=shards, on_step=_print_step)
     except OutputLocked as err:
         click.echo(f"lst-data build: {err}", err=True)
         sys.exit(1)

@@ -96,3 +96,28 @@ def run_cli(group: click.Group, prog_name: str, args: Sequence[str] | None = Non
         click.echo(f"{prog_name}: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", err=True)
         sys.exit(EXIT_USAGE)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+class StorageLocation(click.ParamType):
+    """A local path or a URL on any filesystem fsspec knows (s3://, gs://, hdfs://, ...);
+    `exists` refuses one that is not there."""
+
+    name = "path or URL"
+
+    def __init__(self, exists: bool = False) -> None:
+        self.exists = exists
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from lst_data.core.storage import location
+
+        if not isinstance(value, str):
+            return value
+        try:
+            path = location(value)
+            found = not self.exists or path.exists()
+        except (UserError, OSError) as err:
+            self.fail(f"cannot open {value}: {err}", param, ctx)
+        if not found:
+            self.fail(f"{value} does not exist", param, ctx)
+        return path
+

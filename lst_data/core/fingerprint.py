@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from lst_data.core.config import Section, canonical_hash
 from lst_data.core.digests import file_sha256
+from lst_data.core.storage import is_url, location
 
 
 def path_fingerprint(value: str) -> str:
@@ -57,11 +58,22 @@ def table_fingerprint(table: pa.Table) -> str:
 
 def listing_fingerprint(entries: pa.Table, audio_column: str, extra: Any) -> str:
     """A corpus listing (entries with their transcript bytes) plus size and mtime of every audio file."""
-    stats = []
-    for path in entries[audio_column].to_pylist():
+    return canonical_hash({"entries": table_fingerprint(entries),
+                           "audio": [file_identity(p) for p in entries[audio_column].to_pylist()], "extra": extra})
+
+
+def file_identity(path: str) -> tuple[str, int | None, int | str | None]:
+    """(path, size, mtime in ns) of a local file; (URL, size, the store's version tag) of an object;
+    sizes and tags None when it is missing. An object's tag (S3: its ETag) comes from the
+    listing the reader made, so this costs no request per file."""
+    if not is_url(path):
         try:
             st = os.stat(path)
-            stats.append((path, st.st_size, st.st_mtime_ns))
         except OSError:
-            stats.append((path, None, None))
-    return canonical_hash({"entries": table_fingerprint(entries), "audio": stats, "extra": extra})
+            return path, None, None
+        return path, st.st_size, st.st_mtime_ns
+    remote = location(path)
+    try:
+        return path, remote.fs.size(remote.path), remote.fs.ukey(remote.path)
+    except OSError:
+        return path, None, None

@@ -10,12 +10,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from lst_data.core.storage import StoragePath, location, read_parquet, write_parquet
 from lst_data.core.tables import REJECT_SCHEMA
 
 REJECT_CODES: dict[str, str] = {
@@ -115,16 +114,18 @@ def sorted_rejects_table(rejects: Iterable[Reject]) -> pa.Table:
     return rejects_to_table(rejects).sort_by([("stage", "ascending"), ("id", "ascending"), ("code", "ascending")])
 
 
-def write_rejects(rejects: Iterable[Reject], path: str | Path) -> pa.Table:
+def write_rejects(rejects: Iterable[Reject], path: str | StoragePath) -> pa.Table:
     table = sorted_rejects_table(rejects)
-    pq.write_table(table, path)
+    write_parquet(table, location(path))
     return table
 
 
-def read_rejects(path: str | Path) -> list[Reject]:
-    if not Path(path).exists():
+def read_rejects(path: str | StoragePath) -> list[Reject]:
+    """The rejects of a file or of a folder of partition files (none when it is missing)."""
+    path = location(path)
+    if not path.exists():
         return []
-    return [Reject(**row) for row in pq.read_table(path, schema=REJECT_SCHEMA).to_pylist()]
+    return [Reject(**row) for row in read_parquet(path, schema=REJECT_SCHEMA).to_pylist()]
 
 
 def merge_rejects(rejects: Iterable[Reject]) -> list[Reject]:

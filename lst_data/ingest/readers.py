@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from lst_data.audio import READABLE_SUFFIXES
+from lst_data.core.errors import UserError
 from lst_data.core.rejects import Reject
+from lst_data.core.storage import StoragePath, is_remote, is_url, location, walk_files
 from lst_data.ingest.config import HfColumns
 
 TRANSCRIPT_SUFFIXES = (".lab", ".txt")
@@ -64,11 +66,14 @@ _SPECIAL_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"
                   (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
 
 
-def file_problem(path: str | Path) -> tuple[str, str] | None:
+def file_problem(path: str | StoragePath) -> tuple[str, str] | None:
     """(reject code, detail) when `path` is not a readable regular file, else None.
 
-    Checked with stat only: opening a FIFO to look at it would block the job.
+    Checked with stat only: opening a FIFO to look at it would block the job. An object
+    store holds only regular files: there, the only problem is a missing one.
     """
+    if not isinstance(path, str) and is_remote(path):
+        return None if path.is_file() else ("audio_missing", str(path))
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -83,16 +88,26 @@ def file_problem(path: str | Path) -> tuple[str, str] | None:
     return "file_not_regular", f"{path} is {kind}"
 
 
-def _walk_folders(root: Path) -> Iterator[list[Path]]:
+def corpus_root(root: str | StoragePath) -> StoragePath:
+    """The corpus at `root`: an absolute local path (links not resolved), or a URL."""
+    path = location(root, "CORPUS")
+    return path if is_remote(path) else Path(os.path.abspath(path))
+
+
+def _walk_folders(root: StoragePath) -> Iterator[list[StoragePath]]:
     """The non-directory paths under `root` (links to folders included, not followed), one folder's
     at a time, sorted: what a listing holds at once is one folder, not the corpus."""
+    if is_remote(root):
+        for _, files in walk_files(root):
+            yield files
+        return
     for folder, dirs, files in os.walk(root, followlinks=False):
         dirs.sort()
         linked_dirs = [d for d in dirs if os.path.islink(os.path.join(folder, d))]
         yield [Path(folder) / name for name in sorted(files + linked_dirs)]
 
 
-def _walk_files(root: Path) -> Iterator[Path]:
+def _walk_files(root: StoragePath) -> Iterator[StoragePath]:
     """Every non-directory path under `root` (links to folders included, not followed), sorted."""
     for paths in _walk_folders(root):
         yield from paths
@@ -121,7 +136,7 @@ def _transcript_bytes(paths: list[Path]) -> tuple[bytes, Path] | Reject | None:
 def read_mfa_layout(root: str | Path) -> Iterator[CorpusItem]:
     """Audio and .lab/.txt files paired by stem within each folder, folder by folder (in sorted
     path order: the same order as sorting the whole tree, with one folder in memory)."""
-    root = Path(os.path.abspath(root))
+    root = corpus_root(root)
     for paths in _walk_folders(root):
         yield from _read_mfa_folder(root, paths)
 
@@ -134,7 +149,7 @@ def _read_mfa_folder(root: Path, paths: list[Path]) -> Iterator[CorpusItem]:
             stems[(path.parent, path.stem)]["audio"].append(path)
         elif suffix in TRANSCRIPT_SUFFIXES:
             stems[(path.parent, path.stem)]["text"].append(path)
-        elif os.path.isdir(path):
+        elif not is_remote(path) and os.path.isdir(path):
             yield Ignored(str(path), "a symbolic link to a folder (not followed)")
         else:
             yield Ignored(str(path), f"unknown extension {suffix or '(none)'!r}")
@@ -163,7 +178,7 @@ def _read_mfa_folder(root: Path, paths: list[Path]) -> Iterator[CorpusItem]:
 
 
 def read_librispeech(root: str | Path) -> Iterator[CorpusItem]:
-    root = Path(os.path.abspath(root))
+    root = corpus_root(root)
     listed: set[Path] = set()
     files = list(_walk_files(root))
     for trans in (f for f in files if f.name.endswith(LIBRISPEECH_SUFFIX)):
@@ -177,7 +192,7 @@ def read_librispeech(root: str | Path) -> Iterator[CorpusItem]:
             utt_id_bytes, _, text = raw_line.strip().partition(b" ")
             utt_id = utt_id_bytes.decode("utf-8", errors="backslashreplace")
             candidates = [trans.parent / f"{utt_id}{s}" for s in (".flac", ".wav")]
-            audio = next((c for c in candidates if os.path.lexists(c)), candidates[0])
+            audio = next((c for c in candidates if _present(c)), candidates[0])
             listed.add(audio)
             yield CorpusEntry(
                 id=utt_id,
@@ -193,6 +208,11 @@ def read_librispeech(root: str | Path) -> Iterator[CorpusItem]:
             yield _reject(path.stem, "transcript_missing", f"{path} is in no {LIBRISPEECH_SUFFIX} file")
         else:
             yield Ignored(str(path), f"unknown extension {path.suffix.lower() or '(none)'!r}")
+
+
+def _present(path: StoragePath) -> bool:
+    """Whether `path` is there (a dangling link counts: it is reported as one)."""
+    return path.exists() if is_remote(path) else os.path.lexists(path)
 
 
 def read_json_lines(manifest: Path, required: tuple[str, ...],
@@ -219,14 +239,20 @@ def read_json_lines(manifest: Path, required: tuple[str, ...],
 
 
 def read_jsonl(manifest: str | Path) -> Iterator[CorpusItem]:
-    manifest = Path(os.path.abspath(manifest))
+    manifest = corpus_root(manifest)
+
+    def audio_path(audio: str) -> str:
+        if is_url(audio):
+            return audio
+        if is_remote(manifest):
+            return str(manifest.parent / audio)
+        return os.path.abspath(Path(audio) if Path(audio).is_absolute() else manifest.parent / audio)
 
     def to_entry(where: str, obj: dict[str, Any]) -> CorpusEntry:
         text = obj.get("text")
-        audio = Path(obj["audio"])
         return CorpusEntry(
             id=obj["id"],
-            audio_path=os.path.abspath(audio if audio.is_absolute() else manifest.parent / audio),
+            audio_path=audio_path(obj["audio"]),
             transcript=text.encode("utf-8", errors="surrogatepass") if isinstance(text, str) else None,
             speaker=str(obj.get("speaker") or ""),
             transcript_source=where,
@@ -240,9 +266,11 @@ def detect_layout(path: str | Path) -> str:
     from lst_data.ingest.nemo_reader import looks_like_nemo
     from lst_data.lhotse_io import looks_like_lhotse
 
-    path = Path(path)
+    path = location(path, "CORPUS")
     if not path.exists():
         raise FileNotFoundError(f"corpus {path} does not exist")
+    if is_remote(path):  # the Hugging Face, lhotse and NeMo readers open local files
+        return "jsonl" if path.suffix == ".jsonl" else "librispeech" if _has_librispeech(path) else "mfa"
     if looks_like_hf(path):
         return "hf"
     if looks_like_lhotse(path):
@@ -253,9 +281,11 @@ def detect_layout(path: str | Path) -> str:
         return "jsonl"
     if not path.is_dir():
         raise FileNotFoundError(f"corpus {path} is neither a directory nor a manifest (.jsonl, .jsonl.gz, .parquet)")
-    if next(path.rglob(f"*{LIBRISPEECH_SUFFIX}"), None) is not None:
-        return "librispeech"
-    return "mfa"
+    return "librispeech" if _has_librispeech(path) else "mfa"
+
+
+def _has_librispeech(path: StoragePath) -> bool:
+    return next(iter(path.rglob(f"*{LIBRISPEECH_SUFFIX}")), None) is not None
 
 
 def read_corpus(path: str | Path, layout: str = "auto", hf_columns: HfColumns | None = None) -> Iterator[CorpusItem]:
@@ -269,4 +299,7 @@ def read_corpus(path: str | Path, layout: str = "auto", hf_columns: HfColumns | 
                "nemo": read_nemo, "hf": lambda p: read_hf(p, hf_columns or HfColumns())}
     if layout not in readers:
         raise ValueError(f"unknown corpus layout {layout!r}; one of {sorted(readers)}")
+    if layout in ("hf", "lhotse", "nemo") and is_url(path):
+        raise UserError(f"ingest.layout: a {layout} corpus is read from a local path; a corpus URL holds the "
+                        "mfa, librispeech or jsonl layout")
     return readers[layout](path)

@@ -41,6 +41,7 @@ from lst_data.core.paths import inside
 from lst_data.core.rejects import Reject
 from lst_data.core.runner import StageReport, run_stage
 from lst_data.core.stage import Resources, Stage, StageResult
+from lst_data.core.storage import is_remote, is_url, location
 from lst_data.core.tables import MANIFEST_SCHEMA
 from lst_data.ingest.config import HfColumns, IngestConfig
 from lst_data.ingest.readers import CorpusEntry, CorpusItem, Ignored, file_problem, read_corpus
@@ -78,7 +79,7 @@ class IngestStage(Stage):
                  align: AlignConfig | None = None, ignored: Sequence[Ignored] = ()) -> None:
         self.config = config
         self.audio_root = self.audio_dir = Path(audio_dir)
-        self.corpus = None if corpus is None else str(Path(corpus).resolve())
+        self.corpus = None if corpus is None else str(corpus) if is_url(corpus) else str(Path(corpus).resolve())
         self.ignored = list(ignored)
         self.align = align  # aligns long recordings before they are cut (long_recordings = 'segment')
         self.aligner: Any = None
@@ -132,19 +133,29 @@ class IngestStage(Stage):
         if cfg.numbers == "reject" and "digits" in normalized.flags:
             return [self.reject(utt_id, "transcript_has_digits", text[:80])]
 
-        source = Path(row["audio_path"])
-        embedded = row.get("audio_bytes")
-        if embedded is None and (problem := file_problem(source)) is not None:
+        source = location(row["audio_path"])
+        embedded = fetched = row.get("audio_bytes")
+        if embedded is None and is_remote(source):
+            # One request: the object is read whole (an utterance, at most a few MB) and then
+            # converted into the run folder, so no later step reads the object store.
+            try:
+                fetched = source.read_bytes()
+            except FileNotFoundError:
+                return [self.reject(utt_id, "audio_missing", str(source))]
+            except OSError as err:
+                return [self.reject(utt_id, "file_unreadable", f"{source}: {err}")]
+        elif embedded is None and (problem := file_problem(source)) is not None:
             return [self.reject(utt_id, *problem)]
         offset = row.get("offset") or 0.0
         whole_file = embedded is None and not offset and row.get("duration") is None
         try:
-            channels, source_rate = decode(source if embedded is None else io.BytesIO(embedded), offset, row.get("duration"))
+            channels, source_rate = decode(source if fetched is None else io.BytesIO(fetched), offset, row.get("duration"),
+                                           name=source.name if embedded is None else None)
         except AudioError as err:
             return [self.reject(utt_id, "audio_unreadable", str(err))]
         if channels.shape[0] == 0:
             return [self.reject(utt_id, "audio_empty", f"{source.name} decodes to 0 samples")]
-        promised = header_frames(source) if whole_file else None
+        promised = header_frames(source, fetched) if whole_file else None
         if promised is not None and channels.shape[0] < promised:
             return [self.reject(utt_id, "audio_truncated",
                                 f"{source.name}: {channels.shape[0]} of the {promised} frames its header promises")]
@@ -162,7 +173,7 @@ class IngestStage(Stage):
         utterance = {"id": utt_id, "source_path": str(source), "source_sample_rate": source_rate, "offset": offset,
                      "speaker": row["speaker"], "text": text, "normalized_text": normalized.text, "flags": flags}
         # Only a whole file already usable as it is is referenced in place; a segment of one is written.
-        in_place = whole_file and source.suffix.lower() in IN_PLACE_SUFFIXES and not {"resampled", "downmixed"} & set(flags)
+        in_place = whole_file and fetched is None and source.suffix.lower() in IN_PLACE_SUFFIXES and not {"resampled", "downmixed"} & set(flags)
         if duration <= cfg.max_duration:
             return [self.manifest_row(utterance, samples, source if in_place else None)]
         if cfg.long_recordings == "segment" and duration <= cfg.max_recording_duration:

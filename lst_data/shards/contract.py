@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from lst_data.core.digests import file_sha256
 from lst_data.core.schemas import validation_errors
+from lst_data.core.storage import is_remote
 from lst_data.frames import frames_for_duration
 from lst_data.patching import patches
 from lst_data.records import SampleRecord, parse_json
@@ -165,9 +166,14 @@ def _frame_tolerance(dataset: dict[str, Any] | None) -> int:
 
 
 def sidecar_problems(tar_path: Path, sidecar: Sidecar) -> list[str]:
-    """Where the tar on disk is not the one its sidecar describes (size, then sha256); no header scan."""
+    """Where the tar on disk is not the one its sidecar describes (size, then sha256); no header scan.
+
+    An object's bytes are checked by its store on upload and are not downloaded to be hashed
+    here: only its size is compared (readers still verify the sha256 of what they read).
+    """
     size = tar_path.stat().st_size
-    return sidecar_mismatches(sidecar, size, file_sha256(tar_path) if size == sidecar.bytes else None)
+    hashed = size == sidecar.bytes and not is_remote(tar_path)
+    return sidecar_mismatches(sidecar, size, file_sha256(tar_path) if hashed else None)
 
 
 _READ_ERRORS = (ValueError, OSError, EOFError, tarfile.TarError)

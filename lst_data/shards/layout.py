@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lst_data.core.schemas import validation_errors
+from lst_data.core.storage import location, write_bytes_atomic
 from lst_data.records import parse_json
 
 INDEX_FILE = "index.parquet"
@@ -44,7 +45,7 @@ def sidecar_path(tar_path: Path) -> Path:
 def shard_paths(out_dir: str | Path, split: str | None = None) -> list[Path]:
     """The shard tars of `out_dir` (of one split, or all), sorted by split and index."""
     found = []
-    for path in Path(out_dir).glob("*.tar"):
+    for path in location(out_dir).glob("*.tar"):
         match = _SHARD.fullmatch(path.name)
         if match and (split is None or match["split"] == split):
             found.append((match["split"], int(match["index"]), path))
@@ -104,7 +105,7 @@ def read_json_record(path: Path, schema: str, max_bytes: int) -> dict[str, Any]:
     Refused before parsing when over `max_bytes` (checked on the open file, so a huge file is
     never read); ValueError naming the first schema violations.
     """
-    with open(path, "rb") as handle:
+    with path.open("rb") as handle:
         data = parse_json(handle.read(max_bytes + 1), max_bytes=max_bytes, what=path.name)
     if not isinstance(data, dict):
         raise ValueError(f"not a {schema} record: a JSON {type(data).__name__}, not an object")
@@ -119,7 +120,5 @@ def read_json_record(path: Path, schema: str, max_bytes: int) -> dict[str, Any]:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Sorted, indented JSON via a temporary name, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    """Sorted, indented JSON, never seen half written (a local file or an object)."""
+    write_bytes_atomic(path, (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))

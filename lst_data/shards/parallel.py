@@ -31,6 +31,7 @@ from lst_data.config import RunConfig
 from lst_data.core.partitions import marker_path, part_file, write_json_atomic, write_part
 from lst_data.core.rejects import Reject, read_rejects, sorted_rejects_table, write_rejects
 from lst_data.core.runner import PartitionWorker
+from lst_data.core.storage import StoragePath, local_output, location
 from lst_data.core.tables import INDEX_SCHEMA
 from lst_data.shards.contract import STAGE
 from lst_data.shards.join import JoinTables, Provenance, join_records
@@ -115,7 +116,7 @@ class WriteShards(PartitionWorker):
             for row in rows.slice(start, stop - start).to_pylist():
                 members = {suffix: row[column] for suffix, column in MEMBER_COLUMNS.items() if row[column] is not None}
                 samples.append(EncodedSample(row["id"], row["key"], row["duration"], members))
-        tar_path = Path(self.out_dir) / task["name"]
+        tar_path = location(self.out_dir) / task["name"]
         done, why_not = earlier_shard(tar_path, self.config_hash)
         if done is not None:
             if same_samples(done, samples):
@@ -165,14 +166,13 @@ def plan_shards(encoded: list[Path], config: RunConfig) -> ShardPlan:
     return ShardPlan(tasks, seconds)
 
 
-def write_index(out: Path, encoded: list[Path], plan: ShardPlan) -> None:
+def write_index(out: StoragePath, encoded: list[Path], plan: ShardPlan) -> None:
     """index.parquet: one row per sample in shard order, streamed from the partitions' small columns."""
     shard_of: list[tuple[str, int, int, str]] = [
         (path, start, stop, task["name"]) for task in plan.tasks for path, start, stop in task["slices"]
     ]
-    tmp = out / f".{INDEX_FILE}.tmp"
     rows: list[dict[str, Any]] = []
-    with pq.ParquetWriter(tmp, INDEX_SCHEMA) as writer:
+    with local_output(out / INDEX_FILE) as tmp, pq.ParquetWriter(tmp, INDEX_SCHEMA) as writer:
         slice_at = 0
         for path in encoded:
             table = pq.read_table(path, columns=INDEX_COLUMNS)
@@ -188,14 +188,14 @@ def write_index(out: Path, encoded: list[Path], plan: ShardPlan) -> None:
                 slice_at += 1
         if rows:
             writer.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA))
-    tmp.replace(out / INDEX_FILE)
 
 
 def write_partitioned_shards(
-    encoded: list[Path], markers: list[dict[str, Any]], out: Path, config: RunConfig, *,
+    encoded: list[Path], markers: list[dict[str, Any]], out: StoragePath, config: RunConfig, *,
     carried_rejects: list[Reject], tokenizer_vocab_size: int | None, run_tasks: Any,
 ) -> ShardReport:
-    """Steps 2-4 over encoded partitions; `run_tasks(worker, tasks)` runs step 3 (on Ray or here)."""
+    """Steps 2-4 over encoded partitions into `out` (a folder or a URL); `run_tasks(worker, tasks)`
+    runs step 3 (on Ray or here)."""
     out.mkdir(parents=True, exist_ok=True)
     remove_unfinished(out)
     config_hash = shard_config_hash(config)

@@ -26,6 +26,7 @@ from typing import Any
 
 import webdataset as wds
 
+from lst_data.core.storage import location
 from lst_data.records import SampleRecord
 from lst_data.shards.layout import Sidecar
 from lst_data.shards.reader import (
@@ -37,6 +38,7 @@ from lst_data.shards.reader import (
     bad_shard,
     decode_members,
     iter_raw_samples,
+    local_shard,
     sample_count_problem,
     verify_shard,
 )
@@ -73,16 +75,17 @@ class _ShardSamples:
 
     def __call__(self, source: Iterator[dict[str, Any]]) -> Iterator[tuple[str, str, dict[str, bytes]]]:
         for shard in source:
-            tar_path = Path(shard["url"])
+            tar_path = location(shard["url"])
             try:
-                sidecar = self._verified_sidecar(tar_path) if self.verify else None
-                samples = 0
-                for key, members in iter_raw_samples(tar_path, with_audio=self.with_audio, limits=self.limits):
-                    samples += 1
-                    yield tar_path.name, key, members
-                miscount = sidecar and sample_count_problem(tar_path, sidecar, samples)
-                if miscount:
-                    raise miscount
+                with local_shard(tar_path) as local:
+                    sidecar = self._verified_sidecar(local) if self.verify else None
+                    samples = 0
+                    for key, members in iter_raw_samples(local, with_audio=self.with_audio, limits=self.limits):
+                        samples += 1
+                        yield tar_path.name, key, members
+                    miscount = sidecar and sample_count_problem(tar_path, sidecar, samples)
+                    if miscount:
+                        raise miscount
             except READ_ERRORS as err:
                 if not self.handler(err if isinstance(err, BadShardError) else bad_shard(tar_path, err)):
                     break

@@ -21,6 +21,7 @@ or `SkipAndCount`.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from lst_data.core.storage import StoragePath, local_input, location
 from lst_data.keys import sanitize_key
 from lst_data.records import SampleRecord, parse_json
 from lst_data.shards.layout import (
@@ -41,6 +43,7 @@ from lst_data.shards.layout import (
     UnsafeMemberError,
     read_json_record,
     shard_paths,
+    sidecar_path,
 )
 from lst_data.shards.safe_tar import (
     DEFAULT_LIMITS,
@@ -131,7 +134,7 @@ def listed_shards(shard_dir: str | Path, split: str | None = None) -> tuple[list
     them, or holding others, is refused before anything is read. Without dataset.json (an
     unfinished directory, or one from an older toolkit) nothing can be compared: a warning.
     """
-    shard_dir = Path(shard_dir)
+    shard_dir = location(shard_dir)
     tars = shard_paths(shard_dir, split)
     path = shard_dir / DATASET_FILE
     if not path.exists():
@@ -168,23 +171,30 @@ def iter_shard(
     member and JSON is still checked). `scan_first` (with `verify`) checks every header
     and the count before the first sample, for callers that may stop early (`show`).
     """
-    tar_path = Path(tar_path)
-    sidecar = verify_shard(tar_path, limits, count_samples=scan_first) if verify else None
-    samples = 0
+    tar_path = location(tar_path)
     try:
-        for key, members in iter_raw_samples(tar_path, with_audio=with_audio, limits=limits):
-            samples += 1
-            try:
-                yield decode_members(key, members, with_audio=with_audio, limits=limits)
-            except ValueError as err:
-                raise bad_shard(tar_path, f"sample {key}: {err}") from None
-        miscount = sidecar and sample_count_problem(tar_path, sidecar, samples)
-        if miscount:
-            raise miscount
+        with local_shard(tar_path) as local:
+            sidecar = verify_shard(local, limits, count_samples=scan_first) if verify else None
+            samples = 0
+            for key, members in iter_raw_samples(local, with_audio=with_audio, limits=limits):
+                samples += 1
+                try:
+                    yield decode_members(key, members, with_audio=with_audio, limits=limits)
+                except ValueError as err:
+                    raise bad_shard(tar_path, f"sample {key}: {err}") from None
+            miscount = sidecar and sample_count_problem(tar_path, sidecar, samples)
+            if miscount:
+                raise miscount
     except BadShardError:
         raise
     except READ_ERRORS as err:
         raise bad_shard(tar_path, err) from None
+
+
+def local_shard(tar_path: StoragePath) -> contextlib.AbstractContextManager[Path]:
+    """A tar and its sidecar as local files for the block: a shard on object storage is downloaded
+    once into the system temp dir (then verified and read like a local one) and removed after."""
+    return local_input(tar_path, sidecar_path(tar_path))
 
 
 def reraise(err: Exception) -> bool:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable
-from pathlib import Path
 from typing import BinaryIO
 
 import webdataset as wds
 
+from lst_data.core.storage import StoragePath, local_output
 from lst_data.shards.members import TAR_BLOCK, EncodedSample
 
 # Fixed tar header fields: the time and owner of the writing machine must not leak into the bytes.
@@ -46,13 +46,12 @@ class _HashingWriter:
         return self.size
 
 
-def write_tar(path: Path, samples: Iterable[EncodedSample]) -> tuple[int, str]:
-    """Write the samples' members deterministically to `path` via a temporary name; (bytes, sha256)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as raw:
+def write_tar(path: StoragePath, samples: Iterable[EncodedSample]) -> tuple[int, str]:
+    """Write the samples' members deterministically to `path` (a local file or an object), never
+    seen half written; (bytes, sha256)."""
+    with local_output(path) as tmp, open(tmp, "wb") as raw:
         hashing = _HashingWriter(raw)
         with wds.TarWriter(hashing, user="", group="", mode=MEMBER_MODE, mtime=SHARD_MTIME, encoder=False) as tar:
             for sample in samples:
                 tar.write({"__key__": sample.key, **sample.members})
-    tmp.replace(path)
     return hashing.size, hashing.sha256.hexdigest()
