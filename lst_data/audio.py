@@ -16,6 +16,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from lst_data.core.storage import StoragePath, is_url, local_output, location
+
 READABLE_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 # Sources in these containers at the target rate and mono are read in place, not copied.
 IN_PLACE_SUFFIXES = (".wav", ".flac")
@@ -33,6 +35,13 @@ def decode(path: str | Path | BinaryIO, offset: float = 0.0, duration: float | N
     `offset` and `duration` (s) select a segment: only its frames are decoded (soundfile
     seeks), so a supervision inside a long recording never costs a decode of the whole file.
     """
+    if isinstance(path, str) and is_url(path):
+        path = location(path)
+    if not isinstance(path, (str, Path)) and hasattr(path, "fs"):  # an object: fetched whole, once
+        try:
+            name, path = path.name, io.BytesIO(path.read_bytes())
+        except OSError as err:
+            raise AudioError(f"{path}: {err}") from err
     name = Path(path).name if isinstance(path, (str, Path)) else name or "embedded audio"
     try:
         with sf.SoundFile(str(path) if isinstance(path, Path) else path) as audio:
@@ -114,15 +123,15 @@ def read_audio(path: str | Path, target_rate: int | None = 16000, offset: float 
     return resample(mono, rate, target_rate), target_rate
 
 
-def write_audio(path: str | Path, samples: np.ndarray, rate: int) -> None:
+def write_audio(path: str | StoragePath, samples: np.ndarray, rate: int) -> None:
     """Write mono 16-bit PCM audio; the container (.wav or .flac) follows the suffix.
 
     16-bit, not float: libsndfile stamps float WAV files with the time of writing (PEAK
     chunk), which would make the same audio written twice differ in bytes.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), np.clip(samples, -1.0, 1.0), rate, subtype="PCM_16")
+    path = location(path)
+    with local_output(path) as local:
+        sf.write(str(local), np.clip(samples, -1.0, 1.0), rate, subtype="PCM_16", format=path.suffix[1:].upper())
 
 
 def encode_flac(samples: np.ndarray, rate: int) -> bytes:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -65,7 +66,7 @@ from lst_data.core.partitions import (
 from lst_data.core.rejects import Reject, merge_rejects, read_rejects, rejects_to_table
 from lst_data.core.runner import DONE_FILE, REJECTS_FILE, StagePartitions, TableParts, finish_stage, map_items
 from lst_data.core.stage import Resources, Stage
-from lst_data.core.storage import StoragePath, is_url, location
+from lst_data.core.storage import StoragePath, is_remote, location, remove_tree
 from lst_data.ingest.cli import layout_option
 from lst_data.ingest.stage import AUDIO_FOLDER, Ignored, spill_listing
 
@@ -124,11 +125,12 @@ class CorpusPlan:
         return canonical_hash({"rejects": [asdict(r) for r in self.rejects], "ignored": [asdict(i) for i in self.ignored]})
 
 
-def plan_corpus(corpus: StoragePath, run_dir: Path, config: RunConfig) -> CorpusPlan:
+def plan_corpus(corpus: StoragePath, run_dir: StoragePath, config: RunConfig) -> CorpusPlan:
     """List the corpus into partitions under RUN/plan, streaming: the driver holds one chunk of the
     listing, then one partition, at a time. Unchanged partitions are not rewritten."""
     folder = run_dir / PLAN_FOLDER
-    scratch = folder / ".listing"
+    # The driver's own spill files: beside the plan, or in the system temp dir for a run on a store.
+    scratch = Path(tempfile.mkdtemp(prefix="lst-listing-")) if is_remote(run_dir) else folder / ".listing"
     shutil.rmtree(scratch, ignore_errors=True)
     spill = scratch / "entries.parquet"
     rows, rejects, ignored = spill_listing(corpus, config.ingest, spill)
@@ -167,7 +169,7 @@ def step_base_inputs(config: RunConfig, name: str) -> dict[str, str]:
 @dataclass
 class BuildContext:
     corpus: StoragePath
-    run_dir: Path
+    run_dir: StoragePath
     shards: StoragePath  # RUN/shards, or a URL
     config: RunConfig
     plan: CorpusPlan
@@ -217,12 +219,15 @@ class BuildContext:
                 todo.append({"part": part, "out_dir": str(folder), "hash": digest, "inputs": inputs, **task_fields(part)})
         remove_parts_beyond(folder, tables, self.plan.names)
         # Largest partitions first (by their input's bytes): the workers then finish together.
-        todo.sort(key=lambda task: -_bytes(Path(task.get("input") or task["tables"]["manifest"])))
+        todo.sort(key=lambda task: -_bytes(location(task.get("input") or task["tables"]["manifest"])))
         return todo, kept
 
 
-def _bytes(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else 0
+def _bytes(path: StoragePath) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def _step_inputs(ctx: BuildContext, step: str) -> dict[str, Any]:
@@ -254,10 +259,10 @@ def _stage_for(step: str, ctx: BuildContext) -> Stage:
     return TokenizeStage(config.tokenizer, config.seed)
 
 
-def _drop_older_layout(folder: Path, tables: list[str]) -> None:
+def _drop_older_layout(folder: StoragePath, tables: list[str]) -> None:
     """A step folder written before partitions (one file per table) is redone from scratch."""
     if any(table_path(folder, t).is_file() for t in tables):
-        shutil.rmtree(folder)
+        remove_tree(folder)
         folder.mkdir(parents=True)
 
 
@@ -286,7 +291,7 @@ def _run_stage_step(ctx: BuildContext, name: str, inputs: dict[str, Any]) -> Ste
     if name == "ingest":
         for stale in (folder / AUDIO_FOLDER).glob("part-*"):
             if stale.name not in ctx.plan.names:  # a plan with fewer partitions than the last
-                shutil.rmtree(stale)
+                remove_tree(stale)
         listing = ctx.plan.rejects
         (table_path(folder, "rejects")).mkdir(parents=True, exist_ok=True)
         write_part(rejects_to_table(listing), part_file(folder, "rejects", LISTING_REJECTS))
@@ -404,7 +409,7 @@ def redo_reason(folder: StoragePath, step: str, inputs: dict[str, Any]) -> str:
 @dataclass
 class BuildReport:
     outcomes: list[StepOutcome]
-    run_dir: Path
+    run_dir: StoragePath
     shards: StoragePath
     seconds: float
 
@@ -415,14 +420,14 @@ class BuildReport:
 
 
 def build_corpus(
-    corpus: str | StoragePath, run_dir: str | Path, config: RunConfig, *, steps: tuple[str, ...] = STEP_ORDER,
+    corpus: str | StoragePath, run_dir: str | StoragePath, config: RunConfig, *, steps: tuple[str, ...] = STEP_ORDER,
     shards: str | StoragePath | None = None, on_step: Callable[[StepOutcome], None] | None = None,
     show_progress: bool = True,
 ) -> BuildReport:
-    """Run (or resume) the steps over `corpus` (a path or URL) into `run_dir`, holding the run
-    directory's lock; the shards go to `shards` (a folder or URL; default RUN/shards)."""
+    """Run (or resume) the steps over `corpus` into `run_dir`, holding the run directory's lock; the
+    shards go to `shards` (default RUN/shards). Each may be a local path or a URL."""
     started = time.perf_counter()
-    corpus, run_dir = location(corpus, "CORPUS"), local_run_dir(run_dir)
+    corpus, run_dir = location(corpus, "CORPUS"), location(run_dir, "--out")
     shard_dir = run_dir / STEPS["shard"].folder if shards is None else location(shards, "--shards")
     with exclusive_output(run_dir):
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=True), encoding="utf-8")
@@ -497,18 +502,9 @@ def print_build_summary(report: BuildReport, config: RunConfig) -> None:
     print_summary("totals", figures, report.rejects, console=console, config=config, notes=notes)
 
 
-def local_run_dir(value: str | Path) -> Path:
-    """The run folder: a path every worker opens (this machine's disk, or one the cluster's nodes share)."""
-    if is_url(value):
-        raise UserError(f"--out: {value} is a URL; the run folder is a path every worker can open (a local "
-                        "disk, or a file system the cluster's nodes share). Corpus and shards may be URLs: "
-                        "CORPUS and --shards")
-    return Path(value)
-
-
 @click.command("build")
 @click.argument("corpus", type=StorageLocation(exists=True))
-@click.option("--out", required=True, help="Run directory (a local or shared folder).")
+@click.option("--out", required=True, type=StorageLocation(), help="Run directory: a folder or a URL.")
 @click.option("--shards", type=StorageLocation(), default=None,
               help="Where the shards go: a folder or a URL (s3://bucket/shards, gs://...)  [default: OUT/shards]")
 @click.option("--resume", is_flag=True, help="Continue a run in OUT: done steps and finished shards are kept.")
@@ -516,7 +512,7 @@ def local_run_dir(value: str | Path) -> Path:
 @config_options
 @click.option("--steps", default=",".join(STEP_ORDER), show_default=True,
               help="Comma-separated steps to run, in pipeline order (e.g. ingest,align).")
-def build_command(corpus: StoragePath, out: str, shards: StoragePath | None, resume: bool, layout: str | None, config_path: Path | None,
+def build_command(corpus: StoragePath, out: StoragePath, shards: StoragePath | None, resume: bool, layout: str | None, config_path: Path | None,
                   assignments: tuple[str, ...], runner: str | None, steps: str) -> None:
     """Build shards from CORPUS (a folder, a manifest, or a URL) into the run directory OUT (ingest,
     align, units, tokenize, shard).
@@ -529,14 +525,13 @@ def build_command(corpus: StoragePath, out: str, shards: StoragePath | None, res
     unknown = [s for s in chosen if s not in STEPS]
     if unknown:
         raise UserError(f"--steps: unknown steps {unknown}; known: {', '.join(STEP_ORDER)}")
-    run_dir = local_run_dir(out)
-    if run_dir.exists() and not run_dir.is_dir():
+    if out.is_file():
         raise UserError(f"--out: {out} is a file; the run directory must be a folder")
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+    if out.exists() and any(out.iterdir()) and not resume:
         raise UserError(f"--out: {out} already holds a run: pass --resume to continue it, or choose another --out")
     config = load_run_config(config_path, assignments, runner, aliases={"ingest.layout": layout})
     try:
-        report = build_corpus(corpus, run_dir, config, steps=chosen, shards=shards, on_step=_print_step)
+        report = build_corpus(corpus, out, config, steps=chosen, shards=shards, on_step=_print_step)
     except OutputLocked as err:
         click.echo(f"lst-data build: {err}", err=True)
         sys.exit(1)

@@ -123,6 +123,34 @@ def test_resume_from_s3_keeps_everything_then_reruns_an_edited_object(s3_build):
     assert (ingest.skipped, ingest.parts_run, ingest.parts) == (False, 1, 8)
 
 
+def test_a_run_folder_on_s3_gives_the_same_shards_and_resumes(s3_build):
+    """Every step's partitions, markers, fitted codebook and BPE live on the store; workers read and
+    write them there; the shards land in RUN/shards on the store, byte for byte those of a local
+    run folder."""
+    from lst_data.core.lock import OutputLocked
+
+    client, url, config = s3_build["client"], s3_build["corpus"], s3_build["config"]
+    run = f"s3://{BUCKET}/remote-run"
+    report = build_corpus(url, run, config, show_progress=False)
+    assert not report.rejects
+    # Compared with the build of the same corpus objects whose run folder is local (the test
+    # above edited one transcript since; that build has the edit too).
+    made_here, made_locally = objects(client, "remote-run/shards"), objects(client, "shards")
+    shard_names = [n for n in made_locally if n not in ("done.json", "shard.json")]  # these hold wall times
+    assert len(shard_names) == 13
+    assert {n: made_here[n] for n in shard_names} == {n: made_locally[n] for n in shard_names}
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="remote-run/")["Contents"]}
+    assert {"remote-run/units/codebook.npy", "remote-run/tokenize/tokenizer.model",
+            "remote-run/align/alignments.parquet/part-00007.parquet", "remote-run/build.json"} <= keys
+    assert "remote-run/.lock" not in keys, "the lock is released"
+    again = build_corpus(url, run, config, show_progress=False)
+    assert all(o.skipped for o in again.outcomes)
+    client.put_object(Bucket=BUCKET, Key="remote-run/.lock", Body=b'{"pid": 1, "host": "elsewhere", "started": "x"}')
+    with pytest.raises(OutputLocked, match="pid 1 on elsewhere.*delete s3://"):
+        build_corpus(url, run, config, show_progress=False)
+    client.delete_object(Bucket=BUCKET, Key="remote-run/.lock")
+
+
 def test_lst_model_trains_streaming_the_shards_by_url(s3_build, tmp_path):
     from lst_model.cli import cli
 
@@ -159,7 +187,7 @@ def test_a_tar_damaged_on_the_server_is_refused(s3_build, tmp_path):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["s3://lst-data-test/no-such-corpus", "--out", "{tmp}/run"], "s3://lst-data-test/no-such-corpus does not exist"),
-    (["{corpus}", "--out", "s3://lst-data-test/run"], "--out: s3://lst-data-test/run is a URL"),
+    (["{corpus}", "--out", "{corpus}/spk_f3_r0000/spk_f3_003_r0000.wav"], "is a file; the run directory must be a folder"),
     (["{corpus}", "--out", "{tmp}/run", "--shards", "nosuchscheme://x/y"], "cannot open nosuchscheme://x/y"),
 ])
 def test_storage_mistakes_are_one_line(s3_build, tmp_path, args, message):
@@ -170,3 +198,30 @@ def test_storage_mistakes_are_one_line(s3_build, tmp_path, args, message):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_workers_read_and_write_the_store(s3_build, tmp_path):
+    """`python -m pipelines.build_corpus` on a fresh local Ray runtime (2 workers): every partition
+    task and shard writer opens the store itself (its credentials from the environment)."""
+    client = s3_build["client"]
+    config = tmp_path / "run.yaml"
+    config.write_text((s3_build["local_run"] / "config.yaml").read_text())
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.build_corpus", s3_build["corpus"], "--out", f"s3://{BUCKET}/ray-run",
+         "--config", str(config), "--set", "ray.runner=ray", "--set", "ray.num_workers=2",
+         "--set", "ray.cpus_per_worker=0.5"],
+        capture_output=True, text=True, env=os.environ, cwd=Path(__file__).parent.parent, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[shard] ran 8 of 8 partitions" in result.stderr
+    made_by_ray, made_locally = objects(client, "ray-run/shards"), objects(client, "shards")
+    shard_names = [n for n in made_locally if n not in ("done.json", "shard.json", "dataset.json")]
+    assert {n: made_by_ray[n] for n in shard_names} == {n: made_locally[n] for n in shard_names}
+
+    def without_runner(dataset: bytes) -> dict:  # dataset.json records the whole config, `ray` included
+        summary = json.loads(dataset)
+        del summary["config"]["ray"]
+        return summary
+
+    assert without_runner(made_by_ray["dataset.json"]) == without_runner(made_locally["dataset.json"])

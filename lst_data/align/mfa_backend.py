@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import json
 import os
 import selectors
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,7 @@ from lst_data.align.textgrid_backend import index_textgrids, lowercase_words
 from lst_data.align.textgrid_io import read_tiers, tiers_to_alignment
 from lst_data.audio import AudioError, read_audio
 from lst_data.core.config import updated
+from lst_data.core.storage import is_url, location
 from lst_data.keys import sanitize_key
 
 WORKER_SCRIPT = Path(__file__).with_name("mfa_worker.py")
@@ -155,6 +158,10 @@ class MfaAligner(Aligner):
         return lexicon
 
     def align_batch(self, requests: Sequence[AlignRequest]) -> list[Alignment | AlignFailure]:
+        with local_audio(requests) as local_requests:
+            return self._align_local(local_requests)
+
+    def _align_local(self, requests: Sequence[AlignRequest]) -> list[Alignment | AlignFailure]:
         lexicons = [self.utterance_lexicon(r) for r in requests]
         results: list[Alignment | AlignFailure | None] = [x if isinstance(x, AlignFailure) else None for x in lexicons]
         usable = [i for i, x in enumerate(lexicons) if not isinstance(x, AlignFailure)]
@@ -237,6 +244,26 @@ class MfaAligner(Aligner):
         if self.worker is not None:
             self.worker.close()
             self.worker = None
+
+
+@contextlib.contextmanager
+def local_audio(requests: Sequence[AlignRequest]) -> Iterator[list[AlignRequest]]:
+    """The requests with audio on object storage (a run folder there) downloaded for the batch:
+    MFA reads files."""
+    if not any(is_url(r.audio_path) for r in requests):
+        yield list(requests)
+        return
+    with tempfile.TemporaryDirectory(prefix="lst-mfa-audio-") as scratch:
+        local = []
+        for request in requests:
+            if is_url(request.audio_path):
+                remote = location(request.audio_path)
+                target = Path(scratch) / f"{request.key}{remote.suffix.lower()}"
+                with contextlib.suppress(FileNotFoundError):  # a missing file fails as it would locally
+                    remote.fs.get_file(remote.path, str(target))
+                request = replace(request, audio_path=str(target))
+            local.append(request)
+        yield local
 
 
 def _segment(request: AlignRequest) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from lst_data.align.base import Aligner, AlignFailure, Alignment, AlignRequest, Interval
 from lst_data.align.config import AlignConfig
@@ -30,6 +29,7 @@ from lst_data.core.config import RayConfig, to_dict
 from lst_data.core.rejects import Reject
 from lst_data.core.runner import StageReport, TableParts, read_manifest, run_stage
 from lst_data.core.stage import Resources, Stage, StageResult
+from lst_data.core.storage import write_parquet
 from lst_data.core.tables import ALIGNMENT_SCHEMA, OOV_SCHEMA
 
 BACKENDS: dict[str, str] = {
@@ -101,7 +101,7 @@ class AlignStage(Stage):
 
     def finalize(self, summaries: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
         oov = merge_oov_reports(s["oov"] for s in summaries)
-        pq.write_table(oov, out_dir / OOV_FILE)
+        write_parquet(oov, out_dir / OOV_FILE)
         self.model_hashes = sorted(set().union(*(s["model_hashes"] for s in summaries)))
         scores: Counter[float] = Counter()
         for summary in summaries:

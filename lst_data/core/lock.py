@@ -15,7 +15,8 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+
+from lst_data.core.storage import StoragePath, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,17 @@ def _holder(text: str) -> str:
         return "an unknown process"
 
 
+def _record() -> str:
+    return json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
 @contextmanager
-def exclusive_output(out_dir: Path) -> Iterator[None]:
+def exclusive_output(out_dir: StoragePath) -> Iterator[None]:
     """Hold OUT/.lock for the duration of the block; raise OutputLocked at once if another build holds it."""
+    if is_remote(out_dir):
+        with _object_lock(out_dir):
+            yield
+        return
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -51,13 +60,36 @@ def exclusive_output(out_dir: Path) -> Iterator[None]:
         if previous.strip():
             log.warning("%s: taking over the lock of a build that ended without releasing it (%s)",
                         out_dir, _holder(previous))
-        record = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
+        os.pwrite(fd, _record().encode("utf-8"), 0)
         try:
             yield
         finally:
             os.ftruncate(fd, 0)  # released cleanly: the next build takes it without a warning
     finally:
         os.close(fd)
+
+
+@contextmanager
+def _object_lock(out_dir: StoragePath) -> Iterator[None]:
+    """OUT/.lock on an object store: created only if absent (a conditional write), deleted at the end.
+
+    A store cannot notice that its holder died: a lock left by a killed build stays until it
+    is deleted, and the error says so.
+    """
+    path = out_dir / LOCK_FILE
+    try:
+        with path.open("xb") as handle:
+            handle.write(_record().encode("utf-8"))
+    except FileExistsError:
+        try:
+            held_by = _holder(path.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            held_by = "an unknown process"
+        raise OutputLocked(f"{out_dir} is being built by another build ({held_by}); wait for it to finish, or, "
+                           f"if that build was killed, delete {path}") from None
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+

@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from lst_data.core.storage import StoragePath, local_output, write_bytes_atomic
 
 PARTS_FOLDER = "parts"  # per-partition markers of a step
 # One row group per partition file: a reader's `take` then costs one chunk, not one per batch.
@@ -86,40 +87,30 @@ def partition_count(rows: int, partition_rows: int, min_partitions: int, single:
     return 1 << (wanted - 1).bit_length()
 
 
-def table_path(folder: Path, table: str) -> Path:
+def table_path(folder: StoragePath, table: str) -> StoragePath:
     """The folder of a partitioned table: `folder/<table>.parquet/`."""
     return folder / f"{table}.parquet"
 
 
-def part_file(folder: Path, table: str, part: str) -> Path:
+def part_file(folder: StoragePath, table: str, part: str) -> StoragePath:
     return table_path(folder, table) / f"{part}.parquet"
 
 
-def marker_path(folder: Path, part: str) -> Path:
+def marker_path(folder: StoragePath, part: str) -> StoragePath:
     return folder / PARTS_FOLDER / f"{part}.json"
 
 
-def write_part(table: pa.Table, path: Path) -> None:
-    """Write one partition file atomically (a dot name while written: dataset readers skip it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path)
-    pq.write_table(table.combine_chunks(), tmp, row_group_size=ROW_GROUP_ROWS)
-    os.replace(tmp, path)
+def write_part(table: pa.Table, path: StoragePath) -> None:
+    """Write one partition file atomically (locally a dot name while written: dataset readers skip it)."""
+    with local_output(path) as tmp:
+        pq.write_table(table.combine_chunks(), tmp, row_group_size=ROW_GROUP_ROWS)
 
 
-def _temporary(path: Path) -> Path:
-    """A dot name of this process: a retried task (its worker lost with its node) may still be writing."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def write_json_atomic(path: StoragePath, data: dict[str, Any]) -> None:
+    write_bytes_atomic(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path)
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_marker(folder: Path, part: str) -> dict[str, Any] | None:
+def read_marker(folder: StoragePath, part: str) -> dict[str, Any] | None:
     """A partition's marker, or None when it is missing or unreadable (the partition reruns)."""
     path = marker_path(folder, part)
     try:
@@ -128,7 +119,7 @@ def read_marker(folder: Path, part: str) -> dict[str, Any] | None:
         return None
 
 
-def part_is_done(folder: Path, part: str, inputs_hash: str, tables: Sequence[str]) -> dict[str, Any] | None:
+def part_is_done(folder: StoragePath, part: str, inputs_hash: str, tables: Sequence[str]) -> dict[str, Any] | None:
     """The marker of a partition made from exactly `inputs_hash` whose tables all exist; else None."""
     marker = read_marker(folder, part)
     if marker is None or marker.get("hash") != inputs_hash:
@@ -166,7 +157,7 @@ def route_to_partitions(source: Path, plan: PartitionPlan, scratch: Path, batch_
             yield rows.filter(pa.array(assignment == index)).sort_by("id")
 
 
-def remove_parts_beyond(folder: Path, tables: Sequence[str], keep: Sequence[str]) -> None:
+def remove_parts_beyond(folder: StoragePath, tables: Sequence[str], keep: Sequence[str]) -> None:
     """Delete partition files and markers not named in `keep` (a plan with fewer partitions), and
     temporary files of writers that died."""
     wanted = set(keep)

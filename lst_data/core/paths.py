@@ -7,11 +7,16 @@ check on the resolved path, so that no future field or key can write outside OUT
 
 from __future__ import annotations
 
-from pathlib import Path
+from lst_data.core.storage import StoragePath, is_remote
 
 
-def inside(root: Path, name: str) -> Path:
-    """`root / name`, refusing (as a bug) any name whose resolved path leaves `root`."""
+def inside(root: StoragePath, name: str) -> StoragePath:
+    """`root / name`, refusing (as a bug) any name whose resolved path leaves `root`; on an object
+    store (no links to resolve), any name that is not one plain component."""
+    if is_remote(root):
+        if name in ("", ".", "..") or "/" in name or "\\" in name:
+            raise ValueError(f"refusing to write {name!r}: outside the output folder {root}")
+        return root / name
     base = root.resolve()
     target = (root / name).resolve()
     if target != base and base not in target.parents:

@@ -35,6 +35,7 @@ from lst_data.core.paths import inside
 from lst_data.core.progress import progress_bar
 from lst_data.core.rejects import Reject, merge_rejects, sorted_rejects_table, write_rejects
 from lst_data.core.stage import Resources, Stage, StageResult
+from lst_data.core.storage import StoragePath, location, parquet_file, read_parquet
 
 if TYPE_CHECKING:
     from lst_data.config import RunConfig
@@ -164,7 +165,7 @@ class TableParts:
     command hands its one in-memory table as a single partition.
     """
 
-    def __init__(self, sources: list[Path | pa.Table], fingerprint: str | None = None) -> None:
+    def __init__(self, sources: list[StoragePath | pa.Table], fingerprint: str | None = None) -> None:
         self.sources = sources
         self.fingerprint = fingerprint
 
@@ -174,14 +175,14 @@ class TableParts:
 
     @property
     def num_rows(self) -> int:
-        return sum(s.num_rows if isinstance(s, pa.Table) else pq.ParquetFile(s).metadata.num_rows for s in self.sources)
+        return sum(s.num_rows if isinstance(s, pa.Table) else parquet_file(s).metadata.num_rows for s in self.sources)
 
     def iter_columns(self, columns: Iterable[str] | None) -> Iterator[pa.Table]:
         for source in self.sources:
             if isinstance(source, pa.Table):
                 yield source if columns is None else source.select(list(columns))
             else:
-                yield pq.read_table(source, columns=None if columns is None else list(columns))
+                yield read_parquet(source, columns=None if columns is None else list(columns))
 
     def read(self, columns: Iterable[str] | None = None) -> pa.Table:
         """All partitions as one table: only for fits that need every row at once (MFA training)."""
@@ -253,8 +254,8 @@ class StagePartitions(PartitionWorker):
     def __call__(self, task: dict[str, Any]) -> dict[str, Any]:
         from lst_data.core.partitions import marker_path, part_file, write_json_atomic, write_part
 
-        stage, out_dir, part = self.stage, Path(task["out_dir"]), task["part"]
-        table = pq.read_table(task["input"])
+        stage, out_dir, part = self.stage, location(task["out_dir"]), task["part"]
+        table = read_parquet(location(task["input"]))
         _check_inputs(stage, table)
         if table.num_rows and not self.ready:  # no model is loaded for empty partitions (or corpora)
             stage.setup()

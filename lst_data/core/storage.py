@@ -127,21 +127,36 @@ def local_input(path: StoragePath, *companions: StoragePath) -> Iterator[Path]:
         yield local
 
 
+def arrow_filesystem(path: StoragePath) -> tuple[Any, str]:
+    """(pyarrow filesystem, path on it) of a remote `path`: pyarrow reads and writes through fsspec."""
+    import pyarrow.fs as pafs
+
+    return pafs.PyFileSystem(pafs.FSSpecHandler(path.fs)), path.path
+
+
 def write_parquet(table: pa.Table, path: StoragePath, **options: Any) -> None:
     """`pq.write_table` to a local path (as it always wrote) or an object."""
     if not is_remote(path):
         pq.write_table(table, path, **options)
         return
-    with path.open("wb") as handle:
-        pq.write_table(table, handle, **options)
+    filesystem, where = arrow_filesystem(path)
+    pq.write_table(table, where, filesystem=filesystem, **options)
 
 
 def read_parquet(path: StoragePath, **options: Any) -> pa.Table:
-    """`pq.read_table` of a local path or an object (one file)."""
+    """`pq.read_table` of a local or remote Parquet file, or of a folder of them (partitions)."""
     if not is_remote(path):
         return pq.read_table(path, **options)
-    with path.open("rb") as handle:
-        return pq.read_table(handle, **options)
+    filesystem, where = arrow_filesystem(path)
+    return pq.read_table(where, filesystem=filesystem, **options)
+
+
+def parquet_file(path: StoragePath) -> pq.ParquetFile:
+    """A Parquet file opened for its footer or for reading batch by batch."""
+    if not is_remote(path):
+        return pq.ParquetFile(path)
+    filesystem, where = arrow_filesystem(path)
+    return pq.ParquetFile(where, filesystem=filesystem)
 
 
 def remove_tree(path: StoragePath) -> None:
@@ -150,6 +165,17 @@ def remove_tree(path: StoragePath) -> None:
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists():
         path.fs.rm(path.path, recursive=True)
+
+
+def read_all(paths: list[StoragePath]) -> dict[str, bytes]:
+    """{str(path): content} of remote files read together (concurrent requests where the
+    filesystem is asynchronous, as S3 and GCS are); a file that cannot be read is left out."""
+    if not paths:
+        return {}
+    fs = paths[0].fs
+    found = fs.cat([p.path for p in paths], on_error="omit")
+    by_path = {p.path: str(p) for p in paths}
+    return {by_path[name]: data for name, data in found.items() if name in by_path and not isinstance(data, Exception)}
 
 
 def walk_files(root: StoragePath) -> Iterator[tuple[StoragePath, list[StoragePath]]]:

@@ -30,7 +30,7 @@ from typing import Any
 from lst_data.audio import READABLE_SUFFIXES
 from lst_data.core.errors import UserError
 from lst_data.core.rejects import Reject
-from lst_data.core.storage import StoragePath, is_remote, is_url, location, walk_files
+from lst_data.core.storage import StoragePath, is_remote, is_url, location, read_all, walk_files
 from lst_data.ingest.config import HfColumns
 
 TRANSCRIPT_SUFFIXES = (".lab", ".txt")
@@ -117,10 +117,14 @@ def _reject(utterance_id: str, code: str, detail: str) -> Reject:
     return Reject(utterance_id, STAGE, code, detail)
 
 
-def _transcript_bytes(paths: list[Path]) -> tuple[bytes, Path] | Reject | None:
-    """The transcript of one audio stem from its .lab/.txt files (None: there is none)."""
-    texts: list[tuple[bytes, Path]] = []
+def _transcript_bytes(paths: list[StoragePath], fetched: dict[str, bytes]) -> tuple[bytes, StoragePath] | Reject | None:
+    """The transcript of one audio stem from its .lab/.txt files (None: there is none); `fetched`
+    holds the content of a remote folder's transcripts, read together."""
+    texts: list[tuple[bytes, StoragePath]] = []
     for path in paths:
+        if str(path) in fetched:
+            texts.append((fetched[str(path)], path))
+            continue
         problem = file_problem(path)
         if problem is not None:
             return _reject(path.stem, *problem)
@@ -153,13 +157,14 @@ def _read_mfa_folder(root: Path, paths: list[Path]) -> Iterator[CorpusItem]:
             yield Ignored(str(path), "a symbolic link to a folder (not followed)")
         else:
             yield Ignored(str(path), f"unknown extension {suffix or '(none)'!r}")
+    fetched = read_all([p for files in stems.values() for p in files["text"]]) if is_remote(root) else {}
     for (folder, stem), files in sorted(stems.items()):
         texts = sorted(files["text"], key=lambda p: TRANSCRIPT_SUFFIXES.index(p.suffix.lower()))
         if not files["audio"]:
             for text in texts:
                 yield _reject(stem, "transcript_orphan", f"{text} has no audio file of the same name")
             continue
-        transcript = _transcript_bytes(texts)
+        transcript = _transcript_bytes(texts, fetched)
         speaker = folder.name if folder != root else root.name
         for audio in files["audio"]:
             problem = file_problem(audio)

@@ -41,7 +41,7 @@ from lst_data.core.paths import inside
 from lst_data.core.rejects import Reject
 from lst_data.core.runner import StageReport, run_stage
 from lst_data.core.stage import Resources, Stage, StageResult
-from lst_data.core.storage import is_remote, is_url, location
+from lst_data.core.storage import is_remote, is_url, location, remove_tree
 from lst_data.core.tables import MANIFEST_SCHEMA
 from lst_data.ingest.config import HfColumns, IngestConfig
 from lst_data.ingest.readers import CorpusEntry, CorpusItem, Ignored, file_problem, read_corpus
@@ -78,7 +78,7 @@ class IngestStage(Stage):
     def __init__(self, config: IngestConfig, audio_dir: str | Path, corpus: str | Path | None = None,
                  align: AlignConfig | None = None, ignored: Sequence[Ignored] = ()) -> None:
         self.config = config
-        self.audio_root = self.audio_dir = Path(audio_dir)
+        self.audio_root = self.audio_dir = location(audio_dir)
         self.corpus = None if corpus is None else str(corpus) if is_url(corpus) else str(Path(corpus).resolve())
         self.ignored = list(ignored)
         self.align = align  # aligns long recordings before they are cut (long_recordings = 'segment')
@@ -92,8 +92,7 @@ class IngestStage(Stage):
         # Each partition converts into a folder of its own, emptied when the partition reruns:
         # converted audio of utterances since edited or deleted never lingers.
         self.audio_dir = self.audio_root / part
-        if self.audio_dir.is_dir():
-            shutil.rmtree(self.audio_dir)
+        remove_tree(self.audio_dir)
 
     def provenance(self) -> dict[str, Any]:
         return {"corpus": self.corpus, "ignored": [vars(i) for i in self.ignored]}
@@ -253,7 +252,7 @@ class IngestStage(Stage):
         """Write the 16 kHz mono copy of an utterance once."""
         target = inside(self.audio_dir, f"{key}.{self.config.audio_format}")
         write_audio(target, samples, self.config.sample_rate)
-        return str(target.resolve())
+        return str(target)
 
 
 def id_problem(utterance_id: str) -> str | None:

@@ -16,12 +16,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from lst_data.config import RunConfig
 from lst_data.core.errors import InputError
 from lst_data.core.rejects import Reject, read_rejects
 from lst_data.core.runner import DONE_FILE, StageReport, finish_stage
+from lst_data.core.storage import StoragePath, location, read_parquet
 from lst_data.shards.contract import STAGE
 from lst_data.shards.join import JoinTables, Provenance, join_records
 from lst_data.shards.members import FlacFromPaths
@@ -53,15 +52,15 @@ class StageOutputs:
 
     @classmethod
     def from_run_dir(cls, run_dir: str | Path, tokenizer: str | Path | None = None) -> StageOutputs:
-        run_dir = Path(run_dir)
-        paths: dict[str, Path] = {}
+        run_dir = location(run_dir)
+        paths: dict[str, StoragePath] = {}
         for name, (folder, file) in TABLE_FILES.items():
             found = [p for p in (run_dir / folder / file, run_dir / file) if p.exists()]
             if not found:
                 raise MissingStageOutput(f"{run_dir} has neither {folder}/{file} nor {file} (is it a `lst-data build` run?)")
             paths[name] = found[0]
         candidates = [tokenizer, paths["tokens"].parent / TOKENIZER_FILE, run_dir / TOKENIZER_FILE]
-        model = next((Path(c) for c in candidates if c is not None and Path(c).exists()), None)
+        model = next((location(c) for c in candidates if c is not None and location(c).exists()), None)
         return cls(run_dir, tokenizer=model, **paths)
 
     def rejects(self, exclude: Path) -> list[Reject]:
@@ -72,7 +71,7 @@ class StageOutputs:
         return sorted(found, key=lambda r: (r.stage, r.id, r.code))
 
     def tables(self) -> JoinTables:
-        return JoinTables(**{name: pq.read_table(getattr(self, name)) for name in TABLE_FILES})
+        return JoinTables(**{name: read_parquet(getattr(self, name)) for name in TABLE_FILES})
 
 
 @dataclass

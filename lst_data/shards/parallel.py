@@ -20,7 +20,6 @@ The shards are byte for byte those of `write_shards` over the same records.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -31,7 +30,7 @@ from lst_data.config import RunConfig
 from lst_data.core.partitions import marker_path, part_file, write_json_atomic, write_part
 from lst_data.core.rejects import Reject, read_rejects, sorted_rejects_table, write_rejects
 from lst_data.core.runner import PartitionWorker
-from lst_data.core.storage import StoragePath, local_output, location
+from lst_data.core.storage import StoragePath, local_output, location, read_parquet
 from lst_data.core.tables import INDEX_SCHEMA
 from lst_data.shards.contract import STAGE
 from lst_data.shards.join import JoinTables, Provenance, join_records
@@ -69,8 +68,8 @@ class EncodePartitions(PartitionWorker):
     config: RunConfig
 
     def __call__(self, task: dict[str, Any]) -> dict[str, Any]:
-        config, part, out_dir = self.config, task["part"], Path(task["out_dir"])
-        tables = JoinTables(**{name: pq.read_table(path) for name, path in task["tables"].items()})
+        config, part, out_dir = self.config, task["part"], location(task["out_dir"])
+        tables = JoinTables(**{name: read_parquet(location(path)) for name, path in task["tables"].items()})
         earlier = [r for path in task["earlier_rejects"] for r in read_rejects(path)]
         provenance = Provenance()
         rejects: list[Reject] = []
@@ -112,7 +111,7 @@ class WriteShards(PartitionWorker):
     def __call__(self, task: dict[str, Any]) -> dict[str, Any]:
         samples = []
         for path, start, stop in task["slices"]:
-            rows = pq.read_table(path, columns=["id", "key", "duration", *MEMBER_COLUMNS.values()])
+            rows = read_parquet(location(path), columns=["id", "key", "duration", *MEMBER_COLUMNS.values()])
             for row in rows.slice(start, stop - start).to_pylist():
                 members = {suffix: row[column] for suffix, column in MEMBER_COLUMNS.items() if row[column] is not None}
                 samples.append(EncodedSample(row["id"], row["key"], row["duration"], members))
@@ -134,7 +133,7 @@ class ShardPlan:
     seconds: float  # total duration, summed in shard order as a single writer sums it
 
 
-def plan_shards(encoded: list[Path], config: RunConfig) -> ShardPlan:
+def plan_shards(encoded: list[StoragePath], config: RunConfig) -> ShardPlan:
     """Cut the partitions' samples, laid end to end, into shards (only their sizes are read)."""
     settings = config.shard
     packer = ShardPacker(settings.samples_per_shard, settings.max_shard_bytes)
@@ -149,7 +148,7 @@ def plan_shards(encoded: list[Path], config: RunConfig) -> ShardPlan:
         packer.close()
 
     for path in encoded:
-        sizes = pq.read_table(path, columns=["tar_bytes", "duration"])
+        sizes = read_parquet(path, columns=["tar_bytes", "duration"])
         for row, (size, duration) in enumerate(zip(sizes["tar_bytes"].to_pylist(), sizes["duration"].to_pylist(),
                                                     strict=True)):
             if not packer.fits(size):
@@ -166,7 +165,7 @@ def plan_shards(encoded: list[Path], config: RunConfig) -> ShardPlan:
     return ShardPlan(tasks, seconds)
 
 
-def write_index(out: StoragePath, encoded: list[Path], plan: ShardPlan) -> None:
+def write_index(out: StoragePath, encoded: list[StoragePath], plan: ShardPlan) -> None:
     """index.parquet: one row per sample in shard order, streamed from the partitions' small columns."""
     shard_of: list[tuple[str, int, int, str]] = [
         (path, start, stop, task["name"]) for task in plan.tasks for path, start, stop in task["slices"]
@@ -175,7 +174,7 @@ def write_index(out: StoragePath, encoded: list[Path], plan: ShardPlan) -> None:
     with local_output(out / INDEX_FILE) as tmp, pq.ParquetWriter(tmp, INDEX_SCHEMA) as writer:
         slice_at = 0
         for path in encoded:
-            table = pq.read_table(path, columns=INDEX_COLUMNS)
+            table = read_parquet(path, columns=INDEX_COLUMNS)
             while slice_at < len(shard_of) and shard_of[slice_at][0] == str(path):
                 _, start, stop, name = shard_of[slice_at]
                 for row in table.slice(start, stop - start).to_pylist():
@@ -191,7 +190,7 @@ def write_index(out: StoragePath, encoded: list[Path], plan: ShardPlan) -> None:
 
 
 def write_partitioned_shards(
-    encoded: list[Path], markers: list[dict[str, Any]], out: StoragePath, config: RunConfig, *,
+    encoded: list[StoragePath], markers: list[dict[str, Any]], out: StoragePath, config: RunConfig, *,
     carried_rejects: list[Reject], tokenizer_vocab_size: int | None, run_tasks: Any,
 ) -> ShardReport:
     """Steps 2-4 over encoded partitions into `out` (a folder or a URL); `run_tasks(worker, tasks)`

@@ -20,6 +20,7 @@ from lst_data.core.config import RayConfig
 from lst_data.core.rejects import Reject
 from lst_data.core.runner import StageReport, TableParts, read_manifest, run_stage
 from lst_data.core.stage import Stage, StageResult
+from lst_data.core.storage import location
 from lst_data.core.tables import TOKENS_SCHEMA
 from lst_data.tokenize.config import TokenizerConfig
 from lst_data.tokenize.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
@@ -163,7 +164,7 @@ def prepare_tokenizer(
     """
     if config.model is not None:
         return load_tokenizer(config.model)
-    out_path = Path(out_dir) / TRAINED_MODEL_NAME
+    out_path = location(out_dir) / TRAINED_MODEL_NAME
     tokenizer = train_tokenizer(
         texts, out_path, config.vocab_size, seed, character_coverage=config.character_coverage
     )

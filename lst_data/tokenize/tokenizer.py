@@ -36,6 +36,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from lst_data.core.storage import StoragePath, location, write_bytes_atomic
+
 
 class TokenPiece(NamedTuple):
     """One BPE piece of a transcript and the index of the word it belongs to."""
@@ -176,7 +178,7 @@ def load_tokenizer(path: str | os.PathLike | None) -> Tokenizer:
             "no tokenizer model given: set tokenizer.model, or train one on the corpus with "
             "`lst-data tokenizer train` (train_tokenizer)"
         )
-    path = Path(path)
+    path = location(path)
     if path.is_dir():
         path = path / "tokenizer.json"
     model_bytes = path.read_bytes()
@@ -187,7 +189,7 @@ def load_tokenizer(path: str | os.PathLike | None) -> Tokenizer:
 
 def train_tokenizer(
     texts: Iterable[str],
-    out_path: str | os.PathLike,
+    out_path: str | os.PathLike | StoragePath,
     vocab_size: int,
     seed: int,
     *,
@@ -207,7 +209,7 @@ def train_tokenizer(
     sentences = sorted(t for t in texts if t.strip())
     if not sentences:
         raise ValueError("cannot train a tokenizer on an empty corpus")
-    out_path = Path(out_path)
+    out_path = location(out_path)
     model = io.BytesIO()
     spm.set_random_generator_seed(seed)
     try:
@@ -232,8 +234,5 @@ def train_tokenizer(
             f"({n_chars} distinct characters; the vocabulary needs one piece per character plus "
             f"'\u2581', <unk>, <s> and </s>, i.e. at least {n_chars + 4}): {err}"
         ) from err
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_bytes(model.getvalue())
-    tmp.replace(out_path)
+    write_bytes_atomic(out_path, model.getvalue())
     return load_tokenizer(out_path)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
+import io
 import json
 import lzma
 import pickle
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 
 from lst_data.core.digests import file_sha256
+from lst_data.core.storage import StoragePath, local_input, location, write_bytes_atomic
 from lst_data.ssl_checkpoints import safe_torch_load
 from lst_data.units.safe_pickle import PickledEstimator, restricted_loads
 
@@ -58,23 +61,21 @@ class Codebook:
         return int(self.centroids.shape[1])
 
 
-def sidecar_path(path: str | Path) -> Path:
-    path = Path(path)
+def sidecar_path(path: str | StoragePath) -> StoragePath:
+    path = location(path)
     return path.with_name(path.name + ".json")
 
 
 def save_codebook(centroids: np.ndarray | torch.Tensor, path: str | Path, meta: dict[str, Any]) -> Codebook:
     """Write `path` (.npy, float32) and its sidecar JSON; return the codebook with its hash."""
-    path = Path(path)
+    path = location(path)
     if path.suffix != ".npy":
         raise ValueError(f"codebooks are written as .npy, not {path.suffix!r}")
     array = np.ascontiguousarray(torch.as_tensor(centroids).detach().cpu().numpy(), dtype=np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        np.save(handle, array, allow_pickle=False)
-    tmp.replace(path)
-    digest = file_sha256(path)
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    write_bytes_atomic(path, buffer.getvalue())
+    digest = hashlib.sha256(buffer.getvalue()).hexdigest()
     full_meta = {
         **meta,
         "k": int(array.shape[0]),
@@ -88,11 +89,12 @@ def save_codebook(centroids: np.ndarray | torch.Tensor, path: str | Path, meta: 
 
 def load_codebook(path: str | Path) -> Codebook:
     """Read any supported codebook file; checks the sidecar's sha256 when there is one."""
-    path = Path(path)
+    path = location(path)
     if not path.is_file():
         raise CodebookError(f"no codebook at {path}")
-    digest = file_sha256(path)
-    centroids = _read_centroids(path)
+    with local_input(path) as local:
+        digest = file_sha256(local)
+        centroids = _read_centroids(local)
     if centroids.ndim != 2 or centroids.shape[0] < 1 or not np.issubdtype(centroids.dtype, np.floating):
         raise CodebookError(
             f"{path}: centroids must be a float [k, dim] array, got {centroids.dtype} {centroids.shape}"

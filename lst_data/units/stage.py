@@ -14,7 +14,6 @@ Outputs of the units stage (in OUT, written by `lst_data.core.runner.run_stage`)
 
 from __future__ import annotations
 
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
 from lst_data import __version__
@@ -35,6 +33,7 @@ from lst_data.core.errors import ConfigError, InputError
 from lst_data.core.rejects import Reject
 from lst_data.core.runner import PartitionWorker, StageReport, TableParts, map_items, read_manifest, run_stage
 from lst_data.core.stage import Resources, Stage, StageResult
+from lst_data.core.storage import is_url, location, parquet_file, read_parquet, remove_tree, write_parquet
 from lst_data.core.tables import UNITS_SCHEMA
 from lst_data.units.codebook import Codebook, CodebookError, load_codebook, save_codebook
 from lst_data.units.codebook import sidecar_path as codebook_sidecar
@@ -110,7 +109,7 @@ class _EncodingStage(Stage):
             yield row, outcome
 
     def _read(self, row: dict[str, Any], encoder: Encoder) -> torch.Tensor | Reject:
-        path = Path(row["audio_path"])
+        path = location(row["audio_path"])
         if not path.is_file():
             return self.reject(row["id"], "audio_missing", str(path))
         try:
@@ -220,7 +219,8 @@ class UnitsStage(_EncodingStage):
     def provenance(self) -> dict[str, Any]:
         if self.codebook is None:  # prepare() is skipped when no utterance reached this stage
             return {"codebook": None}
-        return {"codebook": {"path": str(Path(self.codebook.source).resolve()), "sha256": self.codebook.sha256,
+        source = self.codebook.source
+        return {"codebook": {"path": source if is_url(source) else str(Path(source).resolve()), "sha256": self.codebook.sha256,
                              "k": self.codebook.k}}
 
     def setup(self) -> None:
@@ -307,14 +307,14 @@ def train_codebook(
     started = time.perf_counter()
     # Workers encode and sample their partitions into files beside the codebook (a folder every
     # node sees); the driver then merges them in id order into the one sample buffer.
-    scratch = Path(out_path).parent / f".kmeans-sample-{uuid.uuid4().hex}"
+    scratch = location(out_path).parent / f".kmeans-sample-{uuid.uuid4().hex}"
     scratch.mkdir(parents=True)
     try:
         inputs = []
         for index, source in enumerate(parts.sources):
             if isinstance(source, pa.Table):
                 source = scratch / f"input-{index:05d}.parquet"
-                pq.write_table(parts.sources[index], source)
+                write_parquet(parts.sources[index], source)
             inputs.append(source)
         tasks = [{"input": str(path), "out": str(scratch / f"sample-{i:05d}.parquet"), "batch_size": ray_config.batch_size}
                  for i, path in enumerate(inputs)]
@@ -335,7 +335,7 @@ def train_codebook(
         starts, counts = [], []
         filled = 0
         for task in tasks:
-            for batch in pq.ParquetFile(task["out"]).iter_batches(batch_size=SAMPLE_GROUP_ROWS):
+            for batch in parquet_file(location(task["out"])).iter_batches(batch_size=SAMPLE_GROUP_ROWS):
                 n = batch.column("n").to_numpy().astype(np.int64)
                 frames = np.frombuffer(b"".join(batch.column("features").to_pylist()), dtype="<f4")
                 sample[filled : filled + len(frames) // counter.dim].numpy()[:] = frames.reshape(-1, counter.dim)
@@ -349,7 +349,7 @@ def train_codebook(
             moved_to = np.cumsum(n) - n
             sample = sample[torch.from_numpy(np.arange(filled) - np.repeat(moved_to, n) + np.repeat(first, n))]
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch)
     encode_seconds = time.perf_counter() - started
     sample = sample[:filled].to(device)
     result = minibatch_kmeans(
@@ -409,7 +409,7 @@ class FrameSamplePartitions(PartitionWorker):
 
     def __call__(self, task: dict[str, Any]) -> dict[str, Any]:
         assert self.stage is not None and self.stage.encoder is not None, "setup() was not called"
-        table = pq.read_table(task["input"], columns=list(INPUT_COLUMNS))
+        table = read_parquet(location(task["input"]), columns=list(INPUT_COLUMNS))
         frames = self.stage.encoder.num_frames
         picked = [len(select_frames(u, frames(n), self.probability, self.seed)) > 0
                   for u, n in zip(table["id"].to_pylist(), table["num_samples"].to_pylist(), strict=True)]
@@ -421,7 +421,8 @@ class FrameSamplePartitions(PartitionWorker):
             rows += result.rows
             rejects += result.rejects
         # Small row groups: the driver's merge then holds one small group of every partition at a time.
-        pq.write_table(pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), task["out"], row_group_size=SAMPLE_GROUP_ROWS)
+        write_parquet(pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), location(task["out"]),
+                      row_group_size=SAMPLE_GROUP_ROWS)
         return {"utterances": table.num_rows, "frames": sum(r["n"] for r in rows),
                 "rejects": [asdict(r) for r in rejects]}
 
