@@ -27,6 +27,15 @@ class AudioError(Exception):
     """The file exists but cannot be decoded (the reject code is audio_unreadable)."""
 
 
+class SegmentPastEnd(AudioError):
+    """A segment (offset + duration) reaches past the end of its file (reject code segment_past_end)."""
+
+
+# How far a segment may reach past its file's end: manifests round durations (NeMo to 2-3
+# decimals), and a 10 ms frame is the finest step any later stage uses.
+SEGMENT_END_TOLERANCE = 0.01
+
+
 def decode(path: str | Path | BinaryIO, offset: float = 0.0, duration: float | None = None,
            name: str | None = None) -> tuple[np.ndarray, int]:
     """All channels of `path` (a file, or a file object holding encoded audio) as float32
@@ -47,9 +56,12 @@ def decode(path: str | Path | BinaryIO, offset: float = 0.0, duration: float | N
         with sf.SoundFile(str(path) if isinstance(path, Path) else path) as audio:
             rate = audio.samplerate
             start = round(offset * rate)
-            if start > audio.frames or (duration is not None and duration <= 0):
-                raise AudioError(f"{name}: segment at {offset:.3f} s (+{duration} s) lies outside its "
-                                 f"{audio.frames / rate:.3f} s")
+            if duration is not None and duration <= 0:
+                raise AudioError(f"{name}: segment at {offset:.3f} s has duration {duration} s")
+            if start > audio.frames or (duration is not None and offset + duration > audio.frames / rate
+                                        + SEGMENT_END_TOLERANCE):
+                raise SegmentPastEnd(f"{name}: segment {offset:.3f} s + {duration} s reaches past the end of "
+                                     f"the file's {audio.frames / rate:.3f} s")
             if start:
                 audio.seek(start)
             frames = -1 if duration is None else round(duration * rate)
@@ -57,6 +69,19 @@ def decode(path: str | Path | BinaryIO, offset: float = 0.0, duration: float | N
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as err:
         raise AudioError(f"{name}: {err}") from err
     return samples, int(rate)
+
+
+def header_seconds(path: str | Path | BinaryIO) -> float | None:
+    """The length the file's header declares (frames / sample rate), read without decoding; None
+    when there is no usable header (the decoder then reports the file)."""
+    try:
+        info = sf.info(str(path) if isinstance(path, Path) else path)
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError):
+        return None
+    finally:
+        if hasattr(path, "seek"):
+            path.seek(0)
+    return info.frames / info.samplerate if info.samplerate > 0 and 0 <= info.frames < 2**62 else None
 
 
 def header_frames(path: str | Path, data: bytes | None = None) -> int | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from lst_data.core.cli_options import Commands, StorageLocation, config_file_options, run_cli
+from lst_data.core.errors import UserError
 from lst_model.config import load_run_spec
 
 
@@ -32,6 +33,7 @@ _TOKENIZER_HELP = "The shards' tokenizer for --text (default: tokenizer.model be
 
 def _text_corpus(text_path: Path | None, tokenizer_path: Path | None, shard_dir: Path, space) -> list | None:
     """The --text corpus as BPE ids, or None when none is given."""
+    from lst_model.data import read_dataset_json
     from lst_model.text_corpus import TextCorpusError, find_tokenizer, load_text_corpus
 
     if text_path is None:
@@ -39,7 +41,7 @@ def _text_corpus(text_path: Path | None, tokenizer_path: Path | None, shard_dir:
     tokenizer_path = tokenizer_path or find_tokenizer(shard_dir)
     if tokenizer_path is None:
         raise click.UsageError(f"--text needs the shards' tokenizer: none found near {shard_dir}; give --tokenizer")
-    dataset = json.loads((shard_dir / "dataset.json").read_text(encoding="utf-8"))
+    dataset = read_dataset_json(shard_dir)
     try:
         return load_text_corpus(text_path, tokenizer_path, dataset, space.text_vocab_size)
     except TextCorpusError as err:
@@ -159,7 +161,6 @@ def score(run: Path, task_path: Path | None, shard_dir: Path | None, pairs: str,
     log-likelihood of each ending. Prints a table on stderr and the figures as JSON on stdout.
 
     Items whose sources share a transcript with the model's training data are refused."""
-    from lst_data.core.errors import UserError
     from lst_model.corpus_tasks import corpus_items
     from lst_model.data import contaminated, load_records, read_training_texts
     from lst_model.items import read_items
@@ -221,10 +222,13 @@ def compare(shard_dir: Path, config_path: Path | None, assignments: tuple[str, .
 
     spec = load_run_spec(config_path, assignments=assignments)
     space = load_token_space(shard_dir)
+    records = load_records(shard_dir)
+    if not records:
+        raise UserError(f"--shards: {shard_dir} holds no samples (every utterance of its build was rejected)")
     texts = _text_corpus(text_path, tokenizer_path, shard_dir, space)
     if texts is None:
         click.echo("warning: no --text corpus: the transcripts stand in for the text share", err=True)
-    report = run_compare(load_records(shard_dir), space, spec, seed=spec.train.seed, texts=texts, mixture_tokens=mixture_tokens)
+    report = run_compare(records, space, spec, seed=spec.train.seed, texts=texts, mixture_tokens=mixture_tokens)
     click.echo(json.dumps(report, indent=2) if as_json else "\n".join(format_report(report)))
 
 
@@ -450,7 +454,7 @@ def generate(run: Path, prompt_text: str | None, tokenizer_path: Path | None, sh
 
     from lst_data.shards.reader import iter_records
     from lst_data.tokenize.tokenizer import load_tokenizer
-    from lst_model.data import load_token_space
+    from lst_model.data import load_token_space, read_dataset_json
     from lst_model.generate import Sampler, prompt_from, record_prompt_units
     from lst_model.generate import generate as run_generation
     from lst_model.text_corpus import find_tokenizer, normalize_like_transcripts
@@ -474,7 +478,7 @@ def generate(run: Path, prompt_text: str | None, tokenizer_path: Path | None, sh
         raise click.UsageError(f"--tokenizer {tokenizer_path}: vocabulary {tokenizer.vocab_size} != the model's {space.text_vocab_size}")
     dataset = {}
     if shard_dir is not None:
-        dataset = json.loads((shard_dir / "dataset.json").read_text(encoding="utf-8"))
+        dataset = read_dataset_json(shard_dir)
         if load_token_space(shard_dir) != space:
             raise click.UsageError(f"--shards {shard_dir}: its token space {load_token_space(shard_dir)} is not the model's {space}")
     then = None if continue_in == "same" else continue_in

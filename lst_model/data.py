@@ -33,8 +33,28 @@ def load_records(shard_dir: str | Path) -> list[SampleRecord]:
     return list(iter_records(shard_dir, with_audio=False))
 
 
+def read_dataset_json(shard_dir: str | Path) -> dict:
+    """The shard set's dataset.json; a folder without one (empty, or a build still writing it) is a
+    one-line user error."""
+    path = location(shard_dir) / "dataset.json"
+    try:
+        dataset = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"--shards: {shard_dir} has no dataset.json: not the shards of a finished `lst-data "
+                        "build` (a build writes it last)") from None
+    except (OSError, ValueError) as err:
+        raise UserError(f"--shards: {path} is unreadable ({err})") from None
+    if not isinstance(dataset, dict):
+        raise UserError(f"--shards: {path} is not a dataset.json (a JSON {type(dataset).__name__})")
+    return dataset
+
+
 def load_token_space(shard_dir: str | Path) -> TokenSpace:
-    return TokenSpace.from_dataset_json(json.loads((location(shard_dir) / "dataset.json").read_text(encoding="utf-8")))
+    dataset = read_dataset_json(shard_dir)
+    try:
+        return TokenSpace.from_dataset_json(dataset)
+    except KeyError as err:
+        raise UserError(f"--shards: {shard_dir}/dataset.json lacks the token space ({err.args[0]})") from None
 
 
 def canonical_transcript(text: str) -> str:

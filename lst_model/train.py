@@ -158,6 +158,38 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, step:
     tmp.replace(path)  # a killed run never leaves a half-written checkpoint
 
 
+def training_memory(spec: RunSpec, vocab_size: int) -> tuple[int, int]:
+    """(parameters, bytes) a training run needs, roughly: fp32 weights, gradients and AdamW's two
+    moments (16 bytes a parameter), plus the activations of one micro-batch kept for backward."""
+    m = spec.model
+
+    def layers(count: int, width: int) -> int:  # attention (4 d^2) + MLP (2 ratio d^2)
+        return count * (4 + 2 * m.mlp_ratio) * width * width
+
+    parameters = layers(m.n_global_layers, m.d_global) + 2 * vocab_size * m.d_global
+    if m.kind == "lst":
+        parameters += (layers(m.n_encoder_layers + 2 * m.n_decoder_layers, m.d_local) + 2 * vocab_size * m.d_local
+                       + 2 * m.d_global * m.d_local)
+    rows = spec.train.batch_size // spec.train.grad_accum
+    activations = 4 * rows * spec.data.seq_positions * m.n_global_layers * m.d_global * (16 + 2 * m.mlp_ratio)
+    return parameters, 16 * parameters + activations
+
+
+def check_fits_memory(spec: RunSpec, vocab_size: int, device: torch.device) -> None:
+    """Refuse, before allocating anything, a model that cannot train on this machine's memory."""
+    parameters, needed = training_memory(spec, vocab_size)
+    if device.type == "cuda":
+        available, where = torch.cuda.get_device_properties(device).total_memory, f"GPU ({device})"
+    else:
+        available, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "memory"
+    if needed > available:
+        raise ConfigError(
+            f"model: about {parameters / 1e6:,.0f}M parameters need about {needed / 2**30:,.1f} GiB to train "
+            f"(weights, gradients, AdamW state, one micro-batch's activations); this machine's {where} has "
+            f"{available / 2**30:,.1f} GiB. Reduce model.d_global / model.n_global_layers, or train.batch_size "
+            "(or raise train.grad_accum)")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A checkpoint's state, loaded without unpickling arbitrary objects (weights_only=True).
     A missing or unreadable file is the user's (an InputError: one line, exit 2)."""
@@ -171,7 +203,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except pickle.UnpicklingError:  # torch's message suggests weights_only=False, which would run arbitrary code
         raise InputError(f"{path}: not an lst-model checkpoint (not a torch file, or it holds objects other than "
                          "tensors and plain data)") from None
-    except (RuntimeError, EOFError, ValueError, KeyError, TypeError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError) as err:  # OSError: a truncated zip
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(f"{path}: not an lst-model checkpoint ({reason[:200]})") from None
     return state
@@ -248,6 +280,7 @@ def train(
                     "(the paper uses an independent text corpus; lst-model train --text)")
     fingerprint = corpus_fingerprint(texts) or ""
     init_sha256 = file_sha256(init) if init is not None else ""
+    check_fits_memory(spec, space.size, device)
     torch.manual_seed(t.seed)  # identical initialisation on every rank
     model = build_model(spec.model, space.size).to(device)
     optimizer = make_optimizer(model, spec)

@@ -47,7 +47,7 @@ from lst_data import __version__
 from lst_data.config import RunConfig
 from lst_data.core.cli_options import StorageLocation, config_options, load_run_config, run_cli
 from lst_data.core.config import canonical_hash, to_dict
-from lst_data.core.errors import UserError
+from lst_data.core.errors import InputError, UserError
 from lst_data.core.fingerprint import files_fingerprint, listing_fingerprint
 from lst_data.core.lock import OutputLocked, exclusive_output
 from lst_data.core.partitions import (
@@ -134,6 +134,10 @@ def plan_corpus(corpus: StoragePath, run_dir: StoragePath, config: RunConfig) ->
     shutil.rmtree(scratch, ignore_errors=True)
     spill = scratch / "entries.parquet"
     rows, rejects, ignored = spill_listing(corpus, config.ingest, spill)
+    if not rows and not rejects:
+        shutil.rmtree(scratch, ignore_errors=True)
+        found = f"; {len(ignored)} files ignored, e.g. {ignored[0].path} ({ignored[0].reason})" if ignored else ""
+        raise InputError(f"CORPUS: nothing to build in {corpus}: no audio file with a transcript{found}")
     # Pieces of a cut long recording get new ids, and 'id' order has no hash ranges to cut:
     # both keep the whole corpus in one partition.
     single = config.shard.order != "hash" or config.ingest.long_recordings == "segment"
@@ -429,6 +433,8 @@ def build_corpus(
     started = time.perf_counter()
     corpus, run_dir = location(corpus, "CORPUS"), location(run_dir, "--out")
     shard_dir = run_dir / STEPS["shard"].folder if shards is None else location(shards, "--shards")
+    check_not_inside(corpus, run_dir, "--out")
+    check_not_inside(corpus, shard_dir, "--shards")
     with exclusive_output(run_dir):
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=True), encoding="utf-8")
         ctx = BuildContext(corpus, run_dir, shard_dir, config, plan_corpus(corpus, run_dir, config), show_progress)
@@ -502,6 +508,27 @@ def print_build_summary(report: BuildReport, config: RunConfig) -> None:
     print_summary("totals", figures, report.rejects, console=console, config=config, notes=notes)
 
 
+def parse_steps(value: str) -> tuple[str, ...]:
+    """--steps as the named steps in pipeline order (each once); one line, exit 2, for a wrong list."""
+    named = [s.strip() for s in value.split(",") if s.strip()]
+    unknown = [s for s in named if s not in STEPS]
+    if unknown:
+        raise UserError(f"--steps: unknown steps {unknown}; known: {', '.join(STEP_ORDER)}")
+    if not named:
+        raise UserError(f"--steps: {value!r} names no step; give some of {', '.join(STEP_ORDER)}")
+    return tuple(s for s in STEP_ORDER if s in named)
+
+
+def check_not_inside(corpus: StoragePath, folder: StoragePath, option: str) -> None:
+    """A run or shard folder inside the corpus would be listed as corpus input by the next build."""
+    inner, outer = str(folder).rstrip("/"), str(corpus).rstrip("/")
+    if not is_remote(folder) and not is_remote(corpus):
+        inner, outer = str(Path(inner).resolve()), str(Path(outer).resolve())
+    if inner == outer or inner.startswith(outer + "/"):
+        raise UserError(f"{option}: {folder} is inside the corpus {corpus}; its files would be read as corpus "
+                        f"input on the next build. Choose a folder outside the corpus")
+
+
 @click.command("build")
 @click.argument("corpus", type=StorageLocation(exists=True))
 @click.option("--out", required=True, type=StorageLocation(), help="Run directory: a folder or a URL.")
@@ -521,10 +548,7 @@ def build_command(corpus: StoragePath, out: StoragePath, shards: StoragePath | N
     """
     from lst_data.core.summary import EXIT_WITH_REJECTS
 
-    chosen = tuple(s.strip() for s in steps.split(",") if s.strip())
-    unknown = [s for s in chosen if s not in STEPS]
-    if unknown:
-        raise UserError(f"--steps: unknown steps {unknown}; known: {', '.join(STEP_ORDER)}")
+    chosen = parse_steps(steps)
     if out.is_file():
         raise UserError(f"--out: {out} is a file; the run directory must be a folder")
     if out.exists() and any(out.iterdir()) and not resume:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from lst_data.core.cli_options import config_options, load_run_config
+from lst_data.core.lock import locks_run_folder
 
 
 @click.command("align")
@@ -20,6 +21,7 @@ from lst_data.core.cli_options import config_options, load_run_config
               help="Alias of --set align.ctc.checkpoint=... (backend ctc).")
 @click.option("--mfa-model", default=None, help="Alias of --set align.mfa.acoustic_model=... (backend mfa).")
 @config_options
+@locks_run_folder
 def align(manifest_dir: Path, out: Path, backend: str | None, textgrid_dir: str | None, ctc_checkpoint: str | None,
           mfa_model: str | None, config_path: Path | None, assignments: tuple[str, ...], runner: str | None) -> None:
     """Align MANIFEST_DIR/manifest.parquet into OUT (alignments.parquet, rejects.parquet, oov.parquet).

@@ -8,13 +8,19 @@ lock file left by a dead build is taken over (with a warning naming the dead hol
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import logging
 import os
 import socket
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
 
 from lst_data.core.storage import StoragePath, is_remote
 
@@ -92,4 +98,32 @@ def _object_lock(out_dir: StoragePath) -> Iterator[None]:
         yield
     finally:
         path.unlink(missing_ok=True)
+
+
+@contextmanager
+def run_folder_lock(out: Path) -> Iterator[None]:
+    """For a stage command writing OUT: hold the lock of the build's run folder OUT is (or is a step
+    folder of), so a stage command never writes into a run that a build is writing; OUT outside any
+    run folder needs no lock."""
+    run_dir = next((folder for folder in (out, out.parent) if (folder / LOCK_FILE).is_file()), None)
+    if run_dir is None:
+        yield
+        return
+    with exclusive_output(run_dir):
+        yield
+
+
+def locks_run_folder(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a click command whose `out` option is a folder: the body runs under `run_folder_lock`."""
+
+    @functools.wraps(command)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        try:
+            with run_folder_lock(Path(kwargs["out"])):
+                return command(*args, **kwargs)
+        except OutputLocked as err:  # as for a second build: one line, exit 1
+            click.echo(f"lst-data {command.__name__}: {err}", err=True)
+            sys.exit(1)
+
+    return locked
 

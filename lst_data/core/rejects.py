@@ -34,6 +34,7 @@ REJECT_CODES: dict[str, str] = {
     "audio_truncated": "the file holds fewer samples than its header promises",
     "audio_too_short": "shorter than ingest.min_duration (s)",
     "audio_too_long": "longer than ingest.max_duration (s)",
+    "segment_past_end": "a manifest's segment (offset + duration) reaches past the end of its audio file",
     # ingest: transcripts
     "transcript_missing": "audio without a transcript file, line or field",
     "transcript_orphan": "a transcript file without an audio file of the same name",

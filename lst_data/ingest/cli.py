@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from lst_data.core.cli_options import config_options, load_run_config
+from lst_data.core.lock import locks_run_folder
 from lst_data.ingest.config import LAYOUTS
 
 layout_option = click.option(
@@ -19,6 +20,7 @@ layout_option = click.option(
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
 @layout_option
 @config_options
+@locks_run_folder
 def ingest(corpus: Path, out: Path, layout: str | None, config_path: Path | None, assignments: tuple[str, ...],
            runner: str | None) -> None:
     """Read CORPUS (MFA folders, LibriSpeech, a JSONL manifest, lhotse or NeMo manifests, a Hugging

@@ -19,7 +19,7 @@ from lst_data.core.errors import InputError
 from lst_data.core.extras import require_extra
 from lst_data.core.rejects import Reject
 from lst_data.ingest.config import HfColumns
-from lst_data.ingest.readers import CorpusEntry
+from lst_data.ingest.readers import CorpusEntry, speaker_name
 
 SAVED_MARKERS = ("dataset_dict.json", "state.json")
 
@@ -78,6 +78,9 @@ def _check_columns(names: Iterable[str], columns: HfColumns, where: str) -> None
 def _entries(rows: Iterable[dict[str, Any]], source: Path, prefix: str, columns: HfColumns) -> Iterator[CorpusEntry | Reject]:
     for index, row in enumerate(rows):
         where = f"{source.name}:{prefix}:{index}"
+        if columns.id is not None and row[columns.id] is None:
+            yield Reject(where, "ingest", "corpus_entry_invalid", f"{where}: column {columns.id!r} is null")
+            continue
         utt_id = str(row[columns.id]) if columns.id is not None else f"{prefix}-{index:06d}"
         audio = row.get(columns.audio)
         audio_bytes, audio_path = (audio.get("bytes"), audio.get("path")) if isinstance(audio, dict) else (None, audio)
@@ -95,7 +98,7 @@ def _entries(rows: Iterable[dict[str, Any]], source: Path, prefix: str, columns:
             id=utt_id,
             audio_path=str(location.resolve()),
             transcript=text.encode("utf-8") if isinstance(text, str) else None,
-            speaker="" if speaker is None else str(speaker),
+            speaker=speaker_name(speaker),
             transcript_source=where,
             audio_bytes=audio_bytes or None,
         )

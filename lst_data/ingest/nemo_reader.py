@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lst_data.core.rejects import Reject
-from lst_data.ingest.readers import CorpusEntry, read_json_lines
+from lst_data.ingest.readers import CorpusEntry, read_json_lines, speaker_name
 from lst_data.lhotse_io import first_object_keys
 
 
@@ -49,7 +49,7 @@ def read_nemo(manifest: str | Path) -> Iterator[CorpusEntry | Reject]:
             id=utt_id,
             audio_path=str((audio if audio.is_absolute() else manifest.parent / audio).resolve()),
             transcript=text.encode("utf-8") if isinstance(text, str) else None,
-            speaker=str(obj.get("speaker") or ""),
+            speaker=speaker_name(obj.get("speaker")),
             transcript_source=where,
             offset=offset,
             duration=duration if segment else None,

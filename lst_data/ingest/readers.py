@@ -18,6 +18,8 @@ links are not resolved, so a dangling link is reported as one.
 
 from __future__ import annotations
 
+import codecs
+import gzip
 import json
 import os
 import stat
@@ -28,12 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from lst_data.audio import READABLE_SUFFIXES
-from lst_data.core.errors import UserError
+from lst_data.core.errors import InputError, UserError
 from lst_data.core.rejects import Reject
 from lst_data.core.storage import StoragePath, is_remote, is_url, location, read_all, walk_files
 from lst_data.ingest.config import HfColumns
 
 TRANSCRIPT_SUFFIXES = (".lab", ".txt")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json")
 LIBRISPEECH_SUFFIX = ".trans.txt"
 STAGE = "ingest"
 
@@ -111,6 +114,16 @@ def _walk_files(root: StoragePath) -> Iterator[StoragePath]:
     """Every non-directory path under `root` (links to folders included, not followed), sorted."""
     for paths in _walk_folders(root):
         yield from paths
+
+
+def without_bom(data: bytes) -> bytes:
+    """A file's bytes without the UTF-8 byte order mark some editors put first (it is no text)."""
+    return data.removeprefix(codecs.BOM_UTF8)
+
+
+def speaker_name(value: Any) -> str:
+    """A manifest's speaker field as text: a number is a name too (0 is speaker "0"); absent is ""."""
+    return "" if value is None else str(value)
 
 
 def _reject(utterance_id: str, code: str, detail: str) -> Reject:
@@ -191,7 +204,7 @@ def read_librispeech(root: str | Path) -> Iterator[CorpusItem]:
         if problem is not None:
             yield _reject(trans.name, *problem)
             continue
-        for line_no, raw_line in enumerate(trans.read_bytes().splitlines(), start=1):
+        for line_no, raw_line in enumerate(without_bom(trans.read_bytes()).splitlines(), start=1):
             if not raw_line.strip():
                 continue
             utt_id_bytes, _, text = raw_line.strip().partition(b" ")
@@ -224,7 +237,13 @@ def read_json_lines(manifest: Path, required: tuple[str, ...],
                     to_entry: Callable[[str, dict[str, Any]], CorpusItem]) -> Iterator[CorpusItem]:
     """`to_entry(where, object)` for every non-blank line of a JSONL file that is an object with the
     `required` string fields; any other line is a reject."""
-    for line_no, raw_line in enumerate(manifest.read_bytes().splitlines(), start=1):
+    data = manifest.read_bytes()
+    if manifest.name.endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as err:
+            raise InputError(f"CORPUS: {manifest} is not a readable gzip file ({err})") from None
+    for line_no, raw_line in enumerate(without_bom(data).splitlines(), start=1):
         if not raw_line.strip():
             continue
         where = f"{manifest.name}:{line_no}"
@@ -259,7 +278,7 @@ def read_jsonl(manifest: str | Path) -> Iterator[CorpusItem]:
             id=obj["id"],
             audio_path=audio_path(obj["audio"]),
             transcript=text.encode("utf-8", errors="surrogatepass") if isinstance(text, str) else None,
-            speaker=str(obj.get("speaker") or ""),
+            speaker=speaker_name(obj.get("speaker")),
             transcript_source=where,
         )
 
@@ -267,30 +286,72 @@ def read_jsonl(manifest: str | Path) -> Iterator[CorpusItem]:
 
 
 def detect_layout(path: str | Path) -> str:
-    from lst_data.ingest.hf_reader import looks_like_hf
+    """The layout of the corpus at `path`, from the evidence of the whole folder (up to
+    EVIDENCE_FILES files): a stray `.parquet` or `*.trans.txt` beside an MFA corpus does not
+    make it another layout (the MFA reader then reports those files)."""
+    from lst_data.ingest.hf_reader import SAVED_MARKERS
     from lst_data.ingest.nemo_reader import looks_like_nemo
     from lst_data.lhotse_io import looks_like_lhotse
 
     path = location(path, "CORPUS")
     if not path.exists():
-        raise FileNotFoundError(f"corpus {path} does not exist")
-    if is_remote(path):  # the Hugging Face, lhotse and NeMo readers open local files
-        return "jsonl" if path.suffix == ".jsonl" else "librispeech" if _has_librispeech(path) else "mfa"
-    if looks_like_hf(path):
-        return "hf"
-    if looks_like_lhotse(path):
-        return "lhotse"
-    if path.is_file() and looks_like_nemo(path):
-        return "nemo"
-    if path.is_file() and path.suffix in (".jsonl", ".json"):
-        return "jsonl"
-    if not path.is_dir():
-        raise FileNotFoundError(f"corpus {path} is neither a directory nor a manifest (.jsonl, .jsonl.gz, .parquet)")
-    return "librispeech" if _has_librispeech(path) else "mfa"
+        raise InputError(f"CORPUS: {path} does not exist")
+    if not is_remote(path) and not path.is_dir() and not path.is_file():  # never opened: a FIFO would block
+        raise InputError(f"CORPUS: {file_problem(path)[1]}; give a folder or a manifest file")
+    if path.is_file():
+        if path.suffix == ".parquet" and not is_remote(path):
+            return "hf"
+        if not is_remote(path) and looks_like_lhotse(path):
+            return "lhotse"
+        if not is_remote(path) and looks_like_nemo(path):
+            return "nemo"
+        if path.name.endswith(JSONL_SUFFIXES):
+            return "jsonl"
+        raise InputError(f"CORPUS: {path} is neither a folder nor a manifest (.jsonl, .jsonl.gz, .json, .parquet); "
+                         "give the folder that holds the audio, or a manifest listing it")
+    if not is_remote(path):
+        if any((path / marker).is_file() for marker in SAVED_MARKERS):
+            return "hf"
+        if looks_like_lhotse(path):
+            return "lhotse"
+    evidence = FolderEvidence.of(path)
+    if evidence.parquet and not evidence.paired_audio and not is_remote(path):
+        return "hf"  # its rows hold the audio (or name files that have no transcript files beside them)
+    if evidence.librispeech_lists and evidence.paired_audio * 2 < evidence.audio:
+        return "librispeech"
+    return "mfa"
 
 
-def _has_librispeech(path: StoragePath) -> bool:
-    return next(iter(path.rglob(f"*{LIBRISPEECH_SUFFIX}")), None) is not None
+EVIDENCE_FILES = 20_000  # files looked at to detect a folder's layout: a bounded cost on any corpus
+
+
+@dataclass
+class FolderEvidence:
+    """What the first EVIDENCE_FILES files of a folder (in sorted order) are."""
+
+    audio: int = 0
+    paired_audio: int = 0  # audio with a .lab/.txt of the same stem beside it (the MFA layout)
+    librispeech_lists: int = 0
+    parquet: int = 0
+
+    @classmethod
+    def of(cls, root: StoragePath) -> FolderEvidence:
+        evidence, seen = cls(), 0
+        for paths in _walk_folders(root):
+            names = {p.name for p in paths}
+            for path in paths:
+                suffix = path.suffix.lower()
+                if path.name.endswith(LIBRISPEECH_SUFFIX):
+                    evidence.librispeech_lists += 1
+                elif suffix == ".parquet":
+                    evidence.parquet += 1
+                elif suffix in READABLE_SUFFIXES:
+                    evidence.audio += 1
+                    evidence.paired_audio += any(f"{path.stem}{t}" in names for t in TRANSCRIPT_SUFFIXES)
+            seen += len(paths)
+            if seen >= EVIDENCE_FILES:
+                break
+        return evidence
 
 
 def read_corpus(path: str | Path, layout: str = "auto", hf_columns: HfColumns | None = None) -> Iterator[CorpusItem]:

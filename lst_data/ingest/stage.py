@@ -29,8 +29,10 @@ import pyarrow.parquet as pq
 from lst_data.audio import (
     IN_PLACE_SUFFIXES,
     AudioError,
+    SegmentPastEnd,
     decode,
     header_frames,
+    header_seconds,
     resample,
     to_mono,
     write_audio,
@@ -44,7 +46,7 @@ from lst_data.core.stage import Resources, Stage, StageResult
 from lst_data.core.storage import is_remote, is_url, location, remove_tree
 from lst_data.core.tables import MANIFEST_SCHEMA
 from lst_data.ingest.config import HfColumns, IngestConfig
-from lst_data.ingest.readers import CorpusEntry, CorpusItem, Ignored, file_problem, read_corpus
+from lst_data.ingest.readers import CorpusEntry, CorpusItem, Ignored, file_problem, read_corpus, without_bom
 from lst_data.keys import sanitize_key
 from lst_data.text import normalize_text
 
@@ -121,7 +123,7 @@ class IngestStage(Stage):
         if row["transcript"] is None:
             return [self.reject(utt_id, "transcript_missing", f"no transcript at {row['transcript_source']}")]
         try:
-            text = row["transcript"].decode("utf-8").strip()
+            text = without_bom(row["transcript"]).decode("utf-8").strip()
         except UnicodeDecodeError as err:
             return [self.reject(utt_id, "transcript_not_utf8", f"{row['transcript_source']}: {err}")]
         normalized = normalize_text(text, lowercase=cfg.lowercase, numbers=cfg.numbers)
@@ -147,9 +149,14 @@ class IngestStage(Stage):
             return [self.reject(utt_id, *problem)]
         offset = row.get("offset") or 0.0
         whole_file = embedded is None and not offset and row.get("duration") is None
+        if (too_long := self._declared_too_long(source if fetched is None else io.BytesIO(fetched), offset,
+                                                row.get("duration"))) is not None:
+            return [self.reject(utt_id, "audio_too_long", too_long)]
         try:
             channels, source_rate = decode(source if fetched is None else io.BytesIO(fetched), offset, row.get("duration"),
                                            name=source.name if embedded is None else None)
+        except SegmentPastEnd as err:
+            return [self.reject(utt_id, "segment_past_end", str(err))]
         except AudioError as err:
             return [self.reject(utt_id, "audio_unreadable", str(err))]
         if channels.shape[0] == 0:
@@ -178,6 +185,16 @@ class IngestStage(Stage):
         if cfg.long_recordings == "segment" and duration <= cfg.max_recording_duration:
             return self.segment(utterance, samples, source if in_place else None)
         return [self.reject(utt_id, "audio_too_long", f"{duration:.1f} s > {cfg.max_duration} s")]
+
+    def _declared_too_long(self, audio: Any, offset: float, duration: float | None) -> str | None:
+        """Why an utterance is too long from its header alone, before anything is decoded: a header
+        claiming 1 Hz for a few KB of samples would otherwise resample to gigabytes."""
+        cfg = self.config
+        limit = cfg.max_recording_duration if cfg.long_recordings == "segment" else cfg.max_duration
+        length = duration if duration is not None else header_seconds(audio)
+        if length is None or length - (0 if duration is not None else offset) <= limit:
+            return None
+        return f"{length - (0 if duration is not None else offset):.1f} s (from its header) > {limit} s"
 
     def manifest_row(self, utterance: dict[str, Any], samples: np.ndarray, in_place: Path | None) -> dict[str, Any] | Reject:
         """The manifest row of a decoded utterance (or a piece of a long one), after the length checks."""

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from lst_data.core.cli_options import config_options, load_run_config
+from lst_data.core.lock import locks_run_folder
 
 
 @click.command("shard")
@@ -32,6 +33,7 @@ from lst_data.core.cli_options import config_options, load_run_config
     help="Processes that check records against the contract (the writer's main cost); output is identical.",
 )
 @config_options
+@locks_run_folder
 def shard(
     run_dir: Path,
     out: Path,

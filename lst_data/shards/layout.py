@@ -52,6 +52,13 @@ def shard_paths(out_dir: str | Path, split: str | None = None) -> list[Path]:
     return [path for _, _, path in sorted(found)]
 
 
+def shard_split(tar_path: Path) -> str:
+    match = _SHARD.fullmatch(tar_path.name)
+    if not match:
+        raise ValueError(f"{tar_path.name} is not a shard name ({{split}}-NNNNNN.tar)")
+    return match["split"]
+
+
 def shard_index(tar_path: Path) -> int:
     match = _SHARD.fullmatch(tar_path.name)
     if not match:

@@ -6,7 +6,8 @@ of their JSON + units members, re-encoded from the joined records; no audio is r
 match the sidecar's `content_sha256`. The content check catches upstream tables that
 changed under an unchanged config. A shard that exists but fails a check is rewritten,
 and the reason is reported. Tars beyond the last shard of this run (an earlier, longer
-run of the same split) are removed, so the directory describes exactly this run.
+run of the same split) and tars of another split (a run whose `shard.split` changed) are
+removed, so the directory describes exactly this run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 from pathlib import Path
 
 from lst_data.shards.contract import sidecar_problems
-from lst_data.shards.layout import Sidecar, shard_index, shard_paths, sidecar_path
+from lst_data.shards.layout import Sidecar, shard_index, shard_paths, shard_split, sidecar_path
 from lst_data.shards.members import EncodedSample, content_digest
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,11 @@ def remove_unfinished(out: Path) -> None:
 
 
 def remove_stale_shards(out: Path, split: str, first_stale: int) -> list[str]:
-    """Remove the tars (and sidecars) of `split` numbered `first_stale` or above; their names."""
+    """Remove the tars (and sidecars) of `split` numbered `first_stale` or above, and those of any
+    other split (a run whose `shard.split` changed), so the folder holds this run only; their names."""
     removed = []
-    for tar_path in shard_paths(out, split):
-        if shard_index(tar_path) >= first_stale:
+    for tar_path in shard_paths(out):
+        if shard_split(tar_path) != split or shard_index(tar_path) >= first_stale:
             log.info("removing %s, left over from an earlier run", tar_path.name)
             tar_path.unlink()
             sidecar_path(tar_path).unlink(missing_ok=True)

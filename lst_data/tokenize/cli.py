@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from lst_data.core.cli_options import config_options, load_run_config
+from lst_data.core.lock import locks_run_folder
 
 
 @click.command("tokenize")
@@ -17,6 +18,7 @@ from lst_data.core.cli_options import config_options, load_run_config
               help="Alias of --set tokenizer.model=...: SentencePiece .model or tokenizer.json; none: train a BPE into OUT.")
 @click.option("--vocab-size", type=int, default=None, help="Alias of --set tokenizer.vocab_size=....")
 @config_options
+@locks_run_folder
 def tokenize(manifest_dir: Path, out: Path, model: str | None, vocab_size: int | None, config_path: Path | None,
              assignments: tuple[str, ...], runner: str | None) -> None:
     """BPE pieces, each tied to its word, for every transcript of MANIFEST_DIR/manifest.parquet.

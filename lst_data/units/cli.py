@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from lst_data.core.cli_options import config_options, load_run_config
+from lst_data.core.lock import locks_run_folder
 
 
 def encoder_options(fn):
@@ -35,6 +36,7 @@ def _units_aliases(options: dict[str, Any]) -> dict[str, Any]:
                    "(read safely); none: train one on the manifest into OUT.")
 @encoder_options
 @config_options
+@locks_run_folder
 def units(manifest_dir: Path, out: Path, config_path: Path | None, assignments: tuple[str, ...],
           runner: str | None, **options: Any) -> None:
     """Unit ids for every utterance of MANIFEST_DIR/manifest.parquet (int16, 25 Hz by default).

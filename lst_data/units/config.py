@@ -96,4 +96,7 @@ class UnitsConfig(Section):
                                 ("units.feature_rate / units.frame_rate", self.feature_rate / self.frame_rate)):
                 if ratio < 1 or abs(ratio - round(ratio)) > 1e-9:
                     raise ValueError(f"{what} must be a whole number >= 1, got {ratio:g}")
+        if self.encoder == "mfcc" and self.n_mfcc > self.n_mels:
+            raise ValueError(f"units.n_mfcc ({self.n_mfcc}) must not exceed units.n_mels ({self.n_mels}): the "
+                             "cepstrum of n_mels channels has n_mels coefficients")
         return self
