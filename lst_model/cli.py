@@ -11,6 +11,7 @@ import click
 from lst_data.core.cli_options import Commands, StorageLocation, config_file_options, run_cli
 from lst_data.core.errors import UserError
 from lst_model.config import load_run_spec
+from lst_model.tokens import check_same_space
 
 
 @click.group(cls=Commands)
@@ -29,6 +30,12 @@ def main() -> None:
 _TEXT_HELP = ("Independent text corpus for the text share of the mixture: plain text (a document per line), "
               "JSONL with a 'text' field, or Parquet with a 'text' column. Without it the transcripts stand in.")
 _TOKENIZER_HELP = "The shards' tokenizer for --text (default: tokenizer.model beside the shards or in a sibling stage folder)."
+
+
+_other_space_option = click.option(
+    "--allow-other-token-space", "allow_other_space", is_flag=True,
+    help="Experts: use shards whose tokenizer or codebook differ from the model's (same sizes); their ids "
+         "then mean other pieces or units.")
 
 
 def _text_corpus(text_path: Path | None, tokenizer_path: Path | None, shard_dir: Path, space) -> list | None:
@@ -58,8 +65,9 @@ def _text_corpus(text_path: Path | None, tokenizer_path: Path | None, shard_dir:
 @click.option("--init", "init_run", type=click.Path(exists=True, path_type=Path),
               help="Fine-tune: start from this run folder's (or checkpoint.pt's) weights (same model config and "
                    "token space), with a fresh optimizer and schedule; e.g. with --set data.task=asr.")
+@_other_space_option
 def train(shard_dir: Path, config_path: Path | None, out_dir: Path, assignments: tuple[str, ...], text_path: Path | None,
-          tokenizer_path: Path | None, init_run: Path | None) -> None:
+          tokenizer_path: Path | None, init_run: Path | None, allow_other_space: bool) -> None:
     """Train (or resume) on the shards' training utterances; held-out transcripts are left for `score`.
 
     The digests of the training transcripts go to training_texts.npy in --out (score's contamination check).
@@ -116,7 +124,7 @@ def train(shard_dir: Path, config_path: Path | None, out_dir: Path, assignments:
         click.echo(f"step {row['step'] + 1}/{spec.steps} loss {row['loss']:.4f} lr {row['lr']:.2e} {row['tokens_per_s']:.0f} tok/s")
 
     result = run_training(spec, records, space, out_dir, texts=texts, shard_dir=shard_dir, progress_callback=report,
-                          init=init)
+                          init=init, allow_other_token_space=allow_other_space)
     if not main_rank:
         return
     plot_losses({spec.model.kind: out_dir}, out_dir / "loss.png")
@@ -154,15 +162,16 @@ def _pairs(value: str) -> tuple[str, ...]:
 @click.option("--no-contamination-check", is_flag=True, help="Skip the check against the run's training transcripts.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), help="Write per-item scores (JSONL).")
 @click.option("--device", default="cpu", show_default=True)
+@_other_space_option
 def score(run: Path, task_path: Path | None, shard_dir: Path | None, pairs: str, n_endings: int, seed: int,
           patching: str | None, drop_contaminated: bool, no_contamination_check: bool, out_path: Path | None,
-          device: str) -> None:
+          device: str, allow_other_space: bool) -> None:
     """Multiple-choice accuracy (± standard error) per modality pair, by summed and per-token
     log-likelihood of each ending. Prints a table on stderr and the figures as JSON on stdout.
 
     Items whose sources share a transcript with the model's training data are refused."""
     from lst_model.corpus_tasks import corpus_items
-    from lst_model.data import contaminated, load_records, read_training_texts
+    from lst_model.data import contaminated, load_records, load_token_space, read_training_texts
     from lst_model.items import read_items
     from lst_model.score import accuracy_by_pair, format_accuracy_table, resolve_patching, score_items
     from lst_model.train import load_model
@@ -176,6 +185,7 @@ def score(run: Path, task_path: Path | None, shard_dir: Path | None, pairs: str,
     if task_path is not None:
         items = read_items(task_path)
     else:
+        check_same_space(space, load_token_space(shard_dir), f"--shards {shard_dir}", allow_other_space)
         items, skips = corpus_items(load_records(shard_dir), spec.data.heldout_fraction, pairs=_pairs(pairs),
                                     n_endings=n_endings, seed=seed)
         report["skipped_utterances"] = skips
@@ -243,21 +253,21 @@ def _utterance_options(fn):
         click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many utterances (after --ids)."),
         click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), help="Write per-utterance results (JSONL)."),
         click.option("--device", default="cpu", show_default=True),
+        _other_space_option,
     ]):
         fn = option(fn)
     return fn
 
 
-def _model_and_utterances(run: Path, shard_dir: Path, split: str, ids: str | None, limit: int | None, device: str):
+def _model_and_utterances(run: Path, shard_dir: Path, split: str, ids: str | None, limit: int | None, device: str,
+                          allow_other_space: bool):
     """The model, its spec and token space, and the selected records (usage errors for a
     token space that is not the shards', unknown ids, or an empty selection)."""
     from lst_model.data import load_records, load_token_space, split_heldout
     from lst_model.train import load_model
 
     model, spec, space = load_model(_checkpoint_path(run), device)
-    shard_space = load_token_space(shard_dir)
-    if shard_space != space:
-        raise click.UsageError(f"--shards {shard_dir}: token space {shard_space.to_dict()} is not the model's {space.to_dict()}")
+    check_same_space(space, load_token_space(shard_dir), f"--shards {shard_dir}", allow_other_space)
     records = load_records(shard_dir)
     if split != "all":
         train_records, heldout = split_heldout(records, spec.data.heldout_fraction)
@@ -292,14 +302,14 @@ def _write_jsonl(path: Path | None, rows) -> None:
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, path_type=Path),
               help="The shards' tokenizer (default: tokenizer.model beside the shards or in a sibling stage folder).")
 def asr(run: Path, shard_dir: Path, split: str, ids: str | None, limit: int | None, out_path: Path | None, device: str,
-        tokenizer_path: Path | None) -> None:
+        allow_other_space: bool, tokenizer_path: Path | None) -> None:
     """Greedy transcripts of utterances' units; WER and CER against their normalized transcripts."""
     from lst_data.tokenize.tokenizer import load_tokenizer
     from lst_model.asr_tts import recognize
     from lst_model.metrics import character_error_rate, word_error_rate
     from lst_model.text_corpus import find_tokenizer
 
-    model, spec, space, records = _model_and_utterances(run, shard_dir, split, ids, limit, device)
+    model, spec, space, records = _model_and_utterances(run, shard_dir, split, ids, limit, device, allow_other_space)
     _warn_unless_fine_tuned(spec, "asr")
     tokenizer_path = tokenizer_path or find_tokenizer(shard_dir)
     if tokenizer_path is None:
@@ -318,13 +328,14 @@ def asr(run: Path, shard_dir: Path, split: str, ids: str | None, limit: int | No
 
 @cli.command()
 @_utterance_options
-def tts(run: Path, shard_dir: Path, split: str, ids: str | None, limit: int | None, out_path: Path | None, device: str) -> None:
+def tts(run: Path, shard_dir: Path, split: str, ids: str | None, limit: int | None, out_path: Path | None, device: str,
+        allow_other_space: bool) -> None:
     """Greedy units of utterances' transcripts; unit edit distance (per reference unit) and
     generated/reference length ratio against their units."""
     from lst_model.asr_tts import synthesize
     from lst_model.metrics import length_ratio, unit_edit_distance
 
-    model, spec, space, records = _model_and_utterances(run, shard_dir, split, ids, limit, device)
+    model, spec, space, records = _model_and_utterances(run, shard_dir, split, ids, limit, device, allow_other_space)
     _warn_unless_fine_tuned(spec, "tts")
     results = synthesize(model, spec, space, records, device=device)
     _write_jsonl(out_path, (r.to_json() for r in results))
@@ -444,9 +455,11 @@ def build_task(input_path: Path | None, shard_dir: Path, pairs: str, out_path: P
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the sampler.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the generation as JSON.")
 @click.option("--device", default="cpu", show_default=True)
+@_other_space_option
 def generate(run: Path, prompt_text: str | None, tokenizer_path: Path | None, shard_dir: Path | None, sample_id: str | None,
              prompt_seconds: float | None, prompt_words: int | None, continue_in: str, max_new_tokens: int,
-             temperature: float, top_k: int, seed: int, out_path: Path | None, device: str) -> None:
+             temperature: float, top_k: int, seed: int, out_path: Path | None, device: str,
+             allow_other_space: bool) -> None:
     """Continue a text or speech prompt with the KV cache (greedy, temperature, top-k); EOS stops.
 
     Generated speech is unit ids (no vocoder). See docs/generation.md."""
@@ -479,8 +492,7 @@ def generate(run: Path, prompt_text: str | None, tokenizer_path: Path | None, sh
     dataset = {}
     if shard_dir is not None:
         dataset = read_dataset_json(shard_dir)
-        if load_token_space(shard_dir) != space:
-            raise click.UsageError(f"--shards {shard_dir}: its token space {load_token_space(shard_dir)} is not the model's {space}")
+        check_same_space(space, load_token_space(shard_dir), f"--shards {shard_dir}", allow_other_space)
     then = None if continue_in == "same" else continue_in
     if prompt_text is not None:
         ids = tokenizer.encode(normalize_like_transcripts(prompt_text, dataset))

@@ -8,7 +8,7 @@ shard is used as is; a unit u becomes ``unit_offset + u``. One output head cover
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,11 @@ MARKERS = ("<t>", "<s>", "<bos>", "<eos>", "<pad>")
 class TokenSpace:
     text_vocab_size: int
     n_units: int
+    # What gave the ids their meaning: sha256 of the BPE model and of the codebook (None where
+    # not recorded: older checkpoints and shard sets). Equality is by size; `differences` also
+    # compares these where both sides know them.
+    tokenizer_sha256: str | None = field(default=None, compare=False)
+    codebook_sha256: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.text_vocab_size <= 0 or self.n_units <= 0:
@@ -69,12 +74,27 @@ class TokenSpace:
     def is_unit(self, token_id: int) -> bool:
         return self.unit_offset <= token_id < self.size
 
-    def to_dict(self) -> dict[str, int]:
-        return {"text_vocab_size": self.text_vocab_size, "n_units": self.n_units}
+    def to_dict(self) -> dict[str, Any]:
+        hashes = {k: v for k, v in (("tokenizer_sha256", self.tokenizer_sha256),
+                                    ("codebook_sha256", self.codebook_sha256)) if v is not None}
+        return {"text_vocab_size": self.text_vocab_size, "n_units": self.n_units, **hashes}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenSpace:
-        return cls(int(data["text_vocab_size"]), int(data["n_units"]))
+        return cls(int(data["text_vocab_size"]), int(data["n_units"]), data.get("tokenizer_sha256"),
+                   data.get("codebook_sha256"))
+
+    def differences(self, other: TokenSpace) -> list[str]:
+        """How `other` differs from this space: sizes, and tokenizer or codebook hashes that both know."""
+        found = []
+        if (self.text_vocab_size, self.n_units) != (other.text_vocab_size, other.n_units):
+            found.append(f"vocabulary {self.text_vocab_size} + {self.n_units} units != "
+                         f"{other.text_vocab_size} + {other.n_units}")
+        for name, what in (("tokenizer_sha256", "tokenizer"), ("codebook_sha256", "codebook")):
+            ours, theirs = getattr(self, name), getattr(other, name)
+            if ours and theirs and ours != theirs:
+                found.append(f"{what} sha256 {ours[:12]} != {theirs[:12]}")
+        return found
 
     @classmethod
     def from_dataset_json(cls, data: dict[str, Any] | str | Path) -> TokenSpace:
@@ -87,7 +107,12 @@ class TokenSpace:
         """
         if not isinstance(data, dict):
             data = json.loads(Path(data).read_text(encoding="utf-8"))
-        return cls(_find_int(data, "tokenizer", "vocab_size"), _find_int(data, "units", "k"))
+        hashes = data.get("hashes") if isinstance(data.get("hashes"), dict) else {}
+        tokenizers = hashes.get("tokenizer") or []
+        codebooks = {c.get("codebook_hash") for c in hashes.get("codebook") or [] if isinstance(c, dict)}
+        return cls(_find_int(data, "tokenizer", "vocab_size"), _find_int(data, "units", "k"),
+                   tokenizers[0] if len(tokenizers) == 1 else None,
+                   next(iter(codebooks)) if len(codebooks) == 1 else None)
 
 
 def _find_int(data: dict[str, Any], section: str, key: str) -> int:
@@ -96,3 +121,19 @@ def _find_int(data: dict[str, Any], section: str, key: str) -> int:
         if value is not None:
             return int(value)
     raise KeyError(f"dataset.json has no {section}.{key} (looked at top level, config and models)")
+
+
+OVERRIDE_FLAG = "--allow-other-token-space"
+
+
+def check_same_space(model: TokenSpace, shards: TokenSpace, where: str, allow_other: bool = False) -> None:
+    """A ConfigError (one line) when the shards' ids mean other tokens than the model's: other sizes
+    always; another tokenizer or codebook of the same sizes unless `allow_other` (experts)."""
+    from lst_data.core.errors import ConfigError
+
+    differences = model.differences(shards)
+    sizes_differ = (model.text_vocab_size, model.n_units) != (shards.text_vocab_size, shards.n_units)
+    if differences and (sizes_differ or not allow_other):
+        hint = "" if sizes_differ else f"; {OVERRIDE_FLAG} uses them anyway (their ids then mean other pieces or units)"
+        raise ConfigError(f"{where}: the model's token space is not the shards' ({'; '.join(differences)}){hint}")
+

@@ -53,7 +53,7 @@ from lst_model.model import Batch, build_model, count_parameters, summed_next_to
 from lst_model.sequences import SequenceBuilder, training_sequences
 from lst_model.stream import PackedShardStream, StreamCursor, StreamPosition, batch_from_tensors
 from lst_model.text_corpus import corpus_fingerprint
-from lst_model.tokens import TokenSpace
+from lst_model.tokens import TokenSpace, check_same_space
 
 log = logging.getLogger(__name__)
 
@@ -216,17 +216,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     return model.eval(), state["spec"], state["token_space"]
 
 
-def pretrained_weights(path: Path, spec: RunSpec, space: TokenSpace, device: torch.device) -> dict[str, torch.Tensor]:
+def pretrained_weights(path: Path, spec: RunSpec, space: TokenSpace, device: torch.device,
+                       allow_other_token_space: bool = False) -> dict[str, torch.Tensor]:
     """The model weights of checkpoint `path` for fine-tuning `spec`; a ConfigError naming
     what differs when its model config (dropout aside) or token space is not this run's."""
     state = load_checkpoint(path, device)
     theirs, ours = to_dict(state["spec"].model), to_dict(spec.model)
     differences = [f"model.{key} {theirs[key]!r} != {ours[key]!r}" for key in ours
                    if key != "dropout" and theirs[key] != ours[key]]
-    if state["token_space"] != space:
-        differences.append(f"token space {state['token_space'].to_dict()} != the shards' {space.to_dict()}")
     if differences:
         raise ConfigError(f"--init {path}: the pretrained model differs: {'; '.join(differences)}")
+    check_same_space(state["token_space"], space, f"--init {path}", allow_other_token_space)
     return state["model"]
 
 
@@ -248,6 +248,7 @@ def train(
     stop_at_step: int | None = None,
     progress_callback=None,
     init: str | Path | None = None,
+    allow_other_token_space: bool = False,
 ) -> TrainResult:
     """Train (or resume from `out_dir/checkpoint.pt`) until spec.steps, or until `stop_at_step`.
 
@@ -292,8 +293,9 @@ def train(
     torch.manual_seed(t.seed + ranks.rank)  # dropout: one stream per rank
     if checkpoint.exists():
         state = load_checkpoint(checkpoint, device)
-        if state["spec"].hash != spec.hash or state["token_space"] != space:
-            raise ConfigError(f"--out {out}: its checkpoint was made with another config or token space; use a new --out")
+        if state["spec"].hash != spec.hash:
+            raise ConfigError(f"--out {out}: its checkpoint was made with another config; use a new --out")
+        check_same_space(state["token_space"], space, f"--out {out} (resuming its checkpoint)", allow_other_token_space)
         if state.get("text_corpus", "") != fingerprint:
             raise ConfigError(f"--out {out}: its checkpoint was trained on another text corpus; use a new --out")
         if state.get("init_sha256", "") != init_sha256:
@@ -309,7 +311,7 @@ def train(
         start = state["step"]
         stream_position = state.get("stream")
     elif init is not None:
-        model.load_state_dict(pretrained_weights(Path(init), spec, space, device))
+        model.load_state_dict(pretrained_weights(Path(init), spec, space, device, allow_other_token_space))
     # only rank 0 reads and rewrites the log (another rank could read it half-rewritten)
     log_rows = [row for row in read_log(out) if row["step"] < start] if ranks.main else []
     if ranks.main:

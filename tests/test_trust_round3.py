@@ -344,3 +344,37 @@ def test_a_header_claiming_a_tiny_rate_is_rejected_before_decoding(tmp_path, cla
     rejects = {r.id: r for r in read_rejects(tmp_path / "run" / "ingest" / "rejects.parquet")}
     assert list(rejects) == ["odd"] and rejects["odd"].code == "audio_too_long"
     assert "from its header" in rejects["odd"].detail
+
+
+def test_a_model_refuses_shards_of_another_tokenizer_or_codebook(tmp_path, capsys):
+    """Same vocabulary size and k, other tokenizer and codebook (their sha256 in dataset.json):
+    train --resume, score, asr and tts refuse in one line naming both hashes; the expert flag
+    lets score through."""
+    from lst_model.cli import cli as model_cli
+    from lst_model.synthetic import write_synthetic_shards
+
+    ours = write_synthetic_shards(tmp_path / "ours", 40)
+    dataset = json.loads((ours / "dataset.json").read_text())
+    tokenizer, codebook = "a" * 64, "d" * 64  # what a real build records (the toy corpus has no files to hash)
+    dataset["hashes"]["tokenizer"] = [tokenizer]
+    dataset["hashes"]["codebook"][0]["codebook_hash"] = codebook
+    (ours / "dataset.json").write_text(json.dumps(dataset))
+    theirs = tmp_path / "theirs"
+    shutil.copytree(ours, theirs)
+    dataset["hashes"]["tokenizer"] = ["b" * 64]
+    dataset["hashes"]["codebook"][0]["codebook_hash"] = "c" * 64
+    (theirs / "dataset.json").write_text(json.dumps(dataset))
+    config = tmp_path / "run.yaml"
+    config.write_text("preset: tiny\nmodel: {d_global: 32, d_local: 32}\ndata: {seq_positions: 32, heldout_fraction: 0.2}\n"
+                      "train: {batch_size: 2, budget_positions: 128, threads: 1}\n")
+    model = tmp_path / "model"
+    code, err = run(capsys, model_cli, ["train", "--shards", ours, "--config", config, "--out", model])
+    assert code == 0, err
+    expected = (f"tokenizer sha256 {tokenizer[:12]} != {'b' * 12}", f"codebook sha256 {codebook[:12]} != {'c' * 12}")
+    one_line(capsys, model_cli, ["train", "--shards", theirs, "--config", config, "--out", model], *expected)
+    one_line(capsys, model_cli, ["score", "--model", model, "--shards", theirs], *expected,
+             "--allow-other-token-space")
+    for command in ("asr", "tts"):
+        one_line(capsys, model_cli, [command, "--model", model, "--shards", theirs], *expected)
+    code, err = run(capsys, model_cli, ["score", "--model", model, "--shards", theirs, "--allow-other-token-space"])
+    assert "token space" not in err
