@@ -5,7 +5,7 @@ the words in the shard are the same list. The result is the *spoken form*: lower
 default), punctuation-free, space-separated words, numbers written out. The rules, in the
 order they run (docs/ingest.md has examples of each):
 
-1. Unicode NFKC; format characters (zero-width space, joiners, BOM, soft hyphen: category
+1. Unicode NFKC (composed: a letter and its marks stay one word); format characters (zero-width space, joiners, BOM, soft hyphen: category
    Cf) are deleted, so they never split a word; curly apostrophes become "'".
 2. Non-speech annotations in brackets, parentheses, braces or angle brackets ("[beep tone]",
    "(laughs)", "<beep ascending>")
@@ -31,21 +31,32 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import regex
+
 NumberPolicy = Literal["flag", "expand", "reject"]
 
 _ANNOTATION = re.compile(r"\[[^\[\]]*\]|\([^()]*\)|\{[^{}]*\}|<[^<>]*>")
 _SPLIT = re.compile(r"[\s\-\u2010-\u2015\u2212/_]+")
-# A word: letters, digits and marks, with inner apostrophes and a possessive plural's.
-_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*(?:(?<=s)'(?![^\W_]))?")
+# A word: letters, digits and combining marks (a Devanagari virama or vowel sign, Arabic
+# harakat and Hebrew niqqud belong to their letter: Python's \w has no marks, so `regex`'s
+# Unicode classes), with inner apostrophes and a possessive plural's.
+_WORD = regex.compile(r"[\p{L}\p{N}\p{M}]+(?:'[\p{L}\p{N}\p{M}]+)*(?:(?<=s)'(?![\p{L}\p{N}\p{M}]))?")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
 _DIGIT = re.compile(r"\d")
 
-_TIME = re.compile(r"\b(\d{1,2}):(\d{2})\b")
-_MONEY = re.compile(r"\$(\d+(?:,\d{3})*)(?:\.(\d{2}))?\b")
+_TIME = re.compile(r"\b(\d{1,2}):(\d{2})(?:\s?([ap])\.?m\b\.?)?", re.IGNORECASE)
+_MONEY = re.compile(r"([$£€¥])\s?(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?"
+                    r"(?:\s?(k|m|mn|bn|b|thousand|million|billion|trillion)\b)?", re.IGNORECASE)
+_NEGATIVE = re.compile(r"(?<![\w.,])[-\u2212](?=\d)")
 _PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s?%")
 _ORDINAL = re.compile(r"\b(\d+)(st|nd|rd|th)\b", re.IGNORECASE)
 _DECIMAL = re.compile(r"(?<![\d.])(\d+)\.(\d+)(?![\d.])")
-_GROUPED = re.compile(r"\b\d{1,3}(?:,\d{3})+\b")
+_GROUPED = re.compile(r"\b(\d{1,3}(?:,\d{3})+)(?:\.(\d+))?\b")
+# Currency: (one, many) of the unit and of its hundredth (None: no minor unit is spoken).
+_CURRENCIES = {"$": (("dollar", "dollars"), ("cent", "cents")), "£": (("pound", "pounds"), ("penny", "pence")),
+               "€": (("euro", "euros"), ("cent", "cents")), "¥": (("yen", "yen"), None)}
+_SCALES = {"k": "thousand", "thousand": "thousand", "m": "million", "mn": "million", "million": "million",
+           "b": "billion", "bn": "billion", "billion": "billion", "trillion": "trillion"}
 _GLUED = re.compile(r"(?<=[^\W\d_])\d+|\d+(?=[^\W\d_])")
 _LEADING_ZERO = re.compile(r"\b0\d+\b")
 _YEAR = re.compile(r"\b(?:1[1-9]|20)\d\d\b")
@@ -74,19 +85,27 @@ def _digit_by_digit(digits: str) -> str:
 
 def _time(match: re.Match[str]) -> str:
     hours, minutes = int(match.group(1)), int(match.group(2))
+    half = f" {match.group(3).lower()} m " if match.group(3) else " "  # "7:05am": "seven oh five a m"
     if hours > 24 or minutes > 59:
-        return _spoken(hours) + _spoken(minutes)
+        return _spoken(hours) + _spoken(minutes) + half
     if minutes == 0:
-        return _spoken(hours) + " o'clock "
-    return _spoken(hours) + (" oh" + _spoken(minutes) if minutes < 10 else _spoken(minutes))
+        return _spoken(hours) + (" o'clock " if not match.group(3) else half)
+    return _spoken(hours) + (" oh" + _spoken(minutes) if minutes < 10 else _spoken(minutes)) + half
 
 
 def _money(match: re.Match[str]) -> str:
-    dollars = int(match.group(1).replace(",", ""))
-    spoken = _spoken(dollars) + (" dollar " if dollars == 1 else " dollars ")
-    if match.group(2) and int(match.group(2)):
-        cents = int(match.group(2))
-        spoken += " and" + _spoken(cents) + (" cent " if cents == 1 else " cents ")
+    """"$5.50": five dollars and fifty cents; "£3.2bn": three point two billion pounds; "€40": forty euros."""
+    (one, many), minor = _CURRENCIES[match.group(1)]
+    whole, fraction, scale = int(match.group(2).replace(",", "")), match.group(3), match.group(4)
+    if scale:
+        amount = _decimal(str(whole), fraction) if fraction else _spoken(whole)
+        return f"{amount} {_SCALES[scale.lower()]} {many} "
+    if fraction and (len(fraction) != 2 or minor is None):
+        return f"{_decimal(str(whole), fraction)} {many} "
+    spoken = _spoken(whole) + (f" {one} " if whole == 1 else f" {many} ")
+    if fraction and int(fraction):
+        cents = int(fraction)
+        spoken += " and" + _spoken(cents) + f" {minor[0] if cents == 1 else minor[1]} "
     return spoken
 
 
@@ -98,10 +117,12 @@ def _decimal(whole: str, fraction: str) -> str:
 _NUMBER_RULES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
     (_TIME, _time),
     (_MONEY, _money),
+    (_NEGATIVE, lambda m: " minus "),
     (_PERCENT, lambda m: (_decimal(*m.group(1).split(".")) if "." in m.group(1) else _spoken(int(m.group(1)))) + " percent "),
     (_ORDINAL, lambda m: _spoken(int(m.group(1)), to="ordinal")),
+    (_GROUPED, lambda m: (_decimal(m.group(1).replace(",", ""), m.group(2)) if m.group(2)
+                          else _spoken(int(m.group(1).replace(",", ""))))),
     (_DECIMAL, lambda m: _decimal(m.group(1), m.group(2))),
-    (_GROUPED, lambda m: _spoken(int(m.group(0).replace(",", "")))),
     (_GLUED, lambda m: _digit_by_digit(m.group(0))),
     (_LEADING_ZERO, lambda m: _digit_by_digit(m.group(0))),
     (_YEAR, lambda m: _spoken(int(m.group(0)), to="year")),
@@ -141,7 +162,7 @@ def normalize_text(text: str, *, lowercase: bool = True, numbers: NumberPolicy =
     without_annotations = _ANNOTATION.sub(" ", text)
     if without_annotations != text and not _WORD.search(without_annotations):
         flags.append("nonspeech_only")
-    text = without_annotations
+    text = without_annotations.replace("&", " and ")  # "AT&T", "R&D", "Tom & Jerry"
     if _DIGIT.search(text):
         if numbers == "expand":
             text = expand_numbers(text)

@@ -435,6 +435,8 @@ def build_corpus(
     shard_dir = run_dir / STEPS["shard"].folder if shards is None else location(shards, "--shards")
     check_not_inside(corpus, run_dir, "--out")
     check_not_inside(corpus, shard_dir, "--shards")
+    if "align" in steps or config.ingest.long_recordings == "segment":
+        config.align.check_inputs_exist()
     with exclusive_output(run_dir):
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=True), encoding="utf-8")
         ctx = BuildContext(corpus, run_dir, shard_dir, config, plan_corpus(corpus, run_dir, config), show_progress)

@@ -378,3 +378,65 @@ def test_a_model_refuses_shards_of_another_tokenizer_or_codebook(tmp_path, capsy
         one_line(capsys, model_cli, [command, "--model", model, "--shards", theirs], *expected)
     code, err = run(capsys, model_cli, ["score", "--model", model, "--shards", theirs, "--allow-other-token-space"])
     assert "token space" not in err
+
+
+@pytest.fixture()
+def tmpfs(tmp_path):
+    """Mounts tmpfs folders under the test's temp dir (needs the right to mount, as CI's root has)."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(name: str, options: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:  # lazily: a writer that failed may hold a file open until it is collected
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_a_full_or_read_only_disk_is_one_line(grid_corpus, tmpfs, capsys):
+    corpus, grids = grid_corpus
+    one_line(capsys, cli, ["build", corpus, "--out", tmpfs("small", "size=150k") / "run", *textgrid_args(grids)],
+             "no space left on the device", "--resume")
+    one_line(capsys, cli, ["build", corpus, "--out", tmpfs("readonly", "size=1m,ro") / "run", *textgrid_args(grids)],
+             "cannot write", "read-only file system")
+
+
+@pytest.mark.parametrize("text", [
+    "नमस्ते दुनिया",  # Devanagari: virama and vowel signs
+    "মঙ্গল পৃথিবী",  # Bengali
+    "வணக்கம் உலகம்",  # Tamil
+    "مَرْحَبًا بِكُمْ",  # Arabic harakat
+    "שָׁלוֹם עוֹלָם",  # Hebrew niqqud
+])
+def test_combining_marks_stay_with_their_letter(text):
+    """Each of these is two words, written as they are (already composed, no case)."""
+    from lst_data.text import normalize_text
+
+    spoken = normalize_text(text).text
+    assert spoken == text and len(spoken.split()) == 2
+
+
+@pytest.mark.parametrize(("written", "spoken"), [
+    ("7:05am", "seven oh five a m"),
+    ("at 7:00 p.m. sharp", "at seven p m sharp"),
+    ("1,250,000.75", "one million two hundred and fifty thousand point seven five"),
+    ("£3.2bn", "three point two billion pounds"),
+    ("€40", "forty euros"),
+    ("$1.5 million", "one point five million dollars"),
+    ("£2.05", "two pounds and five pence"),
+    ("-12 degrees", "minus twelve degrees"),
+    ("pages 10-12", "pages ten twelve"),
+    ("AT&T and R&D", "at and t and r and d"),
+])
+def test_spoken_forms_of_times_amounts_signs_and_ampersands(written, spoken):
+    from lst_data.text import normalize_text
+
+    assert normalize_text(written).text == spoken

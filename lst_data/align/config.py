@@ -6,6 +6,7 @@ Backend-specific settings live in their own nested section (`align.mfa.*`, `alig
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import model_validator
@@ -181,3 +182,16 @@ class AlignConfig(Section):
         if self.backend in required and required[self.backend][1] is None:
             raise ValueError(f"align.backend {self.backend!r} needs {required[self.backend][0]}")
         return self
+
+    def check_inputs_exist(self) -> None:
+        """A ConfigError unless the files the backend imports are there (checked when a run starts,
+        not when a config is read: a finished build's config may name files since moved)."""
+        from lst_data.core.errors import ConfigError
+
+        named = {"textgrid": ("align.textgrid.directory", self.textgrid.directory),
+                 "lhotse": ("align.lhotse.manifest", self.lhotse.manifest),
+                 "ctc": ("align.ctc.checkpoint", self.ctc.checkpoint)}  # an MFA model may be a name
+        if self.backend in named:
+            field, value = named[self.backend]
+            if value is not None and not Path(value).expanduser().exists():
+                raise ConfigError(f"{field}: {value} does not exist")

@@ -232,4 +232,5 @@ def oov_report(alignments: pa.Table) -> pa.Table:
 def align_manifest(manifest_dir: str | Path, out_dir: str | Path, config: RunConfig,
                    *, fingerprint: dict[str, Any] | None = None) -> StageReport:
     """Align MANIFEST_DIR/manifest.parquet into OUT_DIR (alignments, rejects, oov, align.json)."""
+    config.align.check_inputs_exist()
     return run_stage(AlignStage(config.align), read_manifest(manifest_dir, out_dir), out_dir, config, fingerprint=fingerprint)

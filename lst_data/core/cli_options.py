@@ -8,6 +8,7 @@ is exactly one override mechanism. `run_cli` runs a click group so that a user e
 
 from __future__ import annotations
 
+import errno
 import json
 import signal
 import sys
@@ -95,6 +96,12 @@ def run_cli(group: click.Group, prog_name: str, args: Sequence[str] | None = Non
     except UserError as err:
         click.echo(f"{prog_name}: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", err=True)
         sys.exit(EXIT_USAGE)
+    except OSError as err:
+        message = disk_problem(err)
+        if message is None:
+            raise
+        click.echo(f"{prog_name}: error: {message}", err=True)
+        sys.exit(EXIT_USAGE)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
@@ -120,4 +127,28 @@ class StorageLocation(click.ParamType):
         if not found:
             self.fail(f"{value} does not exist", param, ctx)
         return path
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_NOT_WRITABLE = {errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                 errno.EPERM: "operation not permitted"}
+
+
+def disk_problem(err: BaseException) -> str | None:
+    """One line for a full, read-only or forbidden disk (the user's to fix), found anywhere in the
+    chain of causes (a Ray task's error wraps its worker's); None for any other error."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        code = getattr(cause, "errno", None)
+        where = getattr(cause, "filename", None)
+        detail = f" ({where})" if where else ""
+        if code in _FULL:
+            return (f"no space left on the device{detail}: free some, then rerun the same command with --resume "
+                    "to continue where it stopped")
+        if code in _NOT_WRITABLE:
+            return f"cannot write{detail}: {_NOT_WRITABLE[code]}; choose an output folder you can write"
+        cause = getattr(cause, "cause", None) or cause.__cause__ or cause.__context__
+    return None
 
