@@ -9,6 +9,7 @@ always what decoding produced, never a header's claim.
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import BinaryIO
 
@@ -164,3 +165,24 @@ def encode_flac(samples: np.ndarray, rate: int) -> bytes:
     buffer = io.BytesIO()
     sf.write(buffer, np.clip(samples, -1.0, 1.0), rate, format="FLAC", subtype="PCM_16")
     return buffer.getvalue()
+
+
+def audio_identity(path: str | Path) -> str:
+    """What identifies a file's current content cheaply: its size and modification time."""
+    st = os.stat(path)
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def changed_since_ingest(path: str, identity: str | None) -> str | None:
+    """Why the file ingest read in place is no longer that file (None: unchanged, or not recorded)."""
+    if identity is None:
+        return None
+    try:
+        now = audio_identity(path)
+    except OSError as err:
+        return f"{path}: {err.strerror} (it was there at ingest)"
+    if now == identity:
+        return None
+    return (f"{Path(path).name} changed after ingest read it (size:mtime {identity} -> {now}); "
+            "rerun with --resume to ingest it again")
+

@@ -440,3 +440,74 @@ def test_spoken_forms_of_times_amounts_signs_and_ampersands(written, spoken):
     from lst_data.text import normalize_text
 
     assert normalize_text(written).text == spoken
+
+
+@pytest.mark.parametrize("longer", [False, True])
+def test_a_corpus_file_changed_during_a_build_is_caught(grid_corpus, tmp_path, longer):
+    """Ingest has read a file in place; the file is then rewritten (same length, or longer) before
+    the later steps read it: those utterances are `audio_changed` rejects, never units of the new
+    audio with word spans of the old; --resume then ingests them again and ships them."""
+    import os
+
+    corpus, grids = grid_corpus
+    run_dir = tmp_path / "run"
+    config = config_for(grids)
+    build_corpus(corpus, run_dir, config, steps=("ingest",), show_progress=False)
+    wav = sorted(corpus.rglob("*.wav"))[2]
+    samples, rate = sf.read(wav, dtype="int16")
+    changed = np.concatenate([samples, samples[: rate // 2]]) if longer else samples[::-1].copy()
+    wav.unlink()  # the replicated corpus hard-links its files: write a new one
+    sf.write(wav, changed, rate, subtype="PCM_16")
+    stat = os.stat(wav)
+    os.utime(wav, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    report = build_corpus(corpus, run_dir, config, steps=("align", "units", "tokenize", "shard"), show_progress=False)
+    rejects = {r.id: r.code for r in report.rejects}
+    assert rejects == {wav.stem: "audio_changed"}
+    assert wav.stem not in shipped(run_dir / "shards")
+    build_corpus(corpus, run_dir, config, show_progress=False)
+    assert shipped(run_dir / "shards") == utterances(corpus)
+
+
+def test_supervisions_on_different_channels_get_their_own_channel(demo_corpus, tmp_path):
+    """A stereo call: speaker A's words on channel 0, B's on channel 1 (two demo utterances). Each
+    utterance is its own channel, not the mix of both; a phase-inverted stereo file is a reject."""
+    import lhotse
+
+    waves = sorted(demo_corpus.rglob("*.wav"))[:2]
+    a, rate = sf.read(waves[0], dtype="float32")
+    b, _ = sf.read(waves[1], dtype="float32")
+    length = max(len(a), len(b))
+    stereo = np.zeros((length, 2), dtype=np.float32)
+    stereo[: len(a), 0], stereo[: len(b), 1] = a, b
+    root = tmp_path / "call"
+    root.mkdir()
+    sf.write(root / "call.wav", stereo, rate, subtype="PCM_16")
+    recording = lhotse.Recording.from_file(root / "call.wav", recording_id="call")
+    texts = [p.with_suffix(".lab").read_text().strip() for p in waves]
+    supervisions = [lhotse.SupervisionSegment(id=f"call-{side}", recording_id="call", start=0.0,
+                                              duration=recording.duration, channel=channel, text=text, speaker=side)
+                    for side, channel, text in (("a", 0, texts[0]), ("b", 1, texts[1]))]
+    lhotse.RecordingSet.from_recordings([recording]).to_file(root / "call_recordings.jsonl.gz")
+    lhotse.SupervisionSet.from_segments(supervisions).to_file(root / "call_supervisions.jsonl.gz")
+    run_dir = tmp_path / "run"
+    build_corpus(root, run_dir, load_config_local(), steps=("ingest",), show_progress=False)
+    rows = {r["id"]: r for r in pq.read_table(run_dir / "ingest" / "manifest.parquet").to_pylist()}
+    pcm = sf.read(root / "call.wav", dtype="float32")[0]
+    for utt, channel in (("call-a", 0), ("call-b", 1)):
+        got, _ = sf.read(rows[utt]["audio_path"], dtype="float32")
+        assert np.array_equal(got, pcm[:, channel]), utt
+        assert "downmixed" not in rows[utt]["flags"]
+
+    inverted = tmp_path / "inverted"
+    inverted.mkdir()
+    sf.write(inverted / "flip.wav", np.stack([a, -a], axis=1), rate, subtype="PCM_16")
+    (inverted / "flip.lab").write_text(texts[0])
+    report = build_corpus(inverted, tmp_path / "run2", load_config_local(), steps=("ingest",), show_progress=False)
+    assert [(r.id, r.code) for r in report.rejects] == [("flip", "audio_downmix_cancels")]
+    assert "channel" in report.rejects[0].detail
+
+
+def load_config_local():
+    from lst_data.config import load_config
+
+    return load_config(overrides={"ray": {"runner": "local"}})

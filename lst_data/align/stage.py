@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from lst_data.align.base import Aligner, AlignFailure, Alignment, AlignRequest, Interval
 from lst_data.align.config import AlignConfig
 from lst_data.align.silence import silence_spans, trim_quiet_edges
-from lst_data.audio import AudioError, read_audio
+from lst_data.audio import AudioError, changed_since_ingest, read_audio
 from lst_data.config import RunConfig
 from lst_data.core.config import RayConfig, to_dict
 from lst_data.core.rejects import Reject
@@ -119,11 +119,17 @@ class AlignStage(Stage):
 
     def process_batch(self, rows: list[dict[str, Any]]) -> StageResult:
         self.setup()
-        requests = [AlignRequest.from_row(row) for row in rows]
-        outcomes = self.aligner.align_batch(requests)
+        result = StageResult()
+        unchanged = []
+        for row in rows:
+            if (changed := changed_since_ingest(row["audio_path"], row.get("audio_identity"))) is not None:
+                result.rejects.append(self.reject(row["id"], "audio_changed", changed))
+            else:
+                unchanged.append(row)
+        requests = [AlignRequest.from_row(row) for row in unchanged]
+        outcomes = self.aligner.align_batch(requests) if requests else []
         if len(outcomes) != len(requests):
             raise RuntimeError(f"{self.aligner.name} returned {len(outcomes)} results for {len(requests)} utterances")
-        result = StageResult()
         for request, outcome in zip(requests, outcomes, strict=True):
             if isinstance(outcome, AlignFailure):
                 result.rejects.append(self.reject(request.id, outcome.code, outcome.detail))

@@ -34,6 +34,8 @@ REJECT_CODES: dict[str, str] = {
     "audio_truncated": "the file holds fewer samples than its header promises",
     "audio_too_short": "shorter than ingest.min_duration (s)",
     "audio_too_long": "longer than ingest.max_duration (s)",
+    "audio_downmix_cancels": "a multi-channel file whose channels cancel when averaged (phase-inverted); name a channel",
+    "audio_changed": "the audio file changed (size or modification time) after ingest read it; --resume ingests it again",
     "segment_past_end": "a manifest's segment (offset + duration) reaches past the end of its audio file",
     # ingest: transcripts
     "transcript_missing": "audio without a transcript file, line or field",

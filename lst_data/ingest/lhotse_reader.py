@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lst_data.core.rejects import Reject
 from lst_data.ingest.readers import CorpusEntry
-from lst_data.lhotse_io import Problem, audio_file, read_segments
+from lst_data.lhotse_io import Problem, Segment, audio_file, read_segments
 
 
 def read_lhotse(path: str | Path) -> Iterator[CorpusEntry | Reject]:
@@ -27,6 +27,7 @@ def read_lhotse(path: str | Path) -> Iterator[CorpusEntry | Reject]:
             continue
         yield CorpusEntry(
             id=supervision.id,
+            channel=file_channel(item),
             audio_path=str(audio.resolve()),
             transcript=None if supervision.text is None else supervision.text.encode("utf-8"),
             speaker=supervision.speaker or "",
@@ -34,3 +35,15 @@ def read_lhotse(path: str | Path) -> Iterator[CorpusEntry | Reject]:
             offset=item.start,
             duration=supervision.duration,
         )
+
+
+def file_channel(segment: Segment) -> int | None:
+    """The index, among the audio file's channels, of the one channel the supervision is on; None
+    when it covers all of them (they are then downmixed)."""
+    wanted = segment.supervision.channel
+    wanted = wanted[0] if isinstance(wanted, list) and len(wanted) == 1 else wanted
+    channels = list(segment.recording.sources[0].channels)
+    if not isinstance(wanted, int) or len(channels) < 2 or wanted not in channels:
+        return None
+    return channels.index(wanted)
+

@@ -53,6 +53,7 @@ class CorpusEntry:
     offset: float = 0.0
     duration: float | None = None
     audio_bytes: bytes | None = None  # encoded audio held by the corpus itself (Hugging Face datasets)
+    channel: int | None = None  # the file's channel the utterance is on (a lhotse supervision); None: all, downmixed
 
 
 @dataclass(frozen=True)
@@ -274,8 +275,10 @@ def read_jsonl(manifest: str | Path) -> Iterator[CorpusItem]:
 
     def to_entry(where: str, obj: dict[str, Any]) -> CorpusEntry:
         text = obj.get("text")
+        channel = obj.get("channel")
         return CorpusEntry(
             id=obj["id"],
+            channel=channel if isinstance(channel, int) and not isinstance(channel, bool) and channel >= 0 else None,
             audio_path=audio_path(obj["audio"]),
             transcript=text.encode("utf-8", errors="surrogatepass") if isinstance(text, str) else None,
             speaker=speaker_name(obj.get("speaker")),

@@ -30,6 +30,7 @@ from lst_data.audio import (
     IN_PLACE_SUFFIXES,
     AudioError,
     SegmentPastEnd,
+    audio_identity,
     decode,
     header_frames,
     header_seconds,
@@ -65,6 +66,7 @@ ENTRY_SCHEMA = pa.schema(
         pa.field("offset", pa.float64()),
         pa.field("duration", pa.float64()),
         pa.field("audio_bytes", pa.binary()),
+        pa.field("channel", pa.int32()),
     ]
 )
 
@@ -169,6 +171,14 @@ class IngestStage(Stage):
         if not finite.all():
             return [self.reject(utt_id, "audio_nonfinite",
                                 f"{source.name}: {finite.size - int(finite.sum())} NaN or infinite samples")]
+        channel = row.get("channel")
+        if channel is not None and channel >= channels.shape[1]:
+            return [self.reject(utt_id, "audio_unreadable",
+                                f"{source.name}: channel {channel} named, the file has {channels.shape[1]}")]
+        if channel is not None:
+            channels = channels[:, channel:channel + 1]
+        elif (cancelled := downmix_cancels(channels)) is not None:
+            return [self.reject(utt_id, "audio_downmix_cancels", f"{source.name}: {cancelled}")]
         samples = resample(to_mono(channels), source_rate, cfg.sample_rate)
         duration = samples.shape[0] / cfg.sample_rate
         flags = list(normalized.flags)
@@ -179,7 +189,7 @@ class IngestStage(Stage):
         utterance = {"id": utt_id, "source_path": str(source), "source_sample_rate": source_rate, "offset": offset,
                      "speaker": row["speaker"], "text": text, "normalized_text": normalized.text, "flags": flags}
         # Only a whole file already usable as it is is referenced in place; a segment of one is written.
-        in_place = whole_file and fetched is None and source.suffix.lower() in IN_PLACE_SUFFIXES and not {"resampled", "downmixed"} & set(flags)
+        in_place = whole_file and fetched is None and channel is None and source.suffix.lower() in IN_PLACE_SUFFIXES and not {"resampled", "downmixed"} & set(flags)
         if duration <= cfg.max_duration:
             return [self.manifest_row(utterance, samples, source if in_place else None)]
         if cfg.long_recordings == "segment" and duration <= cfg.max_recording_duration:
@@ -212,6 +222,7 @@ class IngestStage(Stage):
             **utterance,
             "key": key,
             "audio_path": str(in_place) if in_place is not None else self._store(samples, key),
+            "audio_identity": audio_identity(in_place) if in_place is not None else None,
             "sample_rate": cfg.sample_rate,
             "num_samples": int(samples.shape[0]),
             "duration": duration,
@@ -270,6 +281,23 @@ class IngestStage(Stage):
         target = inside(self.audio_dir, f"{key}.{self.config.audio_format}")
         write_audio(target, samples, self.config.sample_rate)
         return str(target)
+
+
+# A downmix this much quieter than its loudest channel has cancelled (phase-inverted channels).
+DOWNMIX_CANCEL_RATIO = 0.1
+
+
+def downmix_cancels(channels: np.ndarray) -> str | None:
+    """Why averaging the channels of [frames, channels] loses the signal, or None."""
+    if channels.shape[1] < 2 or channels.shape[0] == 0:
+        return None
+    loudest = float(np.sqrt(np.mean(np.square(channels, dtype=np.float64), axis=0)).max())
+    mixed = float(np.sqrt(np.mean(np.square(channels.mean(axis=1, dtype=np.float64)))))
+    if loudest < 1e-4 or mixed >= DOWNMIX_CANCEL_RATIO * loudest:
+        return None
+    return (f"its {channels.shape[1]} channels cancel when averaged (RMS {mixed:.2g} against {loudest:.2g} in the "
+            "loudest channel: phase-inverted?); name the channel to use (a lhotse supervision's `channel`, "
+            "a JSONL manifest's \"channel\")")
 
 
 def id_problem(utterance_id: str) -> str | None:

@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lst_data.audio import AudioError
+from lst_data.audio import AudioError, changed_since_ingest
 from lst_data.config import RunConfig
 from lst_data.core.partitions import marker_path, part_file, write_json_atomic, write_part
 from lst_data.core.rejects import Reject, read_rejects, sorted_rejects_table, write_rejects
@@ -74,13 +74,20 @@ class EncodePartitions(PartitionWorker):
         provenance = Provenance()
         rejects: list[Reject] = []
         audio_source = None
+        identities: dict[str, str | None] = {}
         if config.shard.include_audio:
             manifest = tables.manifest
-            audio_source = FlacFromPaths(dict(zip(manifest["id"].to_pylist(), manifest["audio_path"].to_pylist(),
-                                                  strict=True)))
+            paths = dict(zip(manifest["id"].to_pylist(), manifest["audio_path"].to_pylist(), strict=True))
+            audio_source = FlacFromPaths(paths)
+            if "audio_identity" in manifest.column_names:
+                identities = dict(zip(manifest["id"].to_pylist(), manifest["audio_identity"].to_pylist(), strict=True))
         tally, rows = ShardTally(), []
         joined = join_records(tables, config, prior_rejects=earlier, provenance=provenance)
         for record in valid_records(joined, rejects, config.shard.frame_tolerance, None):
+            if identities and (changed := changed_since_ingest(audio_source.paths[record.id],
+                                                               identities.get(record.id))) is not None:
+                rejects.append(Reject(record.id, STAGE, "audio_changed", changed))
+                continue
             try:
                 audio = sample_audio(record, audio_source, config.shard.include_audio)
             except AudioError as err:

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import torch
 
 from lst_data import __version__
-from lst_data.audio import AudioError, read_audio
+from lst_data.audio import AudioError, changed_since_ingest, read_audio
 from lst_data.core.config import RayConfig, canonical_hash, to_dict, updated
 from lst_data.core.errors import ConfigError, InputError
 from lst_data.core.rejects import Reject
@@ -112,6 +112,8 @@ class _EncodingStage(Stage):
         path = location(row["audio_path"])
         if not path.is_file():
             return self.reject(row["id"], "audio_missing", str(path))
+        if (changed := changed_since_ingest(row["audio_path"], row.get("audio_identity"))) is not None:
+            return self.reject(row["id"], "audio_changed", changed)
         try:
             samples, _ = read_audio(path, SAMPLE_RATE)
         except AudioError as err:
