@@ -44,7 +44,7 @@ $(VENV)/.setup-done: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.11.0 torchaudio==2.11.0
-	$(BIN)/pip install -q -e '.[dev,interop]'
+	$(BIN)/pip install -q -e '.[dev,interop,nemo]' 'setuptools<82'
 	$(PY) -c "import torch, torchaudio, ray, webdataset, pocketsphinx; print('torch', torch.__version__, 'torchaudio', torchaudio.__version__, 'ray', ray.__version__)"
 	touch $@
 

@@ -25,15 +25,20 @@ order they run (docs/ingest.md has examples of each):
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
 import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import regex
 
 NumberPolicy = Literal["flag", "expand", "reject"]
+Normalizer = Literal["rules", "nemo"]
 
 _ANNOTATION = re.compile(r"\[[^\[\]]*\]|\([^()]*\)|\{[^{}]*\}|<[^<>]*>")
 _SPLIT = re.compile(r"[\s\-\u2010-\u2015\u2212/_]+")
@@ -45,12 +50,22 @@ _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": 
 _DIGIT = re.compile(r"\d")
 
 _TIME = re.compile(r"\b(\d{1,2}):(\d{2})(?:\s?([ap])\.?m\b\.?)?", re.IGNORECASE)
+_CLOCK_HOUR = re.compile(r"\b(\d{1,2})\s?([ap])\.?m\b\.?", re.IGNORECASE)
+_RATIO = re.compile(r"(?<![\d:.])(\d+(?:\.\d+)?):(\d)(?![\d:])")
 _MONEY = re.compile(r"([$£€¥])\s?(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?"
                     r"(?:\s?(k|m|mn|bn|b|thousand|million|billion|trillion)\b)?", re.IGNORECASE)
 _NEGATIVE = re.compile(r"(?<![\w.,])[-\u2212](?=\d)")
 _PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s?%")
-_ORDINAL = re.compile(r"\b(\d+)(st|nd|rd|th)\b", re.IGNORECASE)
-_DECIMAL = re.compile(r"(?<![\d.])(\d+)\.(\d+)(?![\d.])")
+_ORDINAL = re.compile(r"\b(\d{1,3}(?:,\d{3})+|\d+)(st|nd|rd|th)\b", re.IGNORECASE)
+# A decimal point is followed by a digit; a sentence's full stop after it is not one.
+_DECIMAL = re.compile(r"(?<![\d.])(\d+)\.(\d+)(?![\d]|\.\d)")
+_DECADE = re.compile(r"(?<![\w'])(?:(1[0-9]|20)|')(\d)0s\b")
+_FRACTION = re.compile(r"(?<![\d/])(\d)/(\d{1,2})(?![\d/])")
+# Units after a number: abbreviations a reader expands (a bare "m" is left: metres or million).
+_UNITS = re.compile(r"(?<=\d)\s?(km|kg|cm|mm|mph|km/h|lbs?|°C|°F)(?![\w])", re.IGNORECASE)
+_UNIT_WORDS = {"km": "kilometers", "kg": "kilograms", "cm": "centimeters", "mm": "millimeters", "mph": "miles per hour",
+               "km/h": "kilometers per hour", "lb": "pounds", "lbs": "pounds", "°c": "degrees celsius",
+               "°f": "degrees fahrenheit"}
 _GROUPED = re.compile(r"\b(\d{1,3}(?:,\d{3})+)(?:\.(\d+))?\b")
 # Currency: (one, many) of the unit and of its hundredth (None: no minor unit is spoken).
 _CURRENCIES = {"$": (("dollar", "dollars"), ("cent", "cents")), "£": (("pound", "pounds"), ("penny", "pence")),
@@ -109,6 +124,29 @@ def _money(match: re.Match[str]) -> str:
     return spoken
 
 
+def _decade(match: re.Match[str]) -> str:
+    """"1980s": nineteen eighties; "'90s": nineties; "1900s": nineteen hundreds; "2000s": two thousands."""
+    century, decade = match.group(1), int(match.group(2))
+    if century and not decade and int(century) % 10 == 0:  # "2000s": two thousands
+        return f" {_spoken(int(century) * 100).strip()}s "
+    tens = "hundreds" if decade == 0 else _spoken(decade * 10).strip()
+    if decade:
+        tens = tens[:-1] + "ies" if tens.endswith("y") else tens + "s"
+    return f" {_spoken(int(century)).strip()} {tens} " if century else f" {tens} "
+
+
+def _fraction(match: re.Match[str]) -> str:
+    """"1/2": one half; "3/4": three quarters; "2/3": two thirds. Not a fraction when the top is not
+    smaller ("24/7", "50/50" are read number by number)."""
+    top, bottom = int(match.group(1)), int(match.group(2))
+    if not 0 < top < bottom:
+        return match.group(0).replace("/", " ")
+    name = {2: "half", 4: "quarter"}.get(bottom) or _spoken(bottom, to="ordinal").strip()
+    if top > 1:
+        name = "halves" if name == "half" else name + "s"
+    return f"{_spoken(top)} {name} "
+
+
 def _decimal(whole: str, fraction: str) -> str:
     return _spoken(int(whole)) + " point " + _digit_by_digit(fraction)
 
@@ -116,10 +154,15 @@ def _decimal(whole: str, fraction: str) -> str:
 # (pattern, replacement) in the order they apply: each rule sees what the earlier left.
 _NUMBER_RULES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
     (_TIME, _time),
+    (_CLOCK_HOUR, lambda m: f"{_spoken(int(m.group(1)))} {m.group(2).lower()} m "),
+    (_RATIO, lambda m: f" {m.group(1)} to {m.group(2)} "),
     (_MONEY, _money),
     (_NEGATIVE, lambda m: " minus "),
     (_PERCENT, lambda m: (_decimal(*m.group(1).split(".")) if "." in m.group(1) else _spoken(int(m.group(1)))) + " percent "),
-    (_ORDINAL, lambda m: _spoken(int(m.group(1)), to="ordinal")),
+    (_UNITS, lambda m: f" {_UNIT_WORDS[m.group(1).lower()]} "),
+    (_DECADE, _decade),
+    (_FRACTION, _fraction),
+    (_ORDINAL, lambda m: _spoken(int(m.group(1).replace(",", "")), to="ordinal")),
     (_GROUPED, lambda m: (_decimal(m.group(1).replace(",", ""), m.group(2)) if m.group(2)
                           else _spoken(int(m.group(1).replace(",", ""))))),
     (_DECIMAL, lambda m: _decimal(m.group(1), m.group(2))),
@@ -153,10 +196,17 @@ def is_mixed_script(word: str) -> bool:
     return "LATIN" in scripts and len(scripts) > 1
 
 
-def normalize_text(text: str, *, lowercase: bool = True, numbers: NumberPolicy = "expand") -> NormalizedText:
-    """The spoken form of a transcript, with flags saying what needed attention."""
+def normalize_text(text: str, *, lowercase: bool = True, numbers: NumberPolicy = "expand",
+                   normalizer: Normalizer = "rules") -> NormalizedText:
+    """The spoken form of a transcript, with flags saying what needed attention.
+
+    `normalizer` writes out numbers and symbols (`numbers = 'expand'`): 'rules', the hand
+    rules below, or 'nemo', NeMo's WFST text normaliser (the `nemo` extra), whose output
+    then goes through the same word rules (and the hand rules for any digit it left)."""
     if numbers not in ("flag", "expand", "reject"):
         raise ValueError(f"numbers must be 'flag', 'expand' or 'reject', got {numbers!r}")
+    if normalizer not in ("rules", "nemo"):
+        raise ValueError(f"normalizer must be 'rules' or 'nemo', got {normalizer!r}")
     flags: list[str] = []
     text = remove_format_characters(unicodedata.normalize("NFKC", text)).translate(_APOSTROPHES)
     without_annotations = _ANNOTATION.sub(" ", text)
@@ -165,7 +215,7 @@ def normalize_text(text: str, *, lowercase: bool = True, numbers: NumberPolicy =
     text = without_annotations.replace("&", " and ")  # "AT&T", "R&D", "Tom & Jerry"
     if _DIGIT.search(text):
         if numbers == "expand":
-            text = expand_numbers(text)
+            text = expand_numbers(nemo_normalize(text) if normalizer == "nemo" else text)
             flags.append("numbers_expanded")
         else:
             flags.append("digits")
@@ -175,3 +225,21 @@ def normalize_text(text: str, *, lowercase: bool = True, numbers: NumberPolicy =
     if any(is_mixed_script(w) for w in words):
         flags.append("mixed_script")
     return NormalizedText(" ".join(words), tuple(flags))
+
+
+@functools.cache
+def _nemo_normalizer() -> Any:
+    """NeMo's English text normaliser, built once per process (its grammars are cached on disk)."""
+    from lst_data.core.extras import require_extra
+
+    module = require_extra("nemo_text_processing.text_normalization.normalize", "ingest.normalizer = 'nemo'")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lst-data" / "nemo-tn"
+    cache.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("NeMo-text-processing").setLevel(logging.WARNING)
+    return module.Normalizer(input_case="cased", lang="en", cache_dir=str(cache))
+
+
+def nemo_normalize(text: str) -> str:
+    """`text` with numbers and symbols written out by NeMo's WFST grammars."""
+    return _nemo_normalizer().normalize(text, punct_post_process=True)
+

@@ -65,12 +65,14 @@ def find_tokenizer(shard_dir: str | Path) -> Path | None:
 
 
 def normalize_like_transcripts(text: str, dataset: dict[str, Any]) -> str:
-    """`text` in the spoken form the shards' ingest gave their transcripts (its lowercase and numbers settings)."""
+    """`text` in the spoken form the shards' ingest gave their transcripts (its lowercase, numbers and
+    normalizer settings)."""
     from lst_data.text import normalize_text
 
     ingest = (dataset.get("config") or {}).get("ingest") or {}
     numbers = "expand" if ingest.get("numbers", "expand") == "expand" else "flag"
-    return normalize_text(text, lowercase=bool(ingest.get("lowercase", True)), numbers=numbers).text
+    return normalize_text(text, lowercase=bool(ingest.get("lowercase", True)), numbers=numbers,
+                          normalizer=ingest.get("normalizer", "rules")).text
 
 
 def load_text_corpus(path: str | Path, tokenizer_path: str | Path, dataset: dict[str, Any], text_vocab_size: int) -> list[np.ndarray]:

@@ -135,5 +135,5 @@ def check_same_space(model: TokenSpace, shards: TokenSpace, where: str, allow_ot
     sizes_differ = (model.text_vocab_size, model.n_units) != (shards.text_vocab_size, shards.n_units)
     if differences and (sizes_differ or not allow_other):
         hint = "" if sizes_differ else f"; {OVERRIDE_FLAG} uses them anyway (their ids then mean other pieces or units)"
-        raise ConfigError(f"{where}: the model's token space is not the shards' ({'; '.join(differences)}){hint}")
+        raise ConfigError(f"{where}: the shards' token space is not the model's (model != shards: {'; '.join(differences)}){hint}")
 

@@ -22,7 +22,7 @@ EXPECTED_ARROW = {
     "manifest": pa.schema([
         pa.field("id", pa.string(), nullable=False), pa.field("key", pa.string(), nullable=False),
         pa.field("audio_path", pa.string(), nullable=False), pa.field("source_path", pa.string(), nullable=False),
-        pa.field("offset", pa.float64()),
+        pa.field("offset", pa.float64()), pa.field("audio_identity", pa.string()),
         pa.field("source_sample_rate", pa.int32(), nullable=False), pa.field("sample_rate", pa.int32(), nullable=False),
         pa.field("num_samples", pa.int64(), nullable=False), pa.field("duration", pa.float64(), nullable=False),
         pa.field("speaker", pa.string(), nullable=False), pa.field("text", pa.string(), nullable=False),

@@ -1,4 +1,4 @@
-"""Optional extras: libraries only some inputs and outputs need (lhotse, datasets).
+"""Optional extras: libraries only some inputs and outputs need (lhotse, datasets, NeMo's normaliser).
 
 They are imported where they are used, through `require_extra`, so a user without them
 gets one line naming the extra to install instead of an ImportError traceback.
@@ -11,7 +11,7 @@ from types import ModuleType
 
 from lst_data.core.errors import UserError
 
-EXTRA_OF = {"lhotse": "interop", "datasets": "interop"}
+EXTRA_OF = {"lhotse": "interop", "datasets": "interop", "nemo_text_processing": "nemo"}
 
 
 def require_extra(module: str, purpose: str) -> ModuleType:

@@ -34,6 +34,11 @@ class IngestConfig(Section):
         "(transcript_has_digits).",
         "expand",
     )
+    normalizer: Literal["rules", "nemo"] = doc(
+        "What writes numbers and symbols out when numbers = 'expand': 'rules' (lst_data.text's hand "
+        "rules) or 'nemo' (NeMo's WFST text normaliser, the `nemo` extra); docs/ingest.md compares them.",
+        "rules",
+    )
     lowercase: bool = doc("Lower-case the normalized text.", True)
     audio_format: Literal["flac", "wav"] = doc(
         "Container for audio that had to be resampled or downmixed ('flac' or 'wav'); audio "

@@ -128,7 +128,7 @@ class IngestStage(Stage):
             text = without_bom(row["transcript"]).decode("utf-8").strip()
         except UnicodeDecodeError as err:
             return [self.reject(utt_id, "transcript_not_utf8", f"{row['transcript_source']}: {err}")]
-        normalized = normalize_text(text, lowercase=cfg.lowercase, numbers=cfg.numbers)
+        normalized = normalize_text(text, lowercase=cfg.lowercase, numbers=cfg.numbers, normalizer=cfg.normalizer)
         if "nonspeech_only" in normalized.flags:
             return [self.reject(utt_id, "transcript_nonspeech", f"{row['transcript_source']}: {text[:80]!r}")]
         if not normalized.text:
