@@ -437,9 +437,16 @@ def build_corpus(
     check_not_inside(corpus, shard_dir, "--shards")
     if "align" in steps or config.ingest.long_recordings == "segment":
         config.align.check_inputs_exist()
+    fresh = not run_dir.exists()
     with exclusive_output(run_dir):
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=True), encoding="utf-8")
-        ctx = BuildContext(corpus, run_dir, shard_dir, config, plan_corpus(corpus, run_dir, config), show_progress)
+        try:
+            plan = plan_corpus(corpus, run_dir, config)
+        except UserError:
+            if fresh:  # a corpus that cannot be read leaves no run folder behind that --resume would need
+                remove_tree(run_dir)
+            raise
+        ctx = BuildContext(corpus, run_dir, shard_dir, config, plan, show_progress)
         outcomes: list[StepOutcome] = []
         hashes: dict[str, str] = {}
         for name in steps:

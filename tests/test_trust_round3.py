@@ -201,6 +201,8 @@ def test_corpus_mistakes_end_in_one_line(demo_corpus, tmp_path, capsys):
     broken = tmp_path / "broken.jsonl.gz"
     broken.write_bytes(b"\x1f\x8b not gzip")
     one_line(capsys, cli, ["build", broken, "--out", tmp_path / "c"], "not a readable gzip file")
+    assert not [p for p in (tmp_path / "a", tmp_path / "b", tmp_path / "c") if p.exists()], \
+        "a corpus that cannot be read leaves no run folder that would then need --resume"
 
 
 def test_every_utterance_rejected_after_ingest_finishes_with_exit_3(grid_corpus, tmp_path, capsys):
