@@ -113,10 +113,9 @@ def _money(match: re.Match[str]) -> str:
     (one, many), minor = _CURRENCIES[match.group(1)]
     whole, fraction, scale = int(match.group(2).replace(",", "")), match.group(3), match.group(4)
     if scale:
-        amount = _decimal(str(whole), fraction) if fraction else _spoken(whole)
-        return f"{amount} {_SCALES[scale.lower()]} {many} "
+        return f"{_amount(match.group(2), fraction)} {_SCALES[scale.lower()]} {many} "
     if fraction and (len(fraction) != 2 or minor is None):
-        return f"{_decimal(str(whole), fraction)} {many} "
+        return f"{_amount(match.group(2), fraction)} {many} "
     spoken = _spoken(whole) + (f" {one} " if whole == 1 else f" {many} ")
     if fraction and int(fraction):
         cents = int(fraction)
@@ -151,6 +150,12 @@ def _decimal(whole: str, fraction: str) -> str:
     return _spoken(int(whole)) + " point " + _digit_by_digit(fraction)
 
 
+def _amount(whole: str, fraction: str | None) -> str:
+    """A number as read aloud: "1,250" one thousand two hundred and fifty; "3.2" three point two."""
+    whole = whole.replace(",", "")
+    return _decimal(whole, fraction) if fraction else _spoken(int(whole))
+
+
 # (pattern, replacement) in the order they apply: each rule sees what the earlier left.
 _NUMBER_RULES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
     (_TIME, _time),
@@ -158,13 +163,12 @@ _NUMBER_RULES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...
     (_RATIO, lambda m: f" {m.group(1)} to {m.group(2)} "),
     (_MONEY, _money),
     (_NEGATIVE, lambda m: " minus "),
-    (_PERCENT, lambda m: (_decimal(*m.group(1).split(".")) if "." in m.group(1) else _spoken(int(m.group(1)))) + " percent "),
+    (_PERCENT, lambda m: _amount(*m.group(1).partition(".")[::2]) + " percent "),
     (_UNITS, lambda m: f" {_UNIT_WORDS[m.group(1).lower()]} "),
     (_DECADE, _decade),
     (_FRACTION, _fraction),
     (_ORDINAL, lambda m: _spoken(int(m.group(1).replace(",", "")), to="ordinal")),
-    (_GROUPED, lambda m: (_decimal(m.group(1).replace(",", ""), m.group(2)) if m.group(2)
-                          else _spoken(int(m.group(1).replace(",", ""))))),
+    (_GROUPED, lambda m: _amount(m.group(1), m.group(2))),
     (_DECIMAL, lambda m: _decimal(m.group(1), m.group(2))),
     (_GLUED, lambda m: _digit_by_digit(m.group(0))),
     (_LEADING_ZERO, lambda m: _digit_by_digit(m.group(0))),

@@ -48,8 +48,6 @@ def location(value: str | os.PathLike[str], what: str = "path") -> StoragePath:
     A scheme fsspec does not know, or whose package is not installed (gcsfs for gs://), is a
     UserError naming `what` (the option or argument that gave it).
     """
-    if not isinstance(value, str) and not is_url(value):
-        return Path(value)
     text = str(value)
     if not is_url(text):
         return Path(text)

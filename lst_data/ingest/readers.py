@@ -302,12 +302,13 @@ def detect_layout(path: str | Path) -> str:
     if not is_remote(path) and not path.is_dir() and not path.is_file():  # never opened: a FIFO would block
         raise InputError(f"CORPUS: {file_problem(path)[1]}; give a folder or a manifest file")
     if path.is_file():
-        if path.suffix == ".parquet" and not is_remote(path):
-            return "hf"
-        if not is_remote(path) and looks_like_lhotse(path):
-            return "lhotse"
-        if not is_remote(path) and looks_like_nemo(path):
-            return "nemo"
+        if not is_remote(path):  # the Hugging Face, lhotse and NeMo readers open local files
+            if path.suffix == ".parquet":
+                return "hf"
+            if looks_like_lhotse(path):
+                return "lhotse"
+            if looks_like_nemo(path):
+                return "nemo"
         if path.name.endswith(JSONL_SUFFIXES):
             return "jsonl"
         raise InputError(f"CORPUS: {path} is neither a folder nor a manifest (.jsonl, .jsonl.gz, .json, .parquet); "

@@ -201,10 +201,11 @@ class IngestStage(Stage):
         claiming 1 Hz for a few KB of samples would otherwise resample to gigabytes."""
         cfg = self.config
         limit = cfg.max_recording_duration if cfg.long_recordings == "segment" else cfg.max_duration
-        length = duration if duration is not None else header_seconds(audio)
-        if length is None or length - (0 if duration is not None else offset) <= limit:
+        if duration is None and (whole := header_seconds(audio)) is not None:
+            duration = whole - offset
+        if duration is None or duration <= limit:
             return None
-        return f"{length - (0 if duration is not None else offset):.1f} s (from its header) > {limit} s"
+        return f"{duration:.1f} s (from its header) > {limit} s"
 
     def manifest_row(self, utterance: dict[str, Any], samples: np.ndarray, in_place: Path | None) -> dict[str, Any] | Reject:
         """The manifest row of a decoded utterance (or a piece of a long one), after the length checks."""
