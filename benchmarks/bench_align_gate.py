@@ -15,7 +15,9 @@ References, measured in the same run: the align stage without the gate (what the
 caught before: only alignments that fail outright), and the gate's score without the
 phone-loop normalization (the absolute forced-alignment score per frame at the strictest
 threshold that still rejects no correct transcript). The margin line says how far apart
-the two score populations are: the default threshold sits inside that gap.
+the two score populations are: the default threshold sits inside that gap. The cost line
+is the align stage's wall time on the correct transcripts with the gate against without
+it (local runner, one worker), both timed after the mismatched runs have warmed up.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("LST_DATA_NO_PROGRESS", "1")
@@ -62,14 +65,16 @@ def shuffled_manifest(manifest_dir: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def align(manifest_dir: Path, out_dir: Path, min_score: float | None) -> tuple[dict[str, float], set[str]]:
-    """(id -> score of the aligned utterances, ids rejected by the align stage)."""
+def align(manifest_dir: Path, out_dir: Path, min_score: float | None) -> tuple[dict[str, float], set[str], float]:
+    """(id -> score of the aligned utterances, ids rejected by the align stage, seconds the stage took)."""
     config = load_config(overrides={"ray": {"runner": "local", "batch_size": 16},
                                     "align": {"pocketsphinx": {"min_score": min_score}}})
+    start = time.perf_counter()
     report = align_manifest(manifest_dir, out_dir, config)
+    seconds = time.perf_counter() - start
     rows = report.read_output()
     scores = dict(zip(rows["id"].to_pylist(), pc.fill_null(rows["score"], float("nan")).to_pylist(), strict=True))
-    return scores, {r.id for r in report.rejects}
+    return scores, {r.id for r in report.rejects}, seconds
 
 
 def main() -> None:
@@ -86,10 +91,10 @@ def calibrate(work: Path, n_utterances: int) -> None:
     shuffled = shuffled_manifest(work / "correct", work / "shuffled")
     n = pq.read_metadata(work / "correct" / "manifest.parquet").num_rows
 
-    good_gated, good_gate_rejects = align(work / "correct", work / "a_good", DEFAULT_MIN_SCORE)
-    bad_gated, bad_gate_rejects = align(shuffled, work / "a_bad", DEFAULT_MIN_SCORE)
-    good_absolute, good_plain_rejects = align(work / "correct", work / "b_good", None)
-    bad_absolute, bad_plain_rejects = align(shuffled, work / "b_bad", None)
+    bad_gated, bad_gate_rejects, _ = align(shuffled, work / "a_bad", DEFAULT_MIN_SCORE)
+    bad_absolute, bad_plain_rejects, _ = align(shuffled, work / "b_bad", None)
+    good_gated, good_gate_rejects, gated_seconds = align(work / "correct", work / "a_good", DEFAULT_MIN_SCORE)
+    good_absolute, good_plain_rejects, plain_seconds = align(work / "correct", work / "b_good", None)
 
     # Scores of every utterance that aligned, whatever the gate decided (the gate's score
     # is forced minus free; with the gate off the row's score is the absolute one).
@@ -112,6 +117,8 @@ def calibrate(work: Path, n_utterances: int) -> None:
              "score/frame", "distance of the lowest correct score from the default threshold")
         print(f"align_gate_scores: correct min {min(good_relative):.2f}, mismatched max {max(bad_relative):.2f} "
               f"(of {len(bad_relative)} that aligned), default min_score {DEFAULT_MIN_SCORE:g}, n = {n}")
+    print(f"align_gate_cost: {gated_seconds:.3g} s (reference: align stage without the gate (min_score None) "
+          f"{plain_seconds:.3g} s, ratio {gated_seconds / plain_seconds:.2f})")
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,7 @@
 """End-to-end build of the demo corpus: real-time factor, where the time goes, scaling, Ray overhead.
 
+    .venv/bin/python benchmarks/bench_pipeline.py [--quick | --utterances N | --hours H]
+
 Prints `name: figure unit (reference: figure unit, ratio X)` lines. References are
 measured in the same run: real time (audio seconds) for the real-time factor, the
 1-worker run for scaling, and the in-process runner for Ray's overhead. Ray is started
@@ -17,7 +19,7 @@ from pathlib import Path
 os.environ.setdefault("LST_DATA_NO_PROGRESS", "1")
 
 from lst_data.config import load_config  # noqa: E402
-from lst_data.demo import synthesize_demo_corpus  # noqa: E402
+from lst_data.demo import load_ground_truth, replicate_corpus, synthesize_demo_corpus  # noqa: E402
 from pipelines.build_corpus import build_corpus  # noqa: E402
 
 
@@ -34,11 +36,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="12 utterances instead of 36")
     parser.add_argument("--utterances", type=int, default=None, help="demo utterances (default 36)")
+    parser.add_argument("--hours", type=float, default=None,
+                        help="copies of the demo corpus (audio hard-linked) making about this many hours")
     args = parser.parse_args()
     n = args.utterances or (12 if args.quick else 36)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         corpus = synthesize_demo_corpus(tmp_path / "corpus", n_utterances=n)
+        if args.hours:
+            demo_hours = sum(u["duration"] for u in load_ground_truth(corpus)["utterances"]) / 3600
+            replicate_corpus(corpus, tmp_path / "replicated", max(1, round(args.hours / demo_hours)))
+            corpus = tmp_path / "replicated"
         base = {"units": {"k": 50}, "tokenizer": {"vocab_size": 200}}
 
         local_wall, local_steps, audio_s = timed_build(corpus, tmp_path / "local", {**base, "ray": {"runner": "local"}})

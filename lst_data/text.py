@@ -88,6 +88,7 @@ class NormalizedText:
         return self.text.split()
 
 
+@functools.lru_cache(maxsize=4096)  # num2words takes ~10 us a number; transcripts repeat the same few
 def _spoken(value: int | str, to: str = "cardinal") -> str:
     from num2words import num2words
 
@@ -196,6 +197,8 @@ def _script(ch: str) -> str:
 
 def is_mixed_script(word: str) -> bool:
     """True for a word with Latin letters and letters of another script (a look-alike)."""
+    if word.isascii():  # the common case, without a Unicode name lookup per letter
+        return False
     scripts = {_script(ch) for ch in word if ch.isalpha()}
     return "LATIN" in scripts and len(scripts) > 1
 

@@ -96,7 +96,8 @@ class PackedShardStream(IterableDataset):
             if len(sequences) < self.rows:
                 return  # the worker's part of the epoch is over (a ragged last micro-batch is dropped)
             batch = Batch.from_examples(sequences, self.space.pad, flat)
-            costs = [batch_cost(config, self.space.size, Batch.from_examples(sequences, self.space.pad, kind == "baseline"))
+            costs = [batch_cost(config, self.space.size, batch if (kind == "baseline") == flat
+                                else Batch.from_examples(sequences, self.space.pad, kind == "baseline"))
                      for kind, config in both.items()]
             produced += 1
             item = {"tokens": batch.tokens, "patch_index": batch.patch_index, "n_patches": batch.n_patches,

@@ -22,6 +22,19 @@ eleven-word clip) can still score well, because the silence model absorbs the re
 phone loop's speech frames that fall outside every aligned word, as a share of all its
 speech frames, above `align.pocketsphinx.max_unaligned_speech` reject it as
 `alignment_unaligned_speech`.
+
+The phone loop is a third decode of every utterance, made cheap (about 30 % of the two
+forced passes together; PocketSphinx's default allphone setup cost twice as much as both).
+It has no phone language model: any phone may follow any other at the cost of an insertion
+penalty, and its segment scores are purely acoustic (the phone LM's trigram lookups were
+nearly half the decode, and PocketSphinx 5.1 books each segment's LM score with the wrong
+trigram history, so the difference leaked into its acoustic score). It decodes 20 ms
+frames (`PHONE_LOOP_FRAME_RATE`), half as many as the forced passes, scores each
+codebook's best Gaussian only, and prunes with narrower beams than the library's. Each of
+these moves the score distributions, so min_score is calibrated for these settings
+(benchmarks/bench_align_gate.py). Skipping Gaussian evaluations on alternate frames (`ds`)
+was cheaper still but decoded pauses as fricatives, which the unaligned-speech check counts
+as speech; 25 ms frames caught fewer mismatched transcripts for as few false rejects.
 """
 
 from __future__ import annotations
@@ -54,6 +67,22 @@ _VARIANT = re.compile(r"\(\d+\)$")
 _SPELLING = re.compile(r"[^a-z0-9'._-]")
 # Phone-loop segments that are not speech (silence, noise fillers, sentence markers).
 _PHONE_LOOP_NON_SPEECH = frozenset({"SIL", "+NSN+", "+SPN+", "+BREATH+", "(NULL)", "<s>", "</s>"})
+PHONE_LOOP_FRAME_RATE = 50  # 20 ms frames, half as many as the forced passes decode
+# The phone loop's decoder settings (module docstring); min_score is calibrated with them.
+_PHONE_LOOP_OPTIONS: dict[str, Any] = {
+    "frate": PHONE_LOOP_FRAME_RATE,
+    # Twice the default window, so 20 ms frames still see every sample: with the default one,
+    # four times as many correct whole-sentence TTS transcripts fell below min_score.
+    "wlen": 0.05125,
+    "topn": 1,
+    # Without a language model a phone change is free, and every phone is re-entered after
+    # each phone end; the penalty and beams (library: 1e-48) keep fewer phones alive per frame.
+    "pip": 0.5,
+    "beam": 1e-5,
+    "pbeam": 1e-5,
+}
+_PHONE_LOOP_SEARCH = "phone_loop"
+_PHONE_LOOP_END_SLACK = 3  # frames a complete path may leave out at the end (the last one always is)
 
 
 class _Decoder(NamedTuple):
@@ -78,13 +107,11 @@ class PocketsphinxAligner(Aligner):
         self.decoder = self._make_decoder(silprob=ps_config.silprob)
         self._retry_decoder: _Decoder | None = None  # made on the first failure
         self._phone_loop: _Decoder | None = None
-        phone_lm = model_dir.parent / "en-us-phone.lm.bin"
+        extra = f"silprob={ps_config.silprob} retry_beam={ps_config.retry_beam}"
         if ps_config.min_score is not None:
-            self._phone_loop = self._make_decoder(allphone=str(phone_lm))
-        self._model_hash = hash_files(
-            model_dir, dictionary, phone_lm if ps_config.min_score is not None else None,
-            extra=f"silprob={ps_config.silprob} retry_beam={ps_config.retry_beam}",
-        )
+            self._phone_loop = self._make_phone_loop()
+            extra += f" phone_loop={sorted(_PHONE_LOOP_OPTIONS.items())}"
+        self._model_hash = hash_files(model_dir, dictionary, extra=extra)
         self._added: dict[str, tuple[str, str]] = {}  # OOV spelling -> (phones, pronunciation source)
 
     def _make_decoder(self, **options: Any) -> _Decoder:
@@ -96,10 +123,18 @@ class PocketsphinxAligner(Aligner):
         """
         import pocketsphinx
 
-        decoder = pocketsphinx.Decoder(**self._decoder_args, **options)
+        decoder = pocketsphinx.Decoder(**{**self._decoder_args, **options})
         for spelling, (phones, _) in getattr(self, "_added", {}).items():
             decoder.add_word(spelling, phones, True)
         return _Decoder(decoder, decoder.get_cmn(False))
+
+    def _make_phone_loop(self) -> _Decoder:
+        """The allphone search without a phone language model: any phone may follow any other."""
+        # Without the pronunciation dictionary (which it never reads) the decoder loads in a tenth of the time.
+        pair = self._make_decoder(dict=None, **_PHONE_LOOP_OPTIONS)
+        pair.decoder.add_allphone_file(_PHONE_LOOP_SEARCH, None)
+        pair.decoder.activate_search(_PHONE_LOOP_SEARCH)
+        return pair
 
     @property
     def model_hash(self) -> str:
@@ -158,7 +193,11 @@ class PocketsphinxAligner(Aligner):
         alignment = self._to_alignment(entries, oov)
         if self._phone_loop is None or alignment.score is None:
             return alignment
-        free_score, free_speech = self._free_decode(pcm)
+        free = self._free_decode(pcm)
+        if free is None:
+            return AlignFailure("align_failed", "pocketsphinx: the phone loop found no path to the end of the "
+                                                "audio, so the quality gate cannot score it")
+        free_score, free_speech = free
         alignment.score = round(alignment.score - free_score, 3)
         if alignment.score < self.ps_config.min_score:
             return AlignFailure(
@@ -167,7 +206,8 @@ class PocketsphinxAligner(Aligner):
             )
         in_words = np.zeros(free_speech.shape[0], dtype=bool)
         for word in alignment.words:
-            in_words[round(word.start * FRAME_RATE) : round(word.end * FRAME_RATE)] = True
+            start, end = round(word.start * PHONE_LOOP_FRAME_RATE), round(word.end * PHONE_LOOP_FRAME_RATE)
+            in_words[start:end] = True
         unaligned = float((free_speech & ~in_words).sum() / max(int(free_speech.sum()), 1))
         if unaligned > self.ps_config.max_unaligned_speech:
             return AlignFailure(
@@ -191,19 +231,24 @@ class PocketsphinxAligner(Aligner):
         alignment = decoder.decoder.get_alignment()
         return "no alignment" if alignment is None else alignment
 
-    def _free_decode(self, pcm: bytes) -> tuple[float, np.ndarray]:
-        """The phone loop's acoustic log-likelihood per frame, and which frames it decodes as phones."""
+    def _free_decode(self, pcm: bytes) -> tuple[float, np.ndarray] | None:
+        """The phone loop's acoustic log-likelihood per frame, and which of its frames
+        (PHONE_LOOP_FRAME_RATE) it decodes as phones; None when its best path stops short of
+        the audio's end (a partial path's score would pass any transcript)."""
         assert self._phone_loop is not None
         decoder = self._phone_loop.decoder
         self._decode(self._phone_loop, pcm)
         log = decoder.logmath.log  # segments report exp(score); back to the aligner's log units
         frames = max(decoder.n_frames(), 1)
         speech = np.zeros(frames, dtype=bool)
-        total = 0
+        total, reached = 0, 0
         for segment in decoder.seg():
             total += log(segment.ascore)
+            reached = max(reached, segment.end_frame + 1)
             if segment.word not in _PHONE_LOOP_NON_SPEECH:
                 speech[segment.start_frame : segment.end_frame + 1] = True
+        if reached < frames - _PHONE_LOOP_END_SLACK:
+            return None
         return total / frames, speech
 
     @staticmethod

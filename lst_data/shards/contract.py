@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import tarfile
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from lst_data.shards.layout import (
 )
 from lst_data.shards.safe_tar import (
     DEFAULT_LIMITS,
+    READ_ERRORS,
     BadShardError,
     ReadLimits,
     read_sidecar,
@@ -176,9 +176,6 @@ def sidecar_problems(tar_path: Path, sidecar: Sidecar) -> list[str]:
     return sidecar_mismatches(sidecar, size, file_sha256(tar_path) if hashed else None)
 
 
-_READ_ERRORS = (ValueError, OSError, EOFError, tarfile.TarError)
-
-
 def check_shard(
     tar_path: Path, frame_tolerance: int = DEFAULT_FRAME_TOLERANCE, limits: ReadLimits = DEFAULT_LIMITS
 ) -> Iterator[Problem]:
@@ -197,7 +194,7 @@ def check_shard(
             yield Problem(side.name, f"unreadable sidecar: {err}")
     try:
         scan = scan_tar(tar_path, limits)
-    except _READ_ERRORS as err:
+    except READ_ERRORS as err:
         kind = "unsafe member" if isinstance(err, UnsafeMemberError) else "unreadable tar"
         yield Problem(name, f"{kind}: {err}")
         return
@@ -218,7 +215,7 @@ def check_shard(
                 continue
             for problem in record_problems(record, frame_tolerance):
                 yield Problem(where, problem)
-    except _READ_ERRORS as err:  # the scan read the same headers, so this is a race with a writer
+    except READ_ERRORS as err:  # the scan read the same headers, so this is a race with a writer
         yield Problem(name, f"unreadable tar: {err}")
 
 

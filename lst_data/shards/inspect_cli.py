@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import json
 import sys
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from rich.table import Table
 
 from lst_data.core.errors import InputError
 from lst_data.records import SampleRecord
+from lst_data.shards.safe_tar import READ_ERRORS
 
 _dir_arg = click.argument("shard_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 _verify_option = click.option(
@@ -45,7 +45,7 @@ def reading_shards(shard_dir: Path | str) -> Iterator[None]:
     """Shards that cannot be read end the command with one line (a user's input, not a bug)."""
     try:
         yield
-    except (tarfile.TarError, EOFError, ValueError, OSError) as err:  # BadShardError is a ValueError
+    except READ_ERRORS as err:
         raise InputError(f"{shard_dir}: bad shard data ({err}); `lst-data validate {shard_dir}` lists the problems") from None
 
 

@@ -1,11 +1,13 @@
 """A sample's tar members, as bytes: `KEY.json`, `KEY.units.npy` and, optionally, `KEY.flac`.
 
 Same record, same bytes: the JSON is canonical (sorted keys, no spaces, no NaN), units are
-`np.save` of a little-endian int16 array, FLAC is 16-bit PCM (libFLAC writes no time stamp).
+the bytes `np.save` writes for a little-endian int16 array, FLAC is 16-bit PCM (libFLAC
+writes no time stamp).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -30,10 +32,22 @@ def sample_json_bytes(record: SampleRecord) -> bytes:
     ).encode("utf-8")
 
 
-def units_npy_bytes(units: np.ndarray) -> bytes:
+@functools.lru_cache(maxsize=4096)
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """The header `np.save` writes before a C-ordered little-endian int16 array of `shape`.
+
+    It depends on the shape alone, so it is made once per utterance length: `np.save`
+    itself costs several times what copying the units does.
+    """
     buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(units, dtype="<i2"), allow_pickle=False)
-    return buffer.getvalue()
+    np.save(buffer, np.zeros(shape, dtype="<i2"), allow_pickle=False)
+    return buffer.getvalue()[: buffer.tell() - 2 * math.prod(shape)]
+
+
+def units_npy_bytes(units: np.ndarray) -> bytes:
+    """`np.save` of the units as a little-endian int16 array, byte for byte."""
+    array = np.ascontiguousarray(units, dtype="<i2")
+    return _npy_header(array.shape) + array.tobytes()
 
 
 def flac_bytes(samples: np.ndarray, sample_rate: int) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterator
+from typing import NamedTuple, TypeVar
 
 from lst_data.audio import AudioError
 from lst_data.core.rejects import Reject
@@ -11,19 +12,22 @@ from lst_data.records import SampleRecord
 from lst_data.shards.contract import STAGE
 from lst_data.shards.members import AudioSource, EncodedSample, encode_sample
 from lst_data.shards.tar_io import tar_file_size
+from lst_data.shards.validation import CheckedRecord
+
+Item = TypeVar("Item")
 
 
-class PushBackIterator(Iterator[SampleRecord]):
+class PushBackIterator(Iterator[Item]):
     """An iterator that takes records back (a shard that turned out full, or not kept after all)."""
 
-    def __init__(self, source: Iterator[SampleRecord]) -> None:
+    def __init__(self, source: Iterator[Item]) -> None:
         self.source = source
-        self.pending: collections.deque[SampleRecord] = collections.deque()
+        self.pending: collections.deque[Item] = collections.deque()
 
-    def push_back(self, records: list[SampleRecord]) -> None:
+    def push_back(self, records: list[Item]) -> None:
         self.pending.extendleft(reversed(records))
 
-    def __next__(self) -> SampleRecord:
+    def __next__(self) -> Item:
         return self.pending.popleft() if self.pending else next(self.source)
 
 
@@ -59,32 +63,41 @@ class ShardPacker:
         self.samples = self.bytes = 0
 
 
+class PackedShard(NamedTuple):
+    """A shard's checked records and their encoded samples, in the same order."""
+
+    records: list[CheckedRecord]
+    samples: list[EncodedSample]
+
+
 def next_shard(
-    stream: PushBackIterator,
+    stream: PushBackIterator[CheckedRecord],
     max_samples: int,
     max_bytes: int,
     audio_source: AudioSource | None,
     include_audio: bool,
     rejects: list[Reject],
-) -> list[EncodedSample]:
+) -> PackedShard:
     """Encode samples until the shard is full by count or bytes (at least one sample per shard).
 
     The record that would overflow `max_bytes` goes back onto the stream for the next shard;
     a record whose audio cannot be read becomes an `audio_unreadable` reject.
     """
-    shard: list[EncodedSample] = []
+    shard = PackedShard([], [])
     packer = ShardPacker(max_samples, max_bytes)
-    for record in stream:
+    for checked in stream:
         try:
-            audio = sample_audio(record, audio_source, include_audio)
+            audio = sample_audio(checked.record, audio_source, include_audio)
         except AudioError as err:
-            rejects.append(Reject(record.id, STAGE, "audio_unreadable", str(err)))
+            rejects.append(Reject(checked.record.id, STAGE, "audio_unreadable", str(err)))
             continue
-        sample = encode_sample(record, audio)
-        if not packer.fits(sample.tar_bytes):
-            stream.push_back([record])
+        sample = encode_sample(checked.record, audio)
+        sample_bytes = sample.tar_bytes
+        if not packer.fits(sample_bytes):
+            stream.push_back([checked])
             break
-        shard.append(sample)
-        if packer.add(sample.tar_bytes):
+        shard.records.append(checked)
+        shard.samples.append(sample)
+        if packer.add(sample_bytes):
             break
     return shard

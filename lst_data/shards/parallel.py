@@ -39,7 +39,7 @@ from lst_data.shards.members import EncodedSample, FlacFromPaths, encode_sample
 from lst_data.shards.packing import ShardPacker, sample_audio
 from lst_data.shards.resume import earlier_shard, remove_stale_shards, remove_unfinished, same_samples
 from lst_data.shards.summary import ShardTally, write_dataset_json
-from lst_data.shards.validation import valid_records
+from lst_data.shards.validation import checked_records
 from lst_data.shards.writer import ShardReport, shard_config_hash, write_shard_files
 
 ENCODED_TABLE = "samples"
@@ -83,7 +83,7 @@ class EncodePartitions(PartitionWorker):
                 identities = dict(zip(manifest["id"].to_pylist(), manifest["audio_identity"].to_pylist(), strict=True))
         tally, rows = ShardTally(), []
         joined = join_records(tables, config, prior_rejects=earlier, provenance=provenance)
-        for record in valid_records(joined, rejects, config.shard.frame_tolerance, None):
+        for record, tiling in checked_records(joined, rejects, config.shard.frame_tolerance, None):
             if identities and (changed := changed_since_ingest(audio_source.paths[record.id],
                                                                identities.get(record.id))) is not None:
                 rejects.append(Reject(record.id, STAGE, "audio_changed", changed))
@@ -94,7 +94,7 @@ class EncodePartitions(PartitionWorker):
                 rejects.append(Reject(record.id, STAGE, "audio_unreadable", str(err)))
                 continue
             sample = encode_sample(record, audio)
-            tally.add(record)
+            tally.add(record, tiling)
             rows.append({"id": record.id, "key": sample.key, "duration": record.duration, "n_units": record.n_frames,
                          "n_words": len(record.words), "n_bpe": len(record.bpe), "speaker": record.speaker,
                          "tar_bytes": sample.tar_bytes,

@@ -9,8 +9,9 @@ Training pipeline (`shard_pipeline`):
   copy the pipeline when the epoch starts.
 - mode 'resampled': shards drawn with replacement (`wds.ResampledShards`, different per
   rank and worker); an "epoch" is `epoch_samples` samples in total.
-Batches are made inside each worker (`wds.batched` collating to lists), because per-sample
-inter-process transfer is 5-10x slower. Lengths come from the sidecars, not from a scan.
+Batches are made inside each worker (`wds.batched`), because per-sample inter-process
+transfer is 5-10x slower: lists of records in one process, and through `make_loader`
+`RecordBatch`es, which cross to the trainer as a few arrays instead of record objects. Lengths come from the sidecars, not from a scan.
 Every tar goes through `lst_data.shards.reader` (verified against its sidecar unless
 `verify=False`, every member checked); a bad shard or sample is a `BadShardError` for the
 error policy `handler`.
@@ -27,7 +28,7 @@ from typing import Any
 import webdataset as wds
 
 from lst_data.core.storage import location
-from lst_data.records import SampleRecord
+from lst_data.records import RecordBatch, SampleRecord
 from lst_data.shards.layout import Sidecar
 from lst_data.shards.reader import (
     DEFAULT_LIMITS,
@@ -159,8 +160,10 @@ def shard_pipeline(
     limits: ReadLimits = DEFAULT_LIMITS,
     handler: Callable[[Exception], bool] = wds.reraise_exception,
     partial: bool = True,
+    collate: Callable[[list[SampleRecord]], Any] = list,
 ) -> ShardPipeline:
-    """A pipeline over the shards of `shard_dir` that yields batches (lists) of SampleRecord.
+    """A pipeline over the shards of `shard_dir` that yields batches of SampleRecord: lists, or what
+    `collate` makes of each list (`RecordBatch.from_records` for batches that cross processes).
 
     Every tar's size and sha256 are checked against its sidecar before its samples are
     used, and its sample count at its end (`verify=False` skips that extra read and trusts
@@ -193,7 +196,7 @@ def shard_pipeline(
         stages.append(epoch_stages[-1])
     stages += [
         wds.map(_Decode(with_audio, limits), handler=handler),
-        wds.batched(batch_size, collation_fn=list, partial=partial),
+        wds.batched(batch_size, collation_fn=collate, partial=partial),
     ]
     pipeline = ShardPipeline(*stages)
     pipeline.shard_set = shard_set
@@ -205,6 +208,11 @@ def shard_pipeline(
     return pipeline.with_length(math.ceil(samples / batch_size), silent=True)
 
 
+def _as_made(batch: Any) -> Any:
+    """The DataLoader's per-batch conversion: none (its default would remake a RecordBatch as a list of records)."""
+    return batch
+
+
 def make_loader(
     shard_dir: str | Path,
     *,
@@ -214,18 +222,21 @@ def make_loader(
     mode: str = "epoch",
     **pipeline_options: Any,
 ) -> wds.WebLoader:
-    """A torch DataLoader (webdataset's WebLoader) over `shard_pipeline`; batches come whole from the workers."""
+    """A torch DataLoader (webdataset's WebLoader) over `shard_pipeline`; batches are `RecordBatch`es made
+    whole in the workers (a sequence of SampleRecord whose columns travel as arrays)."""
     pipeline = shard_pipeline(
         shard_dir,
         batch_size=batch_size,
         shuffle=shuffle,
         mode=mode,
         num_workers=num_workers,
+        collate=RecordBatch.from_records,
         **pipeline_options,
     )
     loader = wds.WebLoader(
         pipeline,
         batch_size=None,
+        collate_fn=_as_made,
         num_workers=num_workers,
         persistent_workers=False,
         prefetch_factor=4 if num_workers else None,

@@ -26,7 +26,6 @@ import io
 import logging
 import math
 import re
-import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy as np
 
 from lst_data.core.storage import StoragePath, local_input, location
 from lst_data.keys import sanitize_key
-from lst_data.records import SampleRecord, parse_json
+from lst_data.records import SampleRecord, parse_sample_json, sample_json_id
 from lst_data.shards.layout import (
     DATASET_FILE,
     MAX_DATASET_BYTES,
@@ -47,11 +46,12 @@ from lst_data.shards.layout import (
 )
 from lst_data.shards.safe_tar import (
     DEFAULT_LIMITS,
+    READ_ERRORS,
     BadShardError,
     ReadLimits,
     bad_shard,
     iter_sample_members,
-    open_tar,
+    open_shard,
     read_sidecar,
     sample_count_problem,
     verify_shard,
@@ -97,11 +97,12 @@ def decode_members(
     missing = [s for s in ("json", "units.npy") if s not in members]
     if missing:
         raise ValueError(f"sample {key!r} lacks {', '.join(missing)}")
-    data = parse_json(members["json"], max_bytes=limits.max_json_bytes, what=f"{key}.json")
-    if not isinstance(data, dict) or sanitize_key(str(data.get("id"))) != key:
+    data = parse_sample_json(members["json"], max_bytes=limits.max_json_bytes, what=f"{key}.json")
+    sample_id = sample_json_id(data)
+    if sample_id is None or sanitize_key(str(sample_id)) != key:
         raise ValueError(f"sample {key!r}: its JSON id does not map to the member key")
     units = load_units(members["units.npy"])
-    return SampleRecord.from_json(data, units, audio=members.get("flac") if with_audio else None)
+    return SampleRecord.from_parsed(data, units, audio=members.get("flac") if with_audio else None)
 
 
 def iter_raw_samples(
@@ -111,20 +112,8 @@ def iter_raw_samples(
 
     Not verified against the sidecar (`iter_shard` does that): this is the raw layer.
     """
-    with open_tar(tar_path) as tar:
-        for key, infos in iter_sample_members(tar, limits):
-            members = {}
-            for suffix, info in infos.items():
-                if suffix == "flac" and not with_audio:
-                    continue
-                extracted = tar.extractfile(info)
-                assert extracted is not None  # a regular file, checked above
-                members[suffix] = extracted.read()
-            yield key, members
-
-
-# What reading a hostile or damaged tar can raise (UnsafeMemberError and BadShardError are ValueErrors).
-READ_ERRORS = (ValueError, OSError, EOFError, tarfile.TarError)
+    with open_shard(tar_path) as stream:
+        yield from iter_sample_members(stream, limits, skip=() if with_audio else ("flac",))
 
 
 def listed_shards(shard_dir: str | Path, split: str | None = None) -> tuple[list[Path], dict[str, Any] | None]:

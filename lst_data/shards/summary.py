@@ -1,16 +1,21 @@
 """The statistics of a shard set, and the files made from them: `index.parquet` and `dataset.json`.
 
 `ShardTally` is the one accumulator: the writer feeds it every sample of the shards as
-written (read back, so a resumed run is counted right) and stores its figures in
-`dataset.json`; `lst-data stats` prints those figures, and only runs the same tally over
-the shards itself when there is no dataset.json or another static patch size is asked for.
+readers will get them (`DatasetSummary`: a kept shard of a resumed run is read back, a
+written one counted from its records) and stores its figures in `dataset.json`;
+`lst-data stats` prints those figures, and only runs the same tally over the shards itself
+when there is no dataset.json or another static patch size is asked for. Patch lengths are
+counted from the spans' frame tiling (`validation.frame_tiling`), not patch by patch.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import sub
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +31,45 @@ from lst_data.keys import sanitize_key
 from lst_data.patching import PATCH_STRATEGIES, patches
 from lst_data.records import SampleRecord
 from lst_data.shards.layout import DATASET_FILE, INDEX_FILE, shard_paths, write_json_atomic
+from lst_data.shards.members import EncodedSample
 from lst_data.shards.reader import iter_shard
+from lst_data.shards.safe_tar import DEFAULT_LIMITS
+from lst_data.shards.validation import CheckedRecord, FrameTiling, frame_tiling
 
 DEFAULT_PATCH_SIZE = 4
 _INDEX_ROWS_PER_WRITE = 4096
+
+
+def _count_patch_lengths(
+    lengths: Counter[tuple[str, int]], tiling: FrameTiling, strategy: str, patch_size: int
+) -> bool:
+    """Add what `patches(record, strategy)` gives to `lengths`, by (speech or silence, length), from
+    the record's tiling; False (nothing added) for a strategy or patch size left to `patches`.
+
+    Counted from the runs of frames (a static strategy from the frame count alone) instead of
+    making a `Patch` per patch: the writer tallies every sample it writes.
+    """
+    n_frames = tiling.n_frames
+    word_starts = tiling.words[0]
+    if strategy == "static" and patch_size >= 1:
+        full, rest = divmod(n_frames, patch_size)
+        if full:
+            lengths["speech", patch_size] += full
+        if rest:
+            lengths["speech", rest] += 1
+    elif strategy == "word_sil_merged" and not word_starts:
+        if n_frames:
+            lengths["silence", n_frames] += 1
+    elif strategy == "word_sil_merged":
+        # a word's patch runs to the next word's first frame; the first word's starts at frame 0
+        lengths.update(zip(repeat("speech"), map(sub, (*word_starts[1:], n_frames), (0, *word_starts[1:]))))
+    elif strategy in ("word_sil_sep", "bpe"):
+        starts, stops = tiling.words if strategy == "word_sil_sep" else tiling.pieces
+        lengths.update(zip(repeat("speech"), map(sub, stops, starts)))
+        lengths.update(zip(repeat("silence"), map(sub, tiling.silences[1], tiling.silences[0])))
+    else:
+        return False
+    return True
 
 
 def _mean_length(lengths: Counter[tuple[str, int]], kinds: tuple[str, ...]) -> float | None:
@@ -53,7 +93,8 @@ class ShardTally:
         default_factory=lambda: {s: Counter() for s in PATCH_STRATEGIES}
     )
 
-    def add(self, record: SampleRecord) -> None:
+    def add(self, record: SampleRecord, tiling: FrameTiling | None = None) -> None:
+        """Count one sample; `tiling` is its `frame_tiling` when the caller has it already."""
         self.totals.update(
             samples=1,
             units=record.n_frames,
@@ -66,11 +107,15 @@ class ShardTally:
         u = record.unit_info
         self.codebooks.add((u["encoder"], u["layer"], u["codebook_hash"], u["k"]))
         self.frame_rates.add(record.frame_rate)
+        if tiling is None:
+            tiling = frame_tiling(record)
         for strategy, lengths in self.patch_lengths.items():
-            lengths.update(
-                ("silence" if p.kind == "silence" else "speech", p.length)
-                for p in patches(record, strategy, patch_size=self.patch_size)
-            )
+            if tiling is None or not _count_patch_lengths(lengths, tiling, strategy, self.patch_size):
+                # `patches` says why spans do not tile, and takes any type of frame index
+                lengths.update(
+                    ("silence" if p.kind == "silence" else "speech", p.length)
+                    for p in patches(record, strategy, patch_size=self.patch_size)
+                )
 
     def merge(self, other: ShardTally) -> None:
         """Add another tally's samples (a partition's) to this one."""
@@ -159,11 +204,11 @@ class ShardTally:
         }
 
 
-def index_row(tar_path: Path, record: SampleRecord) -> dict[str, Any]:
+def index_row(shard: str, record: SampleRecord) -> dict[str, Any]:
     return {
         "id": record.id,
         "key": sanitize_key(record.id),
-        "shard": tar_path.name,
+        "shard": shard,
         "duration": record.duration,
         "n_units": record.n_frames,
         "n_words": len(record.words),
@@ -172,42 +217,97 @@ def index_row(tar_path: Path, record: SampleRecord) -> dict[str, Any]:
     }
 
 
+class ShardIndex:
+    """`index.parquet` written as samples come, in shard order, `_INDEX_ROWS_PER_WRITE` rows to a row group."""
+
+    def __init__(self, path: Path) -> None:
+        self.writer = pq.ParquetWriter(path, INDEX_SCHEMA)
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, shard: str, record: SampleRecord) -> None:
+        self.rows.append(index_row(shard, record))
+        if len(self.rows) >= _INDEX_ROWS_PER_WRITE:
+            self._write_rows()
+
+    def _write_rows(self) -> None:
+        self.writer.write_table(pa.Table.from_pylist(self.rows, schema=INDEX_SCHEMA))
+        self.rows.clear()
+
+    def close(self) -> None:
+        try:
+            if self.rows:
+                self._write_rows()
+        finally:
+            self.writer.close()
+
+
+def tally_shard(tar_path: Path, tally: ShardTally, index: ShardIndex | None = None) -> None:
+    """Add every sample of one tar, read back (audio is not read), to `tally` (and `index`)."""
+    for record in iter_shard(tar_path, with_audio=False):
+        tally.add(record)
+        if index is not None:
+            index.add(tar_path.name, record)
+
+
 def tally_shards(tars: Iterable[Path], patch_size: int = DEFAULT_PATCH_SIZE, index: Path | None = None) -> ShardTally:
     """Tally every sample of `tars` (audio is not read); write `index` (index.parquet) on the way if given."""
     tally = ShardTally(patch_size=patch_size)
-    writer = pq.ParquetWriter(index, INDEX_SCHEMA) if index is not None else None
-    rows: list[dict[str, Any]] = []
-    try:
+    with contextlib.closing(ShardIndex(index)) if index is not None else contextlib.nullcontext() as shard_index:
         for tar_path in tars:
-            for record in iter_shard(tar_path, with_audio=False):
-                tally.add(record)
-                if writer is not None:
-                    rows.append(index_row(tar_path, record))
-                    if len(rows) >= _INDEX_ROWS_PER_WRITE:
-                        writer.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA))
-                        rows.clear()
-        if writer is not None and rows:
-            writer.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA))
-    finally:
-        if writer is not None:
-            writer.close()
+            tally_shard(tar_path, tally, shard_index)
     return tally
 
 
-def write_index_and_summary(
-    out: Path,
-    config: RunConfig,
-    config_hash: str,
-    rejects: list[Reject],
-    tokenizer_hashes: Iterable[str],
-    tokenizer_vocab_size: int | None,
-) -> dict[str, Any]:
-    """Read the written shards back once: `index.parquet` and `dataset.json` come from what is on disk."""
-    tars = shard_paths(out, config.shard.split)
-    tmp_index = out / f".{INDEX_FILE}.tmp"
-    tally = tally_shards(tars, index=tmp_index)
-    tmp_index.replace(out / INDEX_FILE)
-    return write_dataset_json(out, config, config_hash, rejects, tokenizer_hashes, tokenizer_vocab_size, tars, tally)
+def _within_read_limits(sample: EncodedSample) -> bool:
+    return all(len(data) <= DEFAULT_LIMITS.cap(suffix) for suffix, data in sample.members.items())
+
+
+class DatasetSummary:
+    """The writer's `index.parquet` and `dataset.json`, fed each shard in order as it is written or kept.
+
+    What is counted is what readers of the shards get: a kept shard is read back; the
+    samples of a written one are counted from their records and tilings, which is the same
+    when the contract check proved every record plain (it has a tiling) and every member is
+    under the reader's caps, and the shard is read back otherwise.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.tmp_index = out / f".{INDEX_FILE}.tmp"
+        self.index = ShardIndex(self.tmp_index)
+        self.tally = ShardTally()
+
+    def add_written(self, tar_path: Path, records: list[CheckedRecord], samples: list[EncodedSample]) -> None:
+        """A shard just written from `records` (encoded as `samples`)."""
+        if not all(checked.tiling is not None for checked in records) or not all(map(_within_read_limits, samples)):
+            self.add_from_disk(tar_path)
+            return
+        for record, tiling in records:
+            self.tally.add(record, tiling)
+            self.index.add(tar_path.name, record)
+
+    def add_from_disk(self, tar_path: Path) -> None:
+        """A shard as a reader gets it: read back (a kept shard, or one with a record not proven plain)."""
+        tally_shard(tar_path, self.tally, self.index)
+
+    def close(self) -> None:
+        self.index.close()
+
+    def write(
+        self,
+        config: RunConfig,
+        config_hash: str,
+        rejects: list[Reject],
+        tokenizer_hashes: Iterable[str],
+        tokenizer_vocab_size: int | None,
+    ) -> dict[str, Any]:
+        """`index.parquet`, then `dataset.json` of the shards now in the folder; returns dataset.json's content."""
+        self.close()
+        self.tmp_index.replace(self.out / INDEX_FILE)
+        tars = shard_paths(self.out, config.shard.split)
+        return write_dataset_json(
+            self.out, config, config_hash, rejects, tokenizer_hashes, tokenizer_vocab_size, tars, self.tally
+        )
 
 
 def write_dataset_json(

@@ -3,7 +3,8 @@
 The steps live by concern: `members` (sample -> member bytes), `tar_io` (deterministic
 tars), `validation` (the contract check, in worker processes), `packing` (samples per
 shard by count and bytes), `resume` (which earlier shards are kept, which removed) and
-`summary` (index.parquet + dataset.json from one tally). This module runs them in order.
+`summary` (index.parquet + dataset.json from one tally, fed shard by shard). This module
+runs them in order.
 
 A tar is written under a temporary name and renamed when complete, and its sidecar is
 written after it, so a tar with a sidecar is always whole. Only one shard's worth of
@@ -12,6 +13,7 @@ encoded samples is in memory at a time.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 from collections.abc import Iterable
@@ -29,9 +31,9 @@ from lst_data.shards.layout import REJECTS_FILE, Sidecar, shard_name, sidecar_pa
 from lst_data.shards.members import AudioSource, EncodedSample, content_digest, encode_sample
 from lst_data.shards.packing import PushBackIterator, next_shard
 from lst_data.shards.resume import earlier_shard, remove_stale_shards, remove_unfinished, same_samples
-from lst_data.shards.summary import write_index_and_summary
+from lst_data.shards.summary import DatasetSummary
 from lst_data.shards.tar_io import write_tar
-from lst_data.shards.validation import check_pool, valid_records
+from lst_data.shards.validation import check_pool, checked_records
 
 log = logging.getLogger(__name__)
 
@@ -102,47 +104,50 @@ def write_shards(
     config_hash = shard_config_hash(config)
     report = ShardReport(out)
     index = 0
-    with (
-        check_pool(workers) as pool,
-        progress_bar(total=None, desc="shard", unit="utt", disable=not show_progress) as bar,
-    ):
-        stream = PushBackIterator(valid_records(records, report.new_rejects, settings.frame_tolerance, pool))
-        while True:
-            tar_path = out / shard_name(settings.split, index)
-            done, why_not = earlier_shard(tar_path, config_hash)
-            if done is not None:
-                head = list(itertools.islice(stream, done.samples))
-                if head and same_samples(done, [encode_sample(r, None) for r in head]):
-                    report.shards_kept += 1
-                    report.samples += done.samples
-                    bar.update(done.samples)
-                    index += 1
-                    continue
-                why_not = "the incoming samples differ from the sidecar's"
-                stream.push_back(head)
-            shard = next_shard(
-                stream, settings.samples_per_shard, settings.max_shard_bytes, audio_source,
-                settings.include_audio, report.new_rejects,
-            )
-            if not shard:
-                break
-            if why_not is not None:
-                log.warning("%s: %s; rewriting it", tar_path.name, why_not)
-                report.rewritten.append((tar_path.name, why_not))
-            write_shard_files(tar_path, shard, settings.split, index, config_hash)
-            report.shards_written += 1
-            report.samples += len(shard)
-            bar.update(len(shard))
-            bar.set_postfix(rejects=len(report.new_rejects))
-            index += 1
-    report.removed = remove_stale_shards(out, settings.split, index)
-    report.rejects = sorted(set(carried_rejects) | set(report.new_rejects), key=lambda r: (r.stage, r.id, r.code))
-    write_rejects(report.rejects, out / REJECTS_FILE)
-    summary = write_index_and_summary(
-        out, config, config_hash, report.rejects,
-        (provenance or Provenance()).tokenizer_hashes, tokenizer_vocab_size,
-    )
-    report.hours = summary["counts"]["hours"]
+    with contextlib.closing(DatasetSummary(out)) as summary:
+        with (
+            check_pool(workers) as pool,
+            progress_bar(total=None, desc="shard", unit="utt", disable=not show_progress) as bar,
+        ):
+            stream = PushBackIterator(checked_records(records, report.new_rejects, settings.frame_tolerance, pool))
+            while True:
+                tar_path = out / shard_name(settings.split, index)
+                done, why_not = earlier_shard(tar_path, config_hash)
+                if done is not None:
+                    head = list(itertools.islice(stream, done.samples))
+                    if head and same_samples(done, [encode_sample(checked.record, None) for checked in head]):
+                        summary.add_from_disk(tar_path)
+                        report.shards_kept += 1
+                        report.samples += done.samples
+                        bar.update(done.samples)
+                        index += 1
+                        continue
+                    why_not = "the incoming samples differ from the sidecar's"
+                    stream.push_back(head)
+                shard = next_shard(
+                    stream, settings.samples_per_shard, settings.max_shard_bytes, audio_source,
+                    settings.include_audio, report.new_rejects,
+                )
+                if not shard.samples:
+                    break
+                if why_not is not None:
+                    log.warning("%s: %s; rewriting it", tar_path.name, why_not)
+                    report.rewritten.append((tar_path.name, why_not))
+                write_shard_files(tar_path, shard.samples, settings.split, index, config_hash)
+                summary.add_written(tar_path, shard.records, shard.samples)
+                report.shards_written += 1
+                report.samples += len(shard.samples)
+                bar.update(len(shard.samples))
+                bar.set_postfix(rejects=len(report.new_rejects))
+                index += 1
+        report.removed = remove_stale_shards(out, settings.split, index)
+        report.rejects = sorted(set(carried_rejects) | set(report.new_rejects), key=lambda r: (r.stage, r.id, r.code))
+        write_rejects(report.rejects, out / REJECTS_FILE)
+        dataset = summary.write(
+            config, config_hash, report.rejects,
+            (provenance or Provenance()).tokenizer_hashes, tokenizer_vocab_size,
+        )
+    report.hours = dataset["counts"]["hours"]
     return report
 
 
