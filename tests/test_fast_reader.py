@@ -13,6 +13,7 @@ import json
 import pickle
 import random
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,13 @@ from lst_data.core.config import updated
 from lst_data.records import RecordBatch, SampleRecord, Spans, Word, parse_json
 from lst_data.shards.join import join_records
 from lst_data.shards.reader import decode_members, iter_raw_samples, iter_records, make_loader
-from lst_data.shards.safe_tar import DamagedTarError, UnsafeMemberError, iter_members, iter_sample_members
+from lst_data.shards.safe_tar import (
+    READ_ERRORS,
+    DamagedTarError,
+    UnsafeMemberError,
+    iter_members,
+    iter_sample_members,
+)
 from lst_data.shards.synthetic import synthetic_tables
 from lst_data.shards.writer import write_shards
 
@@ -92,6 +99,25 @@ def test_a_damaged_header_is_an_error_where_tarfile_would_end_the_archive_early(
     assert [n for n, _ in tarfile_members(damaged)] == ["a.json"]  # tarfile stops quietly
     with pytest.raises(DamagedTarError, match="byte 1024 fails its checksum"):
         reader_members(damaged)
+
+
+def test_damage_anywhere_is_a_read_error_never_another_exception(shard_dir):
+    """Byte flips in headers, pax records and data, and cuts anywhere: only the reader's errors come out."""
+    pax = tar_of([("p" * 120 + ".json", b"{}"), ("q.units.npy", b"x" * 600)], tarfile.PAX_FORMAT)
+    tars = [(shard_dir / "train-000000.tar").read_bytes()[:8192], pax]
+    rng = random.Random(7)
+    outcomes = Counter()
+    for _ in range(600):
+        raw = bytearray(rng.choice(tars))
+        for position in rng.sample(range(len(raw)), rng.choice([1, 2, 8])):
+            raw[position] = rng.choice([0, 0x80, 0xFF, ord(" "), ord("="), ord("7"), rng.randrange(256)])
+        cut = bytes(raw[: rng.randrange(len(raw) + 1)]) if rng.random() < 0.3 else bytes(raw)
+        try:
+            list(iter_sample_members(io.BytesIO(cut)))
+            outcomes["read"] += 1
+        except READ_ERRORS as err:
+            outcomes[type(err).__name__] += 1
+    assert outcomes["DamagedTarError"] and outcomes["UnsafeMemberError"], outcomes
 
 
 def test_truncated_and_empty_tars_are_errors():

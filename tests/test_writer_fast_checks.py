@@ -153,3 +153,26 @@ def test_every_record_of_the_synthetic_corpus_with_words_is_proven(records):
     """The fast path is the common path: a fine record is proven fine (not merely passed to the slow check)."""
     fine = [r for r in records if r.words and math.isfinite(r.duration)]
     assert fine and all(proven_tiling(r, TOLERANCE) is not None for r in fine)
+
+
+def test_member_headers_are_the_bytes_tarfile_writes():
+    """The writer makes headers from one blank tarfile header; they must equal tarfile's own, name by name."""
+    import tarfile
+
+    from lst_data.shards.tar_io import MEMBER_MODE, SHARD_MTIME, member_header
+
+    names = ["a.json", "k" * 95 + ".flac", "k" * 96 + ".json", "k" * 100, "k" * 101 + ".json", "déjà.json", "x.units.npy"]
+    for name in names:
+        for size in (0, 1, 511, 512, 10**6, 8**11 - 1, 8**11, 9 * 2**30):
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uname, info.gname = size, SHARD_MTIME, MEMBER_MODE, "", ""
+            assert member_header(name, size) == info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"), (
+                name, size)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 1000, 123_457])
+def test_units_members_are_the_bytes_np_save_writes(n):
+    array = np.random.default_rng(n).integers(-(2**15), 2**15, n).astype(np.int16)
+    saved = io.BytesIO()
+    np.save(saved, array, allow_pickle=False)
+    assert units_npy_bytes(array) == saved.getvalue()

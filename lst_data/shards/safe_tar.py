@@ -97,7 +97,7 @@ def _padded(size: int) -> int:
 
 def _header_number(field: bytes, offset: int) -> int:
     """A numeric header field: octal digits, or base-256 (GNU) when its first bit is set."""
-    if field[0] & 0x80:
+    if field[:1] and field[0] & 0x80:
         if field[0] != 0x80:  # 0xff: a negative number
             raise DamagedTarError(f"negative number in the tar header at byte {offset}")
         return int.from_bytes(field[1:], "big")
