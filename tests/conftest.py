@@ -52,3 +52,21 @@ def demo_build(demo_corpus, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("demo_build") / "run"
     build_corpus(demo_corpus, run, build_config())
     return run
+
+
+@pytest.fixture(scope="session")
+def make_synthetic_shards(tmp_path_factory):
+    """A function writing a shard folder of `n_samples` synthetic records (tables of `synthetic_tables(seed)`)."""
+    from lst_data.config import RunConfig
+    from lst_data.core.config import updated
+    from lst_data.shards.join import join_records
+    from lst_data.shards.synthetic import synthetic_tables
+    from lst_data.shards.writer import write_shards
+
+    def make(n_samples: int, samples_per_shard: int, seed: int) -> Path:
+        out = tmp_path_factory.mktemp("shards")
+        config = updated(RunConfig(), {"shard": {"samples_per_shard": samples_per_shard}})
+        write_shards(join_records(synthetic_tables(n_samples, seed=seed), config), out, config, show_progress=False)
+        return out
+
+    return make

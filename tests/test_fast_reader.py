@@ -19,30 +19,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lst_data.config import RunConfig
-from lst_data.core.config import updated
 from lst_data.records import RecordBatch, SampleRecord, Spans, Word, parse_json
-from lst_data.shards.join import join_records
+from lst_data.shards import safe_tar
 from lst_data.shards.reader import decode_members, iter_raw_samples, iter_records, make_loader
-from lst_data.shards.safe_tar import (
-    READ_ERRORS,
-    DamagedTarError,
-    UnsafeMemberError,
-    iter_members,
-    iter_sample_members,
-)
-from lst_data.shards.synthetic import synthetic_tables
-from lst_data.shards.writer import write_shards
 
 N_SAMPLES = 24
 
 
 @pytest.fixture(scope="module")
-def shard_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("shards")
-    config = updated(RunConfig(), {"shard": {"samples_per_shard": 8}})
-    write_shards(join_records(synthetic_tables(N_SAMPLES, seed=5), config), out, config, show_progress=False)
-    return out
+def shard_dir(make_synthetic_shards) -> Path:
+    return make_synthetic_shards(N_SAMPLES, samples_per_shard=8, seed=5)
 
 
 def tarfile_members(data: bytes) -> list[tuple[str, bytes]]:
@@ -51,7 +37,7 @@ def tarfile_members(data: bytes) -> list[tuple[str, bytes]]:
 
 
 def reader_members(data: bytes, skip=()) -> list[tuple[str, bytes | None]]:
-    return [(f"{m.key}.{m.suffix}", m.data) for m in iter_members(io.BytesIO(data), skip=skip)]
+    return [(f"{m.key}.{m.suffix}", m.data) for m in safe_tar.iter_members(io.BytesIO(data), skip=skip)]
 
 
 def tar_of(members: list[tuple[str, bytes]], tar_format: int) -> bytes:
@@ -97,7 +83,7 @@ def test_a_damaged_header_is_an_error_where_tarfile_would_end_the_archive_early(
     second_header = 1024
     damaged = _damaged(data, second_header + 5, ord("x"))  # in b.json's name: its checksum no longer holds
     assert [n for n, _ in tarfile_members(damaged)] == ["a.json"]  # tarfile stops quietly
-    with pytest.raises(DamagedTarError, match="byte 1024 fails its checksum"):
+    with pytest.raises(safe_tar.DamagedTarError, match="byte 1024 fails its checksum"):
         reader_members(damaged)
 
 
@@ -113,18 +99,18 @@ def test_damage_anywhere_is_a_read_error_never_another_exception(shard_dir):
             raw[position] = rng.choice([0, 0x80, 0xFF, ord(" "), ord("="), ord("7"), rng.randrange(256)])
         cut = bytes(raw[: rng.randrange(len(raw) + 1)]) if rng.random() < 0.3 else bytes(raw)
         try:
-            list(iter_sample_members(io.BytesIO(cut)))
+            list(safe_tar.iter_sample_members(io.BytesIO(cut)))
             outcomes["read"] += 1
-        except READ_ERRORS as err:
+        except safe_tar.READ_ERRORS as err:
             outcomes[type(err).__name__] += 1
     assert outcomes["DamagedTarError"] and outcomes["UnsafeMemberError"], outcomes
 
 
 def test_truncated_and_empty_tars_are_errors():
     data = tar_of([("a.json", b"x" * 2000)], tarfile.PAX_FORMAT)
-    with pytest.raises(DamagedTarError, match="truncated"):
+    with pytest.raises(safe_tar.DamagedTarError, match="truncated"):
         reader_members(data[:1000])
-    with pytest.raises(DamagedTarError, match="empty file"):
+    with pytest.raises(safe_tar.DamagedTarError, match="empty file"):
         reader_members(b"")
     assert reader_members(data[:512 + 2048]) == [("a.json", b"x" * 2000)]  # no end-of-archive blocks: as tarfile
 
@@ -160,19 +146,19 @@ def test_members_the_contract_forbids_are_refused_before_their_data():
     huge.size = 8 * 2**30  # base-256 in a GNU header; the data is not there and is never read
     cases["member 'k.json' of 8589934592 bytes is over"] = _with_header(huge, tar_format=tarfile.GNU_FORMAT)[:1024]
     for message, data in cases.items():
-        with pytest.raises(UnsafeMemberError, match=message):
+        with pytest.raises(safe_tar.UnsafeMemberError, match=message):
             reader_members(data)
 
 
 def test_samples_are_grouped_and_a_split_or_duplicated_sample_is_refused():
     good = tar_of([("a.json", b"1"), ("a.units.npy", b"2"), ("b.json", b"3")], tarfile.PAX_FORMAT)
-    assert list(iter_sample_members(io.BytesIO(good))) == [("a", {"json": b"1", "units.npy": b"2"}), ("b", {"json": b"3"})]
+    assert list(safe_tar.iter_sample_members(io.BytesIO(good))) == [("a", {"json": b"1", "units.npy": b"2"}), ("b", {"json": b"3"})]
     split = tar_of([("a.json", b"1"), ("b.json", b"3"), ("a.units.npy", b"2")], tarfile.PAX_FORMAT)
     with pytest.raises(ValueError, match="appears twice"):
-        list(iter_sample_members(io.BytesIO(split)))
+        list(safe_tar.iter_sample_members(io.BytesIO(split)))
     twice = tar_of([("a.json", b"1"), ("a.json", b"2")], tarfile.PAX_FORMAT)
     with pytest.raises(ValueError, match="duplicate member"):
-        list(iter_sample_members(io.BytesIO(twice)))
+        list(safe_tar.iter_sample_members(io.BytesIO(twice)))
 
 
 # ------------------------------------------------------------------- the one-pass decoder against from_json

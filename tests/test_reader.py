@@ -9,10 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lst_data.config import RunConfig
-from lst_data.core.config import updated
 from lst_data.records import SampleRecord
-from lst_data.shards.join import join_records
 from lst_data.shards.reader import (
     BadShardError,
     ShardSet,
@@ -22,18 +19,13 @@ from lst_data.shards.reader import (
     make_loader,
     shard_pipeline,
 )
-from lst_data.shards.synthetic import synthetic_tables
-from lst_data.shards.writer import write_shards
 
 N_SAMPLES = 37
 
 
 @pytest.fixture(scope="module")
-def shard_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("shards")
-    config = updated(RunConfig(), {"shard": {"samples_per_shard": 5}})
-    write_shards(join_records(synthetic_tables(N_SAMPLES, seed=11), config), out, config, show_progress=False)
-    return out
+def shard_dir(make_synthetic_shards) -> Path:
+    return make_synthetic_shards(N_SAMPLES, samples_per_shard=5, seed=11)
 
 
 def all_ids(shard_dir: Path) -> list[str]:
