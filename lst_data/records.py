@@ -11,8 +11,8 @@ and invalid UTF-8), and `from_json` accepts only the schema's shape (nesting dep
 the schema's types and numbers inside sane bounds; anything else is a `MalformedSample`
 (a ValueError), never a TypeError or KeyError deep in a trainer.
 
-`decode_sample` is what readers call: a sample's JSON bytes are decoded by msgspec
-straight into typed structs whose declared types and bounds are exactly `from_json`'s
+`parse_sample_json` + `SampleRecord.from_parsed` is what readers call: a sample's JSON
+bytes are decoded by msgspec straight into typed structs whose declared types and bounds are exactly `from_json`'s
 checks (one pass in C, about a fifth of parsing to dicts and checking them in Python).
 Its spans stay those structs, inside `Spans`, until a caller reads them (a sample has
 about fifty spans; the reader and the training input pass most records on untouched).
@@ -22,6 +22,7 @@ sample gets the same one-line reason either way.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -394,8 +395,7 @@ def sample_json_id(data: Any) -> Any:
 _TIERS = (("words", Word), ("bpe", BpePiece), ("silences", Silence))
 _TEXT_FIELDS = {"word", "piece", "rule"}  # span fields that are strings; the others are numbers:
 _SECONDS_FIELDS = {"start", "end"}  # float64 seconds, and int64 frames and ids
-_PER_RECORD = ("id", "text", "speaker", "duration", "sample_rate", "frame_rate", "aligner", "unit_info", "audio",
-               "text_original")
+_PER_RECORD = tuple(f.name for f in dataclasses.fields(SampleRecord) if f.name not in ("units", *(tier for tier, _ in _TIERS)))
 
 
 def _span_rows(spans: Sequence[Any]) -> Iterator[tuple[Any, ...]]:

@@ -11,7 +11,8 @@ Training pipeline (`shard_pipeline`):
   rank and worker); an "epoch" is `epoch_samples` samples in total.
 Batches are made inside each worker (`wds.batched`), because per-sample inter-process
 transfer is 5-10x slower: lists of records in one process, and through `make_loader`
-`RecordBatch`es, which cross to the trainer as a few arrays instead of record objects. Lengths come from the sidecars, not from a scan.
+`RecordBatch`es, which cross to the trainer as a few arrays instead of record objects.
+Lengths come from the sidecars, not from a scan.
 Every tar goes through `lst_data.shards.reader` (verified against its sidecar unless
 `verify=False`, every member checked); a bad shard or sample is a `BadShardError` for the
 error policy `handler`.
