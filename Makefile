@@ -28,7 +28,7 @@ help:
 	@echo "make cluster-up / cluster-down   a loopback Ray head (state in $(RAY_STATE))"
 	@echo "make submit CORPUS=... OUT=...   ray job submit of the build to that head (or RAY_ADDRESS)"
 	@echo "make bench      every benchmark in benchmarks/ (ratios against a reference in the same run)"
-	@echo "make lint       ruff"
+	@echo "make lint       ruff (style, complexity) and mypy (types)"
 
 setup: system-packages $(VENV)/.setup-done
 
@@ -141,6 +141,7 @@ bench:
 
 lint:
 	$(BIN)/ruff check lst_data lst_model pipelines tests benchmarks
+	$(BIN)/mypy
 
 clean:
 	rm -rf build

@@ -20,17 +20,20 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test-only helpers: tests/support
 
 os.environ.setdefault("LST_DATA_NO_PROGRESS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+from support.alignment_scores import AlignmentScores, evaluate_alignments  # noqa: E402
 
-from lst_data.align.evaluate import AlignmentScores, evaluate_alignments  # noqa: E402
 from lst_data.align.export import export_textgrids  # noqa: E402
 from lst_data.align.mfa_install import mfa_missing  # noqa: E402
 from lst_data.align.silence import TRIM_WINDOW_S, loud_windows  # noqa: E402

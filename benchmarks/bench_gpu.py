@@ -16,7 +16,11 @@ random (none can be downloaded here): speed does not depend on them. Prints
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test-only helpers: tests/support
 
 
 def _train_throughput(kind: str, args, space, records, device) -> tuple[float, float]:
@@ -98,7 +102,8 @@ def main() -> None:
     if not torch.cuda.is_available():
         print("bench_gpu: skipped (no CUDA device)")
         return
-    from lst_model.synthetic import ToyLanguage, synthetic_records
+    from support.toy_corpus import ToyLanguage, synthetic_records
+
     from lst_model.tokens import TokenSpace
 
     device = torch.device("cuda")

@@ -7,7 +7,7 @@ over one epoch of 8000 toy utterances against 1000 (memory must not grow with th
 
     .venv/bin/python benchmarks/bench_input.py [--utterances 4000] [--workers 2] [--shards DIR]
 
-Without --shards it writes toy shards (lst_model.synthetic, through the shard stage's writer).
+Without --shards it writes toy shards (support.toy_corpus, through the shard stage's writer).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test-only helpers: tests/support
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -75,13 +77,13 @@ def main() -> None:
         return
 
     import torch
+    from support.toy_corpus import write_synthetic_shards
     from torch.utils.data import DataLoader
 
-    from lst_data.shards.reader import shard_pipeline
+    from lst_data.format.loader import shard_pipeline
     from lst_model.config import load_run_spec, replace
     from lst_model.data import load_records, load_token_space
     from lst_model.stream import PackedShardStream
-    from lst_model.synthetic import write_synthetic_shards
     from lst_model.train import read_log, train
 
     torch.set_num_threads(1)

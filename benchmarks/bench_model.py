@@ -5,7 +5,7 @@ over 3 seeds (mean ± standard error), and CPU training throughput.
 
     .venv/bin/python benchmarks/bench_model.py [--quick] [--shards DIR] [--steps N]
 
-Without --shards it writes toy shards (lst_model.synthetic, through the shard stage's
+Without --shards it writes toy shards (support.toy_corpus, through the shard stage's
 writer) into a temporary folder. Prints `name: figure unit (reference: figure unit, ratio X)`
 lines; the reference (the flat baseline) is measured in the same run.
 """
@@ -15,8 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test-only helpers: tests/support
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -34,6 +37,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from support.toy_corpus import write_synthetic_shards
 
     from lst_model.compare import compare
     from lst_model.config import load_run_spec
@@ -41,7 +45,6 @@ def main() -> None:
     from lst_model.data import load_records, load_token_space, split_heldout
     from lst_model.items import PAIRS
     from lst_model.score import accuracy_by_pair, score_items
-    from lst_model.synthetic import write_synthetic_shards
     from lst_model.train import load_model, read_log, train
 
     torch.set_num_threads(1)

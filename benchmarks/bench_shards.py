@@ -30,26 +30,29 @@ import argparse
 import gc
 import io
 import os
+import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # test-only helpers: tests/support
+
 os.environ.setdefault("LST_DATA_NO_PROGRESS", "1")
 
 import webdataset as wds  # noqa: E402
+from support.synthetic_shards import synthetic_tables  # noqa: E402
 
 from lst_data.config import RunConfig  # noqa: E402
 from lst_data.core.config import updated  # noqa: E402
 from lst_data.core.digests import file_sha256  # noqa: E402
+from lst_data.format.layout import shard_paths  # noqa: E402
+from lst_data.format.loader import make_loader, shard_pipeline  # noqa: E402
+from lst_data.format.reader import iter_records, verify_shard  # noqa: E402
 from lst_data.shards.inspect_cli import summary_figures  # noqa: E402
 from lst_data.shards.join import join_records  # noqa: E402
-from lst_data.shards.layout import shard_paths  # noqa: E402
 from lst_data.shards.members import encode_sample  # noqa: E402
-from lst_data.shards.pipeline import make_loader, shard_pipeline  # noqa: E402
-from lst_data.shards.reader import iter_records, verify_shard  # noqa: E402
 from lst_data.shards.summary import tally_shards  # noqa: E402
-from lst_data.shards.synthetic import synthetic_tables  # noqa: E402
 from lst_data.shards.writer import write_shards  # noqa: E402
 
 

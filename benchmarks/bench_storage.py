@@ -90,7 +90,7 @@ def main() -> None:
             print(f"s3_build_{hours:.2f}h: {s3_s:.1f} s (reference: {local_s:.1f} s on local folders, ratio "
                   f"{s3_s / local_s:.2f}; tars identical: {same})")
 
-            from lst_data.shards.reader import iter_records
+            from lst_data.format.reader import iter_records
 
             def read(where: object) -> int:
                 return sum(1 for _ in iter_records(where, with_audio=False))

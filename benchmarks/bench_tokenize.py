@@ -25,9 +25,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lst_data.frames import frames_for_duration, word_frame_spans  # noqa: E402
-from lst_data.patching import patch_lengths  # noqa: E402
-from lst_data.records import BpePiece, SampleRecord, Word  # noqa: E402
+from lst_data.format.frames import frames_for_duration, word_frame_spans  # noqa: E402
+from lst_data.format.patching import patch_lengths  # noqa: E402
+from lst_data.format.records import BpePiece, SampleRecord, Word  # noqa: E402
 from lst_data.tokenize.spans import bpe_frame_spans  # noqa: E402
 from lst_data.tokenize.tokenizer import train_tokenizer  # noqa: E402
 

@@ -359,7 +359,7 @@ def bench_quality(quick: bool, tmp: Path) -> None:
     from lst_data.config import RunConfig
     from lst_data.core.config import RayConfig
     from lst_data.demo import synthesize_demo_corpus
-    from lst_data.frames import word_frame_spans
+    from lst_data.format.frames import word_frame_spans
     from lst_data.ingest.stage import ingest_corpus
     from lst_data.units.config import UnitsConfig
     from lst_data.units.metrics import normalized_edit_distance

@@ -11,13 +11,16 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypeGuard
 
 import numpy as np
 import soundfile as sf
 import soxr
 
 from lst_data.core.storage import StoragePath, is_url, local_output, location
+
+if TYPE_CHECKING:
+    from upath import UPath
 
 READABLE_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 # Sources in these containers at the target rate and mono are read in place, not copied.
@@ -37,7 +40,7 @@ class SegmentPastEnd(AudioError):
 SEGMENT_END_TOLERANCE = 0.01
 
 
-def decode(path: str | Path | BinaryIO, offset: float = 0.0, duration: float | None = None,
+def decode(path: str | StoragePath | BinaryIO, offset: float = 0.0, duration: float | None = None,
            name: str | None = None) -> tuple[np.ndarray, int]:
     """All channels of `path` (a file, or a file object holding encoded audio) as float32
     [frames, channels] and its sample rate; `name` names a file object in errors.
@@ -47,7 +50,7 @@ def decode(path: str | Path | BinaryIO, offset: float = 0.0, duration: float | N
     """
     if isinstance(path, str) and is_url(path):
         path = location(path)
-    if not isinstance(path, (str, Path)) and hasattr(path, "fs"):  # an object: fetched whole, once
+    if _is_object(path):  # an object: fetched whole, once
         try:
             name, path = path.name, io.BytesIO(path.read_bytes())
         except OSError as err:
@@ -72,6 +75,11 @@ def decode(path: str | Path | BinaryIO, offset: float = 0.0, duration: float | N
     return samples, int(rate)
 
 
+def _is_object(path: str | StoragePath | BinaryIO) -> TypeGuard[UPath]:
+    """Whether `path` names an object on a remote filesystem (fsspec's `fs` behind it), not a file."""
+    return not isinstance(path, (str, Path)) and hasattr(path, "fs")
+
+
 def header_seconds(path: str | Path | BinaryIO) -> float | None:
     """The length the file's header declares (frames / sample rate), read without decoding; None
     when there is no usable header (the decoder then reports the file)."""
@@ -85,7 +93,7 @@ def header_seconds(path: str | Path | BinaryIO) -> float | None:
     return info.frames / info.samplerate if info.samplerate > 0 and 0 <= info.frames < 2**62 else None
 
 
-def header_frames(path: str | Path, data: bytes | None = None) -> int | None:
+def header_frames(path: str | StoragePath, data: bytes | None = None) -> int | None:
     """The number of frames the file's header promises, or None when it promises none.
 
     libsndfile quietly shortens a WAV whose data chunk claims more bytes than the file
@@ -138,7 +146,7 @@ def resample(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
     return soxr.resample(samples, rate, target_rate, quality="HQ").astype(np.float32, copy=False)
 
 
-def read_audio(path: str | Path, target_rate: int | None = 16000, offset: float = 0.0,
+def read_audio(path: str | StoragePath, target_rate: int | None = 16000, offset: float = 0.0,
                duration: float | None = None) -> tuple[np.ndarray, int]:
     """Mono float32 samples at `target_rate` (or the file's own rate when None), of the whole
     file or of the segment `offset` .. `offset + duration` (s)."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import ast
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,7 +97,8 @@ def safe_torch_load(path: str | Path) -> Any:
         if "weights_only" not in str(err) and "Unsupported global" not in str(err):
             raise CheckpointError(f"{path}: not a torch checkpoint ({err})") from err
     names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    stand_ins = [(type(f"Record_{i}", (PickledRecord,), {"global_name": n}), n) for i, n in enumerate(names)]
+    stand_ins: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
+        (type(f"Record_{i}", (PickledRecord,), {"global_name": n}), n) for i, n in enumerate(names)]
     try:
         with torch.serialization.safe_globals(stand_ins):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -122,7 +123,13 @@ def parse_conv_layers(spec: str) -> list[tuple[int, int, int]]:
         raise CheckpointError(f"conv_feature_layers: unsupported expression {ast.dump(node)[:80]}")
 
     layers = value(ast.parse(spec, mode="eval").body)
-    return [tuple(int(x) for x in layer) for layer in layers]
+    parsed = []
+    for layer in layers:
+        if not isinstance(layer, (list, tuple)) or len(layer) != 3:
+            raise CheckpointError(f"conv_feature_layers: a layer is (dim, kernel, stride), not {str(layer)[:40]}")
+        dim, kernel, stride = layer
+        parsed.append((int(dim), int(kernel), int(stride)))
+    return parsed
 
 
 @dataclass(frozen=True)

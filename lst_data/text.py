@@ -118,7 +118,7 @@ def _money(match: re.Match[str]) -> str:
     if fraction and (len(fraction) != 2 or minor is None):
         return f"{_amount(match.group(2), fraction)} {many} "
     spoken = _spoken(whole) + (f" {one} " if whole == 1 else f" {many} ")
-    if fraction and int(fraction):
+    if fraction and minor is not None and int(fraction):  # (minor is there: checked above)
         cents = int(fraction)
         spoken += " and" + _spoken(cents) + f" {minor[0] if cents == 1 else minor[1]} "
     return spoken

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from lst_data.core.cli_options import Commands, StorageLocation, config_file_options, run_cli
-from lst_data.core.errors import UserError
 from lst_model.config import load_run_spec
-from lst_model.tokens import check_same_space
+
+if TYPE_CHECKING:
+    from lst_model.asr_tts import Selection
+    from lst_model.tasks import CommandTTS
 
 
 @click.group(cls=Commands)
@@ -38,21 +43,30 @@ _other_space_option = click.option(
          "then mean other pieces or units.")
 
 
-def _text_corpus(text_path: Path | None, tokenizer_path: Path | None, shard_dir: Path, space) -> list | None:
-    """The --text corpus as BPE ids, or None when none is given."""
-    from lst_model.data import read_dataset_json
-    from lst_model.text_corpus import TextCorpusError, find_tokenizer, load_text_corpus
+def _option_errors(command: Callable[..., None]) -> Callable[..., None]:
+    """Show the library's OptionErrors as click shows a bad option value, or a usage error when
+    no one option is at fault (raised inside the callback, so click names the command)."""
 
-    if text_path is None:
-        return None
-    tokenizer_path = tokenizer_path or find_tokenizer(shard_dir)
-    if tokenizer_path is None:
-        raise click.UsageError(f"--text needs the shards' tokenizer: none found near {shard_dir}; give --tokenizer")
-    dataset = read_dataset_json(shard_dir)
-    try:
-        return load_text_corpus(text_path, tokenizer_path, dataset, space.text_vocab_size)
-    except TextCorpusError as err:
-        raise click.UsageError(str(err)) from None
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        from lst_model.errors import OptionError
+
+        try:
+            command(*args, **kwargs)
+        except OptionError as err:
+            if err.option is None:
+                raise click.UsageError(str(err)) from None
+            raise click.BadParameter(str(err), param_hint=err.option) from None
+
+    return run
+
+
+def _echo_err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
 
 
 @cli.command()
@@ -66,77 +80,30 @@ def _text_corpus(text_path: Path | None, tokenizer_path: Path | None, shard_dir:
               help="Fine-tune: start from this run folder's (or checkpoint.pt's) weights (same model config and "
                    "token space), with a fresh optimizer and schedule; e.g. with --set data.task=asr.")
 @_other_space_option
+@_option_errors
 def train(shard_dir: Path, config_path: Path | None, out_dir: Path, assignments: tuple[str, ...], text_path: Path | None,
           tokenizer_path: Path | None, init_run: Path | None, allow_other_space: bool) -> None:
     """Train (or resume) on the shards' training utterances; held-out transcripts are left for `score`.
 
     The digests of the training transcripts go to training_texts.npy in --out (score's contamination check).
     Distributed: `torchrun --nproc_per_node N -m lst_model.cli train ...` (DDP; rank 0 prints and writes)."""
-    import numpy as np
-
-    from lst_model.data import (
-        TRAINING_TEXTS,
-        is_heldout,
-        load_records,
-        load_token_space,
-        read_training_texts,
-        split_heldout,
-        write_training_texts,
-    )
-    from lst_model.train import Distributed, plot_losses
-    from lst_model.train import train as run_training
+    from lst_model.train import checkpoint_path, train_on_shards
 
     spec = load_run_spec(config_path, assignments=assignments)
     if text_path is not None and spec.data.task != "pretrain":
         raise click.BadParameter(f"data.task={spec.data.task} fine-tunes on utterances only; a text corpus is for "
                                  "data.task=pretrain", param_hint="--text")
-    init = _checkpoint_path(init_run) if init_run is not None else None
+    init = checkpoint_path(init_run) if init_run is not None else None
     if init is not None and not init.is_file():
         raise click.BadParameter(f"{init_run} holds no {init.name}", param_hint="--init")
-    space = load_token_space(shard_dir)
-    texts = _text_corpus(text_path, tokenizer_path, shard_dir, space)
-    main_rank = Distributed.from_env().main
-    corpus = f", text corpus of {len(texts)} documents" if texts is not None else ""
-    if spec.data.input == "stream":  # records are read by the DataLoader workers, never all at once
-        from lst_data.shards.reader import ShardSet
 
-        records = None
-        summary = f"{ShardSet.from_dir(shard_dir).total_samples} utterances streamed ({spec.data.stream_mode})"
-    else:
-        records, heldout = split_heldout(load_records(shard_dir), spec.data.heldout_fraction)
-        summary = f"{len(records)} training utterances ({len(heldout)} held out)"
-    if main_rank:
-        if records is None:  # one pass over the records, without audio
-            from lst_data.shards.reader import iter_records
-
-            training_texts = (r.text for r in iter_records(shard_dir, with_audio=False)
-                              if not is_heldout(r, spec.data.heldout_fraction))
-        else:
-            training_texts = (r.text for r in records)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_training_texts(out_dir, training_texts)
-        pretrained_texts = read_training_texts(init.parent) if init is not None else None
-        if pretrained_texts is not None:  # the init's weights saw these too (score's contamination check)
-            np.save(out_dir / TRAINING_TEXTS, np.union1d(read_training_texts(out_dir), pretrained_texts), allow_pickle=False)
-        click.echo(f"{spec.model.kind}: {summary}{corpus}, {spec.steps} steps")
-
-    def report(row: dict) -> None:
+    def report(row: dict[str, Any]) -> None:
         click.echo(f"step {row['step'] + 1}/{spec.steps} loss {row['loss']:.4f} lr {row['lr']:.2e} {row['tokens_per_s']:.0f} tok/s")
 
-    result = run_training(spec, records, space, out_dir, texts=texts, shard_dir=shard_dir, progress_callback=report,
-                          init=init, allow_other_token_space=allow_other_space)
-    if not main_rank:
-        return
-    plot_losses({spec.model.kind: out_dir}, out_dir / "loss.png")
-    click.echo(json.dumps({"out": str(result.out_dir), "steps": result.steps, "final_loss": result.final_loss,
-                           "parameters": result.parameters, "tokens_per_second": round(result.tokens_per_second, 1),
-                           "global_positions_per_second": round(result.positions_per_second, 1)}))
-
-
-def _checkpoint_path(run: Path) -> Path:
-    from lst_model.train import CHECKPOINT
-
-    return run / CHECKPOINT if run.is_dir() else run
+    result = train_on_shards(spec, shard_dir, out_dir, text_path=text_path, tokenizer_path=tokenizer_path, init=init,
+                             allow_other_token_space=allow_other_space, announce=click.echo, progress_callback=report)
+    if result is not None:  # rank 0
+        click.echo(json.dumps(result.summary()))
 
 
 def _pairs(value: str) -> tuple[str, ...]:
@@ -170,49 +137,18 @@ def score(run: Path, task_path: Path | None, shard_dir: Path | None, pairs: str,
     log-likelihood of each ending. Prints a table on stderr and the figures as JSON on stdout.
 
     Items whose sources share a transcript with the model's training data are refused."""
-    from lst_model.corpus_tasks import corpus_items
-    from lst_model.data import contaminated, load_records, load_token_space, read_training_texts
-    from lst_model.items import read_items
-    from lst_model.score import accuracy_by_pair, format_accuracy_table, resolve_patching, score_items
-    from lst_model.train import load_model
+    from lst_model.score import format_accuracy_table, score_checkpoint
+    from lst_model.train import checkpoint_path
 
     if (task_path is None) == (shard_dir is None):
         raise click.UsageError("give exactly one of --task and --shards")
-    checkpoint = _checkpoint_path(run)
-    model, spec, space = load_model(checkpoint, device)
-    patching = resolve_patching(spec, patching)
-    report: dict = {"patching": "flat (baseline)" if spec.model.kind == "baseline" else patching}
-    if task_path is not None:
-        items = read_items(task_path)
-    else:
-        check_same_space(space, load_token_space(shard_dir), f"--shards {shard_dir}", allow_other_space)
-        items, skips = corpus_items(load_records(shard_dir), spec.data.heldout_fraction, pairs=_pairs(pairs),
-                                    n_endings=n_endings, seed=seed)
-        report["skipped_utterances"] = skips
-    if not no_contamination_check:
-        digests = read_training_texts(checkpoint.parent)
-        if digests is None:
-            raise UserError(f"{checkpoint.parent}: no training_texts.npy (a run from before the contamination check); "
-                            "retrain, or pass --no-contamination-check")
-        dirty = [item.id for item in items if contaminated(item.sources, digests)]
-        if dirty and not drop_contaminated:
-            raise UserError(f"{len(dirty)} of {len(items)} items share a transcript with the model's training data "
-                            f"(first: {', '.join(dirty[:3])}); rebuild the task from held-out text or pass --drop-contaminated")
-        if dirty:
-            dropped = set(dirty)
-            items = [item for item in items if item.id not in dropped]
-            click.echo(f"dropped {len(dirty)} contaminated items of {len(items) + len(dirty)}", err=True)
-        report["dropped_contaminated"] = len(dirty)
-    if not items:
-        skipped = ", ".join(f"{reason} {n}" for reason, n in sorted(report.get("skipped_utterances", {}).items()))
-        raise UserError("no items to score" + (f": the held-out utterances gave none ({skipped}); a larger "
-                                               "data.heldout_fraction or fewer --endings gives more" if skipped else ""))
-    scores = score_items(model, spec, space, items, patching=patching, device=device)
-    report["pairs"] = accuracy_by_pair(scores)
-    if out_path is not None:
-        out_path.write_text("".join(json.dumps(s.to_json()) + "\n" for s in scores), encoding="utf-8")
-    click.echo("\n".join(format_accuracy_table(report["pairs"])), err=True)
-    click.echo(json.dumps(report))
+    corpus_pairs = _pairs(pairs) if shard_dir is not None else ()  # --pairs shapes only the items built from --shards
+    result = score_checkpoint(checkpoint_path(run), task_path=task_path, shard_dir=shard_dir, pairs=corpus_pairs,
+                              n_endings=n_endings, seed=seed, patching=patching, drop_contaminated=drop_contaminated,
+                              check_contamination=not no_contamination_check, device=device,
+                              allow_other_token_space=allow_other_space, out_path=out_path, notify=_echo_err)
+    click.echo("\n".join(format_accuracy_table(result.report["pairs"])), err=True)
+    click.echo(json.dumps(result.report))
 
 
 @cli.command()
@@ -223,26 +159,20 @@ def score(run: Path, task_path: Path | None, shard_dir: Path | None, pairs: str,
 @click.option("--text", "text_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help=_TEXT_HELP)
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, path_type=Path), help=_TOKENIZER_HELP)
 @click.option("--mixture-tokens", default=100_000, show_default=True, help="Tokens of the training mixture drawn for its figures.")
+@_option_errors
 def compare(shard_dir: Path, config_path: Path | None, assignments: tuple[str, ...], as_json: bool, text_path: Path | None,
             tokenizer_path: Path | None, mixture_tokens: int) -> None:
     """Global positions and FLOPs: per utterance and over the training mixture, LST (each patching) vs the flat baseline."""
-    from lst_model.compare import compare as run_compare
-    from lst_model.compare import format_report
-    from lst_model.data import load_records, load_token_space
+    from lst_model.compare import compare_shards, format_report
 
     spec = load_run_spec(config_path, assignments=assignments)
-    space = load_token_space(shard_dir)
-    records = load_records(shard_dir)
-    if not records:
-        raise UserError(f"--shards: {shard_dir} holds no samples (every utterance of its build was rejected)")
-    texts = _text_corpus(text_path, tokenizer_path, shard_dir, space)
-    if texts is None:
+    report = compare_shards(shard_dir, spec, text_path=text_path, tokenizer_path=tokenizer_path, mixture_tokens=mixture_tokens)
+    if text_path is None:
         click.echo("warning: no --text corpus: the transcripts stand in for the text share", err=True)
-    report = run_compare(records, space, spec, seed=spec.train.seed, texts=texts, mixture_tokens=mixture_tokens)
     click.echo(json.dumps(report, indent=2) if as_json else "\n".join(format_report(report)))
 
 
-def _utterance_options(fn):
+def _utterance_options(fn: Callable[..., None]) -> Callable[..., None]:
     """The model, the shards and which of their utterances `asr` and `tts` run on."""
     for option in reversed([
         click.option("--model", "run", required=True, type=click.Path(exists=True, path_type=Path), help="Run folder or checkpoint.pt (fine-tuned with data.task asr, tts or asr_tts)."),
@@ -259,93 +189,44 @@ def _utterance_options(fn):
     return fn
 
 
-def _model_and_utterances(run: Path, shard_dir: Path, split: str, ids: str | None, limit: int | None, device: str,
-                          allow_other_space: bool):
-    """The model, its spec and token space, and the selected records (usage errors for a
-    token space that is not the shards', unknown ids, or an empty selection)."""
-    from lst_model.data import load_records, load_token_space, split_heldout
-    from lst_model.train import load_model
+def _selection(split: str, ids: str | None, limit: int | None) -> Selection:
+    from lst_model.asr_tts import Selection
 
-    model, spec, space = load_model(_checkpoint_path(run), device)
-    check_same_space(space, load_token_space(shard_dir), f"--shards {shard_dir}", allow_other_space)
-    records = load_records(shard_dir)
-    if split != "all":
-        train_records, heldout = split_heldout(records, spec.data.heldout_fraction)
-        records = train_records if split == "train" else heldout
-    if ids is not None:
-        by_id = {r.id: r for r in records}
-        wanted = [i for i in ids.split(",") if i]
-        missing = [i for i in wanted if i not in by_id]
-        if missing:
-            raise click.BadParameter(f"not in the {split} split of {shard_dir}: {', '.join(missing)}", param_hint="--ids")
-        records = [by_id[i] for i in wanted]
-    records = records[:limit]
-    if not records:
-        raise click.UsageError(f"no utterances selected (--split {split})")
-    return model, spec, space, records
-
-
-def _warn_unless_fine_tuned(spec, task: str) -> None:
-    """A model not fine-tuned for `task` still runs (zero-shot, through what interleaving taught it), with a warning."""
-    if spec.data.task not in (task, "asr_tts"):
-        click.echo(f"warning: this model was trained with data.task={spec.data.task}, not {task}; fine-tune it first "
-                   f"(lst-model train --init RUN --set data.task={task}) for meaningful figures", err=True)
-
-
-def _write_jsonl(path: Path | None, rows) -> None:
-    if path is not None:
-        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return Selection(split, tuple(i for i in ids.split(",") if i) if ids is not None else None, limit)
 
 
 @cli.command()
 @_utterance_options
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, path_type=Path),
               help="The shards' tokenizer (default: tokenizer.model beside the shards or in a sibling stage folder).")
+@_option_errors
 def asr(run: Path, shard_dir: Path, split: str, ids: str | None, limit: int | None, out_path: Path | None, device: str,
         allow_other_space: bool, tokenizer_path: Path | None) -> None:
     """Greedy transcripts of utterances' units; WER and CER against their normalized transcripts."""
-    from lst_data.tokenize.tokenizer import load_tokenizer
-    from lst_model.asr_tts import recognize
-    from lst_model.metrics import character_error_rate, word_error_rate
-    from lst_model.text_corpus import find_tokenizer
+    from lst_model.asr_tts import recognize_shards
+    from lst_model.train import checkpoint_path
 
-    model, spec, space, records = _model_and_utterances(run, shard_dir, split, ids, limit, device, allow_other_space)
-    _warn_unless_fine_tuned(spec, "asr")
-    tokenizer_path = tokenizer_path or find_tokenizer(shard_dir)
-    if tokenizer_path is None:
-        raise click.UsageError(f"no tokenizer found near {shard_dir}; give --tokenizer")
-    tokenizer = load_tokenizer(tokenizer_path)
-    if tokenizer.vocab_size != space.text_vocab_size:
-        raise click.BadParameter(f"{tokenizer_path}: vocabulary {tokenizer.vocab_size} != the model's "
-                                 f"{space.text_vocab_size}", param_hint="--tokenizer")
-    results = recognize(model, spec, space, records, tokenizer.decode, device=device)
-    _write_jsonl(out_path, (r.to_json() for r in results))
-    references, hypotheses = [r.reference for r in results], [r.hypothesis for r in results]
-    click.echo(json.dumps({"utterances": len(results), "wer": word_error_rate(references, hypotheses),
-                           "cer": character_error_rate(references, hypotheses),
-                           "stopped": sum(r.stopped for r in results)}))
+    summary = recognize_shards(checkpoint_path(run), shard_dir, _selection(split, ids, limit), tokenizer_path=tokenizer_path,
+                               device=device, allow_other_token_space=allow_other_space, out_path=out_path, warn=_warn)
+    click.echo(json.dumps(summary))
 
 
 @cli.command()
 @_utterance_options
+@_option_errors
 def tts(run: Path, shard_dir: Path, split: str, ids: str | None, limit: int | None, out_path: Path | None, device: str,
         allow_other_space: bool) -> None:
     """Greedy units of utterances' transcripts; unit edit distance (per reference unit) and
     generated/reference length ratio against their units."""
-    from lst_model.asr_tts import synthesize
-    from lst_model.metrics import length_ratio, unit_edit_distance
+    from lst_model.asr_tts import synthesize_shards
+    from lst_model.train import checkpoint_path
 
-    model, spec, space, records = _model_and_utterances(run, shard_dir, split, ids, limit, device, allow_other_space)
-    _warn_unless_fine_tuned(spec, "tts")
-    results = synthesize(model, spec, space, records, device=device)
-    _write_jsonl(out_path, (r.to_json() for r in results))
-    references, generated = [r.reference for r in results], [r.units for r in results]
-    click.echo(json.dumps({"utterances": len(results), "unit_edit_distance": unit_edit_distance(references, generated),
-                           "length_ratio": length_ratio(references, generated),
-                           "stopped": sum(r.stopped for r in results)}))
+    summary = synthesize_shards(checkpoint_path(run), shard_dir, _selection(split, ids, limit), device=device,
+                                allow_other_token_space=allow_other_space, out_path=out_path, warn=_warn)
+    click.echo(json.dumps(summary))
 
 
-def _tts_command(tts_argv: str | None):
+def _tts_command(tts_argv: str | None) -> CommandTTS:
     from lst_model.tasks import DEFAULT_TTS, CommandTTS
 
     if tts_argv is None:
@@ -365,24 +246,6 @@ def _names(value: str, what: str) -> list[str]:
     if not names:
         raise click.BadParameter("give at least one name, comma-separated", param_hint=what)
     return names
-
-
-def _build_corpus_task(shard_dir: Path, pairs: list[str], out_path: Path, heldout_fraction: float | None, n_endings: int,
-                       seed: int, limit: int | None) -> None:
-    from lst_model.config import DataConfig
-    from lst_model.corpus_tasks import corpus_items
-    from lst_model.data import load_records
-    from lst_model.items import write_items
-
-    fraction = DataConfig().heldout_fraction if heldout_fraction is None else heldout_fraction
-    items, skips = corpus_items(load_records(shard_dir), fraction, pairs=pairs, n_endings=n_endings, seed=seed)
-    if limit is not None:
-        items = items[: limit * len(pairs)]
-    write_items(items, out_path)
-    per_pair = {p: sum(item.pair == p for item in items) for p in pairs}
-    click.echo("items: " + ", ".join(f"{p} {n}" for p, n in per_pair.items()) + f" -> {out_path}")
-    click.echo("held-out utterances without an item: "
-               + (", ".join(f"{reason} {n}" for reason, n in sorted(skips.items())) if skips else "none"))
 
 
 @cli.command("build-task")
@@ -411,28 +274,20 @@ def build_task(input_path: Path | None, shard_dir: Path, pairs: str, out_path: P
     the shards' own pipeline (align, units, tokenize). Exit code 0: every item built; 3: some dropped.
     """
     from lst_data.core.summary import EXIT_WITH_REJECTS
-    from lst_model.tasks import (
-        DEFAULT_VOICES,
-        ShardBuild,
-        build_choice_items,
-        has_speech,
-        read_choice_jsonl,
-        write_build,
-    )
+    from lst_model.corpus_tasks import build_corpus_task
+    from lst_model.tasks import DEFAULT_VOICES, build_task, has_speech
 
     chosen = list(_pairs(pairs))
     if input_path is None:
-        _build_corpus_task(shard_dir, chosen, out_path, heldout_fraction, n_endings, seed, limit)
+        for line in build_corpus_task(shard_dir, chosen, out_path, heldout_fraction=heldout_fraction, n_endings=n_endings,
+                                      seed=seed, limit=limit):
+            click.echo(line)
         return
     voice_names = _names(voices, "--voices") if voices is not None else list(DEFAULT_VOICES)
     tts = _tts_command(tts_argv) if any(map(has_speech, chosen)) else None
-    shards = ShardBuild.from_shard_dir(shard_dir)
-    result = build_choice_items(read_choice_jsonl(input_path, limit), chosen, shards, tts=tts, voices=voice_names, runner=runner)
-    rejects = write_build(result, out_path)
-    per_pair = result.items_per_pair()
-    click.echo("items: " + ", ".join(f"{p} {per_pair.get(p, 0)}" for p in chosen) + f" -> {out_path}")
-    reasons = ", ".join(f"{reason} {n}" for reason, n in result.dropped_per_reason().items())
-    click.echo(f"dropped: {len(result.dropped)} items" + (f" ({reasons})" if reasons else "") + f" -> {rejects}")
+    result = build_task(input_path, shard_dir, chosen, out_path, tts=tts, voices=voice_names, limit=limit, runner=runner)
+    for line in result.summary(chosen, out_path):
+        click.echo(line)
     if result.dropped:
         sys.exit(EXIT_WITH_REJECTS)
 
@@ -456,6 +311,7 @@ def build_task(input_path: Path | None, shard_dir: Path, pairs: str, out_path: P
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the generation as JSON.")
 @click.option("--device", default="cpu", show_default=True)
 @_other_space_option
+@_option_errors
 def generate(run: Path, prompt_text: str | None, tokenizer_path: Path | None, shard_dir: Path | None, sample_id: str | None,
              prompt_seconds: float | None, prompt_words: int | None, continue_in: str, max_new_tokens: int,
              temperature: float, top_k: int, seed: int, out_path: Path | None, device: str,
@@ -463,15 +319,8 @@ def generate(run: Path, prompt_text: str | None, tokenizer_path: Path | None, sh
     """Continue a text or speech prompt with the KV cache (greedy, temperature, top-k); EOS stops.
 
     Generated speech is unit ids (no vocoder). See docs/generation.md."""
-    import time
-
-    from lst_data.shards.reader import iter_records
-    from lst_data.tokenize.tokenizer import load_tokenizer
-    from lst_model.data import load_token_space, read_dataset_json
-    from lst_model.generate import Sampler, prompt_from, record_prompt_units
-    from lst_model.generate import generate as run_generation
-    from lst_model.text_corpus import find_tokenizer, normalize_like_transcripts
-    from lst_model.train import load_model
+    from lst_model.generate import Sampler, generate_from_checkpoint
+    from lst_model.train import checkpoint_path
 
     if (prompt_text is None) == (sample_id is None):
         raise click.UsageError("give exactly one prompt: --text, or --shards with --sample")
@@ -481,48 +330,12 @@ def generate(run: Path, prompt_text: str | None, tokenizer_path: Path | None, sh
         raise click.UsageError("--prompt-seconds and --prompt-words cut a --sample prompt; they do not apply to --text")
     if prompt_seconds is not None and prompt_words is not None:
         raise click.UsageError("give at most one of --prompt-seconds and --prompt-words")
-    tokenizer_path = tokenizer_path or (find_tokenizer(shard_dir) if shard_dir is not None else None)
-    if prompt_text is not None and tokenizer_path is None:
-        where = f"none found near {shard_dir}" if shard_dir is not None else "give --tokenizer, or --shards to find it"
-        raise click.UsageError(f"--text needs the shards' tokenizer: {where}")
-    model, spec, space = load_model(_checkpoint_path(run), device)
-    tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path is not None else None
-    if tokenizer is not None and tokenizer.vocab_size != space.text_vocab_size:
-        raise click.UsageError(f"--tokenizer {tokenizer_path}: vocabulary {tokenizer.vocab_size} != the model's {space.text_vocab_size}")
-    dataset = {}
-    if shard_dir is not None:
-        dataset = read_dataset_json(shard_dir)
-        check_same_space(space, load_token_space(shard_dir), f"--shards {shard_dir}", allow_other_space)
-    then = None if continue_in == "same" else continue_in
-    if prompt_text is not None:
-        ids = tokenizer.encode(normalize_like_transcripts(prompt_text, dataset))
-        if not ids:
-            raise click.UsageError("--text: nothing is left of it after normalization")
-        prompt = prompt_from(space, text_ids=ids, then=then)
-    else:
-        record = next((r for r in iter_records(shard_dir, with_audio=False) if r.id == sample_id), None)
-        if record is None:
-            raise click.UsageError(f"--sample {sample_id}: no utterance with that id in {shard_dir}")
-        prompt = prompt_from(space, units=record_prompt_units(record, seconds=prompt_seconds, words=prompt_words), then=then)
-    started = time.perf_counter()
-    result = run_generation(model, spec, space, prompt, max_new_tokens=max_new_tokens,
-                            sampler=Sampler(temperature, top_k, seed), device=device)
-    tokens_per_second = len(result.new_tokens) / (time.perf_counter() - started)
-    new = result.new_tokens.tolist()
-    units = [t - space.unit_offset for t in new if space.is_unit(t)]
-    text_ids = [t for t in new if t < space.text_vocab_size]
-    summary = {
-        "model": spec.model.kind, "prompt_tokens": len(prompt), "tokens": result.tokens.tolist(), "new_tokens": new,
-        "patch_lengths": result.patch_lengths.tolist(), "units": units,
-        "text": tokenizer.decode(text_ids) if tokenizer is not None else None,
-        "global_steps": result.global_steps, "stopped": result.stopped, "tokens_per_second": round(tokens_per_second, 1),
-    }
-    if out_path is not None:
-        out_path.write_text(json.dumps(summary) + "\n", encoding="utf-8")
-    end = "stopped at a stop token" if result.stopped else "reached --max-new-tokens"
-    click.echo(f"{spec.model.kind}: {len(new)} new tokens ({len(units)} units, {len(text_ids)} text) in "
-               f"{result.global_steps} global steps, {tokens_per_second:.0f} tokens/s; {end}")
-    click.echo(json.dumps(summary))
+    report = generate_from_checkpoint(
+        checkpoint_path(run), text=prompt_text, sample_id=sample_id, prompt_seconds=prompt_seconds, prompt_words=prompt_words,
+        shard_dir=shard_dir, tokenizer_path=tokenizer_path, continue_in=continue_in, max_new_tokens=max_new_tokens,
+        sampler=Sampler(temperature, top_k, seed), device=device, allow_other_token_space=allow_other_space, out_path=out_path)
+    click.echo(report.headline())
+    click.echo(json.dumps(report.to_json()))
 
 
 @cli.command()
@@ -533,8 +346,13 @@ def plot(runs: tuple[str, ...], out_path: Path, x_axis: str) -> None:
     """Loss curves of runs (LABEL=RUN_DIR or RUN_DIR) on one PNG."""
     from lst_model.train import plot_losses
 
-    named = dict(r.split("=", 1) if "=" in r else (Path(r).name, r) for r in runs)
-    click.echo(str(plot_losses(named, out_path, x=x_axis)))
+    click.echo(str(plot_losses(dict(_labelled(run) for run in runs), out_path, x=x_axis)))
+
+
+def _labelled(run: str) -> tuple[str, str]:
+    """(label, run folder) of a LABEL=RUN_DIR argument; a bare RUN_DIR is labelled with its name."""
+    label, given, folder = run.partition("=")
+    return (label, folder) if given else (Path(run).name, run)
 
 
 if __name__ == "__main__":

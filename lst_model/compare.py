@@ -17,15 +17,19 @@ the ratio is what compares.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from lst_data.core.config import updated
-from lst_data.records import SampleRecord
+from lst_data.core.errors import UserError
+from lst_data.format.records import SampleRecord
 from lst_model.config import RunSpec
+from lst_model.data import load_records, load_token_space
 from lst_model.flops import row_cost
 from lst_model.sequences import Example, SequenceBuilder
+from lst_model.text_corpus import shard_text_corpus
 from lst_model.tokens import TokenSpace
 
 CONCRETE = ("static", "word_sil_sep", "word_sil_merged", "bpe")
@@ -120,6 +124,18 @@ def compare(records: Sequence[SampleRecord], space: TokenSpace, spec: RunSpec, s
         },
         "mixture": mixture_cost(records, space, spec, seed=seed, texts=texts, mixture_tokens=mixture_tokens),
     }
+
+
+def compare_shards(shard_dir: str | Path, spec: RunSpec, *, text_path: str | Path | None = None,
+                   tokenizer_path: str | Path | None = None, mixture_tokens: int = 100_000) -> dict:
+    """`compare` over a shard set's utterances, the text share from the --text corpus when one
+    is given (`shard_text_corpus`), else from the transcripts."""
+    space = load_token_space(shard_dir)
+    records = load_records(shard_dir)
+    if not records:
+        raise UserError(f"--shards: {shard_dir} holds no samples (every utterance of its build was rejected)")
+    texts = shard_text_corpus(text_path, tokenizer_path, shard_dir, space.text_vocab_size) if text_path is not None else None
+    return compare(records, space, spec, seed=spec.train.seed, texts=texts, mixture_tokens=mixture_tokens)
 
 
 def format_report(report: dict) -> list[str]:

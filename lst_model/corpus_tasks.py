@@ -19,7 +19,7 @@ enough words, one question: which ending follows the prompt?
 
 The question is rendered in every requested pair (s2s, t2t, s2t, t2s) with one label
 position (random by `seed`), so the pairs differ only in modality. Speech sides carry their
-units and the record's aligned patches (`lst_data.patching`, cropped to the span) under every
+units and the record's aligned patches (`lst_data.format.patching`, cropped to the span) under every
 aligned strategy; text sides the span's BPE ids. `text` is the span's words, `voice` the
 speaker, `sources` the canonical transcript of the prompt's (held-out) utterance.
 
@@ -34,13 +34,15 @@ import logging
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 
-from lst_data.patching import patch_lengths
-from lst_data.records import SampleRecord
-from lst_model.data import canonical_transcript, is_heldout
-from lst_model.items import ALIGNED_STRATEGIES, PAIRS, ChoiceItem, Side
+from lst_data.format.patching import patch_lengths
+from lst_data.format.records import SampleRecord
+from lst_model.config import DataConfig
+from lst_model.data import canonical_transcript, is_heldout, load_records
+from lst_model.items import ALIGNED_STRATEGIES, PAIRS, ChoiceItem, Side, pair_counts_line, write_items
 from lst_model.sequences import crop_patch_lengths
 
 log = logging.getLogger(__name__)
@@ -140,11 +142,28 @@ def corpus_items(
             continue
         label = int(rng.integers(n_endings))
         made = [_item(utterance, pair, cut, k, distractors, label) for pair in pairs]
-        if any(item is None for item in made):
+        complete = [item for item in made if item is not None]
+        if len(complete) < len(made):
             skips["empty_span"] += 1
         else:
-            items.extend(made)
+            items.extend(complete)
     return items, dict(skips)
+
+
+def build_corpus_task(shard_dir: str | Path, pairs: Sequence[str], out: str | Path, *, heldout_fraction: float | None = None,
+                      n_endings: int = 2, seed: int = 0, limit: int | None = None) -> list[str]:
+    """`lst-model build-task` without --input: the items of the shard set's held-out utterances
+    (`corpus_items`; the first `limit` of each pair) written to `out`; the lines it prints: items
+    per pair, and the held-out utterances that gave none, by reason. `heldout_fraction` must be
+    the training run's (default: the data.heldout_fraction default)."""
+    fraction = DataConfig().heldout_fraction if heldout_fraction is None else heldout_fraction
+    items, skips = corpus_items(load_records(shard_dir), fraction, pairs=pairs, n_endings=n_endings, seed=seed)
+    if limit is not None:
+        items = items[: limit * len(pairs)]
+    write_items(items, out)
+    return [pair_counts_line(items, pairs, out),
+            "held-out utterances without an item: "
+            + (", ".join(f"{reason} {n}" for reason, n in sorted(skips.items())) if skips else "none")]
 
 
 def _item(utterance: _Utterance, pair: str, cut: int, k: int, distractors: list[tuple[_Utterance, int]],
@@ -152,11 +171,12 @@ def _item(utterance: _Utterance, pair: str, cut: int, k: int, distractors: list[
     """The question of `utterance` in one pair; None when one of its spans is empty in that modality."""
     prompt_modality, ending_modality = _modality(pair[0]), _modality(pair[2])
     prompt = utterance.side(prompt_modality, 0, cut)
-    endings = [other.side(ending_modality, start, start + k) for other, start in distractors]
-    endings.insert(label, utterance.side(ending_modality, cut, cut + k))
-    if prompt is None or any(e is None for e in endings):
+    sides = [other.side(ending_modality, start, start + k) for other, start in distractors]
+    sides.insert(label, utterance.side(ending_modality, cut, cut + k))
+    endings = tuple(side for side in sides if side is not None)
+    if prompt is None or len(endings) < len(sides):
         return None
-    return ChoiceItem(f"{utterance.record.id}:{pair}", prompt, tuple(endings), label, utterance.record.speaker,
+    return ChoiceItem(f"{utterance.record.id}:{pair}", prompt, endings, label, utterance.record.speaker,
                       (utterance.canonical,))
 
 

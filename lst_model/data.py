@@ -11,16 +11,19 @@ beside the checkpoint), against which `score` checks a task's `sources`.
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from lst_data.core.errors import ConfigError, UserError
 from lst_data.core.storage import location
-from lst_data.records import SampleRecord
+from lst_data.format.layout import DATASET_FILE, read_dataset
+from lst_data.format.records import SampleRecord
 from lst_data.text import normalize_text
+from lst_model.config import DataConfig
 from lst_model.tokens import TokenSpace
 
 TRAINING_TEXTS = "training_texts.npy"
@@ -28,25 +31,24 @@ TRAINING_TEXTS = "training_texts.npy"
 
 def load_records(shard_dir: str | Path) -> list[SampleRecord]:
     """Every sample of a shard set (without audio), in the reader's order (the shard stage's reader)."""
-    from lst_data.shards.reader import iter_records
+    from lst_data.format.reader import iter_records
 
     return list(iter_records(shard_dir, with_audio=False))
 
 
-def read_dataset_json(shard_dir: str | Path) -> dict:
-    """The shard set's dataset.json; a folder without one (empty, or a build still writing it) is a
-    one-line user error."""
-    path = location(shard_dir) / "dataset.json"
+def read_dataset_json(shard_dir: str | Path) -> dict[str, Any]:
+    """The shard set's dataset.json (`lst_data.format.layout.read_dataset`: bounded and checked
+    against its schema); a folder without one (empty, or a build still writing it), or one
+    that is unreadable or not a dataset.json, is a one-line user error."""
     try:
-        dataset = json.loads(path.read_text(encoding="utf-8"))
+        return read_dataset(shard_dir)
     except FileNotFoundError:
         raise UserError(f"--shards: {shard_dir} has no dataset.json: not the shards of a finished `lst-data "
                         "build` (a build writes it last)") from None
-    except (OSError, ValueError) as err:
-        raise UserError(f"--shards: {path} is unreadable ({err})") from None
-    if not isinstance(dataset, dict):
-        raise UserError(f"--shards: {path} is not a dataset.json (a JSON {type(dataset).__name__})")
-    return dataset
+    except OSError as err:
+        raise UserError(f"--shards: {location(shard_dir) / DATASET_FILE} is unreadable ({err})") from None
+    except ValueError as err:
+        raise UserError(f"--shards: {location(shard_dir) / DATASET_FILE}: {err}") from None
 
 
 def load_token_space(shard_dir: str | Path) -> TokenSpace:
@@ -84,19 +86,53 @@ def split_heldout(records: Sequence[SampleRecord], fraction: float) -> tuple[lis
     return train, heldout
 
 
+@dataclass(frozen=True)
+class TrainingUtterances:
+    """A shard set's training utterances (held out by transcript, `split_heldout`): loaded once
+    (data.input = 'memory'), or left to the DataLoader workers that stream them (`records` None)."""
+
+    shard_dir: str | Path
+    heldout_fraction: float
+    records: list[SampleRecord] | None
+    summary: str  # what the run trains on, for its first line
+
+    @classmethod
+    def of(cls, shard_dir: str | Path, data: DataConfig) -> TrainingUtterances:
+        if data.input == "stream":  # records are read by the DataLoader workers, never all at once
+            from lst_data.format.reader import ShardSet
+
+            streamed = f"{ShardSet.from_dir(shard_dir).total_samples} utterances streamed ({data.stream_mode})"
+            return cls(shard_dir, data.heldout_fraction, None, streamed)
+        records, heldout = split_heldout(load_records(shard_dir), data.heldout_fraction)
+        return cls(shard_dir, data.heldout_fraction, records,
+                   f"{len(records)} training utterances ({len(heldout)} held out)")
+
+    def transcripts(self) -> Iterator[str]:
+        """The training utterances' transcripts (streamed: one pass over the records, without audio)."""
+        if self.records is not None:
+            return (r.text for r in self.records)
+        from lst_data.format.reader import iter_records
+
+        return (r.text for r in iter_records(self.shard_dir, with_audio=False)
+                if not is_heldout(r, self.heldout_fraction))
+
+
 def transcript_digests(texts: Iterable[str]) -> np.ndarray:
     """Sorted unique digests of transcripts (uint64): what `training_texts.npy` holds."""
     return np.unique(np.array([transcript_digest(t) for t in texts], dtype=np.uint64))
 
 
-def write_training_texts(run_dir: str | Path, texts: Iterable[str]) -> Path:
+def write_training_texts(run_dir: str | Path, texts: Iterable[str], inherited: np.ndarray | None = None) -> Path:
     """The digests of a run's training transcripts, beside its checkpoint (deterministic bytes).
 
-    Digests already there are kept: a run resumed on other shards has been trained on both."""
+    Digests already there are kept: a run resumed on other shards has been trained on both; so
+    are `inherited` ones: a fine-tuned run's weights saw its pretrained run's transcripts too."""
     path = Path(run_dir) / TRAINING_TEXTS
     digests = transcript_digests(texts)
-    earlier = read_training_texts(run_dir)
-    np.save(path, digests if earlier is None else np.union1d(earlier, digests), allow_pickle=False)
+    for known in (read_training_texts(run_dir), inherited):
+        if known is not None:
+            digests = np.union1d(known, digests)
+    np.save(path, digests, allow_pickle=False)
     return path
 
 

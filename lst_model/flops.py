@@ -12,12 +12,16 @@ costs about 3x the forward pass (backward = 2x forward).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
+from lst_data.core.config import updated
 from lst_model.config import ModelConfig
 from lst_model.model import Batch
+from lst_model.sequences import Example
 
 
 @dataclass(frozen=True)
@@ -107,3 +111,26 @@ def batch_cost(config: ModelConfig, vocab_size: int, batch: Batch, dense: bool =
     for patch_index, document in zip(batch.patch_index, batch.document, strict=True):
         total = total + row_cost(config, vocab_size, patch_index, dense, document)
     return total
+
+
+@dataclass(frozen=True)
+class SameDataCost:
+    """One model config as the LST and as the baseline, to cost the same packed rows under both
+    (the compute-control figures of a training step: `cost` rows follow MODEL_KINDS, columns COUNTS)."""
+
+    MODEL_KINDS: ClassVar[tuple[str, str]] = ("lst", "baseline")
+    COUNTS: ClassVar[tuple[str, str, str]] = ("tokens", "global_positions", "train_flops")
+
+    models: tuple[ModelConfig, ...]
+    vocab_size: int
+    pad_id: int
+
+    @classmethod
+    def of(cls, config: ModelConfig, vocab_size: int, pad_id: int) -> SameDataCost:
+        return cls(tuple(updated(config, {"kind": kind}) for kind in cls.MODEL_KINDS), vocab_size, pad_id)
+
+    def cost(self, sequences: Sequence[Example]) -> torch.Tensor:
+        """[2, 3] int64: tokens, global positions and training FLOPs of `sequences` under each model."""
+        costs = [batch_cost(model, self.vocab_size, Batch.from_examples(sequences, self.pad_id, model.kind == "baseline"))
+                 for model in self.models]
+        return torch.tensor([[c.tokens, c.global_positions, c.train_flops] for c in costs], dtype=torch.int64)

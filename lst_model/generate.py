@@ -14,19 +14,29 @@ So U units continuing from a patch boundary take ceil(U/p) global steps (the bas
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from lst_data.core.errors import UserError
-from lst_data.records import SampleRecord
+from lst_data.format.records import SampleRecord
 from lst_model.config import RunSpec
-from lst_model.incremental import CachedFlat, CachedLST
+from lst_model.errors import OptionError
+from lst_model.incremental import cached_runner
 from lst_model.sequences import static_patch_lengths
-from lst_model.tokens import TokenSpace
+from lst_model.text_corpus import normalize_like_transcripts
+from lst_model.tokens import TokenSpace, check_same_space
+
+if TYPE_CHECKING:
+    from lst_data.tokenize.tokenizer import Tokenizer
 
 MODALITIES = ("speech", "text")
 
@@ -84,20 +94,19 @@ def model_patch_lengths(tokens: Sequence[int], space: TokenSpace, patch_size: in
     return lengths + static_patch_lengths(run, patch_size)
 
 
-def prompt_from(space: TokenSpace, *, text_ids: Sequence[int] | None = None, units: Sequence[int] | None = None,
-                then: str | None = None) -> np.ndarray:
+def prompt_from(space: TokenSpace, *, text_ids: Sequence[int] | np.ndarray | None = None,
+                units: Sequence[int] | np.ndarray | None = None, then: str | None = None) -> np.ndarray:
     """`BOS <t> text` (BPE ids) or `BOS <s> units` (raw unit ids), then, when `then` names the
     other modality, its marker, so generation continues in it (`then` = the prompt's own
     modality or None: no marker, the open segment continues)."""
-    if (text_ids is None) == (units is None):
-        raise ValueError("give exactly one of text_ids and units")
     if then is not None and then not in MODALITIES:
         raise ValueError(f"then must be one of {MODALITIES} or None, got {then!r}")
-    modality = "text" if text_ids is not None else "speech"
-    if modality == "text":
-        body, marker = space.text_to_ids(text_ids), space.text_start
+    if text_ids is not None and units is None:
+        modality, body, marker = "text", space.text_to_ids(text_ids), space.text_start
+    elif units is not None and text_ids is None:
+        modality, body, marker = "speech", space.units_to_ids(units), space.speech_start
     else:
-        body, marker = space.units_to_ids(units), space.speech_start
+        raise ValueError("give exactly one of text_ids and units")
     tail = [] if then in (None, modality) else [space.speech_start if then == "speech" else space.text_start]
     return np.concatenate([[space.bos, marker], body, tail]).astype(np.int64)
 
@@ -130,8 +139,8 @@ class Decoding:
     `accept(token)` places a token by the continuation rule; the cached forward runs lazily
     when the next logits are asked for, so the last accepted token costs nothing."""
 
-    def __init__(self, model: nn.Module, spec: RunSpec, space: TokenSpace, prompt_tokens: Sequence[int],
-                 prompt_patch_lengths: Sequence[int] | None = None):
+    def __init__(self, model: nn.Module, spec: RunSpec, space: TokenSpace, prompt_tokens: Sequence[int] | np.ndarray,
+                 prompt_patch_lengths: Sequence[int] | np.ndarray | None = None):
         tokens = [int(t) for t in prompt_tokens]
         if not tokens or min(tokens) < 0 or max(tokens) >= space.size:
             raise ValueError(f"the prompt needs at least one token, each in [0, {space.size})")
@@ -149,9 +158,9 @@ class Decoding:
             last_open = space.is_unit(tokens[-1]) and lengths[-1] < self.patch_size
         self.tokens, self.patch_lengths, self.last_patch_open = tokens, lengths, last_open
         model.eval()
-        self._runner = CachedFlat(model) if self.flat else CachedLST(model)
-        self._pending: tuple | None = ("prefill", tokens, list(lengths), last_open)
-        self._logits: Tensor | None = None
+        self._runner = cached_runner(model, self.flat)
+        # the next-token logits, or the cached forward step that computes them (run when asked for)
+        self._logits: Tensor | partial[Tensor] = partial(self._runner.prefill, tokens, list(lengths), last_open)
 
     @property
     def global_steps(self) -> int:
@@ -160,8 +169,7 @@ class Decoding:
     @property
     def logits(self) -> Tensor:
         """float32 logits [V] of the token after `tokens`."""
-        self._run_pending()
-        return self._logits
+        return self._run_pending()
 
     def accept(self, token: int) -> None:
         """Append a token: a unit joins the open speech patch, anything else starts a patch."""
@@ -175,15 +183,13 @@ class Decoding:
             self.patch_lengths.append(1)
         self.last_patch_open = not self.flat and unit and self.patch_lengths[-1] < self.patch_size
         self.tokens.append(token)
-        self._pending = ("step", token, joins, self.last_patch_open)
+        self._logits = partial(self._runner.step, token, joins, self.last_patch_open)
 
     @torch.no_grad()
-    def _run_pending(self) -> None:
-        if self._pending is None:
-            return
-        kind, *args = self._pending
-        self._logits = (self._runner.prefill if kind == "prefill" else self._runner.step)(*args)
-        self._pending = None
+    def _run_pending(self) -> Tensor:
+        if isinstance(self._logits, partial):
+            self._logits = self._logits()
+        return self._logits
 
 
 def allowed_mask(space: TokenSpace, allowed: Iterable[int] | None) -> Tensor | None:
@@ -200,8 +206,8 @@ def generate(
     model: nn.Module,
     spec: RunSpec,
     space: TokenSpace,
-    prompt_tokens: Sequence[int],
-    prompt_patch_lengths: Sequence[int] | None = None,
+    prompt_tokens: Sequence[int] | np.ndarray,
+    prompt_patch_lengths: Sequence[int] | np.ndarray | None = None,
     *,
     max_new_tokens: int,
     sampler: Sampler = Sampler(),
@@ -232,3 +238,120 @@ def generate(
         stopped = token in stops
     return Generation(np.array(decoding.tokens, dtype=np.int64), np.array(new_tokens, dtype=np.int64),
                       np.array(decoding.patch_lengths, dtype=np.int64), decoding.global_steps, stopped)
+
+
+def text_prompt(space: TokenSpace, text: str, tokenizer: Tokenizer, dataset: dict[str, Any], then: str | None = None) -> np.ndarray:
+    """A text prompt (`prompt_from`): `text` normalized as the shards' transcripts were (their
+    dataset.json's ingest settings) and encoded with their tokenizer."""
+    ids = tokenizer.encode(normalize_like_transcripts(text, dataset))
+    if not ids:
+        raise OptionError("--text: nothing is left of it after normalization")
+    return prompt_from(space, text_ids=ids, then=then)
+
+
+def sample_prompt(space: TokenSpace, shard_dir: str | Path, sample_id: str, *, seconds: float | None = None,
+                  words: int | None = None, then: str | None = None) -> np.ndarray:
+    """A speech prompt (`prompt_from`): the units of shard utterance `sample_id`, all of them or
+    its first `seconds` or `words` (`record_prompt_units`)."""
+    from lst_data.format.reader import iter_records
+
+    record = next((r for r in iter_records(shard_dir, with_audio=False) if r.id == sample_id), None)
+    if record is None:
+        raise OptionError(f"--sample {sample_id}: no utterance with that id in {shard_dir}")
+    return prompt_from(space, units=record_prompt_units(record, seconds=seconds, words=words), then=then)
+
+
+@dataclass(frozen=True)
+class GenerationReport:
+    """A generation as `lst-model generate` reports it: with the prompt's length, the generated
+    units (raw unit ids) and text (decoded when a tokenizer is at hand), and the speed."""
+
+    model_kind: str
+    prompt_tokens: int
+    generation: Generation
+    units: list[int]
+    text_ids: list[int]
+    text: str | None
+    tokens_per_second: float
+
+    @classmethod
+    def of(cls, model_kind: str, prompt_tokens: int, generation: Generation, space: TokenSpace,
+           tokenizer: Tokenizer | None, seconds: float) -> GenerationReport:
+        new = generation.new_tokens.tolist()
+        text_ids = [t for t in new if t < space.text_vocab_size]
+        return cls(model_kind, prompt_tokens, generation, [t - space.unit_offset for t in new if space.is_unit(t)],
+                   text_ids, tokenizer.decode(text_ids) if tokenizer is not None else None, len(new) / seconds)
+
+    def to_json(self) -> dict[str, Any]:
+        g = self.generation
+        return {
+            "model": self.model_kind, "prompt_tokens": self.prompt_tokens, "tokens": g.tokens.tolist(),
+            "new_tokens": g.new_tokens.tolist(), "patch_lengths": g.patch_lengths.tolist(), "units": self.units,
+            "text": self.text, "global_steps": g.global_steps, "stopped": g.stopped,
+            "tokens_per_second": round(self.tokens_per_second, 1),
+        }
+
+    def headline(self) -> str:
+        """One line: how much was generated, in how many global steps, how fast, and why it ended."""
+        g = self.generation
+        end = "stopped at a stop token" if g.stopped else "reached --max-new-tokens"
+        return (f"{self.model_kind}: {len(g.new_tokens)} new tokens ({len(self.units)} units, {len(self.text_ids)} text) in "
+                f"{g.global_steps} global steps, {self.tokens_per_second:.0f} tokens/s; {end}")
+
+
+def _prompt_tokenizer(tokenizer_path: Path | None, shard_dir: Path | None, text_prompt_given: bool) -> Path | None:
+    """The shards' tokenizer: the one given, else the one beside `shard_dir`; a text prompt needs one."""
+    from lst_model.text_corpus import find_tokenizer
+
+    tokenizer_path = tokenizer_path or (find_tokenizer(shard_dir) if shard_dir is not None else None)
+    if text_prompt_given and tokenizer_path is None:
+        where = f"none found near {shard_dir}" if shard_dir is not None else "give --tokenizer, or --shards to find it"
+        raise OptionError(f"--text needs the shards' tokenizer: {where}")
+    return tokenizer_path
+
+
+def generate_from_checkpoint(
+    checkpoint: Path,
+    *,
+    text: str | None = None,
+    sample_id: str | None = None,
+    prompt_seconds: float | None = None,
+    prompt_words: int | None = None,
+    shard_dir: Path | None = None,
+    tokenizer_path: Path | None = None,
+    continue_in: str = "same",
+    max_new_tokens: int = 200,
+    sampler: Sampler = Sampler(),
+    device: str = "cpu",
+    allow_other_token_space: bool = False,
+    out_path: Path | None = None,
+) -> GenerationReport:
+    """`lst-model generate`: continue a text prompt (encoded with the shards' tokenizer, given or
+    found beside `shard_dir`) or the units of shard utterance `sample_id`, in the prompt's own
+    modality (`continue_in` 'same') or in 'speech' or 'text'. `out_path`: write the report as JSON."""
+    from lst_data.tokenize import load_tokenizer
+    from lst_model.data import load_token_space, read_dataset_json
+    from lst_model.train import load_model
+
+    tokenizer_path = _prompt_tokenizer(tokenizer_path, shard_dir, text is not None)
+    model, spec, space = load_model(checkpoint, device)
+    tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path is not None else None
+    if tokenizer is not None and tokenizer.vocab_size != space.text_vocab_size:
+        raise OptionError(f"--tokenizer {tokenizer_path}: vocabulary {tokenizer.vocab_size} != the model's {space.text_vocab_size}")
+    dataset: dict[str, Any] = {}
+    if shard_dir is not None:
+        dataset = read_dataset_json(shard_dir)
+        check_same_space(space, load_token_space(shard_dir), f"--shards {shard_dir}", allow_other_token_space)
+    then = None if continue_in == "same" else continue_in
+    if text is not None and tokenizer is not None:
+        prompt = text_prompt(space, text, tokenizer, dataset, then)
+    elif sample_id is not None and shard_dir is not None:
+        prompt = sample_prompt(space, shard_dir, sample_id, seconds=prompt_seconds, words=prompt_words, then=then)
+    else:
+        raise ValueError("give a text prompt, or a sample id and the shards that hold it")
+    started = time.perf_counter()
+    result = generate(model, spec, space, prompt, max_new_tokens=max_new_tokens, sampler=sampler, device=device)
+    report = GenerationReport.of(spec.model.kind, len(prompt), result, space, tokenizer, time.perf_counter() - started)
+    if out_path is not None:
+        out_path.write_text(json.dumps(report.to_json()) + "\n", encoding="utf-8")
+    return report

@@ -24,9 +24,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from lst_model.model import FlatTransformer, KVCache, LatentSpeechTextTransformer
+from lst_model.model import FlatTransformer, KVCache, LatentSpeechTextTransformer, as_blocks
 
 
 class CachedLST:
@@ -38,8 +38,12 @@ class CachedLST:
         self.global_caches = [KVCache() for _ in model.global_blocks]
         self.context_caches = [KVCache() for _ in model.decoder_cross]
         self.decoder_caches = [KVCache() for _ in model.decoder_self]
+        self.encoder = as_blocks(model.encoder)
+        self.global_blocks = as_blocks(model.global_blocks)
+        self.decoder_cross = as_blocks(model.decoder_cross)
+        self.decoder_self = as_blocks(model.decoder_self)
         start = model.global_start[None, None]
-        for block, cache in zip(model.decoder_cross, self.context_caches, strict=True):
+        for block, cache in zip(self.decoder_cross, self.context_caches, strict=True):
             block.extend_context(cache, start)
         self.encoded = torch.zeros(0, model.config.d_local, device=self.device)  # encoder outputs [N, D]
         self.closed_tokens = 0  # tokens in closed patches; the rest form the open patch
@@ -76,7 +80,7 @@ class CachedLST:
     def _encode(self, tokens: Sequence[int]) -> None:
         positions = torch.arange(self.n_tokens, self.n_tokens + len(tokens), device=self.device)
         x = self.model.embed(torch.as_tensor(tokens, device=self.device))[None]
-        for block, cache in zip(self.model.encoder, self.encoder_caches, strict=True):
+        for block, cache in zip(self.encoder, self.encoder_caches, strict=True):
             x = block.cached_self_attention(x, cache, positions, self.window)
         self.encoded = torch.cat([self.encoded, x[0]])
 
@@ -92,10 +96,10 @@ class CachedLST:
         membership = patch_of[None, :] == torch.arange(len(lengths), device=self.device)[:, None]
         h = m.to_global(m.pool_patches(x, membership[None]))
         positions = torch.arange(self.n_patches, self.n_patches + len(lengths), device=self.device)
-        for block, cache in zip(m.global_blocks, self.global_caches, strict=True):
+        for block, cache in zip(self.global_blocks, self.global_caches, strict=True):
             h = block.cached_self_attention(h, cache, positions)
         h = m.global_norm(h)
-        for block, cache in zip(m.decoder_cross, self.context_caches, strict=True):
+        for block, cache in zip(self.decoder_cross, self.context_caches, strict=True):
             block.extend_context(cache, h)
         self.closed_tokens += sum(lengths)
         self.n_patches += len(lengths)
@@ -109,7 +113,7 @@ class CachedLST:
             cache.truncate(first)
         positions = torch.arange(first, self.n_tokens, device=self.device)
         y = self.encoded[first:][None]
-        layers = zip(m.decoder_cross, m.decoder_self, self.context_caches, self.decoder_caches, strict=True)
+        layers = zip(self.decoder_cross, self.decoder_self, self.context_caches, self.decoder_caches, strict=True)
         for cross, self_block, context_cache, decoder_cache in layers:
             y = cross.cached_cross_attention(y, context_cache, visible + 1)
             y = self_block.cached_self_attention(y, decoder_cache, positions, self.window)
@@ -122,7 +126,8 @@ class CachedFlat:
     def __init__(self, model: FlatTransformer):
         self.model = model
         self.device = model.head.weight.device
-        self.caches = [KVCache() for _ in model.blocks]
+        self.blocks = as_blocks(model.blocks)
+        self.caches = [KVCache() for _ in self.blocks]
         self.n_tokens = 0
         self.global_steps = 0
 
@@ -135,8 +140,17 @@ class CachedFlat:
     def _extend(self, tokens: Sequence[int]) -> Tensor:
         positions = torch.arange(self.n_tokens, self.n_tokens + len(tokens), device=self.device)
         x = self.model.embed(torch.as_tensor(tokens, device=self.device))[None]
-        for block, cache in zip(self.model.blocks, self.caches, strict=True):
+        for block, cache in zip(self.blocks, self.caches, strict=True):
             x = block.cached_self_attention(x, cache, positions)
         self.n_tokens += len(tokens)
         self.global_steps += 1
         return self.model.head(self.model.norm(x[0, -1])).float()
+
+
+def cached_runner(model: nn.Module, flat: bool) -> CachedLST | CachedFlat:
+    """The cached forward pass of `model`: the baseline's when `flat`, else the LST's."""
+    if flat and isinstance(model, FlatTransformer):
+        return CachedFlat(model)
+    if not flat and isinstance(model, LatentSpeechTextTransformer):
+        return CachedLST(model)
+    raise ValueError(f"the run's model.kind is {'baseline' if flat else 'lst'}, but the model is a {type(model).__name__}")

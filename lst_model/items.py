@@ -21,13 +21,14 @@ Reading trusts nothing: a line over `MAX_LINE_BYTES` or of the wrong shape is an
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lst_data.core.errors import UserError
-from lst_data.records import parse_json
+from lst_data.format.records import parse_json
 
 MODALITIES = ("speech", "text")
 PAIRS = ("s2s", "t2t", "s2t", "t2s")
@@ -152,12 +153,23 @@ def _ints(value: Any, what: str) -> tuple[int, ...]:
 
 
 def write_items(items: Iterable[ChoiceItem], path: str | Path) -> Path:
+    return write_jsonl((item.to_json() for item in items), path, ensure_ascii=False)
+
+
+def write_jsonl(rows: Iterable[Any], path: str | Path, *, ensure_ascii: bool = True) -> Path:
+    """One JSON value a line (items, per-item scores, per-utterance results, dropped items)."""
     import json
 
     with Path(path).open("w", encoding="utf-8") as out:
-        for item in items:
-            out.write(json.dumps(item.to_json(), ensure_ascii=False) + "\n")
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=ensure_ascii) + "\n")
     return Path(path)
+
+
+def pair_counts_line(items: Iterable[ChoiceItem], pairs: Sequence[str], path: str | Path) -> str:
+    """`items: s2s N, t2t N, ... -> PATH`: how many items of each pair a task file holds."""
+    counts = Counter(item.pair for item in items)
+    return "items: " + ", ".join(f"{pair} {counts[pair]}" for pair in pairs) + f" -> {path}"
 
 
 def jsonl_lines(path: str | Path, max_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, Any]]:

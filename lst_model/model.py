@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -73,8 +74,8 @@ class Batch:
         return cls(tokens, patch_index, n_patches, document, target)
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(*(t.to(device) for t in (self.tokens, self.patch_index, self.n_patches, self.document)),
-                     None if self.target is None else self.target.to(device))
+        return Batch(self.tokens.to(device), self.patch_index.to(device), self.n_patches.to(device),
+                     self.document.to(device), None if self.target is None else self.target.to(device))
 
     def with_tokens(self, tokens: Tensor) -> Batch:
         return Batch(tokens, self.patch_index, self.n_patches, self.document, self.target)
@@ -122,18 +123,22 @@ class Attention(nn.Module):
         incremental inference caches these (`KVCache`)."""
         b, t, _ = context.shape
         k, v = (z.view(b, t, self.n_heads, -1).transpose(1, 2) for z in self.kv(context).chunk(2, dim=-1))
-        if self.rope_theta is not None:
-            k = rope(k, positions, self.rope_theta)
-        return k, v
+        return self._rotated(k, positions), v
 
     def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor, positions: Tensor | None = None) -> Tensor:
         """Queries from x (at `positions` in self-attention) attend to keys k and values v."""
         b, t, d = x.shape
-        q = self.q(x).view(b, t, self.n_heads, -1).transpose(1, 2)
-        if self.rope_theta is not None:
-            q = rope(q, positions, self.rope_theta)
+        q = self._rotated(self.q(x).view(b, t, self.n_heads, -1).transpose(1, 2), positions)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(b, t, d))
+
+    def _rotated(self, x: Tensor, positions: Tensor | None) -> Tensor:
+        """Queries or keys [B, H, T, D/H] rotated at `positions` (self-attention with RoPE), else as they are."""
+        if self.rope_theta is None:
+            return x
+        if positions is None:
+            raise ValueError("self-attention with RoPE needs the positions of its tokens")
+        return rope(x, positions, self.rope_theta)
 
 
 class MLP(nn.Sequential):
@@ -173,10 +178,13 @@ class Block(nn.Module):
         """Cross-attention block: query t of x [1, T, D] reads the first visible[t] entries of the
         context held (normed and projected) in `cache`."""
         mask = torch.arange(len(cache), device=x.device)[None, :] < visible[:, None]
-        return self.residual(x, self.attn.attend(self.norm_attn(x), cache.k, cache.v, mask[None, None]))
+        k, v, _ = cache.entries
+        return self.residual(x, self.attn.attend(self.norm_attn(x), k, v, mask[None, None]))
 
     def extend_context(self, cache: KVCache, context: Tensor) -> None:
         """Append context entries [1, T, kv_dim] to a cross-attention cache."""
+        if self.norm_context is None:
+            raise ValueError("extend_context needs a cross-attention block (one made with kv_dim)")
         cache.extend(*self.attn.keys_values(self.norm_context(context)))
 
 
@@ -185,32 +193,39 @@ class KVCache:
     came, with their positions [L] (used for the causal / windowed mask of self-attention)."""
 
     def __init__(self) -> None:
-        self.k: Tensor | None = None
-        self.v: Tensor | None = None
-        self.positions: Tensor | None = None
+        self._entries: tuple[Tensor, Tensor, Tensor] | None = None  # keys, values, positions
 
     def __len__(self) -> int:
-        return 0 if self.k is None else self.k.shape[2]
+        return 0 if self._entries is None else self._entries[0].shape[2]
+
+    @property
+    def entries(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Keys, values and positions; an error while nothing has been cached (nothing to attend to)."""
+        if self._entries is None:
+            raise ValueError("the KV cache is empty: extend it before attending")
+        return self._entries
 
     def extend(self, k: Tensor, v: Tensor, positions: Tensor | None = None) -> None:
         if positions is None:
             positions = torch.arange(len(self), len(self) + k.shape[2], device=k.device)
-        if self.k is None:
-            self.k, self.v, self.positions = k, v, positions
+        if self._entries is None:
+            self._entries = (k, v, positions)
         else:
-            self.k, self.v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
-            self.positions = torch.cat([self.positions, positions])
+            old_k, old_v, old_positions = self._entries
+            self._entries = (torch.cat([old_k, k], dim=2), torch.cat([old_v, v], dim=2),
+                             torch.cat([old_positions, positions]))
 
     def truncate(self, length: int) -> None:
         """Forget every entry from `length` on (a token decoded again replaces its entry)."""
-        if self.k is None:
+        if self._entries is None:
             return
-        self.k, self.v, self.positions = self.k[:, :, :length], self.v[:, :, :length], self.positions[:length]
+        k, v, positions = self._entries
+        self._entries = (k[:, :, :length], v[:, :, :length], positions[:length])
 
     def visible(self, positions: Tensor, window: int | None) -> tuple[Tensor, Tensor, Tensor]:
         """Keys, values and the [1, 1, T, L'] mask for queries at `positions`: causal and, with a
         window, only the keys less than `window` positions back (older ones are not even read)."""
-        k, v, keys = self.k, self.v, self.positions
+        k, v, keys = self.entries
         if window is not None:
             first = int(torch.searchsorted(keys, positions.min() - window + 1))
             k, v, keys = k[:, :, first:], v[:, :, first:], keys[first:]
@@ -285,23 +300,32 @@ class FlatTransformer(nn.Module):
         return self.head(self.norm(x))
 
 
+def as_blocks(modules: nn.ModuleList) -> list[Block]:
+    """The Blocks of a ModuleList of Blocks, typed as such (torch types a ModuleList's items as Module)."""
+    return cast(list[Block], list(modules))
+
+
+def _local_block(c: ModelConfig, *, rope_theta: float | None = None, kv_dim: int | None = None) -> Block:
+    """A block of the LST's patch encoder or decoder (local width and heads)."""
+    return Block(c.d_local, c.n_local_heads, c.mlp_ratio, c.dropout, rope_theta=rope_theta, kv_dim=kv_dim)
+
+
 class LatentSpeechTextTransformer(nn.Module):
     def __init__(self, config: ModelConfig, vocab_size: int):
         super().__init__()
         c = config
         self.config = config
-        local = dict(n_heads=c.n_local_heads, mlp_ratio=c.mlp_ratio, dropout=c.dropout)
         self.embed = nn.Embedding(vocab_size, c.d_local)
-        self.encoder = nn.ModuleList(Block(c.d_local, rope_theta=c.rope_theta, **local) for _ in range(c.n_encoder_layers))
-        self.patch_cross = Block(c.d_local, **local, kv_dim=c.d_local)
+        self.encoder = nn.ModuleList(_local_block(c, rope_theta=c.rope_theta) for _ in range(c.n_encoder_layers))
+        self.patch_cross = _local_block(c, kv_dim=c.d_local)
         self.to_global = nn.Linear(c.d_local, c.d_global)
         self.global_blocks = nn.ModuleList(
             Block(c.d_global, c.n_global_heads, c.mlp_ratio, c.dropout, rope_theta=c.rope_theta) for _ in range(c.n_global_layers)
         )
         self.global_norm = nn.LayerNorm(c.d_global)
         self.global_start = nn.Parameter(torch.zeros(c.d_global))
-        self.decoder_cross = nn.ModuleList(Block(c.d_local, **local, kv_dim=c.d_global) for _ in range(c.n_decoder_layers))
-        self.decoder_self = nn.ModuleList(Block(c.d_local, rope_theta=c.rope_theta, **local) for _ in range(c.n_decoder_layers))
+        self.decoder_cross = nn.ModuleList(_local_block(c, kv_dim=c.d_global) for _ in range(c.n_decoder_layers))
+        self.decoder_self = nn.ModuleList(_local_block(c, rope_theta=c.rope_theta) for _ in range(c.n_decoder_layers))
         self.norm = nn.LayerNorm(c.d_local)
         self.head = nn.Linear(c.d_local, vocab_size, bias=False)
         self.apply(_init_weights)

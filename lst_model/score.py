@@ -20,19 +20,35 @@ flat baseline puts every token in its own position and ignores the patching.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from lst_data.core.errors import UserError
 from lst_model.config import RunSpec
-from lst_model.items import ALIGNED_STRATEGIES, PAIRS, ChoiceItem, InvalidItem, Side, pair_label
+from lst_model.data import contaminated, load_records, load_token_space, read_training_texts
+from lst_model.items import (
+    ALIGNED_STRATEGIES,
+    PAIRS,
+    ChoiceItem,
+    InvalidItem,
+    Side,
+    pair_label,
+    read_items,
+    write_jsonl,
+)
 from lst_model.model import Batch, token_log_probs
 from lst_model.sequences import Example, static_patch_lengths
-from lst_model.tokens import TokenSpace
+from lst_model.tokens import TokenSpace, check_same_space
+
+log = logging.getLogger(__name__)
 
 SCORING_PATCHINGS = ("static", *ALIGNED_STRATEGIES)
 
@@ -72,7 +88,7 @@ def _aligned_patches(item: ChoiceItem, side: Side, what: str, strategy: str) -> 
 def choice_example(item: ChoiceItem, ending: Side, space: TokenSpace, patching: str, patch_size: int) -> tuple[Example, int]:
     """The scored sequence of one ending, and the index of the ending's first token."""
     prompt = item.prompt
-    parts = [([space.bos, _marker(prompt, space)], [1, 1])]
+    parts: list[tuple[Sequence[int] | np.ndarray, Sequence[int]]] = [([space.bos, _marker(prompt, space)], [1, 1])]
     if item.pair == "s2s" and patching == "static":  # one speech stream: patches run across the prompt/ending cut
         units = space.units_to_ids(np.array([*prompt.tokens, *ending.tokens], dtype=np.int64))
         parts.append((units, static_patch_lengths(len(units), patch_size)))
@@ -179,3 +195,78 @@ def format_accuracy_table(results: dict[str, dict[str, float | int]]) -> list[st
         lines.append(f"{pair_label(pair):<5} {r['n']:>6}  {r['acc_sum']:>7.3f} ± {r['acc_sum_se']:.3f}  "
                      f"{r['acc_per_token']:>7.3f} ± {r['acc_per_token_se']:.3f}")
     return lines
+
+
+def without_contaminated(items: Sequence[ChoiceItem], run_dir: Path, drop: bool) -> tuple[list[ChoiceItem], int]:
+    """The items none of whose sources the run trained on (its `training_texts.npy`), and how many
+    were left out; a UserError when the run has no digests, or when some item is contaminated
+    and `drop` is False."""
+    digests = read_training_texts(run_dir)
+    if digests is None:
+        raise UserError(f"{run_dir}: no training_texts.npy (a run from before the contamination check); "
+                        "retrain, or pass --no-contamination-check")
+    dirty = [item.id for item in items if contaminated(item.sources, digests)]
+    if dirty and not drop:
+        raise UserError(f"{len(dirty)} of {len(items)} items share a transcript with the model's training data "
+                        f"(first: {', '.join(dirty[:3])}); rebuild the task from held-out text or pass --drop-contaminated")
+    dropped = set(dirty)
+    return [item for item in items if item.id not in dropped], len(dirty)
+
+
+@dataclass(frozen=True)
+class ScoreRun:
+    """What `lst-model score` found: its report (patching, skipped and dropped items, accuracy
+    per pair) and the per-item scores."""
+
+    report: dict[str, Any]
+    scores: list[ItemScore]
+
+
+def score_checkpoint(
+    checkpoint: Path,
+    *,
+    task_path: Path | None = None,
+    shard_dir: Path | None = None,
+    pairs: Sequence[str] = PAIRS,
+    n_endings: int = 2,
+    seed: int = 0,
+    patching: str | None = None,
+    drop_contaminated: bool = False,
+    check_contamination: bool = True,
+    device: str = "cpu",
+    allow_other_token_space: bool = False,
+    out_path: Path | None = None,
+    notify: Callable[[str], None] = log.info,
+) -> ScoreRun:
+    """Score a checkpoint on the items of `task_path`, or on continuation items built from the
+    held-out utterances of `shard_dir` (`corpus_items` with `pairs`, `n_endings`, `seed`). Items sharing a transcript with the
+    run's training data are refused, or left out with `drop_contaminated` (`notify` is told
+    how many). `out_path`: write the per-item scores (JSONL)."""
+    from lst_model.corpus_tasks import corpus_items
+    from lst_model.train import load_model
+
+    model, spec, space = load_model(checkpoint, device)
+    patching = resolve_patching(spec, patching)
+    report: dict[str, Any] = {"patching": "flat (baseline)" if spec.model.kind == "baseline" else patching}
+    if task_path is not None:
+        items = read_items(task_path)
+    elif shard_dir is not None:
+        check_same_space(space, load_token_space(shard_dir), f"--shards {shard_dir}", allow_other_token_space)
+        items, report["skipped_utterances"] = corpus_items(load_records(shard_dir), spec.data.heldout_fraction,
+                                                           pairs=pairs, n_endings=n_endings, seed=seed)
+    else:
+        raise ValueError("give a task file or the shards to build one from")
+    if check_contamination:
+        kept, dropped = without_contaminated(items, checkpoint.parent, drop_contaminated)
+        if dropped:
+            notify(f"dropped {dropped} contaminated items of {len(items)}")
+        items, report["dropped_contaminated"] = kept, dropped
+    if not items:
+        skipped = ", ".join(f"{reason} {n}" for reason, n in sorted(report.get("skipped_utterances", {}).items()))
+        raise UserError("no items to score" + (f": the held-out utterances gave none ({skipped}); a larger "
+                                               "data.heldout_fraction or fewer --endings gives more" if skipped else ""))
+    scores = score_items(model, spec, space, items, patching=patching, device=device)
+    report["pairs"] = accuracy_by_pair(scores)
+    if out_path is not None:
+        write_jsonl((s.to_json() for s in scores), out_path)
+    return ScoreRun(report, scores)

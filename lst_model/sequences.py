@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lst_data.records import SampleRecord
+from lst_data.format.records import SampleRecord
 from lst_model.config import DataConfig
 from lst_model.tokens import TokenSpace
 
@@ -110,13 +110,13 @@ def speech_patch_lengths(record: SampleRecord, start: int, stop: int, strategy: 
     """Patches of the record's frames [start, stop) under a concrete strategy.
 
     Static patches restart at `start` (as they would for an utterance that began there);
-    aligned ones come from `lst_data.patching` over the whole record and are cropped.
+    aligned ones come from `lst_data.format.patching` over the whole record and are cropped.
     """
     if strategy == "static":
         return static_patch_lengths(stop - start, patch_size)
     if strategy not in ALIGNED:
         raise ValueError(f"not a concrete patching strategy: {strategy!r}")
-    from lst_data.patching import patch_lengths
+    from lst_data.format.patching import patch_lengths
 
     return crop_patch_lengths(patch_lengths(record, strategy, patch_size=patch_size), start, stop)
 
@@ -244,8 +244,12 @@ class SequenceBuilder:
         strategy = self.resolve_strategy(self.config.patching, rng, progress)
         text_index = int(rng.integers(len(self.texts))) if self.texts else 0
         sub_seed = int(rng.integers(2**63))
+        if kind == 1 and self.texts:
+            return self.text_document_example(self.texts[text_index])
+        if record is None:
+            raise ValueError(f"a {KINDS[kind]} example needs a record (only the text corpus gives examples without one)")
         if kind == 1:
-            return self.text_document_example(self.texts[text_index]) if self.texts else self.text_example(record)
+            return self.text_example(record)
         if kind == 2 or not record.words:
             return self.speech_example(record, strategy)
         return self.interleaved_example(record, np.random.default_rng(sub_seed), strategy)

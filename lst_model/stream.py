@@ -1,6 +1,6 @@
 """Streaming training input: sequences built and packed inside DataLoader workers.
 
-Each worker runs the shard reader's webdataset pipeline (`lst_data.shards.reader.shard_pipeline`:
+Each worker runs the shard reader's webdataset pipeline (`lst_data.format.loader.shard_pipeline`:
 shards split by rank and by worker, a seeded shuffle buffer, 'epoch' = every sample once
 per epoch, 'resampled' = shards drawn with replacement), drops held-out utterances (by
 transcript, `lst_model.data.is_heldout`), turns the rest into examples mixed by token share (`SequenceBuilder.examples_from`: each
@@ -23,17 +23,16 @@ import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from lst_data.core.config import updated
 from lst_data.core.storage import location
 from lst_model.config import RunSpec
 from lst_model.data import is_heldout
-from lst_model.flops import batch_cost
+from lst_model.flops import SameDataCost
 from lst_model.model import Batch
 from lst_model.sequences import SequenceBuilder, pack
 from lst_model.tokens import TokenSpace
@@ -66,11 +65,12 @@ class PackedShardStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         import webdataset as wds
 
-        from lst_data.shards.reader import shard_pipeline
+        from lst_data.format.loader import shard_pipeline
 
         rank, _, worker, n_workers = wds.utils.pytorch_worker_info()
         data, t = self.spec.data, self.spec.train
-        pipeline = shard_pipeline(self.shard_dir, batch_size=READ_BATCH, shuffle=True, mode=data.stream_mode,
+        # cast: shard_pipeline reads URLs too (through `location`), though its annotation names local paths only
+        pipeline = shard_pipeline(cast(Path, self.shard_dir), batch_size=READ_BATCH, shuffle=True, mode=data.stream_mode,
                                   seed=t.seed, shuffle_buffer=data.shuffle_buffer, world_size=self.world_size,
                                   num_workers=max(1, n_workers), with_audio=False)
         pipeline.set_epoch(self.position.epoch)
@@ -85,7 +85,7 @@ class PackedShardStream(IterableDataset):
         rng = np.random.default_rng([t.seed, self.position.epoch, rank, worker])
         examples = builder.examples_from(lambda: next(records, None), rng, progress)
         flat = self.spec.model.kind == "baseline"
-        both = {kind: updated(self.spec.model, {"kind": kind}) for kind in ("lst", "baseline")}
+        same_data = SameDataCost.of(self.spec.model, self.space.size, self.space.pad)
         while True:
             sequences = []
             for _ in range(self.rows):
@@ -96,13 +96,9 @@ class PackedShardStream(IterableDataset):
             if len(sequences) < self.rows:
                 return  # the worker's part of the epoch is over (a ragged last micro-batch is dropped)
             batch = Batch.from_examples(sequences, self.space.pad, flat)
-            costs = [batch_cost(config, self.space.size, batch if (kind == "baseline") == flat
-                                else Batch.from_examples(sequences, self.space.pad, kind == "baseline"))
-                     for kind, config in both.items()]
             produced += 1
             item = {"tokens": batch.tokens, "patch_index": batch.patch_index, "n_patches": batch.n_patches,
-                    "document": batch.document,
-                    "cost": torch.tensor([[c.tokens, c.global_positions, c.train_flops] for c in costs], dtype=torch.int64)}
+                    "document": batch.document, "cost": same_data.cost(sequences)}
             if batch.target is not None:
                 item["target"] = batch.target
             yield item
@@ -126,22 +122,25 @@ class StreamCursor:
         self.any_exhausted = any_exhausted
         self._iterator: Iterator[dict[str, torch.Tensor]] | None = None
 
-    def _start(self) -> None:
+    def _start(self) -> Iterator[dict[str, torch.Tensor]]:
+        """A fresh DataLoader iterator at the current position (epoch, micro-batches consumed)."""
         skip = self.position.batches
         self.dataset.position = dataclasses.replace(self.position, batches=0)
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
                             prefetch_factor=4 if self.num_workers else None, persistent_workers=False)
-        self._iterator = iter(loader)
+        iterator = iter(loader)
         for _ in range(skip):  # resume mid-epoch: rebuild and drop what was already consumed
-            if next(self._iterator, None) is None:
+            if next(iterator, None) is None:
                 raise ValueError("the checkpoint's stream position lies beyond the end of its epoch")
+        return iterator
 
     def next(self) -> dict[str, torch.Tensor]:
         for _ in range(2):
             if self._iterator is None:
-                self._start()
+                self._iterator = self._start()
             item = next(self._iterator, None)
-            if not self.any_exhausted(item is None):
+            exhausted = self.any_exhausted(item is None)
+            if item is not None and not exhausted:
                 self.position.batches += 1
                 return item
             self.position = StreamPosition(self.position.epoch + 1, 0,

@@ -31,10 +31,21 @@ from typing import Any
 from lst_data.config import RunConfig, load_config
 from lst_data.core.errors import UserError
 from lst_data.demo import VOICES as DEMO_VOICES
-from lst_data.patching import patch_lengths
-from lst_data.records import SampleRecord
+from lst_data.format.layout import read_dataset
+from lst_data.format.patching import patch_lengths
+from lst_data.format.records import SampleRecord
 from lst_model.data import canonical_transcript
-from lst_model.items import ALIGNED_STRATEGIES, PAIRS, ChoiceItem, InvalidItem, Side, jsonl_lines, write_items
+from lst_model.items import (
+    ALIGNED_STRATEGIES,
+    PAIRS,
+    ChoiceItem,
+    InvalidItem,
+    Side,
+    jsonl_lines,
+    pair_counts_line,
+    write_items,
+    write_jsonl,
+)
 
 DEFAULT_TTS = ("espeak-ng", "-v", "{voice}", "-w", "{out}", "--stdin")
 DEFAULT_VOICES = tuple(voice for _, voice in DEMO_VOICES)
@@ -154,17 +165,15 @@ class ShardBuild:
     @classmethod
     def from_shard_dir(cls, shard_dir: str | Path) -> ShardBuild:
         from lst_data.core.digests import file_sha256
-        from lst_data.tokenize.tokenizer import load_tokenizer
+        from lst_data.tokenize import load_tokenizer
         from lst_data.units.stage import CODEBOOK_FILE
         from lst_model.text_corpus import TOKENIZER_FILE
 
         shard_dir = Path(shard_dir)
-        try:
-            dataset = json.loads((shard_dir / "dataset.json").read_text(encoding="utf-8"))
+        try:  # its schema requires the build config, so a dataset.json that passes holds one
+            dataset = read_dataset(shard_dir)
         except (OSError, ValueError) as err:
             raise TaskError(f"--shards {shard_dir}: no readable dataset.json ({err})") from None
-        if not isinstance(dataset.get("config"), dict):
-            raise TaskError(f"--shards {shard_dir}: dataset.json holds no build config (made by an older toolkit?)")
         config = load_config(overrides=dataset["config"])
         hashes = dataset.get("hashes") or {}
         codebook = _build_file(shard_dir, config.units.codebook, CODEBOOK_FILE, "units.codebook")
@@ -237,6 +246,12 @@ class BuildResult:
     def dropped_per_reason(self) -> dict[str, int]:
         return dict(sorted(Counter(f"{d.stage}/{d.code}" for d in self.dropped).items()))
 
+    def summary(self, pairs: Sequence[str], out: str | Path) -> list[str]:
+        """What build-task prints: items per pair, and the dropped items by reason (see `write_build`)."""
+        reasons = ", ".join(f"{reason} {n}" for reason, n in self.dropped_per_reason().items())
+        return [pair_counts_line(self.items, pairs, out),
+                f"dropped: {len(self.dropped)} items" + (f" ({reasons})" if reasons else "") + f" -> {rejects_path(out)}"]
+
 
 def _side_name(position: int) -> str:
     return PROMPT if position == 0 else f"endings[{position - 1}]"
@@ -277,7 +292,7 @@ def build_choice_items(
     Every pair holds the same items: an item with a side the TTS or a stage rejects is dropped
     from all of them, so accuracies of the pairs compare like with like.
     """
-    from lst_data.tokenize.tokenizer import load_tokenizer
+    from lst_data.tokenize import load_tokenizer
 
     check_pairs(pairs)
     if not voices:
@@ -326,7 +341,7 @@ def _speak_and_align(
     Returns the records of the items whose every side made it, and why the others did not."""
     from lst_data.core.rejects import read_rejects
     from lst_data.core.runner import REJECTS_FILE
-    from lst_data.shards.reader import iter_records
+    from lst_data.format.reader import iter_records
     from pipelines.build_corpus import STEPS, build_corpus
 
     config = shards.pipeline_config(runner)
@@ -358,8 +373,9 @@ def _speak_and_align(
         failure = None
         for k in range(len(texts)):
             utt = f"{n:06d}_{k}"
-            if tts_failures[utt] is not None:
-                failure = Dropped(choice.id, "tts_failed", tts_failures[utt], _side_name(k), "tts")
+            tts_failure = tts_failures[utt]
+            if tts_failure is not None:
+                failure = Dropped(choice.id, "tts_failed", tts_failure, _side_name(k), "tts")
             elif utt in rejects:
                 reject = rejects[utt]
                 failure = Dropped(choice.id, reject.code, reject.detail, _side_name(k), reject.stage)
@@ -383,6 +399,15 @@ def rejects_path(out: str | Path) -> Path:
 def write_build(result: BuildResult, out: str | Path) -> Path:
     """The items to `out` (lst_model.items JSONL), the dropped items to `rejects_path(out)`; returns the latter."""
     write_items(result.items, out)
-    path = rejects_path(out)
-    path.write_text("".join(json.dumps(d.to_json(), ensure_ascii=False) + "\n" for d in result.dropped), encoding="utf-8")
-    return path
+    return write_jsonl((d.to_json() for d in result.dropped), rejects_path(out), ensure_ascii=False)
+
+
+def build_task(input_path: str | Path, shard_dir: str | Path, pairs: Sequence[str], out: str | Path, *,
+               tts: CommandTTS | None = None, voices: Sequence[str] = DEFAULT_VOICES, limit: int | None = None,
+               runner: str = "local") -> BuildResult:
+    """`lst-model build-task --input`: the first `limit` (all) items of a multiple-choice JSONL
+    built for the shard set in every pair (`build_choice_items`), written by `write_build`."""
+    shards = ShardBuild.from_shard_dir(shard_dir)
+    result = build_choice_items(read_choice_jsonl(input_path, limit), pairs, shards, tts=tts, voices=voices, runner=runner)
+    write_build(result, out)
+    return result

@@ -17,11 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from lst_model.errors import OptionError
+
 TOKENIZER_FILE = "tokenizer.model"
 
 
-class TextCorpusError(ValueError):
-    """A user's text corpus or tokenizer cannot be used (the CLI turns it into a usage error)."""
+class TextCorpusError(OptionError):
+    """A user's text corpus or tokenizer cannot be used (the CLI shows it as a usage error)."""
 
 
 def iter_documents(path: str | Path) -> Iterator[str]:
@@ -67,17 +69,17 @@ def find_tokenizer(shard_dir: str | Path) -> Path | None:
 def normalize_like_transcripts(text: str, dataset: dict[str, Any]) -> str:
     """`text` in the spoken form the shards' ingest gave their transcripts (its lowercase, numbers and
     normalizer settings)."""
-    from lst_data.text import normalize_text
+    from lst_data.text import NumberPolicy, normalize_text
 
     ingest = (dataset.get("config") or {}).get("ingest") or {}
-    numbers = "expand" if ingest.get("numbers", "expand") == "expand" else "flag"
+    numbers: NumberPolicy = "expand" if ingest.get("numbers", "expand") == "expand" else "flag"
     return normalize_text(text, lowercase=bool(ingest.get("lowercase", True)), numbers=numbers,
                           normalizer=ingest.get("normalizer", "rules")).text
 
 
 def load_text_corpus(path: str | Path, tokenizer_path: str | Path, dataset: dict[str, Any], text_vocab_size: int) -> list[np.ndarray]:
     """BPE ids of every non-empty document (int32 arrays)."""
-    from lst_data.tokenize.tokenizer import load_tokenizer
+    from lst_data.tokenize import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_path)
     if tokenizer.vocab_size != text_vocab_size:
@@ -90,6 +92,18 @@ def load_text_corpus(path: str | Path, tokenizer_path: str | Path, dataset: dict
     if not documents:
         raise TextCorpusError(f"--text {path}: no non-empty documents")
     return documents
+
+
+def shard_text_corpus(text_path: str | Path, tokenizer_path: str | Path | None, shard_dir: str | Path,
+                      text_vocab_size: int) -> list[np.ndarray]:
+    """The --text corpus as BPE ids of the shards' tokenizer (`tokenizer_path`, else the one
+    `find_tokenizer` finds), normalized as the shards' transcripts were."""
+    from lst_model.data import read_dataset_json
+
+    tokenizer_path = tokenizer_path or find_tokenizer(shard_dir)
+    if tokenizer_path is None:
+        raise TextCorpusError(f"--text needs the shards' tokenizer: none found near {shard_dir}; give --tokenizer")
+    return load_text_corpus(text_path, tokenizer_path, read_dataset_json(shard_dir), text_vocab_size)
 
 
 def corpus_fingerprint(documents: Sequence[np.ndarray] | None) -> str | None:

@@ -7,9 +7,8 @@ shard is used as is; a unit u becomes ``unit_offset + u``. One output head cover
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,13 +58,13 @@ class TokenSpace:
     def size(self) -> int:
         return self.unit_offset + self.n_units
 
-    def units_to_ids(self, units: np.ndarray) -> np.ndarray:
+    def units_to_ids(self, units: Sequence[int] | np.ndarray) -> np.ndarray:
         units = np.asarray(units, dtype=np.int64)
         if units.size and (units.min() < 0 or units.max() >= self.n_units):
             raise ValueError(f"unit ids must lie in [0, {self.n_units}); got [{units.min()}, {units.max()}]")
         return units + self.unit_offset
 
-    def text_to_ids(self, bpe_ids: np.ndarray | list[int]) -> np.ndarray:
+    def text_to_ids(self, bpe_ids: Sequence[int] | np.ndarray) -> np.ndarray:
         ids = np.asarray(bpe_ids, dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= self.text_vocab_size):
             raise ValueError(f"BPE ids must lie in [0, {self.text_vocab_size})")
@@ -97,17 +96,18 @@ class TokenSpace:
         return found
 
     @classmethod
-    def from_dataset_json(cls, data: dict[str, Any] | str | Path) -> TokenSpace:
-        """Token space of a shard set, from its ``dataset.json`` (a path or the parsed dict).
+    def from_dataset_json(cls, data: dict[str, Any]) -> TokenSpace:
+        """Token space of a shard set, from its parsed ``dataset.json`` (read it with
+        `lst_data.format.layout.read_dataset`, or `lst_model.data.load_token_space`).
 
         Reads the tokenizer vocabulary size and the codebook size k. Accepted shapes (the
         shard writer's, and the minimal one used before it existed):
         ``{"tokenizer": {"vocab_size": V}, "units": {"k": K}}``; a ``"config"`` section with
         the same ``tokenizer``/``units`` keys (the resolved RunConfig) is used as a fallback.
         """
-        if not isinstance(data, dict):
-            data = json.loads(Path(data).read_text(encoding="utf-8"))
-        hashes = data.get("hashes") if isinstance(data.get("hashes"), dict) else {}
+        hashes = data.get("hashes")
+        if not isinstance(hashes, dict):
+            hashes = {}
         tokenizers = hashes.get("tokenizer") or []
         codebooks = {c.get("codebook_hash") for c in hashes.get("codebook") or [] if isinstance(c, dict)}
         return cls(_find_int(data, "tokenizer", "vocab_size"), _find_int(data, "units", "k"),

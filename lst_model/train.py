@@ -32,27 +32,28 @@ import math
 import os
 import pickle
 import time
-from collections.abc import Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from lst_data.core.config import to_dict, updated
+from lst_data.core.config import to_dict
 from lst_data.core.digests import file_sha256
 from lst_data.core.errors import ConfigError, InputError
-from lst_data.records import SampleRecord
+from lst_data.format.records import SampleRecord
 from lst_model.config import RunSpec, run_spec_from_dict
-from lst_model.flops import batch_cost
+from lst_model.data import TrainingUtterances, load_token_space, read_training_texts, write_training_texts
+from lst_model.flops import SameDataCost
 from lst_model.model import Batch, build_model, count_parameters, summed_next_token_loss
 from lst_model.sequences import SequenceBuilder, training_sequences
 from lst_model.stream import PackedShardStream, StreamCursor, StreamPosition, batch_from_tensors
-from lst_model.text_corpus import corpus_fingerprint
+from lst_model.text_corpus import corpus_fingerprint, shard_text_corpus
 from lst_model.tokens import TokenSpace, check_same_space
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,12 @@ class TrainResult:
     parameters: int
     tokens_per_second: float
     positions_per_second: float
+
+    def summary(self) -> dict[str, Any]:
+        """The figures `lst-model train` prints last."""
+        return {"out": str(self.out_dir), "steps": self.steps, "final_loss": self.final_loss, "parameters": self.parameters,
+                "tokens_per_second": round(self.tokens_per_second, 1),
+                "global_positions_per_second": round(self.positions_per_second, 1)}
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -137,27 +144,6 @@ def _set_rng_state(state: torch.Tensor, device: torch.device) -> None:
         torch.cuda.set_rng_state(state[cpu:].clone(), device)
 
 
-def save_checkpoint(path: Path, *, model: nn.Module, optimizer, scheduler, step: int, spec: RunSpec, space: TokenSpace,
-                    rng_states: list[torch.Tensor] | None = None, text_corpus: str | None = None,
-                    stream: dict[str, int] | None = None, init_sha256: str | None = None) -> None:
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "step": step,  # the data position: a step's rows are a function of (seed, step, row)
-        "spec": json.dumps(to_dict(spec), sort_keys=True),
-        "token_space": space.to_dict(),
-        "rng_states": rng_states if rng_states is not None else [torch.get_rng_state()],  # one per rank
-        "text_corpus": text_corpus or "",
-        "init_sha256": init_sha256 or "",  # the pretrained checkpoint a fine-tuning run started from
-    }
-    if stream is not None:
-        state["stream"] = stream  # streaming input: epoch and micro-batches consumed
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # a killed run never leaves a half-written checkpoint
-
-
 def training_memory(spec: RunSpec, vocab_size: int) -> tuple[int, int]:
     """(parameters, bytes) a training run needs, roughly: fp32 weights, gradients and AdamW's two
     moments (16 bytes a parameter), plus the activations of one micro-batch kept for backward."""
@@ -188,6 +174,120 @@ def check_fits_memory(spec: RunSpec, vocab_size: int, device: torch.device) -> N
             f"(weights, gradients, AdamW state, one micro-batch's activations); this machine's {where} has "
             f"{available / 2**30:,.1f} GiB. Reduce model.d_global / model.n_global_layers, or train.batch_size "
             "(or raise train.grad_accum)")
+
+
+# ---------------------------------------------------------------------------------------------
+# The run: what stays fixed while it trains, and the state a checkpoint holds
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What a run's weights were trained from beyond its config and token space: a resumed run
+    must read the same text corpus and start from the same --init checkpoint."""
+
+    text_corpus: str  # sha256 over the text corpus ids ('' without a text corpus)
+    init: str | None  # the pretrained checkpoint a fine-tuning run started from
+    init_sha256: str  # its sha256 ('' without one)
+
+    @classmethod
+    def of(cls, texts: Sequence[np.ndarray] | None, init: str | Path | None) -> Provenance:
+        if init is None:
+            return cls(corpus_fingerprint(texts) or "", None, "")
+        return cls(corpus_fingerprint(texts) or "", str(init), file_sha256(init))
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """What stays fixed while this process trains: the config, token space and provenance, the
+    process's place among torchrun's processes, its device and the run folder."""
+
+    spec: RunSpec
+    space: TokenSpace
+    provenance: Provenance
+    ranks: Distributed
+    device: torch.device
+    out: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out / CHECKPOINT
+
+    def config_json(self) -> dict[str, Any]:
+        """What config.json records of the run."""
+        p = self.provenance
+        return {"spec": to_dict(self.spec), "token_space": self.space.to_dict(), "text_corpus_sha256": p.text_corpus or None,
+                "init": {"checkpoint": p.init, "sha256": p.init_sha256} if p.init is not None else None,
+                "processes": self.ranks.world_size}
+
+
+@dataclass
+class TrainState:
+    """What training changes and a checkpoint saves: weights, optimizer and schedule, and the data position."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    step: int = 0  # the next step; a step's rows are a function of (seed, step, row)
+    stream: dict[str, int] | None = None  # streaming input: its epoch and micro-batches consumed at `step`
+
+    @classmethod
+    def fresh(cls, spec: RunSpec, vocab_size: int, device: torch.device) -> TrainState:
+        t = spec.train
+        torch.manual_seed(t.seed)  # identical initialisation on every rank
+        model = build_model(spec.model, vocab_size).to(device)
+        optimizer = make_optimizer(model, spec)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, t.warmup_steps, spec.steps, t.min_lr_ratio))
+        return cls(model, optimizer, scheduler)
+
+    def restore(self, saved: dict[str, Any], rank: int, device: torch.device) -> None:
+        """Continue from a checkpoint (`load_checkpoint`): weights, optimizer, schedule, this rank's RNG, data position."""
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        _set_rng_state(saved["rng_states"][rank], device)
+        self.step = saved["step"]
+        self.stream = saved.get("stream")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: write and read them, and check that a run folder's is this run's before resuming it
+
+
+def checkpoint_path(run: Path) -> Path:
+    """The checkpoint of a run folder, or `run` itself when it names a file."""
+    return run / CHECKPOINT if run.is_dir() else run
+
+
+def save_checkpoint(run: TrainingRun, state: TrainState, rng_states: list[torch.Tensor]) -> None:
+    """Write `run.checkpoint` (rank 0): `state`, the run's identity and every rank's RNG state."""
+    saved: dict[str, Any] = {
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "step": state.step,  # the data position: a step's rows are a function of (seed, step, row)
+        "spec": json.dumps(to_dict(run.spec), sort_keys=True),
+        "token_space": run.space.to_dict(),
+        "rng_states": rng_states,  # one per rank
+        "text_corpus": run.provenance.text_corpus,
+        "init_sha256": run.provenance.init_sha256,  # the pretrained checkpoint a fine-tuning run started from
+    }
+    if state.stream is not None:
+        saved["stream"] = state.stream  # streaming input: epoch and micro-batches consumed
+    tmp = run.checkpoint.with_suffix(".tmp")
+    torch.save(saved, tmp)
+    tmp.replace(run.checkpoint)  # a killed run never leaves a half-written checkpoint
+
+
+def _checkpoint_all_ranks(run: TrainingRun, state: TrainState) -> None:
+    """Every rank's RNG state goes to rank 0, which writes the checkpoint (every rank must call this)."""
+    rng_states = [_rng_state(run.device)]
+    if run.ranks.world_size > 1:
+        gathered: list[Any] = [None] * run.ranks.world_size
+        dist.all_gather_object(gathered, rng_states[0].cpu())
+        rng_states = gathered
+    if run.ranks.main:
+        save_checkpoint(run, state, rng_states)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -230,6 +330,170 @@ def pretrained_weights(path: Path, spec: RunSpec, space: TokenSpace, device: tor
     return state["model"]
 
 
+def _check_resumable(run: TrainingRun, saved: dict[str, Any], allow_other_token_space: bool) -> None:
+    """A ConfigError unless the run folder's checkpoint was made by this run: the same config,
+    token space, text corpus, --init and number of processes."""
+    out, provenance = run.out, run.provenance
+    if saved["spec"].hash != run.spec.hash:
+        raise ConfigError(f"--out {out}: its checkpoint was made with another config; use a new --out")
+    check_same_space(saved["token_space"], run.space, f"--out {out} (resuming its checkpoint)", allow_other_token_space)
+    if saved.get("text_corpus", "") != provenance.text_corpus:
+        raise ConfigError(f"--out {out}: its checkpoint was trained on another text corpus; use a new --out")
+    if saved.get("init_sha256", "") != provenance.init_sha256:
+        raise ConfigError(f"{run.checkpoint} was fine-tuned from another --init (sha256 "
+                          f"{saved.get('init_sha256') or 'none'}, this run: {provenance.init_sha256 or 'none'}); use a new --out")
+    if len(saved["rng_states"]) != run.ranks.world_size:
+        raise ConfigError(f"--out {out}: its checkpoint was written by {len(saved['rng_states'])} processes, this run has "
+                          f"{run.ranks.world_size}; resume with as many")
+
+
+def _resume_or_initialize(run: TrainingRun, state: TrainState, allow_other_token_space: bool) -> None:
+    """Continue from the run folder's checkpoint, else start from the --init checkpoint's weights (if any)."""
+    if run.checkpoint.exists():
+        saved = load_checkpoint(run.checkpoint, run.device)
+        _check_resumable(run, saved, allow_other_token_space)
+        state.restore(saved, run.ranks.rank, run.device)
+    elif run.provenance.init is not None:
+        state.model.load_state_dict(pretrained_weights(Path(run.provenance.init), run.spec, run.space, run.device,
+                                                       allow_other_token_space))
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a step's rows come from: built here from records, or streamed from DataLoader workers
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """Rows of one forward/backward pass, and what they cost under both models."""
+
+    batch: Batch
+    cost: torch.Tensor  # [2, 3] int64: its rows costed for the LST and the baseline (`SameDataCost.cost`)
+
+
+class StepRows(Protocol):
+    """The training input: this rank's micro-batches of each step."""
+
+    def micro_batch(self, step: int, rows: range) -> MicroBatch:
+        """Rows `rows` of step `step`, as one micro-batch."""
+        ...
+
+    def position(self) -> dict[str, int] | None:
+        """Where the input stands, for the checkpoint (None: the step alone says it)."""
+        ...
+
+
+class RecordRows:
+    """Rows built in this process from a record list (data.input = 'memory'): a function of (seed, step, row)."""
+
+    def __init__(self, spec: RunSpec, space: TokenSpace, records: Sequence[SampleRecord],
+                 texts: Sequence[np.ndarray] | None) -> None:
+        self.spec = spec
+        self.pad = space.pad
+        self.records = records
+        self.builder = SequenceBuilder(space, spec.data, texts)
+        self.same_data = SameDataCost.of(spec.model, space.size, space.pad)
+
+    def micro_batch(self, step: int, rows: range) -> MicroBatch:
+        flat = self.spec.model.kind == "baseline"
+        sequences = training_sequences(self.builder, self.records, seed=self.spec.train.seed, step=step, rows=rows,
+                                       positions=self.spec.data.seq_positions, flat=flat, progress=step / self.spec.steps)
+        return MicroBatch(Batch.from_examples(sequences, self.pad, flat), self.same_data.cost(sequences))
+
+    def position(self) -> None:
+        return None
+
+
+class StreamedRows:
+    """Rows packed by DataLoader workers reading the shards (data.input = 'stream', `lst_model.stream`)."""
+
+    def __init__(self, cursor: StreamCursor) -> None:
+        self.cursor = cursor
+
+    def micro_batch(self, step: int, rows: range) -> MicroBatch:
+        item = self.cursor.next()  # the stream's next micro-batch of this rank's size: the step does not choose it
+        return MicroBatch(batch_from_tensors(item), item["cost"])
+
+    def position(self) -> dict[str, int]:
+        return self.cursor.state()
+
+
+def _step_rows(run: TrainingRun, records: Sequence[SampleRecord] | None, texts: Sequence[np.ndarray] | None,
+               shard_dir: str | Path | None, stream_position: dict[str, int] | None) -> StepRows:
+    """The input data.input names, streamed from `stream_position` (a resumed run's) when given."""
+    spec, ranks = run.spec, run.ranks
+    if spec.data.input == "memory":
+        if records is None:
+            raise ValueError("data.input = 'memory' needs records")
+        return RecordRows(spec, run.space, records, texts)
+    if shard_dir is None:
+        raise ValueError("data.input = 'stream' needs shard_dir")
+    rows_per_micro = spec.train.batch_size // (ranks.world_size * spec.train.grad_accum)
+    dataset = PackedShardStream(shard_dir, spec, run.space, rows=rows_per_micro, world_size=ranks.world_size, texts=texts)
+    cursor = StreamCursor(dataset, spec.train.loader_workers, StreamPosition(**stream_position) if stream_position else None,
+                          any_exhausted=lambda flag: bool(ranks.all_sum([flag], run.device, torch.int64)[0]))
+    return StreamedRows(cursor)
+
+
+# ---------------------------------------------------------------------------------------------
+# Accounting (tokens, global positions, FLOPs) and the log
+
+
+@dataclass(frozen=True)
+class StepCounts:
+    """A step's figures over all its micro-batches and ranks."""
+
+    targets: int  # loss targets: the step's loss is their summed cross-entropy divided by this
+    same_data: dict[str, dict[str, int]]  # tokens, global_positions, train_flops of its rows under each model kind
+
+    @classmethod
+    def of(cls, micro_batches: Sequence[MicroBatch], ranks: Distributed, device: torch.device) -> StepCounts:
+        sums = ranks.all_sum([sum(int(m.batch.loss_targets.sum()) for m in micro_batches),
+                              *torch.stack([m.cost for m in micro_batches]).sum(0).flatten().tolist()],
+                             device, torch.int64).tolist()
+        counts = len(SameDataCost.COUNTS)
+        return cls(sums[0], {kind: dict(zip(SameDataCost.COUNTS, sums[1 + counts * i : 1 + counts * (i + 1)], strict=True))
+                             for i, kind in enumerate(SameDataCost.MODEL_KINDS)})
+
+
+@dataclass
+class Window:
+    """What was trained on since the last log row, and how long it took: the throughput figures."""
+
+    tokens: int = 0
+    global_positions: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Tally:
+    """Counts since the run began (the log's 'cumulative') and since the last log row."""
+
+    totals: dict[str, int]
+    window: Window = field(default_factory=Window)
+
+    def add(self, cost: dict[str, int], seconds: float) -> None:
+        """One more step, which cost `cost` (this run's model kind) and took `seconds`."""
+        self.window = Window(self.window.tokens + cost["tokens"], self.window.global_positions + cost["global_positions"],
+                             self.window.seconds + seconds)
+        self.totals = {key: self.totals[key] + cost[key] for key in SameDataCost.COUNTS}
+
+    def log_row(self, step: int, loss: float, lr: float, grad_norm: float, counts: StepCounts,
+                model_kind: str) -> dict[str, Any]:
+        """The log line of `step` (see `train`); the window starts again."""
+        cost, window = counts.same_data[model_kind], self.window
+        self.window = Window()
+        return {
+            "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+            "tokens": cost["tokens"], "global_positions": cost["global_positions"],
+            "tokens_per_s": window.tokens / window.seconds,
+            "positions_per_s": window.global_positions / window.seconds,
+            "window": asdict(window), "cumulative": self.totals,
+            # this batch costed for both models (same tokens): the compute-control figure
+            "same_data": {kind: {"global_positions": c["global_positions"], "train_flops": c["train_flops"]}
+                          for kind, c in counts.same_data.items()},
+        }
+
+
 def read_log(out_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(out_dir) / LOG
     if not path.exists():
@@ -237,16 +501,130 @@ def read_log(out_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def _restart_log(run: TrainingRun, start: int) -> Tally:
+    """Cut log.jsonl back to the steps before `start` and write config.json; the counts so far.
+    Only rank 0 reads and rewrites the log (another rank could read it half rewritten)."""
+    if not run.ranks.main:
+        return Tally(dict.fromkeys(SameDataCost.COUNTS, 0))
+    rows = [row for row in read_log(run.out) if row["step"] < start]
+    (run.out / LOG).write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    (run.out / "config.json").write_text(json.dumps(run.config_json(), indent=2), encoding="utf-8")
+    return Tally(rows[-1]["cumulative"] if rows else dict.fromkeys(SameDataCost.COUNTS, 0))
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def _gradient_sync(model: nn.Module, sync: bool) -> AbstractContextManager[Any]:
+    """DDP all-reduces gradients on every backward unless told not to: only the last micro-step's needs it."""
+    if isinstance(model, nn.parallel.DistributedDataParallel) and not sync:
+        return model.no_sync()
+    return nullcontext()
+
+
+def _optimizer_step(run: TrainingRun, state: TrainState, wrapped: nn.Module, micro_batches: Sequence[MicroBatch],
+                    targets: int) -> tuple[float, float]:
+    """Forward and backward over this rank's micro-batches, then one optimizer step; (the step's
+    mean loss over all ranks, the gradient norm before clipping)."""
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if run.device.type == "cuda" else nullcontext()
+    state.optimizer.zero_grad(set_to_none=True)
+    step_loss = 0.0
+    for index, micro in enumerate(micro_batches):
+        batch = micro.batch.to(run.device)
+        with _gradient_sync(wrapped, index == len(micro_batches) - 1), autocast:
+            loss_sum = summed_next_token_loss(wrapped(batch), batch)
+        # DDP averages gradients over ranks: scale back to the sum over the whole step
+        (loss_sum * (run.ranks.world_size / targets)).backward()
+        step_loss += float(loss_sum.detach())
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), run.spec.train.grad_clip)
+    state.optimizer.step()
+    state.scheduler.step()
+    return float(run.ranks.all_sum([step_loss], run.device)[0]) / targets, float(grad_norm)
+
+
+def _is_due(done: int, every: int, stop: int) -> bool:
+    return done % every == 0 or done == stop
+
+
+def _train_steps(run: TrainingRun, state: TrainState, data: StepRows, stop: int, tally: Tally,
+                 on_log: Callable[[dict[str, Any]], None] | None) -> float:
+    """Steps state.step .. stop - 1, logging (rank 0) and checkpointing on schedule; the last step's loss."""
+    t = run.spec.train
+    wrapped = nn.parallel.DistributedDataParallel(state.model) if run.ranks.world_size > 1 else state.model
+    loss = float("nan")
+    wrapped.train()
+    with (run.out / LOG).open("a", encoding="utf-8") if run.ranks.main else nullcontext() as log_file:
+        for step in range(state.step, stop):
+            began = time.perf_counter()
+            micro_batches = [data.micro_batch(step, rows) for rows in run.ranks.rows(t.batch_size, t.grad_accum)]
+            counts = StepCounts.of(micro_batches, run.ranks, run.device)
+            loss, grad_norm = _optimizer_step(run, state, wrapped, micro_batches, counts.targets)
+            state.step, state.stream = step + 1, data.position()
+            tally.add(counts.same_data[run.spec.model.kind], time.perf_counter() - began)
+            if log_file is not None and _is_due(step + 1, t.log_every, stop):
+                row = tally.log_row(step, loss, float(state.scheduler.get_last_lr()[0]), grad_norm, counts, run.spec.model.kind)
+                log_file.write(json.dumps(row) + "\n")
+                log_file.flush()
+                if on_log is not None:
+                    on_log(row)
+            if _is_due(step + 1, t.checkpoint_every, stop):
+                _checkpoint_all_ranks(run, state)
+    return loss
+
+
+def _result(run: TrainingRun, model: nn.Module, stop: int, last_loss: float | None) -> TrainResult:
+    """The run's figures from its whole log (`last_loss` None: no step ran in this call)."""
+    rows = read_log(run.out)
+    seconds = sum(r["window"]["seconds"] for r in rows) or float("nan")
+    if last_loss is None:
+        last_loss = rows[-1]["loss"] if rows else float("nan")
+    return TrainResult(
+        out_dir=run.out,
+        steps=stop,
+        final_loss=last_loss,
+        parameters=count_parameters(model),
+        tokens_per_second=sum(r["window"]["tokens"] for r in rows) / seconds,
+        positions_per_second=sum(r["window"]["global_positions"] for r in rows) / seconds,
+    )
+
+
+def _join_process_group(ranks: Distributed, device: torch.device) -> bool:
+    """Start torch.distributed under torchrun unless the caller already did; whether this call started it."""
+    owns_group = ranks.world_size > 1 and not dist.is_initialized()
+    if owns_group:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return owns_group
+
+
+def _prepare_process(spec: RunSpec, ranks: Distributed, device: torch.device, out: Path, has_texts: bool) -> None:
+    """Before anything is built: refuse a batch that does not split over the ranks, pick the
+    device and thread count, make the run folder (rank 0)."""
+    t = spec.train
+    if t.batch_size % (ranks.world_size * t.grad_accum):
+        raise ConfigError(f"train.batch_size {t.batch_size} does not split over {ranks.world_size} processes x "
+                          f"{t.grad_accum} accumulation steps")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    if not has_texts and ranks.main and spec.data.task == "pretrain":
+        log.warning("no text corpus: the transcripts of the speech utterances stand in for the text share "
+                    "(the paper uses an independent text corpus; lst-model train --text)")
+
+
 def train(
     spec: RunSpec,
-    records: Sequence[SampleRecord],
+    records: Sequence[SampleRecord] | None,
     space: TokenSpace,
     out_dir: str | Path,
     *,
     texts: Sequence[np.ndarray] | None = None,
     shard_dir: str | Path | None = None,
     stop_at_step: int | None = None,
-    progress_callback=None,
+    progress_callback: Callable[[dict[str, Any]], None] | None = None,
     init: str | Path | None = None,
     allow_other_token_space: bool = False,
 ) -> TrainResult:
@@ -254,177 +632,72 @@ def train(
 
     `texts`: BPE ids of the text corpus for the text share (None: transcripts stand in).
     With `data.input = 'stream'` the rows come from `shard_dir` through `lst_model.stream`
-    (DataLoader workers) and `records` is not used. `init`: a pretrained checkpoint to
-    fine-tune from (see the module doc).
+    (DataLoader workers) and `records` is not used (it may be None). `init`: a pretrained
+    checkpoint to fine-tune from (see the module doc).
     Writes `checkpoint.pt`, `log.jsonl` (one line per logged step: loss, lr, tokens, global
     positions, FLOPs, throughput) and `config.json` into `out_dir` (rank 0). Under torchrun
     (WORLD_SIZE > 1) it joins or starts the process group and trains with DDP.
     """
-    out = Path(out_dir)
-    t = spec.train
     ranks = Distributed.from_env()
-    device = resolve_device(t.device, ranks.local_rank)
-    owns_group = ranks.world_size > 1 and not dist.is_initialized()
-    if owns_group:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if t.batch_size % (ranks.world_size * t.grad_accum):
-        raise ConfigError(f"train.batch_size {t.batch_size} does not split over {ranks.world_size} processes x "
-                         f"{t.grad_accum} accumulation steps")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if ranks.main:
-        out.mkdir(parents=True, exist_ok=True)
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    if texts is None and ranks.main and spec.data.task == "pretrain":
-        log.warning("no text corpus: the transcripts of the speech utterances stand in for the text share "
-                    "(the paper uses an independent text corpus; lst-model train --text)")
-    fingerprint = corpus_fingerprint(texts) or ""
-    init_sha256 = file_sha256(init) if init is not None else ""
+    device = resolve_device(spec.train.device, ranks.local_rank)
+    owns_group = _join_process_group(ranks, device)
+    _prepare_process(spec, ranks, device, Path(out_dir), texts is not None)
+    run = TrainingRun(spec, space, Provenance.of(texts, init), ranks, device, Path(out_dir))
     check_fits_memory(spec, space.size, device)
-    torch.manual_seed(t.seed)  # identical initialisation on every rank
-    model = build_model(spec.model, space.size).to(device)
-    optimizer = make_optimizer(model, spec)
-    total = spec.steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t.warmup_steps, total, t.min_lr_ratio))
-    start = 0
-    stream_position = None
-    checkpoint = out / CHECKPOINT
-    torch.manual_seed(t.seed + ranks.rank)  # dropout: one stream per rank
-    if checkpoint.exists():
-        state = load_checkpoint(checkpoint, device)
-        if state["spec"].hash != spec.hash:
-            raise ConfigError(f"--out {out}: its checkpoint was made with another config; use a new --out")
-        check_same_space(state["token_space"], space, f"--out {out} (resuming its checkpoint)", allow_other_token_space)
-        if state.get("text_corpus", "") != fingerprint:
-            raise ConfigError(f"--out {out}: its checkpoint was trained on another text corpus; use a new --out")
-        if state.get("init_sha256", "") != init_sha256:
-            raise ConfigError(f"{checkpoint} was fine-tuned from another --init (sha256 "
-                              f"{state.get('init_sha256') or 'none'}, this run: {init_sha256 or 'none'}); use a new --out")
-        if len(state["rng_states"]) != ranks.world_size:
-            raise ConfigError(f"--out {out}: its checkpoint was written by {len(state['rng_states'])} processes, this run has "
-                              f"{ranks.world_size}; resume with as many")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng_states"][ranks.rank], device)
-        start = state["step"]
-        stream_position = state.get("stream")
-    elif init is not None:
-        model.load_state_dict(pretrained_weights(Path(init), spec, space, device, allow_other_token_space))
-    # only rank 0 reads and rewrites the log (another rank could read it half-rewritten)
-    log_rows = [row for row in read_log(out) if row["step"] < start] if ranks.main else []
-    if ranks.main:
-        (out / LOG).write_text("".join(json.dumps(row) + "\n" for row in log_rows), encoding="utf-8")
-        (out / "config.json").write_text(json.dumps({"spec": to_dict(spec), "token_space": space.to_dict(),
-                                                     "text_corpus_sha256": fingerprint or None,
-                                                     "init": {"checkpoint": str(init), "sha256": init_sha256} if init else None,
-                                                     "processes": ranks.world_size}, indent=2), encoding="utf-8")
-    wrapped = nn.parallel.DistributedDataParallel(model) if ranks.world_size > 1 else model
-
-    flat = spec.model.kind == "baseline"
-    both_models = {kind: updated(spec.model, {"kind": kind}) for kind in ("lst", "baseline")}
-    builder = SequenceBuilder(space, spec.data, texts)
-    cursor = None
-    if spec.data.input == "stream":
-        if shard_dir is None:
-            raise ValueError("data.input = 'stream' needs shard_dir")
-        rows_per_micro = t.batch_size // (ranks.world_size * t.grad_accum)
-        dataset = PackedShardStream(shard_dir, spec, space, rows=rows_per_micro, world_size=ranks.world_size, texts=texts)
-        cursor = StreamCursor(dataset, t.loader_workers, StreamPosition(**stream_position) if stream_position else None,
-                              any_exhausted=lambda flag: bool(ranks.all_sum([flag], device, torch.int64)[0]))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    totals = log_rows[-1]["cumulative"] if log_rows else {"tokens": 0, "global_positions": 0, "train_flops": 0}
-    stop = total if stop_at_step is None else min(total, stop_at_step)
-    loss_value, window = float("nan"), {"tokens": 0, "global_positions": 0, "seconds": 0.0}
-    wrapped.train()
-    with (out / LOG).open("a", encoding="utf-8") if ranks.main else nullcontext() as log_file:
-        for step in range(start, stop):
-            began = time.perf_counter()
-            micro_batches, costs = [], []
-            for rows in ranks.rows(t.batch_size, t.grad_accum):
-                if cursor is not None:
-                    item = cursor.next()
-                    micro_batches.append(batch_from_tensors(item))
-                    costs.append(item["cost"])
-                    continue
-                sequences = training_sequences(
-                    builder, records, seed=t.seed, step=step, rows=rows,
-                    positions=spec.data.seq_positions, flat=flat, progress=step / total,
-                )
-                micro_batches.append(Batch.from_examples(sequences, space.pad, flat))
-                costs.append(torch.tensor([[c.tokens, c.global_positions, c.train_flops] for c in
-                                           (batch_cost(config, space.size, Batch.from_examples(sequences, space.pad, kind == "baseline"))
-                                            for kind, config in both_models.items())]))
-            sums = ranks.all_sum([sum(int(b.loss_targets.sum()) for b in micro_batches),
-                                  *torch.stack(costs).sum(0).flatten().tolist()], device, torch.int64).tolist()
-            n_targets = sums[0]
-            same_data = {kind: {"tokens": sums[1 + 3 * i], "global_positions": sums[2 + 3 * i], "train_flops": sums[3 + 3 * i]}
-                         for i, kind in enumerate(both_models)}
-            optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for index, batch in enumerate(micro_batches):
-                batch = batch.to(device)
-                sync = index == len(micro_batches) - 1 or ranks.world_size == 1
-                with (nullcontext() if sync else wrapped.no_sync()), autocast:
-                    loss_sum = summed_next_token_loss(wrapped(batch), batch)
-                # DDP averages gradients over ranks: scale back to the sum over the whole step
-                (loss_sum * (ranks.world_size / n_targets)).backward()
-                step_loss += float(loss_sum.detach())
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            loss_value = float(ranks.all_sum([step_loss], device)[0]) / n_targets
-            elapsed = time.perf_counter() - began
-            cost = same_data[spec.model.kind]
-            window = {"tokens": window["tokens"] + cost["tokens"],
-                      "global_positions": window["global_positions"] + cost["global_positions"],
-                      "seconds": window["seconds"] + elapsed}
-            totals = {key: totals[key] + cost[key] for key in ("tokens", "global_positions", "train_flops")}
-            if ranks.main and ((step + 1) % t.log_every == 0 or step + 1 == stop):
-                row = {
-                    "step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                    "tokens": cost["tokens"], "global_positions": cost["global_positions"],
-                    "tokens_per_s": window["tokens"] / window["seconds"],
-                    "positions_per_s": window["global_positions"] / window["seconds"],
-                    "window": window, "cumulative": totals,
-                    # this batch costed for both models (same tokens): the compute-control figure
-                    "same_data": {kind: {"global_positions": c["global_positions"], "train_flops": c["train_flops"]}
-                                  for kind, c in same_data.items()},
-                }
-                log_file.write(json.dumps(row) + "\n")
-                log_file.flush()
-                window = {"tokens": 0, "global_positions": 0, "seconds": 0.0}
-                if progress_callback is not None:
-                    progress_callback(row)
-            if (step + 1) % t.checkpoint_every == 0 or step + 1 == stop:
-                rng_states = [_rng_state(device)]
-                if ranks.world_size > 1:
-                    gathered: list[Any] = [None] * ranks.world_size
-                    dist.all_gather_object(gathered, rng_states[0].cpu())
-                    rng_states = gathered
-                if ranks.main:
-                    save_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, step=step + 1,
-                                    spec=spec, space=space, rng_states=rng_states, text_corpus=fingerprint,
-                                    init_sha256=init_sha256,
-                                    stream=cursor.state() if cursor is not None else None)
+    state = TrainState.fresh(spec, space.size, device)
+    torch.manual_seed(spec.train.seed + ranks.rank)  # dropout: one stream per rank
+    _resume_or_initialize(run, state, allow_other_token_space)
+    tally = _restart_log(run, state.step)
+    data = _step_rows(run, records, texts, shard_dir, state.stream)
+    start = state.step
+    stop = spec.steps if stop_at_step is None else min(spec.steps, stop_at_step)
+    loss = _train_steps(run, state, data, stop, tally, progress_callback)
     if ranks.world_size > 1:
         dist.barrier()  # every rank returns after rank 0's checkpoint is on disk
     if owns_group:
         dist.destroy_process_group()
-    rows = read_log(out)
-    seconds = sum(r["window"]["seconds"] for r in rows) or float("nan")
-    return TrainResult(
-        out_dir=out,
-        steps=stop,
-        final_loss=loss_value if stop > start else (rows[-1]["loss"] if rows else float("nan")),
-        parameters=count_parameters(model),
-        tokens_per_second=sum(r["window"]["tokens"] for r in rows) / seconds,
-        positions_per_second=sum(r["window"]["global_positions"] for r in rows) / seconds,
-    )
+    return _result(run, state.model, stop, loss if stop > start else None)
 
 
-def plot_losses(runs: dict[str, str | Path], out_png: str | Path, x: str = "global_positions") -> Path:
+# ---------------------------------------------------------------------------------------------
+# Training on a shard set from the command line, and loss curves
+
+
+def train_on_shards(
+    spec: RunSpec,
+    shard_dir: Path,
+    out_dir: Path,
+    *,
+    text_path: Path | None = None,
+    tokenizer_path: Path | None = None,
+    init: Path | None = None,
+    allow_other_token_space: bool = False,
+    announce: Callable[[str], None] = log.info,
+    progress_callback: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult | None:
+    """`lst-model train`: `train` on a shard set's training utterances, with the --text corpus
+    (`shard_text_corpus`) when one is given. Rank 0 first records the digests of the training
+    transcripts in `out_dir` (with those of the --init run: score's contamination check) and
+    `announce`s what it trains on; after training it plots the losses to loss.png and returns
+    the result (other ranks: None)."""
+    space = load_token_space(shard_dir)
+    texts = shard_text_corpus(text_path, tokenizer_path, shard_dir, space.text_vocab_size) if text_path is not None else None
+    utterances = TrainingUtterances.of(shard_dir, spec.data)
+    main = Distributed.from_env().main
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_training_texts(out_dir, utterances.transcripts(), read_training_texts(init.parent) if init is not None else None)
+        corpus = f", text corpus of {len(texts)} documents" if texts is not None else ""
+        announce(f"{spec.model.kind}: {utterances.summary}{corpus}, {spec.steps} steps")
+    result = train(spec, utterances.records, space, out_dir, texts=texts, shard_dir=shard_dir,
+                   progress_callback=progress_callback, init=init, allow_other_token_space=allow_other_token_space)
+    if not main:
+        return None
+    plot_losses({spec.model.kind: out_dir}, out_dir / "loss.png")
+    return result
+
+
+def plot_losses(runs: Mapping[str, str | Path], out_png: str | Path, x: str = "global_positions") -> Path:
     """Loss curves of several runs on one axis (x: cumulative 'global_positions', 'tokens' or 'train_flops')."""
     import matplotlib
 

@@ -67,6 +67,7 @@ from lst_data.core.rejects import Reject, merge_rejects, read_rejects, rejects_t
 from lst_data.core.runner import DONE_FILE, REJECTS_FILE, StagePartitions, TableParts, finish_stage, map_items
 from lst_data.core.stage import Resources, Stage
 from lst_data.core.storage import StoragePath, is_remote, location, remove_tree
+from lst_data.format.layout import read_dataset
 from lst_data.ingest.cli import layout_option
 from lst_data.ingest.stage import AUDIO_FOLDER, Ignored, spill_listing
 
@@ -130,7 +131,7 @@ def plan_corpus(corpus: StoragePath, run_dir: StoragePath, config: RunConfig) ->
     listing, then one partition, at a time. Unchanged partitions are not rewritten."""
     folder = run_dir / PLAN_FOLDER
     # The driver's own spill files: beside the plan, or in the system temp dir for a run on a store.
-    scratch = Path(tempfile.mkdtemp(prefix="lst-listing-")) if is_remote(run_dir) else folder / ".listing"
+    scratch = Path(tempfile.mkdtemp(prefix="lst-listing-")) if is_remote(run_dir) else run_dir / PLAN_FOLDER / ".listing"
     shutil.rmtree(scratch, ignore_errors=True)
     spill = scratch / "entries.parquet"
     rows, rejects, ignored = spill_listing(corpus, config.ingest, spill)
@@ -208,7 +209,7 @@ class BuildContext:
         recorded = {r: self.recorded_hashes(r) for r in STEPS[step].reads}
         return [{r: recorded[r][i] for r in recorded} for i in range(len(self.plan.names))]
 
-    def tasks(self, step: str, folder: Path, tables: list[str], fitted: dict[str, Any],
+    def tasks(self, step: str, folder: StoragePath, tables: list[str], fitted: dict[str, Any],
               task_fields: Callable[[str], dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
         """(tasks for the partitions to run, markers of the partitions kept) of a step."""
         base = step_base_inputs(self.config, step)
@@ -311,8 +312,8 @@ def _run_stage_step(ctx: BuildContext, name: str, inputs: dict[str, Any]) -> Ste
 
 
 def _run_shard_step(ctx: BuildContext, name: str, inputs: dict[str, Any]) -> StepOutcome:
+    from lst_data.format.contract import STAGE
     from lst_data.shards.build import StageOutputs, shard_provenance
-    from lst_data.shards.contract import STAGE
     from lst_data.shards.parallel import ENCODED_TABLE, EncodePartitions, write_partitioned_shards
     from lst_data.tokenize import load_tokenizer
 
@@ -378,14 +379,11 @@ def _kept_outcome(ctx: BuildContext, name: str, inputs: dict[str, Any]) -> StepO
 def _outputs_present(ctx: BuildContext, name: str) -> bool:
     """A kept step must have its outputs: every partition's table (the shards: every tar)."""
     if name == "shard":
-        from lst_data.shards.layout import DATASET_FILE
-
-        dataset = ctx.shards / DATASET_FILE
         try:
-            shards = json.loads(dataset.read_text(encoding="utf-8"))["shards"]
-        except (OSError, ValueError, KeyError):
+            shards = read_dataset(ctx.shards)["shards"]
+        except (OSError, ValueError):
             return False
-        return all((dataset.parent / s).is_file() for s in shards)
+        return all((ctx.shards / s).is_file() for s in shards)
     folder = ctx.run_dir / STEPS[name].folder
     return all(part_file(folder, STEPS[name].table, p).is_file() for p in ctx.plan.names)
 
@@ -508,13 +506,13 @@ def print_build_summary(report: BuildReport, config: RunConfig) -> None:
     by_step = {o.name: o.figures for o in report.outcomes}
     hours_in = float(by_step.get("ingest", {}).get("hours", 0.0))
     hours_out = float(by_step.get("shard", {}).get("hours_out", 0.0))
-    figures = [("hours in (ingested)", f"{hours_in:.4f}"), ("hours out (in shards)", f"{hours_out:.4f}"),
-               ("wall time", f"{report.seconds:.1f} s")]
+    totals = [("hours in (ingested)", f"{hours_in:.4f}"), ("hours out (in shards)", f"{hours_out:.4f}"),
+              ("wall time", f"{report.seconds:.1f} s")]
     if hours_in and not any(o.skipped for o in report.outcomes):
-        figures.append(("real-time factor", f"{report.seconds / (hours_in * 3600):.3f} (wall s per audio s)"))
+        totals.append(("real-time factor", f"{report.seconds / (hours_in * 3600):.3f} (wall s per audio s)"))
     ingest_json = report.run_dir / STEPS["ingest"].folder / "ingest.json"
     notes = ignored_notes(json.loads(ingest_json.read_text(encoding="utf-8"))) if ingest_json.exists() else []
-    print_summary("totals", figures, report.rejects, console=console, config=config, notes=notes)
+    print_summary("totals", totals, report.rejects, console=console, config=config, notes=notes)
 
 
 def parse_steps(value: str) -> tuple[str, ...]:

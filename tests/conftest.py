@@ -57,10 +57,11 @@ def demo_build(demo_corpus, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def make_synthetic_shards(tmp_path_factory):
     """A function writing a shard folder of `n_samples` synthetic records (tables of `synthetic_tables(seed)`)."""
+    from support.synthetic_shards import synthetic_tables
+
     from lst_data.config import RunConfig
     from lst_data.core.config import updated
     from lst_data.shards.join import join_records
-    from lst_data.shards.synthetic import synthetic_tables
     from lst_data.shards.writer import write_shards
 
     def make(n_samples: int, samples_per_shard: int, seed: int) -> Path:

@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 
 import torch.distributed as dist
+from support.toy_corpus import ToyLanguage, synthetic_dataset_json, synthetic_records
 
 from lst_model.config import load_run_spec
-from lst_model.synthetic import ToyLanguage, synthetic_dataset_json, synthetic_records
 from lst_model.tokens import TokenSpace
 from lst_model.train import train
 

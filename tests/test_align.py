@@ -11,19 +11,19 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from support.alignment_scores import evaluate_alignments
 
 from lst_data.align.base import Alignment, Interval
 from lst_data.align.config import AlignConfig
-from lst_data.align.evaluate import evaluate_alignments
 from lst_data.align.lexicon import fallback_pronunciation, letter_pronunciation, write_mfa_dictionary
 from lst_data.align.silence import silence_spans, trim_quiet_edges
 from lst_data.align.stage import AlignStage, align_manifest
 from lst_data.audio import write_audio
 from lst_data.config import load_config
 from lst_data.core.rejects import read_rejects
-from lst_data.core.schemas import validation_errors
 from lst_data.core.tables import ALIGNMENT_SCHEMA
 from lst_data.demo import load_ground_truth
+from lst_data.format.schema import validation_errors
 from lst_data.ingest.stage import ingest_corpus
 
 RATE = 16000

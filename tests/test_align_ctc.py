@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 from lst_data.align.config import AlignConfig, CtcConfig  # noqa: E402
 from lst_data.align.stage import AlignStage  # noqa: E402
 from lst_data.audio import write_audio  # noqa: E402
-from lst_data.core.schemas import validation_errors  # noqa: E402
+from lst_data.format.schema import validation_errors  # noqa: E402
 
 RATE = 16000
 VOCAB = ["<blank>", "|", "'", *"abcdefghijklmnopqrstuvwxyz"]
@@ -134,7 +134,8 @@ def test_audio_too_short_for_the_transcript_is_align_failed(random_ctc_checkpoin
 @pytest.mark.skipif(not os.environ.get("LST_DATA_CTC_CHECKPOINT"),
                     reason="no CTC checkpoint (set LST_DATA_CTC_CHECKPOINT to a checkpoint directory)")
 def test_real_ctc_checkpoint_aligns_demo_corpus(demo_corpus, tmp_path):
-    from lst_data.align.evaluate import evaluate_alignments
+    from support.alignment_scores import evaluate_alignments
+
     from lst_data.align.stage import align_manifest
     from lst_data.config import load_config
     from lst_data.demo import load_ground_truth

@@ -15,10 +15,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support.alignment_scores import evaluate_alignments
 
 from lst_data.align.base import AlignFailure, Alignment, AlignRequest
 from lst_data.align.config import AlignConfig, MfaConfig
-from lst_data.align.evaluate import evaluate_alignments
 from lst_data.align.mfa_install import MfaUnavailable, mfa_missing
 from lst_data.config import load_config
 from lst_data.demo import load_ground_truth

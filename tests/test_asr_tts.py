@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from support.toy_corpus import ToyLanguage, synthetic_dataset_json, synthetic_records, write_synthetic_shards
 
 from lst_data.core.errors import ConfigError
+from lst_data.format.layout import read_dataset
 from lst_model.cli import cli
 from lst_model.config import load_run_spec
 from lst_model.data import load_records, load_token_space
@@ -27,7 +29,6 @@ from lst_model.sequences import (
     training_sequences,
 )
 from lst_model.stream import PackedShardStream, batch_from_tensors
-from lst_model.synthetic import ToyLanguage, synthetic_dataset_json, synthetic_records, write_synthetic_shards
 from lst_model.tokens import TokenSpace
 from lst_model.train import CHECKPOINT, load_checkpoint, read_log, train
 
@@ -219,8 +220,9 @@ def test_asr_needs_a_tokenizer_and_the_models_token_space(synthetic_run, tmp_pat
     assert result.exit_code == 2 and "no tokenizer found" in result.output
     other = tmp_path / "other"
     other.mkdir()
-    (other / "dataset.json").write_text(json.dumps({"tokenizer": {"vocab_size": SPACE.text_vocab_size},
-                                                    "units": {"k": SPACE.n_units + 1}}))
+    dataset = read_dataset(shards)  # the shards' own dataset.json, but for a codebook of another size
+    dataset["units"]["k"] = SPACE.n_units + 1
+    (other / "dataset.json").write_text(json.dumps(dataset))
     result = CliRunner().invoke(cli, ["tts", "--model", str(run), "--shards", str(other)])
     assert result.exit_code == 2 and "is not the model's" in result.output, result.output
 

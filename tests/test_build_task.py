@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lst_data.patching import patch_lengths
-from lst_data.records import SampleRecord
-from lst_data.shards.reader import iter_records
+from lst_data.format.patching import patch_lengths
+from lst_data.format.reader import iter_records
+from lst_data.format.records import SampleRecord
 from lst_data.text import normalize_text
 from lst_data.tokenize.tokenizer import load_tokenizer
 from lst_model.items import read_items

@@ -10,11 +10,11 @@ import sys
 
 import numpy as np
 import pytest
+from support.toy_corpus import ToyLanguage, synthetic_dataset_json, synthetic_records
 
 from lst_model.compare import CONCRETE, format_report, mixture_cost
 from lst_model.config import load_run_spec
 from lst_model.sequences import SequenceBuilder
-from lst_model.synthetic import ToyLanguage, synthetic_dataset_json, synthetic_records
 from lst_model.tokens import TokenSpace
 
 LANGUAGE = ToyLanguage.make(0)

@@ -121,3 +121,16 @@ def test_every_field_is_documented():
     assert len(rows) > 10
     undocumented = [name for name, _, text in rows if not text.strip()]
     assert undocumented == []
+
+
+def test_kmeans_out_that_is_not_a_npy_file_is_refused_before_training(tmp_path):
+    import pyarrow.parquet as pq
+
+    from lst_data.core.tables import MANIFEST_SCHEMA
+
+    pq.write_table(MANIFEST_SCHEMA.empty_table(), tmp_path / "manifest.parquet")
+    proc = subprocess.run([str(LST_DATA), "kmeans", str(tmp_path), "--out", str(tmp_path / "codebook")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"lst-data: error: --out: {tmp_path / 'codebook'} must name a .npy "
+                                                "file (the codebook; its .npy.json sidecar goes beside it)"]

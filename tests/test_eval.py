@@ -12,10 +12,11 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from support.toy_corpus import ToyLanguage, synthetic_records, write_synthetic_shards
 
 from lst_data.demo import SENTENCES, VOICES, demo_plan
-from lst_data.patching import patch_lengths
-from lst_data.records import SampleRecord
+from lst_data.format.patching import patch_lengths
+from lst_data.format.records import SampleRecord
 from lst_model.cli import cli
 from lst_model.corpus_tasks import corpus_items
 from lst_model.data import (
@@ -28,7 +29,6 @@ from lst_model.data import (
     write_training_texts,
 )
 from lst_model.items import ChoiceItem, read_items, write_items
-from lst_model.synthetic import ToyLanguage, synthetic_records, write_synthetic_shards
 
 
 def _text_record(record_id: str, speaker: str, text: str) -> SampleRecord:

@@ -26,8 +26,8 @@ from lst_data.align.config import PocketsphinxConfig
 from lst_data.cli import cli
 from lst_data.core.cli_options import run_cli
 from lst_data.core.rejects import read_rejects
-from lst_data.core.schemas import validation_errors
-from lst_data.keys import MAX_KEY_CHARS, sanitize_key
+from lst_data.format.keys import MAX_KEY_CHARS, sanitize_key
+from lst_data.format.schema import validation_errors
 
 MISMATCH_CODES = ("align_failed", "alignment_low_score", "alignment_unaligned_speech")
 # Small but real models: the corpora hold a handful of utterances.

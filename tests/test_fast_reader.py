@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lst_data.records import RecordBatch, SampleRecord, Spans, Word, parse_json
-from lst_data.shards import safe_tar
-from lst_data.shards.reader import decode_members, iter_raw_samples, iter_records, make_loader
+from lst_data.format import safe_tar
+from lst_data.format.loader import make_loader
+from lst_data.format.reader import decode_members, iter_raw_samples, iter_records
+from lst_data.format.records import RecordBatch, SampleRecord, Spans, Word, parse_json
 
 N_SAMPLES = 24
 

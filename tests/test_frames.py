@@ -1,4 +1,4 @@
-"""Property tests of the time -> frame rule (lst_data.frames), checked against exact
+"""Property tests of the time -> frame rule (lst_data.format.frames), checked against exact
 rational arithmetic (fractions.Fraction) rather than the float code under test.
 
 Times are drawn on a millisecond grid, so Fraction gives the true floor/ceil of t * f.
@@ -12,7 +12,7 @@ from fractions import Fraction
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lst_data.frames import (
+from lst_data.format.frames import (
     FrameSpan,
     frame_to_time,
     frames_for_duration,

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from support.toy_corpus import ToyLanguage, synthetic_dataset_json, synthetic_records, write_synthetic_shards
 
 from lst_model.cli import cli
 from lst_model.config import load_run_spec
@@ -24,7 +25,6 @@ from lst_model.generate import (
 )
 from lst_model.model import Batch, build_model
 from lst_model.sequences import Example
-from lst_model.synthetic import ToyLanguage, synthetic_dataset_json, synthetic_records, write_synthetic_shards
 from lst_model.tokens import TokenSpace
 from lst_model.train import load_model
 

@@ -25,9 +25,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from support.synthetic_shards import synthetic_tables
 
 from lst_data.cli import cli
-from lst_data.shards.synthetic import synthetic_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 MEMORY_LIMIT_MB = 500
@@ -42,7 +42,7 @@ peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 print(json.dumps({"rc": done.returncode, "peak_mb": peak_mb, "out": done.stdout, "err": done.stderr}))
 """
 _LST_DATA = [sys.executable, "-c", "from lst_data.cli import main; main()"]
-# load_records (lst_model) reads through lst_data.shards.reader.iter_records, verifying by default;
+# load_records (lst_model) reads through lst_data.format.reader.iter_records, verifying by default;
 # a bad shard is a BadShardError (a UserError), printed here as the CLIs print one: a line, exit 2.
 _LOAD_RECORDS = [sys.executable, "-c", """
 import sys
@@ -231,8 +231,8 @@ def test_training_pipeline_refuses_each_hostile_case_in_bounded_memory(good_dir,
         make_case(case, good_dir, target)
     script = """
 import json, sys
-from lst_data.shards.pipeline import shard_pipeline
-from lst_data.shards.reader import BadShardError
+from lst_data.format.loader import shard_pipeline
+from lst_data.format.reader import BadShardError
 
 def status_kb(field):
     with open("/proc/self/status") as status:
@@ -273,7 +273,7 @@ def _reseal_first_json(good: Path, target: Path, new_json: bytes) -> Path:
 
 
 def test_nested_json_under_the_size_cap_is_refused_by_depth(good_dir, tmp_path):
-    from lst_data.shards.reader import BadShardError, iter_records
+    from lst_data.format.reader import BadShardError, iter_records
 
     _reseal_first_json(good_dir, tmp_path / "d", b"[" * 1_000_000 + b"]" * 1_000_000)
     with pytest.raises(BadShardError, match=r"train-000000.tar: sample .*json is not valid JSON \(depth limit"):
@@ -300,8 +300,8 @@ def test_nested_json_under_the_size_cap_is_refused_by_depth(good_dir, tmp_path):
     ],
 )  # fmt: skip
 def test_malformed_sample_json_is_a_one_line_reason_never_a_type_error(good_dir, change, message):
-    from lst_data.records import MalformedSample
-    from lst_data.shards.reader import decode_members, iter_raw_samples
+    from lst_data.format.reader import decode_members, iter_raw_samples
+    from lst_data.format.records import MalformedSample
 
     key, members = next(iter_raw_samples(good_dir / "train-000000.tar"))
     data = json.loads(members["json"])
@@ -311,7 +311,7 @@ def test_malformed_sample_json_is_a_one_line_reason_never_a_type_error(good_dir,
 
 
 def test_huge_integers_and_infinite_floats_are_refused(good_dir):
-    from lst_data.shards.reader import decode_members, iter_raw_samples
+    from lst_data.format.reader import decode_members, iter_raw_samples
 
     key, members = next(iter_raw_samples(good_dir / "train-000000.tar"))
     text = members["json"].decode()
@@ -323,7 +323,7 @@ def test_huge_integers_and_infinite_floats_are_refused(good_dir):
 
 
 def test_a_sidecar_nested_deeply_or_huge_is_refused_without_a_crash(good_dir, tmp_path):
-    from lst_data.shards.layout import Sidecar
+    from lst_data.format.layout import Sidecar
 
     side = tmp_path / "train-000000.json"
     for content in (b"[" * 100_000, b'{"samples": ' + b"[" * 900 + b"]" * 900 + b"}", b" " * 200_000):
@@ -333,7 +333,7 @@ def test_a_sidecar_nested_deeply_or_huge_is_refused_without_a_crash(good_dir, tm
 
 
 def test_pax_sparse_and_oversized_extended_headers_are_refused(tmp_path):
-    from lst_data.shards.reader import BadShardError, iter_shard
+    from lst_data.format.reader import BadShardError, iter_shard
 
     sparse = tarfile.TarInfo("a.json")
     sparse.pax_headers = {"GNU.sparse.size": str(8 * GIB), "GNU.sparse.map": f"{8 * GIB - 512},512",
@@ -355,7 +355,7 @@ def test_pax_sparse_and_oversized_extended_headers_are_refused(tmp_path):
 def test_a_units_header_that_declares_more_than_it_holds_is_refused():
     import numpy as np
 
-    from lst_data.shards.reader import load_units
+    from lst_data.format.reader import load_units
 
     header = np.lib.format.header_data_from_array_1_0(np.zeros(1, dtype="<i4"))
     header["shape"] = (10**12,)

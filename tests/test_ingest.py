@@ -12,7 +12,7 @@ import soundfile as sf
 
 from lst_data.config import load_config
 from lst_data.core.rejects import REJECT_CODES, read_rejects
-from lst_data.core.schemas import validation_errors
+from lst_data.format.schema import validation_errors
 from lst_data.ingest.stage import ingest_corpus
 
 RATE_IN = 22050

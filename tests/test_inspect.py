@@ -13,14 +13,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from support.synthetic_shards import synthetic_tables
 
 from lst_data.cli import cli
 from lst_data.config import RunConfig
 from lst_data.core.config import updated
 from lst_data.core.rejects import Reject, write_rejects
+from lst_data.format.reader import iter_raw_samples
 from lst_data.shards.members import EncodedSample
-from lst_data.shards.reader import iter_raw_samples
-from lst_data.shards.synthetic import synthetic_tables
 from lst_data.shards.tar_io import write_tar
 
 N = 14
@@ -181,7 +181,7 @@ def test_plot_with_audio_draws_a_spectrogram(tmp_path):
         audio_source=FlacFromPaths(paths),
         show_progress=False,
     )
-    from lst_data.shards.reader import iter_records
+    from lst_data.format.reader import iter_records
 
     (record,) = list(iter_records(tmp_path / "s"))
     assert record.audio is not None

@@ -21,10 +21,10 @@ import soundfile as sf
 from demo_run import build_config as config  # tests/ is on sys.path under pytest
 
 from lst_data.core.errors import UserError
-from lst_data.ingest.readers import detect_layout, read_corpus
+from lst_data.format.reader import iter_records
+from lst_data.ingest.layouts import detect_layout, read_corpus
 from lst_data.ingest.segmentation import cut_at_pauses
 from lst_data.ingest.stage import ingest_corpus
-from lst_data.shards.reader import iter_records
 from pipelines.build_corpus import build_corpus
 
 lhotse = pytest.importorskip("lhotse", reason="the interop extra: pip install 'lst-data[interop]'")

@@ -8,11 +8,11 @@ import json
 
 import jsonschema
 import pytest
+from support.toy_corpus import ToyLanguage, synthetic_records
 
-from lst_data.core.schemas import load_schema
+from lst_data.format.schema import load_schema
 from lst_model.corpus_tasks import corpus_items
 from lst_model.items import InvalidItem, iter_items, read_items, write_items
-from lst_model.synthetic import ToyLanguage, synthetic_records
 
 RECORDS = synthetic_records(30, seed=4, language=ToyLanguage.make(4), speakers=2)
 ITEMS, _ = corpus_items(RECORDS, 0.5, seed=0)

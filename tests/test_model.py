@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from support.toy_corpus import ToyLanguage, synthetic_dataset_json, synthetic_records
 from torch.utils.flop_counter import FlopCounterMode
 
 from lst_data.core.config import updated
@@ -15,7 +16,6 @@ from lst_model.config import PRESETS, ModelConfig, load_run_spec
 from lst_model.flops import batch_cost
 from lst_model.model import Batch, build_model, count_parameters
 from lst_model.sequences import SequenceBuilder, crop_patch_lengths, pack
-from lst_model.synthetic import ToyLanguage, synthetic_dataset_json, synthetic_records
 from lst_model.tokens import TokenSpace
 
 LANGUAGE = ToyLanguage.make(1)

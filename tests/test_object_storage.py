@@ -167,7 +167,7 @@ def test_lst_model_trains_streaming_the_shards_by_url(s3_build, tmp_path):
 
 
 def test_a_tar_damaged_on_the_server_is_refused(s3_build, tmp_path):
-    from lst_data.shards.reader import BadShardError, iter_records
+    from lst_data.format.reader import BadShardError, iter_records
 
     client = s3_build["client"]
     client.copy_object(Bucket=BUCKET, CopySource={"Bucket": BUCKET, "Key": "shards/dataset.json"},

@@ -1,4 +1,4 @@
-"""Patching strategies (lst_data.patching) on hand-made and generated shard samples."""
+"""Patching strategies (lst_data.format.patching) on hand-made and generated shard samples."""
 
 from __future__ import annotations
 
@@ -7,9 +7,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lst_data.frames import FrameSpan, frame_to_time, silence_frame_runs, word_frame_spans
-from lst_data.patching import PATCH_STRATEGIES, average_patch_sizes, patch_boundaries, patch_lengths, patches
-from lst_data.records import BpePiece, SampleRecord, Word
+from lst_data.format.frames import FrameSpan, frame_to_time, silence_frame_runs, word_frame_spans
+from lst_data.format.patching import (
+    PATCH_STRATEGIES,
+    average_patch_sizes,
+    patch_boundaries,
+    patch_lengths,
+    patches,
+)
+from lst_data.format.records import BpePiece, SampleRecord, Word
 from lst_data.tokenize.spans import bpe_frame_spans
 from lst_data.tokenize.tokenizer import TokenPiece
 

@@ -44,3 +44,25 @@ def test_a_stage_refuses_to_write_into_the_manifest_folder(tmp_path, stage):
     assert result.returncode == 2, result.stderr
     assert "--out" in result.stderr and "holds the manifest" in result.stderr and "Traceback" not in result.stderr
     assert (tmp_path / "done.json").read_text() == "{}"
+
+
+def test_a_stage_reads_a_builds_partitioned_manifest(tmp_path):
+    """`lst-data align RUN/ingest` reads the build's manifest.parquet folder, partitions in order."""
+    import pyarrow.parquet as pq
+    import pytest
+    from support.synthetic_shards import synthetic_tables
+
+    from lst_data.core.errors import InputError
+    from lst_data.core.runner import read_manifest
+
+    manifest = synthetic_tables(7, seed=3).manifest
+    folder = tmp_path / "ingest" / "manifest.parquet"
+    folder.mkdir(parents=True)
+    pq.write_table(manifest.slice(4), folder / "part-00001.parquet")
+    pq.write_table(manifest.slice(0, 4), folder / "part-00000.parquet")
+    for given in (tmp_path / "ingest", folder):
+        assert read_manifest(given).column("id").to_pylist() == manifest.column("id").to_pylist()
+    for part in folder.iterdir():
+        part.unlink()
+    with pytest.raises(InputError, match="no manifest at"):
+        read_manifest(tmp_path / "ingest")

@@ -9,16 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from lst_data.records import SampleRecord
-from lst_data.shards.reader import (
+from lst_data.format.loader import make_loader, shard_pipeline
+from lst_data.format.reader import (
     BadShardError,
     ShardSet,
     SkipAndCount,
     iter_records,
     iter_shard,
-    make_loader,
-    shard_pipeline,
 )
+from lst_data.format.records import SampleRecord
 
 N_SAMPLES = 37
 
@@ -173,7 +172,7 @@ def test_load_records_verifies_by_default(two_shards_one_flipped):
 
 
 def test_resampled_mode_hashes_each_tar_once_per_worker(shard_dir, monkeypatch):
-    import lst_data.shards.pipeline as pipeline_module
+    import lst_data.format.loader as pipeline_module
 
     verified = []
     real = pipeline_module.verify_shard
@@ -189,8 +188,8 @@ def test_resampled_mode_hashes_each_tar_once_per_worker(shard_dir, monkeypatch):
 def test_fast_units_path_matches_np_load(units):
     import numpy as np
 
+    from lst_data.format.reader import load_units
     from lst_data.shards.members import units_npy_bytes
-    from lst_data.shards.reader import load_units
 
     array = np.asarray(units, dtype=np.int16)
     data = units_npy_bytes(array)
@@ -201,7 +200,7 @@ def test_fast_units_path_matches_np_load(units):
 def test_units_of_another_dtype_still_load_but_pickles_never():
     import numpy as np
 
-    from lst_data.shards.reader import load_units
+    from lst_data.format.reader import load_units
 
     buffer = io.BytesIO()
     np.save(buffer, np.arange(4, dtype=">i4"))
@@ -210,3 +209,19 @@ def test_units_of_another_dtype_still_load_but_pickles_never():
     np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="pickle"):
         load_units(buffer.getvalue())
+
+
+def test_a_samples_silences_are_the_frames_no_word_claims(shard_dir):
+    """Silence has one definition: the writer stores, and the reader returns, exactly the runs
+    of frames no word claims, the runs patching derives from the word spans."""
+    from lst_data.format.frames import FrameSpan, silence_frame_runs
+    from lst_data.format.patching import patches
+
+    records = list(iter_records(shard_dir, with_audio=False))
+    assert sum(len(r.silences) for r in records) > len(records) / 2  # the synthetic samples have pauses
+    for record in records:
+        words = [FrameSpan(w.start_frame, w.end_frame) for w in record.words]
+        stored = [FrameSpan(s.start_frame, s.end_frame) for s in record.silences]
+        assert stored == silence_frame_runs(words, record.n_frames), record.id
+        silence_patches = [p for p in patches(record, "word_sil_sep") if p.kind == "silence"]
+        assert [(p.start, p.start + p.length - 1) for p in silence_patches] == [tuple(s) for s in stored], record.id

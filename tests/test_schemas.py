@@ -11,8 +11,8 @@ import pytest
 from lst_data.config import RunConfig
 from lst_data.core import tables
 from lst_data.core.config import updated
-from lst_data.core.schemas import SCHEMA_DIR, load_schema, schema_names, validation_errors
-from lst_data.records import SampleRecord
+from lst_data.format.records import SampleRecord
+from lst_data.format.schema import SCHEMA_DIR, load_schema, schema_names, validation_errors
 
 _interval = [pa.field("start", pa.float64()), pa.field("end", pa.float64())]
 
@@ -80,7 +80,7 @@ def test_integer_width_comes_from_the_annotation(tmp_path, monkeypatch):
     plain = json.loads(json.dumps(schema))
     del plain["properties"]["units"]["items"]["x-arrow"]
     (tmp_path / "units.v1.json").write_text(json.dumps(plain))
-    monkeypatch.setattr("lst_data.core.schemas.SCHEMA_DIR", tmp_path)
+    monkeypatch.setattr("lst_data.format.schema.SCHEMA_DIR", tmp_path)
     load_schema.cache_clear()
     try:
         assert tables.arrow_schema("units").field("units").type == pa.list_(pa.int64())
@@ -91,12 +91,13 @@ def test_integer_width_comes_from_the_annotation(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def written(tmp_path_factory) -> dict[str, list[dict]]:
     """Every table and record the shard step writes from a pipeline-layout run, plus the stage tables."""
+    from support.synthetic_shards import synthetic_tables
+
     from lst_data.align.stage import oov_report
     from lst_data.core.rejects import Reject, write_rejects
+    from lst_data.format.layout import shard_paths, sidecar_path
+    from lst_data.format.reader import iter_raw_samples
     from lst_data.shards.build import StageOutputs, build_shards
-    from lst_data.shards.layout import shard_paths, sidecar_path
-    from lst_data.shards.reader import iter_raw_samples
-    from lst_data.shards.synthetic import synthetic_tables
 
     run = tmp_path_factory.mktemp("run")
     made = synthetic_tables(8, seed=40)
@@ -126,9 +127,10 @@ def written(tmp_path_factory) -> dict[str, list[dict]]:
     records["sample"] = [json.loads(m["json"]) for t in tars for _, m in iter_raw_samples(t, with_audio=False)]
     records["sidecar"] = [json.loads(sidecar_path(t).read_text()) for t in tars]
     records["dataset"] = [json.loads((out / "dataset.json").read_text())]
+    from support.toy_corpus import synthetic_records
+
     from lst_model.corpus_tasks import corpus_items
     from lst_model.items import write_items
-    from lst_model.synthetic import synthetic_records
 
     items, _ = corpus_items(synthetic_records(20, seed=5, speakers=2), 0.5)
     records["choice_item"] = [json.loads(line) for line in write_items(items, run / "items.jsonl").read_text().splitlines()]
@@ -157,7 +159,7 @@ def test_python_records_name_the_schema_fields(record_class, name):
     import dataclasses
 
     from lst_data.core.rejects import Reject
-    from lst_data.shards.layout import Sidecar
+    from lst_data.format.layout import Sidecar
 
     cls = {"Sidecar": Sidecar, "Reject": Reject}[record_class]
     fields = [f.name for f in dataclasses.fields(cls)]
@@ -190,7 +192,7 @@ def test_fast_check_and_jsonschema_agree_on_broken_samples():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from lst_data.core.schemas import _compiled, _validator, validation_errors
+    from lst_data.format.schema import _compiled, _validator, validation_errors
 
     good = {
         "schema_version": 1, "id": "u", "text": "a b", "speaker": "s", "duration": 0.2, "sample_rate": 16000,

@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from support.toy_corpus import ToyLanguage, synthetic_dataset_json, synthetic_records
 
 from lst_model.config import ModelConfig, load_run_spec
 from lst_model.corpus_tasks import corpus_items
@@ -16,7 +17,6 @@ from lst_model.items import PAIRS, ChoiceItem, InvalidItem, Side, read_items, wr
 from lst_model.model import build_model
 from lst_model.score import ItemScore, accuracy, accuracy_by_pair, choice_example, score_items
 from lst_model.sequences import crop_patch_lengths
-from lst_model.synthetic import ToyLanguage, synthetic_dataset_json, synthetic_records
 from lst_model.tokens import TokenSpace
 
 LANGUAGE = ToyLanguage.make(2)

@@ -1,12 +1,14 @@
 """Token space, on-the-fly sequence building, patch cropping and packing (synthetic records:
-toy utterances with exact word/piece frame spans, see lst_model/synthetic.py)."""
+toy utterances with exact word/piece frame spans, see support/toy_corpus.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from support.toy_corpus import ToyLanguage, synthetic_dataset_json, synthetic_records, write_synthetic_shards
 
-from lst_data.patching import patch_lengths
+from lst_data.format.layout import read_dataset
+from lst_data.format.patching import patch_lengths
 from lst_model.config import DataConfig, load_run_spec
 from lst_model.sequences import (
     KINDS,
@@ -17,7 +19,6 @@ from lst_model.sequences import (
     static_patch_lengths,
     training_sequences,
 )
-from lst_model.synthetic import ToyLanguage, synthetic_dataset_json, synthetic_records, write_synthetic_shards
 from lst_model.tokens import TokenSpace
 
 LANGUAGE = ToyLanguage.make(0)
@@ -39,7 +40,7 @@ def test_token_space_layout():
 
 def test_token_space_from_the_shard_writers_dataset_json(tmp_path):
     out = write_synthetic_shards(tmp_path / "shards", 6)
-    space = TokenSpace.from_dataset_json(out / "dataset.json")
+    space = TokenSpace.from_dataset_json(read_dataset(out))
     assert (space.text_vocab_size, space.n_units) == (LANGUAGE.text_vocab_size, LANGUAGE.n_units)
     assert TokenSpace.from_dataset_json({"tokenizer": {"vocab_size": 7}, "units": {"k": 5}}) == TokenSpace(7, 5)
     with pytest.raises(KeyError):

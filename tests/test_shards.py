@@ -15,16 +15,16 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 import webdataset as wds
+from support.synthetic_shards import TOKENIZER_HASH, synthetic_tables
 
 from lst_data.config import RunConfig
 from lst_data.core.config import updated
 from lst_data.core.rejects import Reject, read_rejects
-from lst_data.core.schemas import load_schema, validation_errors
 from lst_data.core.tables import ALIGNMENT_SCHEMA, MANIFEST_SCHEMA, TOKENS_SCHEMA, UNITS_SCHEMA
-from lst_data.keys import sanitize_key
+from lst_data.format.keys import sanitize_key
+from lst_data.format.schema import load_schema, validation_errors
 from lst_data.shards.build import shard_tables
 from lst_data.shards.join import JoinTables, join_records
-from lst_data.shards.synthetic import TOKENIZER_HASH, synthetic_tables
 from lst_data.shards.writer import write_shards
 
 
@@ -247,8 +247,8 @@ def test_resume_rewrites_a_damaged_shard_and_reports_it(tmp_path):
 
 def test_shard_tally_agrees_with_the_patching_module(tmp_path):
     """dataset.json's patch means come from ShardTally; patching.average_patch_sizes is the reference."""
-    from lst_data.patching import average_patch_sizes
-    from lst_data.shards.reader import iter_records
+    from lst_data.format.patching import average_patch_sizes
+    from lst_data.format.reader import iter_records
     from lst_data.shards.summary import ShardTally
 
     write(synthetic_tables(15, seed=9), tmp_path, config_with(samples_per_shard=4))
@@ -331,7 +331,7 @@ def test_unreadable_audio_is_a_reject(tmp_path):
 
 
 def test_sample_schema_names_the_record_fields():
-    from lst_data.shards.synthetic import synthetic_tables as make
+    from support.synthetic_shards import synthetic_tables as make
 
     (record,) = [r for r in join_records(make(1), RunConfig()) if not isinstance(r, Reject)]
     schema = load_schema("sample")
@@ -372,8 +372,8 @@ def test_writer_rejects_records_that_break_the_contract(tmp_path):
 def test_build_shards_from_a_pipeline_run_dir_with_a_real_tokenizer(tmp_path):
     """The layout of `lst-data build` (one folder per stage) and tokens from the real tokenize stage."""
     from lst_data.core.rejects import write_rejects
+    from lst_data.format.reader import iter_records
     from lst_data.shards.build import StageOutputs, build_shards
-    from lst_data.shards.reader import iter_records
     from lst_data.tokenize.stage import TokenizeStage
     from lst_data.tokenize.tokenizer import train_tokenizer
 

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lst_data.config import load_config
-from lst_data.frames import word_frame_spans
-from lst_data.shards.contract import sample_errors
+from lst_data.format.contract import sample_errors
+from lst_data.format.frames import word_frame_spans
 from lst_data.shards.join import join_one
 
 FRAME_RATE = 25.0

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lst_data.frames import FrameSpan, word_frame_spans
+from lst_data.format.frames import FrameSpan, word_frame_spans
 from lst_data.tokenize.spans import bpe_frame_spans, piece_char_count
 from lst_data.tokenize.tokenizer import TokenPiece
 

@@ -18,10 +18,10 @@ from lst_data.config import RunConfig
 from lst_data.core.config import RayConfig
 from lst_data.core.runner import run_stage
 from lst_data.demo import load_ground_truth
-from lst_data.frames import frames_for_duration, silence_frame_runs, word_frame_spans
+from lst_data.format.frames import frames_for_duration, silence_frame_runs, word_frame_spans
+from lst_data.format.patching import average_patch_sizes, patches
+from lst_data.format.records import BpePiece, SampleRecord, Silence, Word
 from lst_data.ingest.stage import ingest_corpus
-from lst_data.patching import average_patch_sizes, patches
-from lst_data.records import BpePiece, SampleRecord, Silence, Word
 from lst_data.tokenize.spans import bpe_frame_spans
 from lst_data.tokenize.stage import TokenizeStage, prepare_tokenizer
 from lst_data.tokenize.tokenizer import TokenPiece

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from support.toy_corpus import ToyLanguage, synthetic_records, write_synthetic_shards
 
 from lst_model.config import load_run_spec
 from lst_model.data import is_heldout, load_token_space
 from lst_model.stream import PackedShardStream, StreamCursor, StreamPosition
-from lst_model.synthetic import ToyLanguage, synthetic_records, write_synthetic_shards
 from lst_model.train import read_log, train
 
 N = 60

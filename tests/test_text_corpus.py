@@ -11,11 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from support.toy_corpus import ToyLanguage, write_synthetic_shards
 
+from lst_data.format.layout import read_dataset
 from lst_data.text import normalize_text
 from lst_data.tokenize.tokenizer import load_tokenizer, train_tokenizer
 from lst_model.cli import cli
-from lst_model.synthetic import ToyLanguage, write_synthetic_shards
 from lst_model.text_corpus import find_tokenizer, iter_documents, load_text_corpus
 
 DOCUMENTS = [
@@ -56,7 +57,7 @@ def test_every_format_gives_the_shards_tokenizers_ids_of_the_normalized_text(sha
     tokenizer = load_tokenizer(tokenizer_path)
     expected = [tokenizer.encode(normalize_text(d).text) for d in DOCUMENTS]
     assert expected[0] != tokenizer.encode(DOCUMENTS[0]), "normalized (lowercase, no punctuation) as the transcripts were"
-    dataset = json.loads((shards / "dataset.json").read_text())
+    dataset = read_dataset(shards)
     for path in _write_all_formats(tmp_path):
         assert list(iter_documents(path)) == DOCUMENTS, path.name
         ids = load_text_corpus(path, tokenizer_path, dataset, 96)

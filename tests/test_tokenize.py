@@ -312,3 +312,27 @@ def test_decode_inverts_encode(bpe, llama_like, tmp_path):
     text = "the early fox catches the croissant"
     for tok in (bpe, llama_like, load_tokenizer(path)):
         assert tok.decode(tok.encode(text)) == text, tok
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"not a model", "not a SentencePiece model"),
+    (b'{"truncated": ', "not a Hugging Face tokenizer.json"),
+    (None, "unreadable (No such file or directory)"),  # a folder without a tokenizer.json
+])
+def test_a_tokenizer_path_without_a_tokenizer_is_one_line_exit_2(tmp_path, content, says):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model = tmp_path / "tokenizer.model"
+    if content is None:
+        model.mkdir()
+    else:
+        model.write_bytes(content)
+    named = model / "tokenizer.json" if content is None else model
+    lst_data = Path(sys.executable).parent / "lst-data"
+    proc = subprocess.run([str(lst_data), "tokenizer", "encode", "--model", str(model), "hello"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"tokenizer {named}: {says}" in lines[0], proc.stderr

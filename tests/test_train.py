@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from support.toy_corpus import ToyLanguage, synthetic_dataset_json, synthetic_records, write_synthetic_shards
 
 from lst_model.cli import cli
 from lst_model.config import load_run_spec, replace
-from lst_model.synthetic import ToyLanguage, synthetic_dataset_json, synthetic_records, write_synthetic_shards
 from lst_model.tokens import TokenSpace
 from lst_model.train import CHECKPOINT, load_checkpoint, lr_factor, read_log, train
 
@@ -160,4 +160,5 @@ def test_a_model_path_that_is_no_checkpoint_is_one_line_exit_2(tmp_path):
                      ["train", "--shards", str(shards), "--out", str(tmp_path / "ft"), "--init", str(path)]):
             result = CliRunner().invoke(cli, args)
             assert result.exit_code == 2 and message in result.output and str(path) in result.output, (args, result.output)
-            assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+            assert "Traceback" not in result.output, (args, result.output)
+            assert result.exception is None or isinstance(result.exception, SystemExit), (args, result.exception)

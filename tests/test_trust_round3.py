@@ -25,7 +25,7 @@ from lst_data.cli import cli
 from lst_data.core.cli_options import run_cli
 from lst_data.core.errors import UserError
 from lst_data.core.rejects import read_rejects
-from lst_data.ingest.readers import read_corpus
+from lst_data.ingest.layouts import read_corpus
 from pipelines.build_corpus import build_corpus, parse_steps
 
 SMALL = ["--set", "units.k=12", "--set", "units.sample_frames=5000", "--set", "tokenizer.vocab_size=100"]
@@ -120,7 +120,7 @@ def test_an_output_folder_inside_the_corpus_is_refused(grid_corpus, tmp_path, ca
 
 
 def test_a_changed_split_leaves_only_the_new_split(grid_corpus, tmp_path):
-    from lst_data.shards.reader import iter_records
+    from lst_data.format.reader import iter_records
 
     corpus, grids = grid_corpus
     run_dir = tmp_path / "run"
@@ -233,8 +233,9 @@ def test_lst_model_on_folders_that_are_not_finished_shards(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> bytes:
+    from support.toy_corpus import ToyLanguage, synthetic_dataset_json, synthetic_records
+
     from lst_model.config import load_run_spec
-    from lst_model.synthetic import ToyLanguage, synthetic_dataset_json, synthetic_records
     from lst_model.tokens import TokenSpace
     from lst_model.train import CHECKPOINT, train
 
@@ -261,8 +262,9 @@ def test_a_truncated_checkpoint_is_a_user_error(tiny_checkpoint, tmp_path, fract
 
 
 def test_configs_that_cannot_work_are_refused_before_any_work(tmp_path, grid_corpus, capsys):
+    from support.toy_corpus import write_synthetic_shards
+
     from lst_model.cli import cli as model_cli
-    from lst_model.synthetic import write_synthetic_shards
 
     shards = write_synthetic_shards(tmp_path / "shards", 12)
     one_line(capsys, model_cli, ["train", "--shards", shards, "--out", tmp_path / "m", "--set", "preset=tiny",
@@ -298,7 +300,7 @@ def test_layout_detection_weighs_the_whole_folder(grid_corpus, tmp_path, capsys)
     MFA corpus leaves it an MFA corpus, and the summary names those files."""
     import os
 
-    from lst_data.ingest.readers import detect_layout
+    from lst_data.ingest.layouts import detect_layout
 
     fifo = tmp_path / "manifest.jsonl"
     os.mkfifo(fifo)
@@ -352,8 +354,9 @@ def test_a_model_refuses_shards_of_another_tokenizer_or_codebook(tmp_path, capsy
     """Same vocabulary size and k, other tokenizer and codebook (their sha256 in dataset.json):
     train --resume, score, asr and tts refuse in one line naming both hashes; the expert flag
     lets score through."""
+    from support.toy_corpus import write_synthetic_shards
+
     from lst_model.cli import cli as model_cli
-    from lst_model.synthetic import write_synthetic_shards
 
     ours = write_synthetic_shards(tmp_path / "ours", 40)
     dataset = json.loads((ours / "dataset.json").read_text())

@@ -23,9 +23,9 @@ from lst_data.config import RunConfig, load_config
 from lst_data.core.config import RayConfig, updated
 from lst_data.core.errors import ConfigError
 from lst_data.core.runner import StageReport, read_manifest, run_stage
-from lst_data.core.schemas import validate
 from lst_data.core.tables import MANIFEST_SCHEMA, UNITS_SCHEMA
-from lst_data.frames import frames_for_duration
+from lst_data.format.frames import frames_for_duration
+from lst_data.format.schema import validate
 from lst_data.units.codebook import (
     CodebookError,
     load_codebook,
@@ -388,7 +388,7 @@ def test_same_word_gets_more_similar_units_than_different_words(tmp_path, demo_c
     import itertools
 
     from lst_data.demo import load_ground_truth
-    from lst_data.frames import word_frame_spans
+    from lst_data.format.frames import word_frame_spans
     from lst_data.ingest.stage import ingest_corpus
     from lst_data.units.metrics import normalized_edit_distance
 

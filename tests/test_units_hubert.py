@@ -26,7 +26,7 @@ from test_units import _manifest, _signal, assign_units
 from torchaudio.models import wav2vec2_model
 
 from lst_data.core.config import RayConfig, updated
-from lst_data.frames import frames_for_duration
+from lst_data.format.frames import frames_for_duration
 from lst_data.ssl_checkpoints import CheckpointError, load_checkpoint, parse_conv_layers
 from lst_data.units.config import UnitsConfig
 from lst_data.units.encoders import HubertEncoder

@@ -14,10 +14,11 @@ import sys
 import zipfile
 from pathlib import Path
 
+from support.synthetic_shards import synthetic_tables
+
 from lst_data.config import RunConfig
 from lst_data.core.config import updated
 from lst_data.shards.join import join_records
-from lst_data.shards.synthetic import synthetic_tables
 from lst_data.shards.writer import write_shards
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def test_wheel_install_validates_shards(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "LST_DATA_SCHEMA_DIR"}
     env["PYTHONPATH"] = str(target)  # ahead of the venv's editable install of the checkout
     where = subprocess.run(
-        [sys.executable, "-c", "import lst_data.core.schemas as s, lst_data; print(lst_data.__file__); print(s.SCHEMA_DIR)"],
+        [sys.executable, "-c", "import lst_data.format.schema as s, lst_data; print(lst_data.__file__); print(s.SCHEMA_DIR)"],
         check=True, cwd=tmp_path, env=env, capture_output=True, text=True,
     ).stdout.split()
     assert all(Path(p).resolve().is_relative_to(target.resolve()) for p in where), where

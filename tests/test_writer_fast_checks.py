@@ -22,16 +22,16 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from support.synthetic_shards import synthetic_tables
 
 from lst_data.config import RunConfig
 from lst_data.core.config import updated
-from lst_data.patching import PATCH_STRATEGIES, patches
-from lst_data.records import BpePiece, SampleRecord, Silence, Word
-from lst_data.shards.contract import sample_errors
+from lst_data.format.contract import sample_errors
+from lst_data.format.patching import PATCH_STRATEGIES, patches
+from lst_data.format.records import BpePiece, SampleRecord, Silence, Word
 from lst_data.shards.join import join_records
 from lst_data.shards.members import sample_json_bytes, units_npy_bytes
 from lst_data.shards.summary import ShardTally
-from lst_data.shards.synthetic import synthetic_tables
 from lst_data.shards.validation import _ALIGNER_FIELDS, _UNITS_FIELDS, proven_tiling
 
 ROOT = Path(__file__).resolve().parent.parent

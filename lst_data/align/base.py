@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Labels aligners and TextGrids use for non-speech (DESIGN.md).
+# Labels aligners and TextGrids use for non-speech (docs/align.md, "Silence spans").
 SILENCE_LABELS = frozenset({"", "sil", "sp", "spn", "<eps>", "<sil>", "sil_b", "sil_e", "sil_i", "sil_s"})
 
 

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 from lst_data.align.base import Interval
 from lst_data.align.textgrid_io import write_textgrid
 from lst_data.core.tables import ALIGNMENT_SCHEMA
-from lst_data.keys import sanitize_key
+from lst_data.format.keys import sanitize_key
 
 
 def _parquet(path: Path, name: str) -> Path:

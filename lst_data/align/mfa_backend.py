@@ -64,8 +64,8 @@ from lst_data.align.textgrid_backend import index_textgrids, lowercase_words
 from lst_data.align.textgrid_io import read_tiers, tiers_to_alignment
 from lst_data.audio import AudioError, read_audio
 from lst_data.core.config import updated
-from lst_data.core.storage import is_url, location
-from lst_data.keys import sanitize_key
+from lst_data.core.storage import is_remote, is_url, location
+from lst_data.format.keys import sanitize_key
 
 WORKER_SCRIPT = Path(__file__).with_name("mfa_worker.py")
 DICTIONARY_SUFFIXES = (".dict", ".txt")
@@ -164,13 +164,13 @@ class MfaAligner(Aligner):
     def _align_local(self, requests: Sequence[AlignRequest]) -> list[Alignment | AlignFailure]:
         lexicons = [self.utterance_lexicon(r) for r in requests]
         results: list[Alignment | AlignFailure | None] = [x if isinstance(x, AlignFailure) else None for x in lexicons]
-        usable = [i for i, x in enumerate(lexicons) if not isinstance(x, AlignFailure)]
+        usable = {i: x for i, x in enumerate(lexicons) if not isinstance(x, AlignFailure)}
         if usable:
             align = self._align_in_worker if self.config.mode == "worker" else self._align_with_mfa_align
-            outcomes = align([requests[i] for i in usable], [lexicons[i] for i in usable])
-            for index, outcome in zip(usable, outcomes, strict=True):
+            outcomes = align([requests[i] for i in usable], list(usable.values()))
+            for (index, lexicon), outcome in zip(usable.items(), outcomes, strict=True):
                 if isinstance(outcome, Alignment):
-                    outcome = self._extend_edges(requests[index], replace(outcome, oov=lexicons[index].oov))
+                    outcome = self._extend_edges(requests[index], replace(outcome, oov=lexicon.oov))
                 results[index] = outcome
         return results  # type: ignore[return-value]
 
@@ -191,9 +191,10 @@ class MfaAligner(Aligner):
             lexicon = {w: p for i in group for w, p in lexicons[i].pronunciations.items()}
             utterances = [requests[i] for i in group]
             cmvn_from = [_segment(r) for r in utterances]
-            responses = self._ask_worker(lexicon, utterances, cmvn_from)
+            responses: Sequence[dict[str, Any] | None] | None = self._ask_worker(lexicon, utterances, cmvn_from)
             if responses is None:  # once more, one by one, on a fresh worker: find the one that kills it
-                responses = [(self._ask_worker(lexicon, [r], cmvn_from) or [None])[0] for r in utterances]
+                responses = [answer[0] if (answer := self._ask_worker(lexicon, [r], cmvn_from)) else None
+                             for r in utterances]
             for index, response in zip(group, responses or [None] * len(group), strict=True):
                 outcomes[index] = (
                     AlignFailure("align_failed", f"MFA worker: {self.worker_failure}") if response is None
@@ -257,10 +258,13 @@ def local_audio(requests: Sequence[AlignRequest]) -> Iterator[list[AlignRequest]
         local = []
         for request in requests:
             if is_url(request.audio_path):
-                remote = location(request.audio_path)
-                target = Path(scratch) / f"{request.key}{remote.suffix.lower()}"
-                with contextlib.suppress(FileNotFoundError):  # a missing file fails as it would locally
-                    remote.fs.get_file(remote.path, str(target))
+                source = location(request.audio_path)
+                if is_remote(source):
+                    target = Path(scratch) / f"{request.key}{source.suffix.lower()}"
+                    with contextlib.suppress(FileNotFoundError):  # a missing file fails as it would locally
+                        source.fs.get_file(source.path, str(target))
+                else:  # a file:// URL names the local file itself
+                    target = source
                 request = replace(request, audio_path=str(target))
             local.append(request)
         yield local

@@ -67,7 +67,7 @@ def _stretch_edge_units(units: list[Interval], before: list[Interval], after: li
 
 def _outside(silences: list[Interval], words: list[Interval]) -> list[Interval]:
     """Silence intervals with the stretches words now cover cut away (empty ones dropped)."""
-    out = []
+    out: list[Interval] = []
     for silence in silences:
         pieces = [(silence.start, silence.end)]
         for word in words:

@@ -54,6 +54,7 @@ def _project_venv_executable() -> Path | None:
 
 def find_mfa(config: MfaConfig) -> MfaInstall:
     """The configured MFA, else `mfa` on PATH, else `.venv-mfa` (cwd or project checkout)."""
+    executable: Path | None
     if config.executable:
         found = shutil.which(config.executable)
         if found is None:

@@ -32,6 +32,11 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kalpy.aligner import KalpyAligner
+    from kalpy.fstext.lexicon import LexiconCompiler
 
 
 class Worker:
@@ -41,8 +46,8 @@ class Worker:
         self.acoustic_model = AcousticModel(Path(acoustic_model_path))
         self.beam, self.retry_beam = beam, retry_beam
         self.pronunciations: dict[str, list[str]] = {}
-        self.lexicon = None
-        self.aligner = None
+        self.lexicon: LexiconCompiler | None = None
+        self.aligner: KalpyAligner | None = None  # built by `use_lexicon`, before the first utterance
 
     @property
     def phones(self) -> list[str]:
@@ -96,6 +101,8 @@ class Worker:
         return utterance
 
     def align(self, request: dict, cmvn) -> dict:
+        if self.aligner is None:
+            raise RuntimeError("no aligner: `use_lexicon` builds it before the first utterance")
         utterance = self._utterance(request, request["text"])
         utterance.apply_cmvn(cmvn if cmvn is not None else self.cmvn([request]))
         ctm = self.aligner.align_utterance(utterance)

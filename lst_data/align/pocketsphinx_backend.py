@@ -191,7 +191,8 @@ class PocketsphinxAligner(Aligner):
                 return AlignFailure("align_failed", f"pocketsphinx: {entries}; with retry_beam {self.ps_config.retry_beam:g}: {retried}")
             entries = retried
         alignment = self._to_alignment(entries, oov)
-        if self._phone_loop is None or alignment.score is None:
+        min_score = self.ps_config.min_score  # (set whenever there is a phone loop)
+        if self._phone_loop is None or min_score is None or alignment.score is None:
             return alignment
         free = self._free_decode(pcm)
         if free is None:
@@ -199,10 +200,10 @@ class PocketsphinxAligner(Aligner):
                                                 "audio, so the quality gate cannot score it")
         free_score, free_speech = free
         alignment.score = round(alignment.score - free_score, 3)
-        if alignment.score < self.ps_config.min_score:
+        if alignment.score < min_score:
             return AlignFailure(
                 "alignment_low_score",
-                f"score {alignment.score:.3f} < align.pocketsphinx.min_score {self.ps_config.min_score:g}",
+                f"score {alignment.score:.3f} < align.pocketsphinx.min_score {min_score:g}",
             )
         in_words = np.zeros(free_speech.shape[0], dtype=bool)
         for word in alignment.words:

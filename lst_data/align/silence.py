@@ -1,10 +1,14 @@
-"""Silence spans between aligned words, and trimming of quiet word edges.
+"""The aligner's silence spans between aligned words, and trimming of quiet word edges.
 
-Silence spans are the stretches between consecutive words (and before the first / after
+These spans are the aligner's evidence, not the shard's silence: a shard's silence is every
+run of frames no word claims (`lst_data.format.frames.silence_frame_runs`), and an aligner
+span only names the rule of the run it overlaps most (`lst_data.shards.join`).
+
+Aligner silence spans are the stretches between consecutive words (and before the first / after
 the last word) that qualify, one span per stretch, tagged with the rule that made it:
 
 - 'label': the aligner put a silence-labelled or empty interval there (`sil`, `sp`, `<eps>`...),
-  whatever its length (DESIGN.md);
+  whatever its length;
 - 'edge':  the stretch before the first or after the last word;
 - 'gap':   a stretch between two words of at least `min_silence` seconds.
 

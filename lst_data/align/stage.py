@@ -26,10 +26,11 @@ from lst_data.align.silence import silence_spans, trim_quiet_edges
 from lst_data.audio import AudioError, changed_since_ingest, read_audio
 from lst_data.config import RunConfig
 from lst_data.core.config import RayConfig, to_dict
+from lst_data.core.errors import UserError
 from lst_data.core.rejects import Reject
 from lst_data.core.runner import StageReport, TableParts, read_manifest, run_stage
 from lst_data.core.stage import Resources, Stage, StageResult
-from lst_data.core.storage import write_parquet
+from lst_data.core.storage import StoragePath, is_remote, write_parquet
 from lst_data.core.tables import ALIGNMENT_SCHEMA, OOV_SCHEMA
 
 BACKENDS: dict[str, str] = {
@@ -65,7 +66,7 @@ class AlignStage(Stage):
         if config.backend == "ctc" and config.ctc.device in ("auto", "cuda") and _cuda_available():
             self.resources = Resources(cpus=1.0, gpus=1.0)
 
-    def prepare(self, inputs: TableParts, out_dir: Path, ray: RayConfig) -> list[Reject]:
+    def prepare(self, inputs: TableParts, out_dir: StoragePath, ray: RayConfig) -> list[Reject]:
         """MFA: check the install and the model in the driver, before any worker starts; in
         train mode, train on the whole manifest once (the batches then align with that model)."""
         if self.config.backend == "mfa":
@@ -73,14 +74,22 @@ class AlignStage(Stage):
 
             check_mfa_config(self.config.mfa)
             if self.config.mfa.mode == "train":
+                if is_remote(out_dir):  # `mfa train` writes its model into a folder of this machine
+                    raise UserError(f"align.mfa.mode = 'train' trains into the run folder, which must be local, "
+                                    f"not {out_dir}")
                 # MFA trains on the whole corpus at once: this fit is not bounded by a partition.
                 requests = [AlignRequest.from_row(row) for row in inputs.read().to_pylist()]
                 self.config = train_acoustic_model(requests, out_dir, self.config)
         return []
 
     def setup(self) -> None:
+        self._loaded()
+
+    def _loaded(self) -> Aligner:
+        """The aligner, made on first use (once per worker)."""
         if self.aligner is None:
             self.aligner = make_aligner(self.config)
+        return self.aligner
 
     def teardown(self) -> None:
         # An MFA worker process and its temporary root end here, not at interpreter exit.
@@ -99,7 +108,7 @@ class AlignStage(Stage):
                 "model_hashes": sorted(set(output["model_hash"].to_pylist())),
                 "scores": [[float(v), int(c)] for v, c in zip(values, counts, strict=True)]}
 
-    def finalize(self, summaries: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+    def finalize(self, summaries: list[dict[str, Any]], out_dir: StoragePath) -> dict[str, Any]:
         oov = merge_oov_reports(s["oov"] for s in summaries)
         write_parquet(oov, out_dir / OOV_FILE)
         self.model_hashes = sorted(set().union(*(s["model_hashes"] for s in summaries)))
@@ -118,7 +127,7 @@ class AlignStage(Stage):
         return {**self.__dict__, "aligner": None}
 
     def process_batch(self, rows: list[dict[str, Any]]) -> StageResult:
-        self.setup()
+        aligner = self._loaded()
         result = StageResult()
         unchanged = []
         for row in rows:
@@ -127,19 +136,23 @@ class AlignStage(Stage):
             else:
                 unchanged.append(row)
         requests = [AlignRequest.from_row(row) for row in unchanged]
-        outcomes = self.aligner.align_batch(requests) if requests else []
+        outcomes = aligner.align_batch(requests) if requests else []
         if len(outcomes) != len(requests):
-            raise RuntimeError(f"{self.aligner.name} returned {len(outcomes)} results for {len(requests)} utterances")
+            raise RuntimeError(f"{aligner.name} returned {len(outcomes)} results for {len(requests)} utterances")
         for request, outcome in zip(requests, outcomes, strict=True):
             if isinstance(outcome, AlignFailure):
                 result.rejects.append(self.reject(request.id, outcome.code, outcome.detail))
                 continue
-            row = self.to_row(request, outcome)
-            (result.rejects if isinstance(row, Reject) else result.rows).append(row)
+            aligned = self.to_row(request, outcome)
+            if isinstance(aligned, Reject):
+                result.rejects.append(aligned)
+            else:
+                result.rows.append(aligned)
         return result
 
     def to_row(self, request: AlignRequest, alignment: Alignment) -> dict[str, Any] | Reject:
-        expected = [self.aligner.normalize_word(w) for w in request.words]
+        aligner = self._loaded()
+        expected = [aligner.normalize_word(w) for w in request.words]
         found = [w.label for w in alignment.words]
         if found != expected:
             return self.reject(request.id, "alignment_mismatch", _first_difference(expected, found))
@@ -158,8 +171,8 @@ class AlignStage(Stage):
         silences = silence_spans(words, alignment.labelled_silences, request.duration, self.config.min_silence)
         return {
             "id": request.id,
-            "backend": self.aligner.name,
-            "model_hash": self.aligner.model_hash,
+            "backend": aligner.name,
+            "model_hash": aligner.model_hash,
             "words": [{"word": w.label, "start": w.start, "end": w.end} for w in words],
             "phones": [
                 {"phone": p.label, "start": p.start, "end": p.end, "word_index": p.word_index}

@@ -80,8 +80,8 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     sys.exit(128 + signum)
 
 
-def run_cli(group: click.Group, prog_name: str, args: Sequence[str] | None = None) -> None:
-    """Run `group`; user errors become one line `PROG: error: ...` and exit 2."""
+def run_cli(group: click.Command, prog_name: str, args: Sequence[str] | None = None) -> None:
+    """Run `group` (or a single command); user errors become one line `PROG: error: ...` and exit 2."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         rv = group.main(args=args, prog_name=prog_name, standalone_mode=False)
@@ -90,17 +90,18 @@ def run_cli(group: click.Group, prog_name: str, args: Sequence[str] | None = Non
         sys.exit(130)
     except click.ClickException as err:
         message = err.format_message().replace("\n", " ")
-        hint = f" (see `{err.ctx.command_path} --help`)" if getattr(err, "ctx", None) is not None else ""
+        ctx: click.Context | None = getattr(err, "ctx", None)  # a UsageError's: the command it is about
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         click.echo(f"{prog_name}: error: {message}{hint}", err=True)
         sys.exit(EXIT_USAGE)
     except UserError as err:
         click.echo(f"{prog_name}: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", err=True)
         sys.exit(EXIT_USAGE)
     except OSError as err:
-        message = disk_problem(err)
-        if message is None:
+        problem = disk_problem(err)
+        if problem is None:
             raise
-        click.echo(f"{prog_name}: error: {message}", err=True)
+        click.echo(f"{prog_name}: error: {problem}", err=True)
         sys.exit(EXIT_USAGE)
     sys.exit(rv if isinstance(rv, int) else 0)
 

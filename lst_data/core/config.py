@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import JsonDict
 
 from lst_data.core.errors import ConfigError
 
@@ -42,7 +43,7 @@ def doc(text: str, default: Any, *, names_file: bool = False, **constraints: Any
     """
     if isinstance(default, type):
         return Field(default_factory=default, description=text, **constraints)
-    extra = {"names_file": True} if names_file else None
+    extra: JsonDict | None = {"names_file": True} if names_file else None
     return Field(default, description=text, json_schema_extra=extra, **constraints)
 
 
@@ -185,7 +186,8 @@ def validate_section(cls: type[Section], data: dict[str, Any], where: str = "") 
         if problem["type"] == "extra_forbidden":
             parent = cls
             for part in problem["loc"][:-1]:
-                parent = getattr(parent.model_fields.get(part, None), "annotation", parent)
+                info = parent.model_fields.get(part) if isinstance(part, str) else None  # (an int: a list index)
+                parent = getattr(info, "annotation", parent)
             known = ", ".join(sorted(getattr(parent, "model_fields", {}))) or "none"
             raise ConfigError(f"unknown config field {field}; known here: {known}") from None
         message = problem["msg"].removeprefix("Value error, ")

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from lst_data.core.config import Section, canonical_hash
 from lst_data.core.digests import file_sha256
-from lst_data.core.storage import is_url, location
+from lst_data.core.storage import is_remote, is_url, location
 
 
 def path_fingerprint(value: str) -> str:
@@ -36,10 +36,10 @@ def named_files(section: Section, prefix: str = "") -> dict[str, str]:
     """{dotted field: value} for every set field of `section` (nested too) marked as naming a file."""
     found: dict[str, str] = {}
     for name, info in type(section).model_fields.items():
-        value = getattr(section, name)
+        value, extra = getattr(section, name), info.json_schema_extra  # (`doc` sets a dict, never a callable)
         if isinstance(value, Section):
             found.update(named_files(value, f"{prefix}{name}."))
-        elif value is not None and (info.json_schema_extra or {}).get("names_file"):
+        elif value is not None and isinstance(extra, dict) and extra.get("names_file"):
             found[prefix + name] = str(value)
     return found
 
@@ -66,13 +66,14 @@ def file_identity(path: str) -> tuple[str, int | None, int | str | None]:
     """(path, size, mtime in ns) of a local file; (URL, size, the store's version tag) of an object;
     sizes and tags None when it is missing. An object's tag (S3: its ETag) comes from the
     listing the reader made, so this costs no request per file."""
-    if not is_url(path):
+    target = location(path) if is_url(path) else path
+    if isinstance(target, str) or not is_remote(target):  # a local path, or a file:// URL
         try:
-            st = os.stat(path)
+            st = os.stat(target)
         except OSError:
             return path, None, None
         return path, st.st_size, st.st_mtime_ns
-    remote = location(path)
+    remote = target
     try:
         return path, remote.fs.size(remote.path), remote.fs.ukey(remote.path)
     except OSError:

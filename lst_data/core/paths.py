@@ -7,9 +7,21 @@ check on the resolved path, so that no future field or key can write outside OUT
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, overload
+
 from lst_data.core.storage import StoragePath, is_remote
 
+if TYPE_CHECKING:
+    from upath import UPath
 
+
+@overload
+def inside(root: Path, name: str) -> Path: ...
+@overload
+def inside(root: UPath, name: str) -> UPath: ...
+@overload
+def inside(root: StoragePath, name: str) -> StoragePath: ...
 def inside(root: StoragePath, name: str) -> StoragePath:
     """`root / name`, refusing (as a bug) any name whose resolved path leaves `root`; on an object
     store (no links to resolve), any name that is not one plain component."""

@@ -92,7 +92,14 @@ def reject_meaning(code: str, config: Any = None) -> str:
     return f"{meaning} [{', '.join(values)}]"
 
 
-
+def reject_codes_markdown() -> str:
+    """The reject codes as a markdown table (`| code | meaning |`, registry order): the
+    "Reject codes" section of docs/ingest.md holds exactly this text."""
+    rows = ["| code | meaning |", "|---|---|"]
+    for code, meaning in REJECT_CODES.items():
+        escaped = meaning.replace("|", r"\|")
+        rows.append(f"| `{code}` | {escaped} |")
+    return "\n".join(rows)
 
 
 @dataclass(frozen=True)

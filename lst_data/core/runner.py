@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -74,12 +74,15 @@ def decode_result(stage: Stage, table: pa.Table) -> tuple[pa.Table, list[Reject]
     return ok.cast(stage.output_schema), rejects
 
 
+_Target = TypeVar("_Target", bound="Stage | PartitionWorker")
+
+
 @dataclass
-class _BatchRunner:
+class _BatchRunner(Generic[_Target]):
     """What a Ray task does with a batch: set `target` (a stage or a PartitionWorker) up once per
     worker process, then `run` per batch."""
 
-    target: Stage | PartitionWorker
+    target: _Target
 
     def setup(self) -> None:
         self.target.setup()
@@ -91,7 +94,7 @@ class _BatchRunner:
         raise NotImplementedError
 
 
-class _StageBatches(_BatchRunner):
+class _StageBatches(_BatchRunner[Stage]):
     """Rows of a stage's input -> the stage's wire table (results and rejects)."""
 
     def run(self, batch: pa.Table) -> pa.Table:
@@ -102,10 +105,10 @@ class _StageBatches(_BatchRunner):
 # The runner of the step this Ray worker process ran last, set up. Ray reuses its worker
 # processes for later tasks, so a step's model is loaded once per process, and no process is
 # started per step (an actor pool would start its processes, and import torch, for every step).
-_READY: dict[str, _BatchRunner] = {}
+_READY: dict[str, _BatchRunner[Any]] = {}
 
 
-def _run_cached(batch: pa.Table, runner: _BatchRunner, step_key: str) -> pa.Table:
+def _run_cached(batch: pa.Table, runner: _BatchRunner[Any], step_key: str) -> pa.Table:
     ready = _READY.get(step_key)
     if ready is None:
         for earlier in _READY.values():
@@ -116,7 +119,7 @@ def _run_cached(batch: pa.Table, runner: _BatchRunner, step_key: str) -> pa.Tabl
     return ready.run(batch)
 
 
-def _map_on_ray(blocks: list[pa.Table], runner: _BatchRunner, resources: Resources, ray_config: RayConfig,
+def _map_on_ray(blocks: list[pa.Table], runner: _BatchRunner[Any], resources: Resources, ray_config: RayConfig,
                 batch_size: int) -> Iterator[pa.Table]:
     """`runner` over `blocks` as Ray tasks (a lost task is retried on another node); outputs in block order."""
     from lst_data.core.ray_env import ensure_ray, stage_pool_size
@@ -203,7 +206,7 @@ class PartitionWorker:
         raise NotImplementedError
 
 
-class _TaskBatches(_BatchRunner):
+class _TaskBatches(_BatchRunner[PartitionWorker]):
     """JSON tasks -> JSON results of a PartitionWorker."""
 
     def run(self, batch: pa.Table) -> pa.Table:
@@ -281,7 +284,7 @@ class StageReport:
     """What one stage run did: counts, rejects, wall time and the stage's own figures."""
 
     stage: str
-    out_dir: Path
+    out_dir: StoragePath
     rows_in: int
     rows_out: int
     rejects: list[Reject]
@@ -341,21 +344,24 @@ def read_manifest(path: str | Path, out_dir: str | Path | None = None) -> pa.Tab
     from lst_data.core.tables import MANIFEST_SCHEMA
 
     path = Path(path)
-    path = path / "manifest.parquet" if path.is_dir() else path
-    if not path.is_file():
+    if path.is_dir() and path.name != "manifest.parquet":
+        path = path / "manifest.parquet"
+    # `lst-data ingest` writes one file; a build's RUN/ingest holds a folder of partitions.
+    parts = sorted(path.glob("part-*.parquet")) if path.is_dir() else [path] if path.is_file() else []
+    if not parts:
         raise InputError(f"no manifest at {path} (run `lst-data ingest` first)")
     if out_dir is not None and Path(out_dir).resolve() == path.parent.resolve():
         raise InputError(f"--out: {out_dir} holds the manifest; write this stage's output to a folder of its own")
-    return pq.read_table(path, schema=MANIFEST_SCHEMA)
+    return pa.concat_tables([pq.read_table(part, schema=MANIFEST_SCHEMA) for part in parts])
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: StoragePath, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def finish_stage(
     name: str,
-    out_dir: Path,
+    out_dir: StoragePath,
     *,
     rows_in: int,
     rows_out: int,

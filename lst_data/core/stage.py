@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
@@ -23,6 +22,7 @@ from lst_data.core.rejects import Reject
 if TYPE_CHECKING:
     from lst_data.core.config import RayConfig
     from lst_data.core.runner import TableParts
+    from lst_data.core.storage import StoragePath
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class Stage(ABC):
     # Set by `prepare` when it fitted a model anew on the whole input (not kept from an earlier run).
     refitted: str | None = None
 
-    def prepare(self, inputs: TableParts, out_dir: Path, ray: RayConfig) -> list[Reject]:
+    def prepare(self, inputs: TableParts, out_dir: StoragePath, ray: RayConfig) -> list[Reject]:
         """Stage-wide work on the driver before any batch (e.g. train a model into out_dir).
 
         `inputs` is read one partition at a time, so the driver holds one partition (or a
@@ -85,7 +85,7 @@ class Stage(ABC):
         """A small JSON summary of one partition's output, made in the worker (counts, histograms)."""
         return {}
 
-    def finalize(self, summaries: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+    def finalize(self, summaries: list[dict[str, Any]], out_dir: StoragePath) -> dict[str, Any]:
         """Stage-wide work on the driver after the last batch, from the partitions' summaries;
         returns figures for the report."""
         return {}

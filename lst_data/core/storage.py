@@ -18,7 +18,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from lst_data.core.errors import UserError
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeIs
     from upath import UPath
 
     StoragePath = Path | UPath
@@ -36,13 +37,13 @@ else:
     StoragePath = Any
 
 
-def is_url(value: str | os.PathLike[str]) -> bool:
+def is_url(value: str | os.PathLike[str] | StoragePath) -> bool:
     """Whether `value` names a location by URL (`scheme://...`) rather than a local path."""
     text = str(value)
     return "://" in text and urlsplit(text).scheme.isidentifier()
 
 
-def location(value: str | os.PathLike[str], what: str = "path") -> StoragePath:
+def location(value: str | os.PathLike[str] | StoragePath, what: str = "path") -> StoragePath:
     """A `Path` for a local path or `file://` URL, else a `UPath` on the URL's filesystem.
 
     A scheme fsspec does not know, or whose package is not installed (gcsfs for gs://), is a
@@ -63,8 +64,8 @@ def location(value: str | os.PathLike[str], what: str = "path") -> StoragePath:
                         f"{scheme}:// (s3fs for s3://, gcsfs for gs://, pyarrow for hdfs://)") from None
 
 
-def is_remote(path: StoragePath) -> bool:
-    """Whether `path` lives on a filesystem other than this machine's."""
+def is_remote(path: StoragePath) -> TypeIs[UPath]:
+    """Whether `path` lives on a filesystem other than this machine's: a `UPath` (else a `Path`)."""
     return not isinstance(path, Path) or type(path).__module__.startswith("upath")
 
 
@@ -120,12 +121,13 @@ def local_input(path: StoragePath, *companions: StoragePath) -> Iterator[Path]:
         local = Path(scratch) / path.name
         path.fs.get_file(path.path, str(local))
         for companion in companions:
+            assert is_remote(companion), "the companions of a remote file are remote"
             with contextlib.suppress(FileNotFoundError):
                 companion.fs.get_file(companion.path, str(Path(scratch) / companion.name))
         yield local
 
 
-def arrow_filesystem(path: StoragePath) -> tuple[Any, str]:
+def arrow_filesystem(path: UPath) -> tuple[Any, str]:
     """(pyarrow filesystem, path on it) of a remote `path`: pyarrow reads and writes through fsspec."""
     import pyarrow.fs as pafs
 
@@ -165,7 +167,7 @@ def remove_tree(path: StoragePath) -> None:
         path.fs.rm(path.path, recursive=True)
 
 
-def read_all(paths: list[StoragePath]) -> dict[str, bytes]:
+def read_all(paths: Sequence[UPath]) -> dict[str, bytes]:
     """{str(path): content} of remote files read together (concurrent requests where the
     filesystem is asynchronous, as S3 and GCS are); a file that cannot be read is left out."""
     if not paths:
@@ -176,7 +178,7 @@ def read_all(paths: list[StoragePath]) -> dict[str, bytes]:
     return {by_path[name]: data for name, data in found.items() if name in by_path and not isinstance(data, Exception)}
 
 
-def walk_files(root: StoragePath) -> Iterator[tuple[StoragePath, list[StoragePath]]]:
+def walk_files(root: UPath) -> Iterator[tuple[UPath, list[UPath]]]:
     """(folder, its files sorted by name) for every folder under a remote `root`, depth first in
     sorted order: the order `os.walk` with sorted folders gives a local tree. One listing
     request per folder; the sizes and times it returns stay in fsspec's cache for `stat`."""

@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from lst_data.core.schemas import load_schema
+from lst_data.format.schema import load_schema
 
 _SCALARS = {"string": pa.string(), "number": pa.float64(), "boolean": pa.bool_()}
 

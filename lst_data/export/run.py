@@ -16,8 +16,8 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from lst_data.core.errors import InputError
-from lst_data.records import SampleRecord
-from lst_data.shards.reader import iter_records
+from lst_data.format.reader import iter_records
+from lst_data.format.records import SampleRecord
 
 SHARDS, MANIFEST, ALIGNMENTS = "shards", "ingest/manifest.parquet", "align/alignments.parquet"
 

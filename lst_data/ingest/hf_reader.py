@@ -84,14 +84,14 @@ def _entries(rows: Iterable[dict[str, Any]], source: Path, prefix: str, columns:
         utt_id = str(row[columns.id]) if columns.id is not None else f"{prefix}-{index:06d}"
         audio = row.get(columns.audio)
         audio_bytes, audio_path = (audio.get("bytes"), audio.get("path")) if isinstance(audio, dict) else (None, audio)
-        if not audio_bytes and not isinstance(audio_path, str):
-            yield Reject(utt_id, "ingest", "corpus_entry_invalid", f"{where}: column {columns.audio!r} holds no audio bytes or path")
-            continue
         if audio_bytes:
             location = source  # the dataset itself holds the audio
-        else:
+        elif isinstance(audio_path, str):
             base = source if source.is_dir() else source.parent
             location = Path(audio_path) if Path(audio_path).is_absolute() else base / audio_path
+        else:
+            yield Reject(utt_id, "ingest", "corpus_entry_invalid", f"{where}: column {columns.audio!r} holds no audio bytes or path")
+            continue
         text = row.get(columns.text)
         speaker = row.get(columns.speaker) if columns.speaker is not None else None
         yield CorpusEntry(

@@ -1,5 +1,5 @@
 """Readers for the corpus layouts users bring, accounting for every file they see (lhotse,
-NeMo and Hugging Face have their own modules).
+NeMo and Hugging Face have their own modules; `layouts` detects which one a corpus is).
 
 - MFA layout: speaker folders with audio (.wav/.flac/.ogg/.mp3) and a transcript of the
   same stem (.lab or .txt); audio directly under the root gets the root's name as speaker.
@@ -24,16 +24,15 @@ import json
 import os
 import stat
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lst_data.audio import READABLE_SUFFIXES
-from lst_data.core.errors import InputError, UserError
+from lst_data.core.errors import InputError
 from lst_data.core.rejects import Reject
 from lst_data.core.storage import StoragePath, is_remote, is_url, location, read_all, walk_files
-from lst_data.ingest.config import HfColumns
 
 TRANSCRIPT_SUFFIXES = (".lab", ".txt")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json")
@@ -98,12 +97,12 @@ def corpus_root(root: str | StoragePath) -> StoragePath:
     return path if is_remote(path) else Path(os.path.abspath(path))
 
 
-def _walk_folders(root: StoragePath) -> Iterator[list[StoragePath]]:
+def walk_folders(root: StoragePath) -> Iterator[Sequence[StoragePath]]:
     """The non-directory paths under `root` (links to folders included, not followed), one folder's
     at a time, sorted: what a listing holds at once is one folder, not the corpus."""
     if is_remote(root):
-        for _, files in walk_files(root):
-            yield files
+        for _, listed in walk_files(root):
+            yield listed
         return
     for folder, dirs, files in os.walk(root, followlinks=False):
         dirs.sort()
@@ -113,7 +112,7 @@ def _walk_folders(root: StoragePath) -> Iterator[list[StoragePath]]:
 
 def _walk_files(root: StoragePath) -> Iterator[StoragePath]:
     """Every non-directory path under `root` (links to folders included, not followed), sorted."""
-    for paths in _walk_folders(root):
+    for paths in walk_folders(root):
         yield from paths
 
 
@@ -131,7 +130,7 @@ def _reject(utterance_id: str, code: str, detail: str) -> Reject:
     return Reject(utterance_id, STAGE, code, detail)
 
 
-def _transcript_bytes(paths: list[StoragePath], fetched: dict[str, bytes]) -> tuple[bytes, StoragePath] | Reject | None:
+def _transcript_bytes(paths: Sequence[StoragePath], fetched: dict[str, bytes]) -> tuple[bytes, StoragePath] | Reject | None:
     """The transcript of one audio stem from its .lab/.txt files (None: there is none); `fetched`
     holds the content of a remote folder's transcripts, read together."""
     texts: list[tuple[bytes, StoragePath]] = []
@@ -151,16 +150,16 @@ def _transcript_bytes(paths: list[StoragePath], fetched: dict[str, bytes]) -> tu
     return texts[0]
 
 
-def read_mfa_layout(root: str | Path) -> Iterator[CorpusItem]:
+def read_mfa_layout(root: str | StoragePath) -> Iterator[CorpusItem]:
     """Audio and .lab/.txt files paired by stem within each folder, folder by folder (in sorted
     path order: the same order as sorting the whole tree, with one folder in memory)."""
     root = corpus_root(root)
-    for paths in _walk_folders(root):
+    for paths in walk_folders(root):
         yield from _read_mfa_folder(root, paths)
 
 
-def _read_mfa_folder(root: Path, paths: list[Path]) -> Iterator[CorpusItem]:
-    stems: dict[tuple[Path, str], dict[str, list[Path]]] = defaultdict(lambda: {"audio": [], "text": []})
+def _read_mfa_folder(root: StoragePath, paths: Sequence[StoragePath]) -> Iterator[CorpusItem]:
+    stems: dict[tuple[StoragePath, str], dict[str, list[StoragePath]]] = defaultdict(lambda: {"audio": [], "text": []})
     for path in paths:
         suffix = path.suffix.lower()
         if suffix in READABLE_SUFFIXES:
@@ -171,7 +170,8 @@ def _read_mfa_folder(root: Path, paths: list[Path]) -> Iterator[CorpusItem]:
             yield Ignored(str(path), "a symbolic link to a folder (not followed)")
         else:
             yield Ignored(str(path), f"unknown extension {suffix or '(none)'!r}")
-    fetched = read_all([p for files in stems.values() for p in files["text"]]) if is_remote(root) else {}
+    # under a remote root every path is remote: the filter only tells the type checker so
+    fetched = read_all([p for files in stems.values() for p in files["text"] if is_remote(p)]) if is_remote(root) else {}
     for (folder, stem), files in sorted(stems.items()):
         texts = sorted(files["text"], key=lambda p: TRANSCRIPT_SUFFIXES.index(p.suffix.lower()))
         if not files["audio"]:
@@ -196,9 +196,9 @@ def _read_mfa_folder(root: Path, paths: list[Path]) -> Iterator[CorpusItem]:
                 )
 
 
-def read_librispeech(root: str | Path) -> Iterator[CorpusItem]:
+def read_librispeech(root: str | StoragePath) -> Iterator[CorpusItem]:
     root = corpus_root(root)
-    listed: set[Path] = set()
+    listed: set[StoragePath] = set()
     files = list(_walk_files(root))
     for trans in (f for f in files if f.name.endswith(LIBRISPEECH_SUFFIX)):
         problem = file_problem(trans)
@@ -234,8 +234,11 @@ def _present(path: StoragePath) -> bool:
     return path.exists() if is_remote(path) else os.path.lexists(path)
 
 
-def read_json_lines(manifest: Path, required: tuple[str, ...],
-                    to_entry: Callable[[str, dict[str, Any]], CorpusItem]) -> Iterator[CorpusItem]:
+_Item = TypeVar("_Item", bound=CorpusItem)
+
+
+def read_json_lines(manifest: StoragePath, required: tuple[str, ...],
+                    to_entry: Callable[[str, dict[str, Any]], _Item]) -> Iterator[_Item | Reject]:
     """`to_entry(where, object)` for every non-blank line of a JSONL file that is an object with the
     `required` string fields; any other line is a reject."""
     data = manifest.read_bytes()
@@ -263,7 +266,7 @@ def read_json_lines(manifest: Path, required: tuple[str, ...],
         yield to_entry(where, obj)
 
 
-def read_jsonl(manifest: str | Path) -> Iterator[CorpusItem]:
+def read_jsonl(manifest: str | StoragePath) -> Iterator[CorpusItem]:
     manifest = corpus_root(manifest)
 
     def audio_path(audio: str) -> str:
@@ -286,90 +289,3 @@ def read_jsonl(manifest: str | Path) -> Iterator[CorpusItem]:
         )
 
     return read_json_lines(manifest, ("id", "audio"), to_entry)
-
-
-def detect_layout(path: str | Path) -> str:
-    """The layout of the corpus at `path`, from the evidence of the whole folder (up to
-    EVIDENCE_FILES files): a stray `.parquet` or `*.trans.txt` beside an MFA corpus does not
-    make it another layout (the MFA reader then reports those files)."""
-    from lst_data.ingest.hf_reader import SAVED_MARKERS
-    from lst_data.ingest.nemo_reader import looks_like_nemo
-    from lst_data.lhotse_io import looks_like_lhotse
-
-    path = location(path, "CORPUS")
-    if not path.exists():
-        raise InputError(f"CORPUS: {path} does not exist")
-    if not is_remote(path) and not path.is_dir() and not path.is_file():  # never opened: a FIFO would block
-        raise InputError(f"CORPUS: {file_problem(path)[1]}; give a folder or a manifest file")
-    if path.is_file():
-        if not is_remote(path):  # the Hugging Face, lhotse and NeMo readers open local files
-            if path.suffix == ".parquet":
-                return "hf"
-            if looks_like_lhotse(path):
-                return "lhotse"
-            if looks_like_nemo(path):
-                return "nemo"
-        if path.name.endswith(JSONL_SUFFIXES):
-            return "jsonl"
-        raise InputError(f"CORPUS: {path} is neither a folder nor a manifest (.jsonl, .jsonl.gz, .json, .parquet); "
-                         "give the folder that holds the audio, or a manifest listing it")
-    if not is_remote(path):
-        if any((path / marker).is_file() for marker in SAVED_MARKERS):
-            return "hf"
-        if looks_like_lhotse(path):
-            return "lhotse"
-    evidence = FolderEvidence.of(path)
-    if evidence.parquet and not evidence.paired_audio and not is_remote(path):
-        return "hf"  # its rows hold the audio (or name files that have no transcript files beside them)
-    if evidence.librispeech_lists and evidence.paired_audio * 2 < evidence.audio:
-        return "librispeech"
-    return "mfa"
-
-
-EVIDENCE_FILES = 20_000  # files looked at to detect a folder's layout: a bounded cost on any corpus
-
-
-@dataclass
-class FolderEvidence:
-    """What the first EVIDENCE_FILES files of a folder (in sorted order) are."""
-
-    audio: int = 0
-    paired_audio: int = 0  # audio with a .lab/.txt of the same stem beside it (the MFA layout)
-    librispeech_lists: int = 0
-    parquet: int = 0
-
-    @classmethod
-    def of(cls, root: StoragePath) -> FolderEvidence:
-        evidence, seen = cls(), 0
-        for paths in _walk_folders(root):
-            names = {p.name for p in paths}
-            for path in paths:
-                suffix = path.suffix.lower()
-                if path.name.endswith(LIBRISPEECH_SUFFIX):
-                    evidence.librispeech_lists += 1
-                elif suffix == ".parquet":
-                    evidence.parquet += 1
-                elif suffix in READABLE_SUFFIXES:
-                    evidence.audio += 1
-                    evidence.paired_audio += any(f"{path.stem}{t}" in names for t in TRANSCRIPT_SUFFIXES)
-            seen += len(paths)
-            if seen >= EVIDENCE_FILES:
-                break
-        return evidence
-
-
-def read_corpus(path: str | Path, layout: str = "auto", hf_columns: HfColumns | None = None) -> Iterator[CorpusItem]:
-    """Entries, rejects and ignored files of the corpus at `path`, in a deterministic order."""
-    from lst_data.ingest.hf_reader import read_hf
-    from lst_data.ingest.lhotse_reader import read_lhotse
-    from lst_data.ingest.nemo_reader import read_nemo
-
-    layout = detect_layout(path) if layout == "auto" else layout
-    readers = {"mfa": read_mfa_layout, "librispeech": read_librispeech, "jsonl": read_jsonl, "lhotse": read_lhotse,
-               "nemo": read_nemo, "hf": lambda p: read_hf(p, hf_columns or HfColumns())}
-    if layout not in readers:
-        raise ValueError(f"unknown corpus layout {layout!r}; one of {sorted(readers)}")
-    if layout in ("hf", "lhotse", "nemo") and is_url(path):
-        raise UserError(f"ingest.layout: a {layout} corpus is read from a local path; a corpus URL holds the "
-                        "mfa, librispeech or jsonl layout")
-    return readers[layout](path)

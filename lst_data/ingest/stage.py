@@ -44,12 +44,13 @@ from lst_data.core.paths import inside
 from lst_data.core.rejects import Reject
 from lst_data.core.runner import StageReport, run_stage
 from lst_data.core.stage import Resources, Stage, StageResult
-from lst_data.core.storage import is_remote, is_url, location, remove_tree
+from lst_data.core.storage import StoragePath, is_remote, is_url, location, remove_tree
 from lst_data.core.tables import MANIFEST_SCHEMA
+from lst_data.format.keys import sanitize_key
 from lst_data.ingest.config import HfColumns, IngestConfig
-from lst_data.ingest.readers import CorpusEntry, CorpusItem, Ignored, file_problem, read_corpus, without_bom
-from lst_data.keys import sanitize_key
-from lst_data.text import normalize_text
+from lst_data.ingest.layouts import read_corpus
+from lst_data.ingest.readers import CorpusEntry, CorpusItem, Ignored, file_problem, without_bom
+from lst_data.text import NormalizedText, normalize_text
 
 if TYPE_CHECKING:
     from lst_data.align.config import AlignConfig
@@ -79,11 +80,11 @@ class IngestStage(Stage):
     output_schema = MANIFEST_SCHEMA
     resources = Resources(cpus=1.0)
 
-    def __init__(self, config: IngestConfig, audio_dir: str | Path, corpus: str | Path | None = None,
+    def __init__(self, config: IngestConfig, audio_dir: str | StoragePath, corpus: str | StoragePath | None = None,
                  align: AlignConfig | None = None, ignored: Sequence[Ignored] = ()) -> None:
         self.config = config
         self.audio_root = self.audio_dir = location(audio_dir)
-        self.corpus = None if corpus is None else str(corpus) if is_url(corpus) else str(Path(corpus).resolve())
+        self.corpus = None if corpus is None else str(corpus) if is_url(corpus) else str(Path(str(corpus)).resolve())
         self.ignored = list(ignored)
         self.align = align  # aligns long recordings before they are cut (long_recordings = 'segment')
         self.aligner: Any = None
@@ -105,7 +106,7 @@ class IngestStage(Stage):
         return {"utterances": output.num_rows, "seconds": float(pc.sum(output["duration"]).as_py() or 0.0),
                 "speakers": sorted(set(output["speaker"].to_pylist()))}
 
-    def finalize(self, summaries: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+    def finalize(self, summaries: list[dict[str, Any]], out_dir: StoragePath) -> dict[str, Any]:
         speakers = set().union(*(s["speakers"] for s in summaries)) if summaries else set()
         return {"utterances": sum(s["utterances"] for s in summaries),
                 "hours": sum(s["seconds"] for s in summaries) / 3600,
@@ -115,70 +116,117 @@ class IngestStage(Stage):
         result = StageResult()
         for row in rows:
             for outcome in self.ingest_one(row):
-                (result.rejects if isinstance(outcome, Reject) else result.rows).append(outcome)
+                if isinstance(outcome, Reject):
+                    result.rejects.append(outcome)
+                else:
+                    result.rows.append(outcome)
         return result
 
     def ingest_one(self, row: dict[str, Any]) -> list[dict[str, Any] | Reject]:
         """The manifest row of one corpus entry, or its reject; a long recording cut by
         `long_recordings = 'segment'` gives one row (or reject) per piece."""
+        transcript = self._transcript(row)
+        if isinstance(transcript, Reject):
+            return [transcript]
+        source = location(row["audio_path"])
+        embedded = row.get("audio_bytes")
+        audio = self._audio(row["id"], source, embedded)
+        if isinstance(audio, Reject):
+            return [audio]
+        offset = row.get("offset") or 0.0
+        whole_file = embedded is None and not offset and row.get("duration") is None
+        decoded = self._decode(row, source, audio, offset, named=embedded is None)
+        if isinstance(decoded, Reject):
+            return [decoded]
+        channels, source_rate = decoded
+        kept = self._checked_channels(row, source, audio, channels, whole_file)
+        if isinstance(kept, Reject):
+            return [kept]
+        return self._utterance_rows(row, transcript, source, audio, kept, source_rate, offset, whole_file)
+
+    def _transcript(self, row: dict[str, Any]) -> tuple[str, NormalizedText] | Reject:
+        """(the transcript as given, its normalized form) of a corpus entry, or why it has none to ship."""
         cfg, utt_id = self.config, row["id"]
         if row["transcript"] is None:
-            return [self.reject(utt_id, "transcript_missing", f"no transcript at {row['transcript_source']}")]
+            return self.reject(utt_id, "transcript_missing", f"no transcript at {row['transcript_source']}")
         try:
             text = without_bom(row["transcript"]).decode("utf-8").strip()
         except UnicodeDecodeError as err:
-            return [self.reject(utt_id, "transcript_not_utf8", f"{row['transcript_source']}: {err}")]
+            return self.reject(utt_id, "transcript_not_utf8", f"{row['transcript_source']}: {err}")
         normalized = normalize_text(text, lowercase=cfg.lowercase, numbers=cfg.numbers, normalizer=cfg.normalizer)
         if "nonspeech_only" in normalized.flags:
-            return [self.reject(utt_id, "transcript_nonspeech", f"{row['transcript_source']}: {text[:80]!r}")]
+            return self.reject(utt_id, "transcript_nonspeech", f"{row['transcript_source']}: {text[:80]!r}")
         if not normalized.text:
-            return [self.reject(utt_id, "transcript_empty", f"{row['transcript_source']}: {text[:80]!r}")]
+            return self.reject(utt_id, "transcript_empty", f"{row['transcript_source']}: {text[:80]!r}")
         if cfg.numbers == "reject" and "digits" in normalized.flags:
-            return [self.reject(utt_id, "transcript_has_digits", text[:80])]
+            return self.reject(utt_id, "transcript_has_digits", text[:80])
+        return text, normalized
 
-        source = location(row["audio_path"])
-        embedded = fetched = row.get("audio_bytes")
-        if embedded is None and is_remote(source):
+    def _audio(self, utt_id: str, source: StoragePath, embedded: bytes | None) -> Path | bytes | Reject:
+        """Where the entry's encoded audio is read from: the local file itself, or its bytes (held by
+        the corpus, or fetched from an object store); or why it cannot be read."""
+        if embedded is not None:
+            return embedded
+        if is_remote(source):
             # One request: the object is read whole (an utterance, at most a few MB) and then
             # converted into the run folder, so no later step reads the object store.
             try:
-                fetched = source.read_bytes()
+                return source.read_bytes()
             except FileNotFoundError:
-                return [self.reject(utt_id, "audio_missing", str(source))]
+                return self.reject(utt_id, "audio_missing", str(source))
             except OSError as err:
-                return [self.reject(utt_id, "file_unreadable", f"{source}: {err}")]
-        elif embedded is None and (problem := file_problem(source)) is not None:
-            return [self.reject(utt_id, *problem)]
-        offset = row.get("offset") or 0.0
-        whole_file = embedded is None and not offset and row.get("duration") is None
-        if (too_long := self._declared_too_long(source if fetched is None else io.BytesIO(fetched), offset,
-                                                row.get("duration"))) is not None:
-            return [self.reject(utt_id, "audio_too_long", too_long)]
+                return self.reject(utt_id, "file_unreadable", f"{source}: {err}")
+        if (problem := file_problem(source)) is not None:
+            return self.reject(utt_id, *problem)
+        return source
+
+    def _decode(self, row: dict[str, Any], source: StoragePath, audio: Path | bytes, offset: float,
+                named: bool) -> tuple[np.ndarray, int] | Reject:
+        """([frames, channels], sample rate) of the entry's audio (its segment), or why it does not decode;
+        `named`: errors name the source file (embedded audio has none)."""
+        utt_id = row["id"]
+        if (too_long := self._declared_too_long(_readable(audio), offset, row.get("duration"))) is not None:
+            return self.reject(utt_id, "audio_too_long", too_long)
         try:
-            channels, source_rate = decode(source if fetched is None else io.BytesIO(fetched), offset, row.get("duration"),
-                                           name=source.name if embedded is None else None)
+            channels, source_rate = decode(_readable(audio), offset, row.get("duration"),
+                                           name=source.name if named else None)
         except SegmentPastEnd as err:
-            return [self.reject(utt_id, "segment_past_end", str(err))]
+            return self.reject(utt_id, "segment_past_end", str(err))
         except AudioError as err:
-            return [self.reject(utt_id, "audio_unreadable", str(err))]
+            return self.reject(utt_id, "audio_unreadable", str(err))
         if channels.shape[0] == 0:
-            return [self.reject(utt_id, "audio_empty", f"{source.name} decodes to 0 samples")]
-        promised = header_frames(source, fetched) if whole_file else None
+            return self.reject(utt_id, "audio_empty", f"{source.name} decodes to 0 samples")
+        return channels, source_rate
+
+    def _checked_channels(self, row: dict[str, Any], source: StoragePath, audio: Path | bytes, channels: np.ndarray,
+                          whole_file: bool) -> np.ndarray | Reject:
+        """The decoded channels to keep (the one a supervision names, else all), or why the audio is
+        damaged: shorter than its header promises, non-finite samples, a downmix that cancels."""
+        utt_id = row["id"]
+        promised = header_frames(source, None if isinstance(audio, Path) else audio) if whole_file else None
         if promised is not None and channels.shape[0] < promised:
-            return [self.reject(utt_id, "audio_truncated",
-                                f"{source.name}: {channels.shape[0]} of the {promised} frames its header promises")]
+            return self.reject(utt_id, "audio_truncated",
+                               f"{source.name}: {channels.shape[0]} of the {promised} frames its header promises")
         finite = np.isfinite(channels)
         if not finite.all():
-            return [self.reject(utt_id, "audio_nonfinite",
-                                f"{source.name}: {finite.size - int(finite.sum())} NaN or infinite samples")]
+            return self.reject(utt_id, "audio_nonfinite",
+                               f"{source.name}: {finite.size - int(finite.sum())} NaN or infinite samples")
         channel = row.get("channel")
         if channel is not None and channel >= channels.shape[1]:
-            return [self.reject(utt_id, "audio_unreadable",
-                                f"{source.name}: channel {channel} named, the file has {channels.shape[1]}")]
+            return self.reject(utt_id, "audio_unreadable",
+                               f"{source.name}: channel {channel} named, the file has {channels.shape[1]}")
         if channel is not None:
-            channels = channels[:, channel:channel + 1]
-        elif (cancelled := downmix_cancels(channels)) is not None:
-            return [self.reject(utt_id, "audio_downmix_cancels", f"{source.name}: {cancelled}")]
+            return channels[:, channel:channel + 1]
+        if (cancelled := downmix_cancels(channels)) is not None:
+            return self.reject(utt_id, "audio_downmix_cancels", f"{source.name}: {cancelled}")
+        return channels
+
+    def _utterance_rows(self, row: dict[str, Any], transcript: tuple[str, NormalizedText], source: StoragePath,
+                        audio: Path | bytes, channels: np.ndarray, source_rate: int, offset: float,
+                        whole_file: bool) -> list[dict[str, Any] | Reject]:
+        """The manifest row (or a long recording's pieces) of decoded, checked audio, after the length checks."""
+        cfg, utt_id = self.config, row["id"]
+        text, normalized = transcript
         samples = resample(to_mono(channels), source_rate, cfg.sample_rate)
         duration = samples.shape[0] / cfg.sample_rate
         flags = list(normalized.flags)
@@ -189,11 +237,13 @@ class IngestStage(Stage):
         utterance = {"id": utt_id, "source_path": str(source), "source_sample_rate": source_rate, "offset": offset,
                      "speaker": row["speaker"], "text": text, "normalized_text": normalized.text, "flags": flags}
         # Only a whole file already usable as it is is referenced in place; a segment of one is written.
-        in_place = whole_file and fetched is None and channel is None and source.suffix.lower() in IN_PLACE_SUFFIXES and not {"resampled", "downmixed"} & set(flags)
+        in_place = audio if (whole_file and isinstance(audio, Path) and row.get("channel") is None
+                             and audio.suffix.lower() in IN_PLACE_SUFFIXES
+                             and not {"resampled", "downmixed"} & set(flags)) else None
         if duration <= cfg.max_duration:
-            return [self.manifest_row(utterance, samples, source if in_place else None)]
+            return [self.manifest_row(utterance, samples, in_place)]
         if cfg.long_recordings == "segment" and duration <= cfg.max_recording_duration:
-            return self.segment(utterance, samples, source if in_place else None)
+            return self.segment(utterance, samples, in_place)
         return [self.reject(utt_id, "audio_too_long", f"{duration:.1f} s > {cfg.max_duration} s")]
 
     def _declared_too_long(self, audio: Any, offset: float, duration: float | None) -> str | None:
@@ -264,6 +314,8 @@ class IngestStage(Stage):
             # The whole recording only supplies its pauses; each piece passes the quality gate
             # in the align step. A per-frame score over minutes of mixed speech is not what the
             # gate was calibrated on (a 3-minute demo recording scored -35.9 against -30).
+            if self.align is None:
+                raise ValueError("long_recordings = 'segment' aligns long recordings: IngestStage needs `align`")
             self.aligner = AlignStage(updated(self.align, {"pocketsphinx": {"min_score": None}}))
         with tempfile.TemporaryDirectory(prefix="lst-long-") as scratch:
             audio = in_place or Path(scratch) / "recording.wav"
@@ -282,6 +334,11 @@ class IngestStage(Stage):
         target = inside(self.audio_dir, f"{key}.{self.config.audio_format}")
         write_audio(target, samples, self.config.sample_rate)
         return str(target)
+
+
+def _readable(audio: Path | bytes) -> Path | io.BytesIO:
+    """What the decoder reads: the local file, or a fresh stream over the audio's bytes."""
+    return audio if isinstance(audio, Path) else io.BytesIO(audio)
 
 
 # A downmix this much quieter than its loudest channel has cancelled (phase-inverted channels).
@@ -347,7 +404,12 @@ def screen_entries(items: Iterable[CorpusItem]) -> tuple[list[CorpusEntry], list
     rejects: list[Reject] = []
     ignored: list[Ignored] = []
     for item in screen_stream(items):
-        (rejects if isinstance(item, Reject) else ignored if isinstance(item, Ignored) else entries).append(item)
+        if isinstance(item, Reject):
+            rejects.append(item)
+        elif isinstance(item, Ignored):
+            ignored.append(item)
+        else:
+            entries.append(item)
     return entries, rejects, ignored
 
 
@@ -359,7 +421,7 @@ def list_corpus(corpus: str | Path, layout: str = "auto",
     return pa.Table.from_pylist([e.__dict__ for e in entries], schema=ENTRY_SCHEMA), rejects, ignored
 
 
-def spill_listing(corpus: str | Path, config: IngestConfig, path: Path,
+def spill_listing(corpus: str | StoragePath, config: IngestConfig, path: Path,
                   chunk_rows: int = 1024) -> tuple[int, list[Reject], list[Ignored]]:
     """Stream the screened listing into the Parquet file `path` (reader order), holding one chunk of
     entries at a time; returns (entries written, rejects, ignored files)."""

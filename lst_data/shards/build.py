@@ -12,6 +12,7 @@ folder below it, except in the shard output itself.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from lst_data.core.errors import InputError
 from lst_data.core.rejects import Reject, read_rejects
 from lst_data.core.runner import DONE_FILE, StageReport, finish_stage
 from lst_data.core.storage import StoragePath, location, read_parquet
-from lst_data.shards.contract import STAGE
+from lst_data.format.contract import STAGE
 from lst_data.shards.join import JoinTables, Provenance, join_records
 from lst_data.shards.members import FlacFromPaths
 from lst_data.shards.writer import ShardReport, shard_config_hash, write_shards
@@ -43,15 +44,15 @@ class MissingStageOutput(InputError):
 class StageOutputs:
     """Where a run's stage tables, earlier rejects and tokenizer model are."""
 
-    run_dir: Path
-    manifest: Path
-    alignments: Path
-    units: Path
-    tokens: Path
-    tokenizer: Path | None
+    run_dir: StoragePath
+    manifest: StoragePath
+    alignments: StoragePath
+    units: StoragePath
+    tokens: StoragePath
+    tokenizer: StoragePath | None
 
     @classmethod
-    def from_run_dir(cls, run_dir: str | Path, tokenizer: str | Path | None = None) -> StageOutputs:
+    def from_run_dir(cls, run_dir: str | StoragePath, tokenizer: str | StoragePath | None = None) -> StageOutputs:
         run_dir = location(run_dir)
         paths: dict[str, StoragePath] = {}
         for name, (folder, file) in TABLE_FILES.items():
@@ -89,7 +90,7 @@ def shard_tables(
     out_dir: str | Path,
     config: RunConfig,
     *,
-    carried_rejects: list[Reject] = (),
+    carried_rejects: Sequence[Reject] = (),
     **write_options: Any,
 ) -> ShardReport:
     """Join `tables` (skipping ids in `carried_rejects`) and write the shards; `write_options` go to `write_shards`."""
@@ -104,7 +105,7 @@ def shard_tables(
     )
 
 
-def shard_provenance(config: RunConfig, tokenizer_path: Path | None, tokenizer: Any, report: ShardReport) -> dict[str, Any]:
+def shard_provenance(config: RunConfig, tokenizer_path: StoragePath | None, tokenizer: Any, report: ShardReport) -> dict[str, Any]:
     """shard.json's record of what the shards were made with and what the writer rewrote or removed."""
     return {
         "shard_config_hash": shard_config_hash(config),
@@ -120,7 +121,7 @@ def build_shards(
     config: RunConfig,
     *,
     workers: int = 1,
-    fingerprint: str | None = None,
+    fingerprint: dict[str, Any] | None = None,
     show_progress: bool = True,
 ) -> ShardStageReport:
     """Join the run's tables and write shards to `out_dir` (resuming finished shards).

@@ -6,7 +6,7 @@ from typing import Literal
 
 from lst_data.core.config import Section, doc
 
-# No dot: a shard is found by the name {split}-NNNNNN.tar (lst_data.shards.layout).
+# No dot: a shard is found by the name {split}-NNNNNN.tar (lst_data.format.layout).
 SPLIT_PATTERN = r"^[A-Za-z0-9_-]+$"
 
 

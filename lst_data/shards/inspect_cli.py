@@ -1,6 +1,6 @@
 """`lst-data stats|show|validate|diff|plot`: look into a shard directory.
 
-All of them read shards through the checked reader (`lst_data.shards.reader`), so they
+All of them read shards through the checked reader (`lst_data.format.reader`), so they
 are safe on shards from elsewhere, and none needs the stage tables that made the shards.
 `stats`, `show`, `diff` and `plot` verify every tar they read against its sidecar (size,
 sha256, samples) unless given `--no-verify`; `validate` always does. A shard that fails
@@ -23,8 +23,8 @@ from rich.console import Console
 from rich.table import Table
 
 from lst_data.core.errors import InputError
-from lst_data.records import SampleRecord
-from lst_data.shards.safe_tar import READ_ERRORS
+from lst_data.format.records import SampleRecord
+from lst_data.format.safe_tar import READ_ERRORS
 
 _dir_arg = click.argument("shard_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 _verify_option = click.option(
@@ -54,7 +54,7 @@ def _index_shards(shard_dir: Path, sample_id: str) -> list[Path]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from lst_data.shards.layout import INDEX_FILE, shard_paths
+    from lst_data.format.layout import INDEX_FILE, shard_paths
 
     table = pq.read_table(shard_dir / INDEX_FILE, columns=["id", "shard"])
     present = {p.name: p for p in shard_paths(shard_dir)}
@@ -67,8 +67,8 @@ def _index_shards(shard_dir: Path, sample_id: str) -> list[Path]:
 
 def find_record(shard_dir: Path, sample_id: str, verify: bool = True) -> SampleRecord:
     """The record with `sample_id`: via index.parquet's shard column when present, else a scan."""
-    from lst_data.shards.layout import INDEX_FILE
-    from lst_data.shards.reader import iter_records, iter_shard
+    from lst_data.format.layout import INDEX_FILE
+    from lst_data.format.reader import iter_records, iter_shard
 
     candidates: Iterator[SampleRecord]
     with reading_shards(shard_dir):  # the search stops at the record: check whole tars first
@@ -92,15 +92,16 @@ def summary_figures(shard_dir: Path, patch_size: int, verify: bool = True) -> di
     (`tally_shards` reads them with the reader's default).
     """
     from lst_data.core.rejects import read_rejects
-    from lst_data.shards.layout import REJECTS_FILE
-    from lst_data.shards.reader import listed_shards, verify_shard
+    from lst_data.format.layout import REJECTS_FILE
+    from lst_data.format.reader import listed_shards, local_shard, verify_shard
     from lst_data.shards.summary import tally_shards
 
     with reading_shards(shard_dir):
         tars, summary = listed_shards(shard_dir)
         if summary is not None and summary.get("patch_lengths", {}).get("patch_size") == patch_size:
             for tar_path in tars if verify else ():
-                verify_shard(tar_path, count_samples=True)  # no sample is read: count them in a header scan
+                with local_shard(tar_path) as local:  # the tar itself: the folder is local
+                    verify_shard(local, count_samples=True)  # no sample is read: count them in a header scan
             return summary
     with reading_shards(shard_dir):
         tally = tally_shards(tars, patch_size=patch_size)
@@ -123,7 +124,7 @@ def stats(shard_dir: Path, patch_size: int, verify: bool) -> None:
 
     from lst_data.core.rejects import read_rejects
     from lst_data.core.summary import print_rejects
-    from lst_data.shards.layout import REJECTS_FILE
+    from lst_data.format.layout import REJECTS_FILE
 
     summary = summary_figures(shard_dir, patch_size, verify)
     counts = summary["counts"]
@@ -224,9 +225,9 @@ def show(shard_dir: Path, sample_id: str, verify: bool) -> None:
 @_dir_arg
 def validate(shard_dir: Path) -> None:
     """Check SHARD_DIR against the shard contract; exit 1 and list the problems if any."""
-    from lst_data.shards.contract import check_dir
-    from lst_data.shards.layout import shard_paths
-    from lst_data.shards.reader import ShardSet
+    from lst_data.format.contract import check_dir
+    from lst_data.format.layout import shard_paths
+    from lst_data.format.reader import ShardSet
 
     problems = list(check_dir(shard_dir))
     for problem in problems:
@@ -255,9 +256,9 @@ def _digests(record: SampleRecord) -> dict[str, str]:
 
 def _differences(a: Path, b: Path, verify: bool) -> tuple[int, int, int]:
     """Print what differs between shard directories A and B; (differences, samples in A, shards in A)."""
-    from lst_data.shards.layout import shard_paths
-    from lst_data.shards.reader import iter_records
-    from lst_data.shards.safe_tar import read_sidecar
+    from lst_data.format.layout import shard_paths
+    from lst_data.format.reader import iter_records
+    from lst_data.format.safe_tar import read_sidecar
 
     differences = 0
     shards = {side: {p.name: p for p in shard_paths(d)} for side, d in (("A", a), ("B", b))}

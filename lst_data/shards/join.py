@@ -4,7 +4,7 @@ The manifest drives the join: every manifest id either becomes a record or a rej
 except ids an earlier stage already rejected (they are in that stage's rejects and are
 not counted twice). `missing_stage_output`: the id has no row in alignments, units or
 tokens; `invalid_record`: the rows contradict each other (the checks are in
-`lst_data.shards.contract`) or the BPE pieces do not map onto the words.
+`lst_data.format.contract`) or the BPE pieces do not map onto the words.
 
 Records come out in a deterministic order (`shard.order`), independent of the row order
 of the input tables, which Ray does not keep.
@@ -23,9 +23,9 @@ import pyarrow.compute as pc
 from lst_data.config import RunConfig
 from lst_data.core.partitions import order_digest
 from lst_data.core.rejects import Reject
-from lst_data.frames import FrameSpan, frame_to_time, silence_frame_runs, word_frame_spans
-from lst_data.records import BpePiece, SampleRecord, Silence, Word
-from lst_data.shards.contract import STAGE, InvalidRecord, joined_row_problem
+from lst_data.format.contract import STAGE, InvalidRecord, joined_row_problem
+from lst_data.format.frames import FrameSpan, frame_to_time, silence_frame_runs, word_frame_spans
+from lst_data.format.records import BpePiece, SampleRecord, Silence, Word
 from lst_data.tokenize import TokenPiece, bpe_frame_spans
 
 _BATCH_ROWS = 256

@@ -19,8 +19,8 @@ import numpy as np
 import soundfile as sf
 
 from lst_data.audio import read_audio
-from lst_data.keys import sanitize_key
-from lst_data.records import SampleRecord
+from lst_data.format.keys import sanitize_key
+from lst_data.format.records import SampleRecord
 
 AudioSource = Callable[[SampleRecord], bytes]
 TAR_BLOCK = 512

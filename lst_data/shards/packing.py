@@ -8,8 +8,8 @@ from typing import NamedTuple, TypeVar
 
 from lst_data.audio import AudioError
 from lst_data.core.rejects import Reject
-from lst_data.records import SampleRecord
-from lst_data.shards.contract import STAGE
+from lst_data.format.contract import STAGE
+from lst_data.format.records import SampleRecord
 from lst_data.shards.members import AudioSource, EncodedSample, encode_sample
 from lst_data.shards.tar_io import tar_file_size
 from lst_data.shards.validation import CheckedRecord

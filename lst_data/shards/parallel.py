@@ -32,9 +32,9 @@ from lst_data.core.rejects import Reject, read_rejects, sorted_rejects_table, wr
 from lst_data.core.runner import PartitionWorker
 from lst_data.core.storage import StoragePath, local_output, location, read_parquet
 from lst_data.core.tables import INDEX_SCHEMA
-from lst_data.shards.contract import STAGE
+from lst_data.format.contract import STAGE
+from lst_data.format.layout import INDEX_FILE, REJECTS_FILE, shard_name
 from lst_data.shards.join import JoinTables, Provenance, join_records
-from lst_data.shards.layout import INDEX_FILE, REJECTS_FILE, shard_name
 from lst_data.shards.members import EncodedSample, FlacFromPaths, encode_sample
 from lst_data.shards.packing import ShardPacker, sample_audio
 from lst_data.shards.resume import earlier_shard, remove_stale_shards, remove_unfinished, same_samples
@@ -74,6 +74,7 @@ class EncodePartitions(PartitionWorker):
         provenance = Provenance()
         rejects: list[Reject] = []
         audio_source = None
+        paths: dict[str, str] = {}
         identities: dict[str, str | None] = {}
         if config.shard.include_audio:
             manifest = tables.manifest
@@ -84,7 +85,7 @@ class EncodePartitions(PartitionWorker):
         tally, rows = ShardTally(), []
         joined = join_records(tables, config, prior_rejects=earlier, provenance=provenance)
         for record, tiling in checked_records(joined, rejects, config.shard.frame_tolerance, None):
-            if identities and (changed := changed_since_ingest(audio_source.paths[record.id],
+            if identities and (changed := changed_since_ingest(paths[record.id],
                                                                identities.get(record.id))) is not None:
                 rejects.append(Reject(record.id, STAGE, "audio_changed", changed))
                 continue

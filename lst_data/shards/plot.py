@@ -19,8 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-from lst_data.patching import PATCH_STRATEGIES, patches  # noqa: E402
-from lst_data.records import SampleRecord  # noqa: E402
+from lst_data.format.patching import PATCH_STRATEGIES, patches  # noqa: E402
+from lst_data.format.records import SampleRecord  # noqa: E402
 
 _COLORS = ("#4c72b0", "#dd8452")
 _SILENCE = "#bbbbbb"

@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from lst_data.shards.contract import sidecar_problems
-from lst_data.shards.layout import Sidecar, shard_index, shard_paths, shard_split, sidecar_path
+from lst_data.core.storage import StoragePath
+from lst_data.format.contract import sidecar_problems
+from lst_data.format.layout import Sidecar, shard_index, shard_paths, shard_split, sidecar_path
 from lst_data.shards.members import EncodedSample, content_digest
 
 log = logging.getLogger(__name__)
@@ -52,13 +53,13 @@ def same_samples(sidecar: Sidecar, encoded: list[EncodedSample]) -> bool:
     )
 
 
-def remove_unfinished(out: Path) -> None:
+def remove_unfinished(out: StoragePath) -> None:
     """Temporary files of an interrupted run (tars and JSON are renamed into place when whole)."""
     for stale_tmp in out.glob(".*.tmp"):
         stale_tmp.unlink()
 
 
-def remove_stale_shards(out: Path, split: str, first_stale: int) -> list[str]:
+def remove_stale_shards(out: StoragePath, split: str, first_stale: int) -> list[str]:
     """Remove the tars (and sidecars) of `split` numbered `first_stale` or above, and those of any
     other split (a run whose `shard.split` changed), so the folder holds this run only; their names."""
     removed = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import sub
@@ -26,14 +26,15 @@ import lst_data
 from lst_data.config import RunConfig
 from lst_data.core.config import to_dict
 from lst_data.core.rejects import Reject, count_by_code
+from lst_data.core.storage import StoragePath
 from lst_data.core.tables import INDEX_SCHEMA
-from lst_data.keys import sanitize_key
-from lst_data.patching import PATCH_STRATEGIES, patches
-from lst_data.records import SampleRecord
-from lst_data.shards.layout import DATASET_FILE, INDEX_FILE, shard_paths, write_json_atomic
+from lst_data.format.keys import sanitize_key
+from lst_data.format.layout import DATASET_FILE, INDEX_FILE, shard_paths, write_json_atomic
+from lst_data.format.patching import PATCH_STRATEGIES, patches
+from lst_data.format.reader import iter_shard
+from lst_data.format.records import SampleRecord
+from lst_data.format.safe_tar import DEFAULT_LIMITS
 from lst_data.shards.members import EncodedSample
-from lst_data.shards.reader import iter_shard
-from lst_data.shards.safe_tar import DEFAULT_LIMITS
 from lst_data.shards.validation import CheckedRecord, FrameTiling, frame_tiling
 
 DEFAULT_PATCH_SIZE = 4
@@ -241,7 +242,7 @@ class ShardIndex:
             self.writer.close()
 
 
-def tally_shard(tar_path: Path, tally: ShardTally, index: ShardIndex | None = None) -> None:
+def tally_shard(tar_path: StoragePath, tally: ShardTally, index: ShardIndex | None = None) -> None:
     """Add every sample of one tar, read back (audio is not read), to `tally` (and `index`)."""
     for record in iter_shard(tar_path, with_audio=False):
         tally.add(record)
@@ -249,7 +250,7 @@ def tally_shard(tar_path: Path, tally: ShardTally, index: ShardIndex | None = No
             index.add(tar_path.name, record)
 
 
-def tally_shards(tars: Iterable[Path], patch_size: int = DEFAULT_PATCH_SIZE, index: Path | None = None) -> ShardTally:
+def tally_shards(tars: Iterable[StoragePath], patch_size: int = DEFAULT_PATCH_SIZE, index: Path | None = None) -> ShardTally:
     """Tally every sample of `tars` (audio is not read); write `index` (index.parquet) on the way if given."""
     tally = ShardTally(patch_size=patch_size)
     with contextlib.closing(ShardIndex(index)) if index is not None else contextlib.nullcontext() as shard_index:
@@ -311,13 +312,13 @@ class DatasetSummary:
 
 
 def write_dataset_json(
-    out: Path,
+    out: StoragePath,
     config: RunConfig,
     config_hash: str,
     rejects: list[Reject],
     tokenizer_hashes: Iterable[str],
     tokenizer_vocab_size: int | None,
-    tars: list[Path],
+    tars: Sequence[StoragePath],
     tally: ShardTally,
 ) -> dict[str, Any]:
     """`dataset.json` of the shards `tars` from the tally of their samples; returns what it wrote."""

@@ -65,7 +65,7 @@ def member_header(name: str, size: int) -> bytes:
 
 def sample_tar_bytes(sample: EncodedSample) -> bytes:
     """A sample's members as they stand in the tar: header, data, padding, by member name."""
-    parts = []
+    parts: list[bytes] = []
     for suffix in sorted(sample.members):
         data = sample.members[suffix]
         parts += (member_header(f"{sample.key}.{suffix}", len(data)), data, bytes(-len(data) % TAR_BLOCK))

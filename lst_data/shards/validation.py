@@ -20,7 +20,7 @@ import contextlib
 import functools
 import math
 import multiprocessing
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import chain
 from operator import attrgetter, le, sub
 from typing import Any, NamedTuple
@@ -28,7 +28,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from lst_data.core.rejects import Reject
-from lst_data.records import (
+from lst_data.format.contract import STAGE, frame_count_problem, sample_errors
+from lst_data.format.records import (
     MAX_FRAME_RATE,
     MAX_INT,
     MAX_SAMPLE_RATE,
@@ -38,7 +39,6 @@ from lst_data.records import (
     Silence,
     Word,
 )
-from lst_data.shards.contract import STAGE, frame_count_problem, sample_errors
 
 CHECK_WINDOW = 512
 _FIRST_FRAMES = attrgetter("start_frame")
@@ -124,14 +124,14 @@ def frame_tiling(record: SampleRecord) -> FrameTiling | None:
     )
 
 
-def _columns(spans: Sequence[Any], kind: type) -> tuple[tuple[Any, ...], ...] | None:
+def _columns(spans: Sequence[Any], kind: type[NamedTuple]) -> tuple[tuple[Any, ...], ...] | None:
     """The spans' fields as columns (None unless they are a tuple or list of `kind`)."""
     if type(spans) not in (tuple, list) or not set(map(type, spans)) <= {kind}:
         return None
     return tuple(zip(*spans, strict=True)) if spans else ((),) * len(kind._fields)
 
 
-def _plain_object(value: Any, fields: dict[str, tuple[type, ...]]) -> bool:
+def _plain_object(value: Any, fields: Mapping[str, tuple[type, ...]]) -> bool:
     """A dict of exactly `fields`, each of one of its plain types (a number inside `from_json`'s bounds)."""
     return (
         type(value) is dict

@@ -25,9 +25,10 @@ from lst_data.config import RunConfig
 from lst_data.core.config import canonical_hash, to_dict
 from lst_data.core.progress import progress_bar
 from lst_data.core.rejects import Reject, write_rejects
-from lst_data.records import SampleRecord
+from lst_data.core.storage import StoragePath
+from lst_data.format.layout import REJECTS_FILE, Sidecar, shard_name, sidecar_path, write_json_atomic
+from lst_data.format.records import SampleRecord
 from lst_data.shards.join import Provenance
-from lst_data.shards.layout import REJECTS_FILE, Sidecar, shard_name, sidecar_path, write_json_atomic
 from lst_data.shards.members import AudioSource, EncodedSample, content_digest, encode_sample
 from lst_data.shards.packing import PushBackIterator, next_shard
 from lst_data.shards.resume import earlier_shard, remove_stale_shards, remove_unfinished, same_samples
@@ -50,7 +51,7 @@ def shard_config_hash(config: RunConfig) -> str:
 
 @dataclass
 class ShardReport:
-    out_dir: Path
+    out_dir: StoragePath
     shards_written: int = 0
     shards_kept: int = 0
     samples: int = 0

@@ -1,6 +1,6 @@
 """Tokenize stage: BPE pieces tied to words (tokenizer), their frame spans (spans), the
 stage writing tokens.parquet (stage) and `lst-data tokenize` / `lst-data tokenizer` (cli).
-Patching lives in `lst_data.patching`. No heavy imports here: sentencepiece/tokenizers load
+Patching lives in `lst_data.format.patching`. No heavy imports here: sentencepiece/tokenizers load
 on use.
 
 The public API other stages use (the shard join computes BPE frame spans; the shard step

@@ -1,6 +1,6 @@
 """Frame spans of BPE pieces: every piece gets a share of its word's frames.
 
-The shard contract gives each word an inclusive frame span (lst_data.frames). A word's
+The shard contract gives each word an inclusive frame span (lst_data.format.frames). A word's
 pieces split that span among themselves: they tile it exactly (no gap, no overlap, in
 order), so BPE-aligned patches refine word-aligned ones and never cross a word boundary.
 
@@ -32,7 +32,7 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
-from lst_data.frames import FrameSpan, empty_span, time_to_frame_span
+from lst_data.format.frames import FrameSpan, empty_span, time_to_frame_span
 from lst_data.tokenize.tokenizer import TokenPiece
 
 # Word-start markers of SentencePiece ("▁") and byte-level BPE ("Ġ"); WordPiece marks

@@ -20,7 +20,7 @@ from lst_data.core.config import RayConfig
 from lst_data.core.rejects import Reject
 from lst_data.core.runner import StageReport, TableParts, read_manifest, run_stage
 from lst_data.core.stage import Stage, StageResult
-from lst_data.core.storage import location
+from lst_data.core.storage import StoragePath, location
 from lst_data.core.tables import TOKENS_SCHEMA
 from lst_data.tokenize.config import TokenizerConfig
 from lst_data.tokenize.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
@@ -58,7 +58,7 @@ class TokenizeStage(Stage):
         self._tokenizer: Tokenizer | None = None
         self.vocab_size: int | None = None
 
-    def prepare(self, inputs: TableParts, out_dir: Path, ray: RayConfig) -> list[Reject]:
+    def prepare(self, inputs: TableParts, out_dir: StoragePath, ray: RayConfig) -> list[Reject]:
         """The configured tokenizer, or a BPE trained on the stage's transcripts into out_dir
         (kept from an earlier run when it was trained on the same input partitions)."""
         trained = out_dir / TRAINED_MODEL_NAME
@@ -89,7 +89,7 @@ class TokenizeStage(Stage):
     def summarize(self, output: pa.Table) -> dict[str, Any]:
         return {"tokenized": output.num_rows}
 
-    def finalize(self, summaries: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+    def finalize(self, summaries: list[dict[str, Any]], out_dir: StoragePath) -> dict[str, Any]:
         return {"tokenized": sum(s["tokenized"] for s in summaries), "vocab_size": self.vocab_size}
 
     def provenance(self) -> dict[str, Any]:
@@ -155,7 +155,7 @@ def bpe_training_texts(inputs: TableParts, limit: int = MAX_BPE_SENTENCES) -> li
 
 
 def prepare_tokenizer(
-    config: TokenizerConfig, texts: Iterable[str], out_dir: str | Path, seed: int
+    config: TokenizerConfig, texts: Iterable[str], out_dir: str | StoragePath, seed: int
 ) -> Tokenizer:
     """The run's tokenizer: the configured model, or a BPE trained on `texts` into out_dir.
 

@@ -33,9 +33,9 @@ import io
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import NamedTuple
 
+from lst_data.core.errors import UserError
 from lst_data.core.storage import StoragePath, location, write_bytes_atomic
 
 
@@ -61,7 +61,7 @@ class Tokenizer(ABC):
 
     kind: str
 
-    def __init__(self, path: Path, model_bytes: bytes) -> None:
+    def __init__(self, path: StoragePath, model_bytes: bytes) -> None:
         self.path = path
         self.hash = hashlib.sha256(model_bytes).hexdigest()
 
@@ -106,10 +106,14 @@ class Tokenizer(ABC):
         return f"{type(self).__name__}(path={str(self.path)!r}, vocab_size={self.vocab_size}, hash={self.hash[:12]})"
 
 
+class TokenizerFileError(UserError, ValueError):
+    """A tokenizer path that is missing or holds no tokenizer (a user's mistake: one line, exit 2)."""
+
+
 class SentencePieceTokenizer(Tokenizer):
     kind = "sentencepiece"
 
-    def __init__(self, path: Path, model_bytes: bytes) -> None:
+    def __init__(self, path: StoragePath, model_bytes: bytes) -> None:
         import sentencepiece as spm
 
         super().__init__(path, model_bytes)
@@ -137,7 +141,7 @@ class SentencePieceTokenizer(Tokenizer):
 class HuggingFaceTokenizer(Tokenizer):
     kind = "huggingface"
 
-    def __init__(self, path: Path, model_bytes: bytes) -> None:
+    def __init__(self, path: StoragePath, model_bytes: bytes) -> None:
         from tokenizers import Tokenizer as HfTokenizer
 
         super().__init__(path, model_bytes)
@@ -171,7 +175,7 @@ def _char_index_of_bytes(text: str) -> list[int]:
     return index
 
 
-def load_tokenizer(path: str | os.PathLike | None) -> Tokenizer:
+def load_tokenizer(path: str | os.PathLike[str] | StoragePath | None) -> Tokenizer:
     """A SentencePiece `.model` or a Hugging Face `tokenizer.json` (decided by content)."""
     if path is None:
         raise ValueError(
@@ -181,15 +185,21 @@ def load_tokenizer(path: str | os.PathLike | None) -> Tokenizer:
     path = location(path)
     if path.is_dir():
         path = path / "tokenizer.json"
-    model_bytes = path.read_bytes()
-    if model_bytes.lstrip()[:1] == b"{":
-        return HuggingFaceTokenizer(path, model_bytes)
-    return SentencePieceTokenizer(path, model_bytes)
+    try:
+        model_bytes = path.read_bytes()
+    except OSError as err:
+        raise TokenizerFileError(f"tokenizer {path}: unreadable ({err.strerror or err})") from None
+    hugging_face = model_bytes.lstrip()[:1] == b"{"
+    try:
+        return HuggingFaceTokenizer(path, model_bytes) if hugging_face else SentencePieceTokenizer(path, model_bytes)
+    except Exception as err:  # sentencepiece raises RuntimeError, tokenizers a bare Exception
+        kind = "a Hugging Face tokenizer.json" if hugging_face else "a SentencePiece model"
+        raise TokenizerFileError(f"tokenizer {path}: not {kind} ({str(err).splitlines()[0][:200]})") from None
 
 
 def train_tokenizer(
     texts: Iterable[str],
-    out_path: str | os.PathLike | StoragePath,
+    out_path: str | os.PathLike[str] | StoragePath,
     vocab_size: int,
     seed: int,
     *,

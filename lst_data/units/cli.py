@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from lst_data.core.cli_options import config_options, load_run_config
+from lst_data.core.errors import UserError
 from lst_data.core.lock import locks_run_folder
 
 
@@ -66,6 +67,8 @@ def kmeans(manifest_dir: Path, out: Path, config_path: Path | None, assignments:
     from lst_data.core.summary import finish_command
     from lst_data.units.stage import train_codebook
 
+    if out.suffix != ".npy":  # checked before the k-means, not after it
+        raise UserError(f"--out: {out} must name a .npy file (the codebook; its .npy.json sidecar goes beside it)")
     config = load_run_config(config_path, assignments, runner, aliases=_units_aliases(options))
     report = train_codebook(read_manifest(manifest_dir), out, config.units, config.seed, config.ray)
     finish_command(

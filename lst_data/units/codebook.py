@@ -26,6 +26,7 @@ import json
 import lzma
 import pickle
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ def sidecar_path(path: str | StoragePath) -> StoragePath:
     return path.with_name(path.name + ".json")
 
 
-def save_codebook(centroids: np.ndarray | torch.Tensor, path: str | Path, meta: dict[str, Any]) -> Codebook:
+def save_codebook(centroids: np.ndarray | torch.Tensor, path: str | StoragePath, meta: dict[str, Any]) -> Codebook:
     """Write `path` (.npy, float32) and its sidecar JSON; return the codebook with its hash."""
     path = location(path)
     if path.suffix != ".npy":
@@ -87,7 +88,7 @@ def save_codebook(centroids: np.ndarray | torch.Tensor, path: str | Path, meta: 
     return Codebook(array, digest, str(path), full_meta)
 
 
-def load_codebook(path: str | Path) -> Codebook:
+def load_codebook(path: str | StoragePath) -> Codebook:
     """Read any supported codebook file; checks the sidecar's sha256 when there is one."""
     path = location(path)
     if not path.is_file():
@@ -138,7 +139,7 @@ def _centroids_from_torch(obj: Any, path: Path) -> np.ndarray:
     raise CodebookError(f"{path}: cannot read centroids from {type(obj).__name__}")
 
 
-_COMPRESSED = {
+_COMPRESSED: dict[bytes, Callable[[bytes], bytes]] = {
     b"\x1f\x8b": gzip.decompress,
     b"BZ": bz2.decompress,
     b"\xfd7zXZ": lzma.decompress,

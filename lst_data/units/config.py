@@ -38,7 +38,7 @@ class UnitsConfig(Section):
     hubert_padding: Literal["center", "none"] = doc(
         "hubert only: 'center' zero-pads (R - S) / 2 samples on each side (R = receptive field, "
         "S = hop of the conv stack) so N samples give floor(N / S) frames, each centred on its "
-        "40 ms slot (= lst_data.frames.frames_for_duration); 'none' feeds the audio as fairseq "
+        "40 ms slot (= lst_data.format.frames.frames_for_duration); 'none' feeds the audio as fairseq "
         "and textlesslib do: floor((N - R) / S) + 1 frames, one fewer for some lengths.",
         "center",
     )

@@ -4,7 +4,7 @@ Every encoder declares its frame rate and, exactly, how many frames N samples gi
 (`num_frames`); the units stage checks each utterance against it, and the shard writer
 relies on n_frames = len(units). With the defaults every encoder gives
 
-    n = floor(N * frame_rate / sample_rate)  = lst_data.frames.frames_for_duration(N / sr, f)
+    n = floor(N * frame_rate / sample_rate)  = lst_data.format.frames.frames_for_duration(N / sr, f)
 
 (`mfcc`/`logmel`: always; `hubert`: with hubert_padding = 'center'). With
 hubert_padding = 'none', hubert gives floor((N - R) / S) + 1 frames of its conv stack

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import io
 import pickle
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -53,7 +54,7 @@ def _scalar(dtype: np.dtype, data: bytes = b"") -> Any:
     return np.frombuffer(data, dtype=dtype, count=1)[0]
 
 
-def _frombuffer(buffer: Any, dtype: np.dtype, shape: Any, order: str) -> np.ndarray:
+def _frombuffer(buffer: Any, dtype: np.dtype, shape: Any, order: Literal["C", "F", "A"]) -> np.ndarray:
     if not isinstance(dtype, np.dtype) or dtype.hasobject:
         raise pickle.UnpicklingError("object arrays are refused")
     return np.frombuffer(bytes(buffer), dtype=dtype).reshape(shape, order=order).copy()
@@ -90,6 +91,10 @@ class RestrictedUnpickler(pickle._Unpickler):  # the Python unpickler: joblib's 
     `os.system` is never called.
     """
 
+    # The pure-Python unpickler's internals used here, which typeshed's stub of it leaves out.
+    stack: list[Any]
+    read: Callable[[int], bytes]
+
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
@@ -107,11 +112,11 @@ class RestrictedUnpickler(pickle._Unpickler):  # the Python unpickler: joblib's 
             and state[2].hasobject
         ):
             raise pickle.UnpicklingError("object arrays are refused")
-        super().load_build()
+        super().load_build()  # type: ignore[misc]  # typeshed's `pickle._Unpickler` lacks load_build
         if isinstance(inst, _JoblibArrayWrapper):
             self.stack[-1] = self._read_joblib_array(inst.state)
 
-    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch: ClassVar[dict[int, Callable[[Any], None]]] = dict(pickle._Unpickler.dispatch)
     dispatch[pickle.BUILD[0]] = load_build
 
     def _read_joblib_array(self, state: dict[str, Any]) -> np.ndarray:

@@ -33,7 +33,15 @@ from lst_data.core.errors import ConfigError, InputError
 from lst_data.core.rejects import Reject
 from lst_data.core.runner import PartitionWorker, StageReport, TableParts, map_items, read_manifest, run_stage
 from lst_data.core.stage import Resources, Stage, StageResult
-from lst_data.core.storage import is_url, location, parquet_file, read_parquet, remove_tree, write_parquet
+from lst_data.core.storage import (
+    StoragePath,
+    is_url,
+    location,
+    parquet_file,
+    read_parquet,
+    remove_tree,
+    write_parquet,
+)
 from lst_data.core.tables import UNITS_SCHEMA
 from lst_data.units.codebook import Codebook, CodebookError, load_codebook, save_codebook
 from lst_data.units.codebook import sidecar_path as codebook_sidecar
@@ -104,9 +112,9 @@ class _EncodingStage(Stage):
             batch.append(i)
         if batch:
             self._encode_into(batch, waves, outcomes, rows)
-        for row, outcome in zip(rows, outcomes, strict=True):
-            assert outcome is not None
-            yield row, outcome
+        for row, done in zip(rows, outcomes, strict=True):
+            assert done is not None
+            yield row, done
 
     def _read(self, row: dict[str, Any], encoder: Encoder) -> torch.Tensor | Reject:
         path = location(row["audio_path"])
@@ -183,7 +191,7 @@ class UnitsStage(_EncodingStage):
         self.codebook = codebook
         self.nearest: NearestCentroid | None = None
 
-    def prepare(self, inputs: TableParts, out_dir: Path, ray: RayConfig) -> list[Reject]:
+    def prepare(self, inputs: TableParts, out_dir: StoragePath, ray: RayConfig) -> list[Reject]:
         rejects: list[Reject] = []
         trained_path = out_dir / CODEBOOK_FILE
         if self.codebook is None and self.config.codebook is None:
@@ -197,6 +205,7 @@ class UnitsStage(_EncodingStage):
             for stale in (trained_path, codebook_sidecar(trained_path)):
                 stale.unlink(missing_ok=True)
             if self.codebook is None:
+                assert self.config.codebook is not None  # (else it was trained above)
                 self.codebook = load_codebook(self.config.codebook)
         _check_codebook_matches(self.codebook, self.config)
         dim = build_encoder_for_counting(self.config).dim
@@ -215,7 +224,7 @@ class UnitsStage(_EncodingStage):
     def summarize(self, output: pa.Table) -> dict[str, Any]:
         return {"utterances": output.num_rows, "frames": int(pc.sum(output["n_frames"]).as_py() or 0)}
 
-    def finalize(self, summaries: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+    def finalize(self, summaries: list[dict[str, Any]], out_dir: StoragePath) -> dict[str, Any]:
         return {"utterances": sum(s["utterances"] for s in summaries), "frames": sum(s["frames"] for s in summaries)}
 
     def provenance(self) -> dict[str, Any]:
@@ -231,7 +240,7 @@ class UnitsStage(_EncodingStage):
         self.nearest = NearestCentroid(self.codebook.centroids, self.encoder.device)
 
     def process_batch(self, rows: list[dict[str, Any]]) -> StageResult:
-        assert self.encoder is not None and self.nearest is not None
+        assert self.encoder is not None and self.nearest is not None and self.codebook is not None
         result = StageResult()
         for row, outcome in self.encode_rows(rows):
             if isinstance(outcome, Reject):
@@ -269,7 +278,7 @@ class TrainReport:
     kmeans_seconds: float
 
 
-def reusable_codebook(path: Path, trained_on: str | None, config: UnitsConfig, seed: int) -> Codebook | None:
+def reusable_codebook(path: StoragePath, trained_on: str | None, config: UnitsConfig, seed: int) -> Codebook | None:
     """The codebook an earlier run trained at `path` from the same input partitions and settings, if any."""
     if trained_on is None or not path.is_file():
         return None
@@ -283,7 +292,7 @@ def reusable_codebook(path: Path, trained_on: str | None, config: UnitsConfig, s
 
 def train_codebook(
     manifest: pa.Table | TableParts,
-    out_path: str | Path,
+    out_path: str | StoragePath,
     config: UnitsConfig,
     seed: int,
     ray_config: RayConfig,
@@ -318,7 +327,7 @@ def train_codebook(
                 source = scratch / f"input-{index:05d}.parquet"
                 write_parquet(parts.sources[index], source)
             inputs.append(source)
-        tasks = [{"input": str(path), "out": str(scratch / f"sample-{i:05d}.parquet"), "batch_size": ray_config.batch_size}
+        tasks: list[dict[str, Any]] = [{"input": str(path), "out": str(scratch / f"sample-{i:05d}.parquet"), "batch_size": ray_config.batch_size}
                  for i, path in enumerate(inputs)]
         worker = FrameSamplePartitions(config, probability, seed)
         results = list(map_items(worker, tasks, ray_config, resources=_resources(config), desc="units sample",

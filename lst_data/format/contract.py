@@ -10,7 +10,7 @@
   and counts the sidecars' samples, index.parquet has each shard's sidecar count of rows; per
   shard, the sidecar exists and is well-formed and its sha256, byte size and sample count
   match the tar, and every member is a regular, non-sparse file under the size caps with a
-  safe sample name (`lst_data.shards.safe_tar`); per sample, the JSON validates,
+  safe sample name (`lst_data.format.safe_tar`); per sample, the JSON validates,
   units are 1-D int16 below k, word / BPE / silence spans are monotonic and inside
   [0, n_frames), words and silences tile the frames, each word's pieces tile the word, and
   len(units) agrees with the duration within the tolerance the shards were written with.
@@ -24,27 +24,25 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow.parquet as pq
 
 from lst_data.core.digests import file_sha256
-from lst_data.core.schemas import validation_errors
 from lst_data.core.storage import is_remote
-from lst_data.frames import frames_for_duration
-from lst_data.patching import patches
-from lst_data.records import SampleRecord, parse_json
-from lst_data.shards.layout import (
+from lst_data.format.frames import frames_for_duration
+from lst_data.format.layout import (
     DATASET_FILE,
     INDEX_FILE,
-    MAX_DATASET_BYTES,
     Sidecar,
     UnsafeMemberError,
-    read_json_record,
+    read_dataset,
     shard_paths,
     sidecar_path,
 )
-from lst_data.shards.safe_tar import (
+from lst_data.format.patching import patches
+from lst_data.format.records import SampleRecord, parse_json
+from lst_data.format.safe_tar import (
     DEFAULT_LIMITS,
     READ_ERRORS,
     BadShardError,
@@ -53,6 +51,7 @@ from lst_data.shards.safe_tar import (
     scan_tar,
     sidecar_mismatches,
 )
+from lst_data.format.schema import validation_errors
 
 STAGE = "shard"
 DEFAULT_FRAME_TOLERANCE = 2
@@ -99,6 +98,15 @@ def joined_row_problem(
     return word_times_problem(aligned, duration + frame_tolerance / frame_rate)
 
 
+class _FrameSpan(Protocol):
+    """What the frame checks read of a word, BPE piece or silence."""
+
+    @property
+    def start_frame(self) -> int: ...
+    @property
+    def end_frame(self) -> int: ...
+
+
 def record_problems(record: SampleRecord, frame_tolerance: int = DEFAULT_FRAME_TOLERANCE) -> list[str]:
     """Contract violations of one decoded record (the JSON schema is checked separately)."""
     n = record.n_frames
@@ -109,7 +117,9 @@ def record_problems(record: SampleRecord, frame_tolerance: int = DEFAULT_FRAME_T
     k = record.unit_info.get("k")
     if n and isinstance(k, int) and (record.units.min() < 0 or record.units.max() >= k):
         problems.append(f"unit ids outside [0, {k})")
-    for tier, spans in (("word", record.words), ("bpe", record.bpe), ("silence", record.silences)):
+    tiers: tuple[tuple[str, Sequence[_FrameSpan]], ...] = (
+        ("word", record.words), ("bpe", record.bpe), ("silence", record.silences))
+    for tier, spans in tiers:
         previous_end = -1
         for i, span in enumerate(spans):
             empty = span.end_frame == span.start_frame - 1
@@ -180,7 +190,7 @@ def check_shard(
     tar_path: Path, frame_tolerance: int = DEFAULT_FRAME_TOLERANCE, limits: ReadLimits = DEFAULT_LIMITS
 ) -> Iterator[Problem]:
     """Every problem of one tar: its sidecar, its bytes against the sidecar, then each sample."""
-    from lst_data.shards.reader import decode_members, iter_raw_samples
+    from lst_data.format.reader import decode_members, iter_raw_samples
 
     name = tar_path.name
     side = sidecar_path(tar_path)
@@ -221,11 +231,10 @@ def check_shard(
 
 def _dataset_problems(shard_dir: Path, tars: list[Path]) -> tuple[dict[str, Any] | None, list[Problem]]:
     """dataset.json (None when missing or broken) and what is wrong with it or with the tars it lists."""
-    path = shard_dir / DATASET_FILE
-    if not path.exists():
-        return None, [Problem(DATASET_FILE, "missing: not a finished shard directory (the writer writes it last)")]
     try:
-        dataset = read_json_record(path, "dataset", MAX_DATASET_BYTES)
+        dataset = read_dataset(shard_dir)
+    except FileNotFoundError:
+        return None, [Problem(DATASET_FILE, "missing: not a finished shard directory (the writer writes it last)")]
     except (OSError, ValueError) as err:
         return None, [Problem(DATASET_FILE, str(err))]
     listed, present = list(dataset["shards"]), [t.name for t in tars]

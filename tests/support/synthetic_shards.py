@@ -15,8 +15,8 @@ import pyarrow as pa
 
 from lst_data.audio import write_audio
 from lst_data.core.tables import ALIGNMENT_SCHEMA, MANIFEST_SCHEMA, TOKENS_SCHEMA, UNITS_SCHEMA
-from lst_data.frames import frames_for_duration
-from lst_data.keys import sanitize_key
+from lst_data.format.frames import frames_for_duration
+from lst_data.format.keys import sanitize_key
 from lst_data.shards.join import JoinTables
 
 VOCABULARY = ("the", "cat", "sat", "on", "a", "mat", "speech", "units", "are", "tokens", "hello", "world")

@@ -3,7 +3,7 @@
 Every stage that turns seconds into unit frames (alignment export, BPE spans, shards,
 patching in `lst_model`) calls these functions, so the rule cannot drift between them.
 
-Rule (DESIGN.md): for frame rate f and n frames,
+Rule (the shard contract, docs/shards.md): for frame rate f and n frames,
     start_frame = floor(start * f)
     end_frame   = max(start_frame, ceil(end * f) - 1)        (inclusive)
 both clipped to [0, n - 1]; a frame claimed by two words goes to the earlier word.
@@ -13,8 +13,13 @@ Times are rounded to the microsecond before the rule, so 0.28 s at 25 Hz is exac
 A word whose frames were all claimed by the previous word has no frames of its own: its
 span is empty, written as end_frame = start_frame - 1, and placed where its frames would
 have started, but never past the last frame (`empty_span`), so that every span's
-start_frame is inside [0, n) even at the utterance's end. Word spans and silence runs
-together tile [0, n) exactly.
+start_frame is inside [0, n) even at the utterance's end.
+
+Silence has one definition: every maximal run of frames no word claims
+(`silence_frame_runs`). Word spans and silence runs therefore tile [0, n) exactly. The
+writer stores these runs as a sample's `silences` (with times and the rule of the aligner
+silence each overlaps most), the reader's contract checks the tiling, and patching
+derives the same runs from the word spans.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Read shards back as `SampleRecord`s, checked: the plain iterator of tools and `load_records`.
 
-The training pipeline (webdataset, torch DataLoader) is `lst_data.shards.pipeline`; it
+The training pipeline (webdataset, torch DataLoader) is `lst_data.format.loader`; it
 reads tars through this module. This module imports neither webdataset nor torch, so the
 `lst-data` inspection commands stay small (importing torch alone takes ~800 MB of RSS here).
 
-Security: shards come from other people (see `lst_data.shards.safe_tar`). By default each
+Security: shards come from other people (see `lst_data.format.safe_tar`). By default each
 tar is first verified against its sidecar (size and sha256: one extra sequential read;
 the sample count as it is read; `verify=False` opts out for speed). Only the members the contract names
 are read (`KEY.json`, `KEY.units.npy`, `KEY.flac`); a link, a sparse or oversized member
@@ -34,17 +34,16 @@ from typing import Any
 import numpy as np
 
 from lst_data.core.storage import StoragePath, local_input, location
-from lst_data.keys import sanitize_key
-from lst_data.records import SampleRecord, parse_sample_json, sample_json_id
-from lst_data.shards.layout import (
+from lst_data.format.keys import sanitize_key
+from lst_data.format.layout import (
     DATASET_FILE,
-    MAX_DATASET_BYTES,
     UnsafeMemberError,
-    read_json_record,
+    read_dataset,
     shard_paths,
     sidecar_path,
 )
-from lst_data.shards.safe_tar import (
+from lst_data.format.records import SampleRecord, parse_sample_json, sample_json_id
+from lst_data.format.safe_tar import (
     DEFAULT_LIMITS,
     READ_ERRORS,
     BadShardError,
@@ -116,36 +115,35 @@ def iter_raw_samples(
         yield from iter_sample_members(stream, limits, skip=() if with_audio else ("flac",))
 
 
-def listed_shards(shard_dir: str | Path, split: str | None = None) -> tuple[list[Path], dict[str, Any] | None]:
+def listed_shards(shard_dir: str | StoragePath, split: str | None = None) -> tuple[list[StoragePath], dict[str, Any] | None]:
     """The tars of `shard_dir` (one split or all) and its dataset.json; BadShardError when they disagree.
 
     dataset.json (written last) lists the shards of its split: a directory missing some of
     them, or holding others, is refused before anything is read. Without dataset.json (an
     unfinished directory, or one from an older toolkit) nothing can be compared: a warning.
     """
-    shard_dir = location(shard_dir)
-    tars = shard_paths(shard_dir, split)
-    path = shard_dir / DATASET_FILE
-    if not path.exists():
-        log.warning("%s has no %s: cannot tell whether all its shards are here", shard_dir, DATASET_FILE)
-        return tars, None
+    folder = location(shard_dir)
+    tars = shard_paths(folder, split)
     try:
-        dataset = read_json_record(path, "dataset", MAX_DATASET_BYTES)
+        dataset = read_dataset(folder)
+    except FileNotFoundError:
+        log.warning("%s has no %s: cannot tell whether all its shards are here", folder, DATASET_FILE)
+        return tars, None
     except (OSError, ValueError) as err:
         raise BadShardError(f"{DATASET_FILE}: {err}") from None
     if split in (None, dataset["split"]):
-        listed, present = set(dataset["shards"]), {t.name for t in shard_paths(shard_dir, dataset["split"])}
+        listed, present = set(dataset["shards"]), {t.name for t in shard_paths(folder, dataset["split"])}
         if listed != present:
             missing, unlisted = sorted(listed - present), sorted(present - listed)
             raise BadShardError(
-                f"{DATASET_FILE} lists {len(listed)} shards, {len(present)} are in {shard_dir}"
+                f"{DATASET_FILE} lists {len(listed)} shards, {len(present)} are in {folder}"
                 f" (missing: {', '.join(missing[:3]) or '-'}; not listed: {', '.join(unlisted[:3]) or '-'})"
             )
     return tars, dataset
 
 
 def iter_shard(
-    tar_path: str | Path,
+    tar_path: str | StoragePath,
     *,
     with_audio: bool = True,
     verify: bool = True,
@@ -160,9 +158,9 @@ def iter_shard(
     member and JSON is still checked). `scan_first` (with `verify`) checks every header
     and the count before the first sample, for callers that may stop early (`show`).
     """
-    tar_path = location(tar_path)
+    shard = location(tar_path)
     try:
-        with local_shard(tar_path) as local:
+        with local_shard(shard) as local:
             sidecar = verify_shard(local, limits, count_samples=scan_first) if verify else None
             samples = 0
             for key, members in iter_raw_samples(local, with_audio=with_audio, limits=limits):
@@ -170,14 +168,14 @@ def iter_shard(
                 try:
                     yield decode_members(key, members, with_audio=with_audio, limits=limits)
                 except ValueError as err:
-                    raise bad_shard(tar_path, f"sample {key}: {err}") from None
-            miscount = sidecar and sample_count_problem(tar_path, sidecar, samples)
+                    raise bad_shard(shard, f"sample {key}: {err}") from None
+            miscount = sidecar and sample_count_problem(shard, sidecar, samples)
             if miscount:
                 raise miscount
     except BadShardError:
         raise
     except READ_ERRORS as err:
-        raise bad_shard(tar_path, err) from None
+        raise bad_shard(shard, err) from None
 
 
 def local_shard(tar_path: StoragePath) -> contextlib.AbstractContextManager[Path]:
@@ -254,18 +252,6 @@ class ShardSet:
             raise FileNotFoundError(f"no shards{f' of split {split!r}' if split else ''} in {shard_dir}")
         counts = [read_sidecar(tar_path).samples for tar_path in tars]
         return cls(tuple(str(t) for t in tars), tuple(counts))
-
-
-# The training pipeline, importable from here as before; loaded on first use (it imports torch).
-_PIPELINE_NAMES = ("MODES", "ShardPipeline", "make_loader", "shard_pipeline")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _PIPELINE_NAMES:
-        from lst_data.shards import pipeline
-
-        return getattr(pipeline, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

@@ -12,11 +12,11 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
-from lst_data.core.schemas import validation_errors
-from lst_data.core.storage import location, write_bytes_atomic
-from lst_data.records import parse_json
+from lst_data.core.storage import StoragePath, location, write_bytes_atomic
+from lst_data.format.records import parse_json
+from lst_data.format.schema import validation_errors
 
 INDEX_FILE = "index.parquet"
 REJECTS_FILE = "rejects.parquet"
@@ -38,11 +38,15 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}.tar"
 
 
-def sidecar_path(tar_path: Path) -> Path:
+def sidecar_path(tar_path: StoragePath) -> StoragePath:
     return tar_path.with_suffix(".json")
 
 
-def shard_paths(out_dir: str | Path, split: str | None = None) -> list[Path]:
+@overload
+def shard_paths(out_dir: Path, split: str | None = None) -> list[Path]: ...
+@overload
+def shard_paths(out_dir: str | StoragePath, split: str | None = None) -> list[StoragePath]: ...
+def shard_paths(out_dir: str | StoragePath, split: str | None = None) -> list[Path] | list[StoragePath]:
     """The shard tars of `out_dir` (of one split, or all), sorted by split and index."""
     found = []
     for path in location(out_dir).glob("*.tar"):
@@ -52,14 +56,14 @@ def shard_paths(out_dir: str | Path, split: str | None = None) -> list[Path]:
     return [path for _, _, path in sorted(found)]
 
 
-def shard_split(tar_path: Path) -> str:
+def shard_split(tar_path: StoragePath) -> str:
     match = _SHARD.fullmatch(tar_path.name)
     if not match:
         raise ValueError(f"{tar_path.name} is not a shard name ({{split}}-NNNNNN.tar)")
     return match["split"]
 
 
-def shard_index(tar_path: Path) -> int:
+def shard_index(tar_path: StoragePath) -> int:
     match = _SHARD.fullmatch(tar_path.name)
     if not match:
         raise ValueError(f"{tar_path.name} is not a shard name ({{split}}-NNNNNN.tar)")
@@ -101,12 +105,12 @@ class Sidecar:
         return asdict(self)
 
     @classmethod
-    def read(cls, path: Path) -> Sidecar:
+    def read(cls, path: StoragePath) -> Sidecar:
         """The sidecar at `path`; ValueError unless it is a bounded JSON object of schemas/sidecar.v1.json."""
         return cls(**read_json_record(path, "sidecar", MAX_SIDECAR_BYTES))
 
 
-def read_json_record(path: Path, schema: str, max_bytes: int) -> dict[str, Any]:
+def read_json_record(path: StoragePath, schema: str, max_bytes: int) -> dict[str, Any]:
     """A JSON file of one of our schemas (sidecar, dataset), read from someone else's directory.
 
     Refused before parsing when over `max_bytes` (checked on the open file, so a huge file is
@@ -126,6 +130,13 @@ def read_json_record(path: Path, schema: str, max_bytes: int) -> dict[str, Any]:
     return data
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def read_dataset(shard_dir: str | StoragePath) -> dict[str, Any]:
+    """A shard set's dataset.json (a local folder or a URL), bounded and checked against
+    schemas/dataset.v1.json. FileNotFoundError when the build has not written it (it is
+    written last); ValueError naming what is wrong with it."""
+    return read_json_record(location(shard_dir) / DATASET_FILE, "dataset", MAX_DATASET_BYTES)
+
+
+def write_json_atomic(path: StoragePath, data: Any) -> None:
     """Sorted, indented JSON, never seen half written (a local file or an object)."""
     write_bytes_atomic(path, (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))

@@ -30,11 +30,12 @@ import struct
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, NamedTuple, Protocol, cast
 
 from lst_data.core.digests import file_sha256
 from lst_data.core.errors import UserError
-from lst_data.shards.layout import (
+from lst_data.core.storage import StoragePath
+from lst_data.format.layout import (
     MEMBER_SUFFIXES,
     Sidecar,
     UnsafeMemberError,
@@ -81,8 +82,14 @@ class DamagedTarError(ValueError):
 READ_ERRORS = (ValueError, OSError)
 
 
-def bad_shard(tar_path: str | Path, reason: object) -> BadShardError:
-    return BadShardError(f"{Path(tar_path).name}: {reason}")
+def bad_shard(tar_path: str | StoragePath, reason: object) -> BadShardError:
+    return BadShardError(f"{Path(str(tar_path)).name}: {reason}")
+
+
+class ByteStream(Protocol):
+    """What the reader reads a tar from: an open file, or a wrapper that hashes what passes."""
+
+    def read(self, size: int, /) -> bytes: ...
 
 
 class TarMember(NamedTuple):
@@ -135,23 +142,53 @@ def _pax_records(data: bytes, offset: int) -> dict[str, str]:
     return records
 
 
-def _read_exactly(stream: BinaryIO, size: int, offset: int) -> bytes:
+def _read_exactly(stream: ByteStream, size: int, offset: int) -> bytes:
     data = stream.read(size)
     if len(data) != size:
         raise DamagedTarError(f"tar ends inside the member at byte {offset} (a truncated tar)")
     return data
 
 
-def _skip(stream: BinaryIO, size: int) -> None:
+def _skip(stream: ByteStream, size: int) -> None:
     if getattr(stream, "seekable", lambda: False)():
-        stream.seek(size, 1)
+        cast(BinaryIO, stream).seek(size, 1)
         return
     while size > 0:  # a stream that must see every byte (hashing)
         size -= len(stream.read(min(size, _READ_CHUNK))) or size
 
 
+def _read_extended_header(stream: ByteStream, kind: int, size: int, offset: int, extended: dict[str, str]) -> None:
+    """Add a pax or GNU long-name header's settings (they apply to the next member) to `extended`."""
+    if size > MAX_EXTENDED_HEADER_BYTES:
+        raise UnsafeMemberError(f"extended header of {size} bytes (limit {MAX_EXTENDED_HEADER_BYTES}) at byte {offset}")
+    data = _read_exactly(stream, _padded(size), offset + _BLOCK)[:size]
+    if kind in _PAX_TYPES:
+        extended.update(_pax_records(data, offset + _BLOCK))
+    elif kind == _GNU_LONG_NAME:
+        extended["path"] = _text(data.split(b"\0", 1)[0])
+
+
+def _regular_member(block: bytes, kind: int, size: int, extended: dict[str, str], offset: int) -> tuple[str, int]:
+    """The name and size of the member whose header is `block`, after the extended header before
+    it; UnsafeMemberError for anything but a regular file the contract allows."""
+    name = extended.get("path") or _text(block[:100].split(b"\0", 1)[0])
+    if block[257:265] == _POSIX_MAGIC and block[345] and "path" not in extended:
+        name = _text(block[345:500].split(b"\0", 1)[0]) + "/" + name
+    if "size" in extended:
+        size = _header_number(extended["size"].encode(), offset)
+    if kind == _GNU_SPARSE:
+        raise UnsafeMemberError(f"sparse member {name!r} (a GNU sparse header)")
+    if kind == _PAX_GLOBAL:
+        raise UnsafeMemberError(f"global pax header {name!r} (its settings would apply to every later member)")
+    if kind not in _REGULAR_TYPES or (kind == 0 and name.endswith("/")):
+        raise UnsafeMemberError(f"{'link' if kind in _LINK_TYPES else 'non-regular member'} {name!r} in a shard")
+    if any(keyword.startswith("GNU.sparse.") for keyword in extended):
+        raise UnsafeMemberError(f"sparse member {name!r} (pax sparse, {size} bytes declared)")
+    return name, size
+
+
 def iter_members(
-    stream: BinaryIO, limits: ReadLimits = DEFAULT_LIMITS, skip: Collection[str] = ()
+    stream: ByteStream, limits: ReadLimits = DEFAULT_LIMITS, skip: Collection[str] = ()
 ) -> Iterator[TarMember]:
     """The members of a tar read sequentially from `stream`, each header checked before its data is read.
 
@@ -170,38 +207,18 @@ def iter_members(
             return  # a tar without end-of-archive blocks, which tarfile reads too
         _checked_header(block, offset)
         kind, size = block[156], _header_number(block[124:136], offset)
-        offset += _BLOCK
         if kind in _PAX_TYPES or kind in (_GNU_LONG_NAME, _GNU_LONG_LINK):
-            if size > MAX_EXTENDED_HEADER_BYTES:
-                raise UnsafeMemberError(
-                    f"extended header of {size} bytes (limit {MAX_EXTENDED_HEADER_BYTES}) at byte {offset - _BLOCK}"
-                )
-            data = _read_exactly(stream, _padded(size), offset)[:size]
-            if kind in _PAX_TYPES:
-                extended.update(_pax_records(data, offset))
-            elif kind == _GNU_LONG_NAME:
-                extended["path"] = _text(data.split(b"\0", 1)[0])
-            offset += _padded(size)
+            _read_extended_header(stream, kind, size, offset, extended)
+            offset += _BLOCK + _padded(size)
             continue
-        name = extended.get("path") or _text(block[:100].split(b"\0", 1)[0])
-        if block[257:265] == _POSIX_MAGIC and block[345] and "path" not in extended:
-            name = _text(block[345:500].split(b"\0", 1)[0]) + "/" + name
-        if "size" in extended:
-            size = _header_number(extended["size"].encode(), offset)
-        sparse = any(keyword.startswith("GNU.sparse.") for keyword in extended)
+        offset += _BLOCK
+        name, size = _regular_member(block, kind, size, extended, offset)
         extended = {}
-        if kind == _GNU_SPARSE:
-            raise UnsafeMemberError(f"sparse member {name!r} (a GNU sparse header)")
-        if kind == _PAX_GLOBAL:
-            raise UnsafeMemberError(f"global pax header {name!r} (its settings would apply to every later member)")
-        if kind not in _REGULAR_TYPES or (kind == 0 and name.endswith("/")):
-            raise UnsafeMemberError(f"{'link' if kind in _LINK_TYPES else 'non-regular member'} {name!r} in a shard")
-        if sparse:
-            raise UnsafeMemberError(f"sparse member {name!r} (pax sparse, {size} bytes declared)")
         key, suffix = split_member_name(name)
         if size > limits.cap(suffix):
             raise UnsafeMemberError(f"member {name!r} of {size} bytes is over the {limits.cap(suffix)}-byte limit")
         padded = _padded(size)
+        data: bytes | None
         if suffix in skip:
             _skip(stream, padded)
             data = None
@@ -216,7 +233,7 @@ def iter_members(
 
 
 def iter_sample_members(
-    stream: BinaryIO, limits: ReadLimits = DEFAULT_LIMITS, skip: Collection[str] = ()
+    stream: ByteStream, limits: ReadLimits = DEFAULT_LIMITS, skip: Collection[str] = ()
 ) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, suffix -> bytes) per sample: its members, which must be together; skipped members are left out."""
     seen: set[str] = set()
@@ -277,7 +294,7 @@ def scan_tar(tar_path: str | Path, limits: ReadLimits = DEFAULT_LIMITS) -> TarSc
     """Size, sha256 and sample count of a tar in one sequential read; every header checked on the way."""
     with open_shard(tar_path) as raw:
         hashing = _HashingReader(raw)
-        samples = sum(1 for _ in iter_sample_members(hashing, limits, skip=MEMBER_SUFFIXES))  # type: ignore[arg-type]
+        samples = sum(1 for _ in iter_sample_members(hashing, limits, skip=MEMBER_SUFFIXES))
         hashing.read_to_end()  # the end-of-archive blocks
     return TarScan(hashing.size, hashing.sha256.hexdigest(), samples)
 
@@ -294,7 +311,7 @@ def sidecar_mismatches(sidecar: Sidecar, size: int, sha256: str | None, samples:
     return problems
 
 
-def read_sidecar(tar_path: Path) -> Sidecar:
+def read_sidecar(tar_path: StoragePath) -> Sidecar:
     """The sidecar of `tar_path`; BadShardError when it is missing or malformed."""
     side = sidecar_path(tar_path)
     if not side.exists():
@@ -329,7 +346,7 @@ def verify_shard(tar_path: Path, limits: ReadLimits = DEFAULT_LIMITS, *, count_s
     return sidecar
 
 
-def sample_count_problem(tar_path: Path, sidecar: Sidecar, samples: int) -> BadShardError | None:
+def sample_count_problem(tar_path: StoragePath, sidecar: Sidecar, samples: int) -> BadShardError | None:
     """The error for a tar that held `samples` samples when its sidecar says otherwise (None: they agree)."""
     problems = sidecar_mismatches(sidecar, sidecar.bytes, None, samples)
     return bad_shard(tar_path, problems[0]) if problems else None

@@ -13,7 +13,7 @@ Batches are made inside each worker (`wds.batched`), because per-sample inter-pr
 transfer is 5-10x slower: lists of records in one process, and through `make_loader`
 `RecordBatch`es, which cross to the trainer as a few arrays instead of record objects.
 Lengths come from the sidecars, not from a scan.
-Every tar goes through `lst_data.shards.reader` (verified against its sidecar unless
+Every tar goes through `lst_data.format.reader` (verified against its sidecar unless
 `verify=False`, every member checked); a bad shard or sample is a `BadShardError` for the
 error policy `handler`.
 """
@@ -29,9 +29,8 @@ from typing import Any
 import webdataset as wds
 
 from lst_data.core.storage import location
-from lst_data.records import RecordBatch, SampleRecord
-from lst_data.shards.layout import Sidecar
-from lst_data.shards.reader import (
+from lst_data.format.layout import Sidecar
+from lst_data.format.reader import (
     DEFAULT_LIMITS,
     READ_ERRORS,
     BadShardError,
@@ -44,6 +43,7 @@ from lst_data.shards.reader import (
     sample_count_problem,
     verify_shard,
 )
+from lst_data.format.records import RecordBatch, SampleRecord
 
 MODES = ("epoch", "resampled")
 

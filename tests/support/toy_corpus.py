@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lst_data.frames import FrameSpan, silence_frame_runs
-from lst_data.records import BpePiece, SampleRecord, Silence, Word
+from lst_data.format.frames import FrameSpan, silence_frame_runs
+from lst_data.format.records import BpePiece, SampleRecord, Silence, Word
 
 FRAME_RATE = 25.0
 SILENCE_UNITS = (0, 1)

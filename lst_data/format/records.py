@@ -204,7 +204,7 @@ def _checked_units(schema_version: Any, n_frames: Any, units: np.ndarray, where:
 
 def _checked_fields(data: dict[str, Any], where: str) -> dict[str, Any]:
     """The scalar fields of a sample JSON, type- and range-checked."""
-    fields = {name: data.get(name) for name in ("id", "text", "speaker", "duration", "sample_rate", "frame_rate")}
+    fields: dict[str, Any] = {name: data.get(name) for name in ("id", "text", "speaker", "duration", "sample_rate", "frame_rate")}
     bad = [name for name in ("id", "text", "speaker") if type(fields[name]) is not str]
     duration, sample_rate, frame_rate = fields["duration"], fields["sample_rate"], fields["frame_rate"]
     if not (_is_seconds(duration) and duration > 0):
@@ -244,14 +244,14 @@ def _column_ok(check: Any, column: tuple[Any, ...]) -> bool:
     return types <= {int} and (-1 if check is _is_end_frame else 0) <= min(column) <= max(column) <= MAX_INT
 
 
-def _spans(cls: type, items: Any, where: str) -> tuple[Any, ...]:
+def _spans(cls: type[Word] | type[BpePiece] | type[Silence], items: Any, where: str) -> tuple[Any, ...]:
     """A span array of the schema (a list of flat objects with exactly the span's fields), as NamedTuples."""
     name, checks = _SPAN_CHECKS[cls]
     if type(items) is not list:
         raise MalformedSample(f"{where}: {name} spans are not a list")
     fields = cls._fields
     try:
-        spans = [cls(**item) for item in items]
+        spans: list[Any] = [cls(**item) for item in items]
     except TypeError:  # not an object, or a missing or unknown field
         required = set(fields) - set(cls._field_defaults)
         i = next(i for i, item in enumerate(items) if type(item) is not dict or not required <= item.keys() <= set(fields))
@@ -446,7 +446,7 @@ class RecordBatch(Sequence[SampleRecord]):
         if not -len(self) <= index < len(self):
             raise IndexError("record index out of range")
         index %= len(self)
-        tiers = {}
+        tiers: dict[str, Any] = {}  # SampleRecord's span fields
         for tier, kind in _TIERS:
             start, stop = self.span_offsets[tier][index : index + 2]
             columns = [values[start:stop] for values in self.spans[tier].values()]

@@ -5,7 +5,7 @@ frames [0, n_frames) into consecutive patches that tile them exactly, in frame o
 
 - ``static``: ``patch_size`` frames per patch, the last one shorter (the paper's p = 4);
 - ``word_sil_sep``: one patch per word's frames, and every silence run (frames no word
-  claims, `lst_data.frames.silence_frame_runs`) is a patch of its own ("sil sep");
+  claims, `lst_data.format.frames.silence_frame_runs`) is a patch of its own ("sil sep");
 - ``word_sil_merged``: silence runs join a neighbouring word ("sil merged"): a gap after
   a word extends that word's patch, and silence before the first word joins the first
   word. The preceding word is chosen so that every patch but the first starts exactly at
@@ -20,9 +20,8 @@ frames [0, n_frames) into consecutive patches that tile them exactly, in frame o
   refinement of word patching and the two can be mixed per sequence.
 
 Words and pieces with empty spans (no frames of their own) produce no patch. Silence is
-taken from the frames, not from `record.silences`: the shard contract says every frame
-outside a word is silence, while `record.silences` lists only intervals the aligner
-labelled or gaps above a minimum, which need not cover every unclaimed frame.
+the contract's one definition, the frames no word claims (`silence_frame_runs`), derived
+here from the word spans; a valid sample's `silences` hold exactly these runs.
 """
 
 from __future__ import annotations
@@ -31,8 +30,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from lst_data.frames import FrameSpan, silence_frame_runs
-from lst_data.records import SampleRecord
+from lst_data.format.frames import FrameSpan, silence_frame_runs
+from lst_data.format.records import SampleRecord
 
 PATCH_STRATEGIES = ("static", "word_sil_sep", "word_sil_merged", "bpe")
 
