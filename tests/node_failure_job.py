@@ -27,6 +27,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from ray.util.state import list_tasks  # noqa: E402
 
 from lst_data.config import load_config  # noqa: E402
+from lst_data.core.runner import TASK_NAME_PREFIX  # noqa: E402
 from pipelines.build_corpus import build_corpus  # noqa: E402
 
 RESULT_MARKER = "NODE_FAILURE_RESULT "
@@ -59,7 +60,8 @@ def main(corpus: str, out: str, watch_file: str, config_overrides: str) -> None:
     while thread.is_alive() and killed is None and time.monotonic() < deadline:
         if watched.exists():
             time.sleep(1.0)
-            running = [t for t in list_tasks(filters=[("state", "=", "RUNNING")]) if "MapBatches" in (t.name or "")]
+            running = [t for t in list_tasks(filters=[("state", "=", "RUNNING")])
+                       if (t.name or "").startswith(TASK_NAME_PREFIX)]
             nodes = {t.node_id for t in running}
             victim = next((w for w in workers if w.node_id in nodes), None)
             if victim is not None:

@@ -34,7 +34,7 @@ def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--config, --set (repeatable) and --runner."""
     fn = config_file_options(fn)
     fn = click.option("--runner", type=click.Choice(["ray", "local"]), default=None,
-                      help="Alias of --set ray.runner=...: Ray Data (default) or in-process.")(fn)
+                      help="Alias of --set ray.runner=...: Ray (default) or in-process.")(fn)
     return fn
 
 

@@ -52,7 +52,7 @@ FILE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class RayConfig(Section):
-    runner: Literal["ray", "local"] = doc("'ray' runs stages on Ray Data; 'local' runs them in this process.", "ray")
+    runner: Literal["ray", "local"] = doc("'ray' runs stages on Ray; 'local' runs them in this process.", "ray")
     address: str | None = doc(
         "Ray cluster address; None starts a local Ray on loopback (or uses RAY_ADDRESS).", None, min_length=1
     )

@@ -1,4 +1,4 @@
-"""The one job runner: a stage over a table, on Ray Data or in this process, into a folder.
+"""The one job runner: a stage over a table, on Ray or in this process, into a folder.
 
 `run_stage(stage, table, out_dir, config)` always writes the same four files:
 
@@ -12,10 +12,16 @@
 Across the Ray boundary a batch travels as one Arrow table: the stage's output columns
 plus three `_reject_*` columns; a row with `_reject_code` set is a reject. The driver
 splits them again, so rejects ride the same stream as results and never vanish.
+
+A stage over one table (the standalone stage commands) runs as a Ray Dataset's batches;
+`map_items` (a build's partitions and shards) runs plain Ray tasks, so that what the driver
+holds does not grow with the number of partitions.
 """
 
 from __future__ import annotations
 
+import collections
+import itertools
 import json
 import logging
 import time
@@ -214,6 +220,50 @@ class _TaskBatches(_BatchRunner[PartitionWorker]):
         return pa.table({"result": pa.array(results, pa.string())})
 
 
+TASK_NAME_PREFIX = "lst-data:"  # Ray task names: lst-data:<worker class>, as the dashboard lists them
+
+
+def _run_task(task: str, runner: _TaskBatches, step_key: str) -> str:
+    return _run_cached(pa.table({"task": [task]}), runner, step_key).column("result")[0].as_py()
+
+
+def _tasks_on_ray(tasks: list[dict[str, Any]], runner: _TaskBatches, resources: Resources,
+                  ray_config: RayConfig) -> Iterator[dict[str, Any]]:
+    """`runner` over `tasks` as Ray tasks, results in task order.
+
+    Plain tasks, not a Ray Dataset: the driver keeps the pool's worth of tasks running (a new one
+    starts as soon as any finishes) and holds only the references not yet read, each freed once its
+    result is read, so its memory does not grow with the number of partitions. Ray retries a task
+    whose worker or node is lost.
+    """
+    import ray
+
+    from lst_data.core.ray_env import ensure_ray, stage_pool_size
+
+    ensure_ray(ray_config)
+    remote = ray.remote(_run_task).options(name=f"{TASK_NAME_PREFIX}{type(runner.target).__name__}",
+                                           num_cpus=resources.cpus * ray_config.cpus_per_worker,
+                                           num_gpus=resources.gpus)
+    runner_ref, step_key = ray.put(runner), uuid.uuid4().hex
+    queued = iter(tasks)
+    unread: collections.deque[Any] = collections.deque()  # in task order
+    running: list[Any] = []
+
+    def start(count: int) -> None:
+        for task in itertools.islice(queued, count):
+            ref = remote.remote(json.dumps(task), runner_ref, step_key)
+            unread.append(ref)
+            running.append(ref)
+
+    start(stage_pool_size(resources, ray_config))
+    while unread:
+        finished, _ = ray.wait(running, num_returns=1)
+        running.remove(finished[0])
+        start(1)
+        while unread and (unread[0] not in running):
+            yield json.loads(ray.get(unread.popleft()))
+
+
 def map_items(worker: PartitionWorker, tasks: list[dict[str, Any]], ray_config: RayConfig, *, resources: Resources,
               desc: str, unit: str = "part", show_progress: bool = True) -> Iterator[dict[str, Any]]:
     """Run `worker` over `tasks` (JSON-able dicts) on Ray tasks or in this process; results in task order.
@@ -233,11 +283,9 @@ def map_items(worker: PartitionWorker, tasks: list[dict[str, Any]], ray_config: 
             finally:
                 worker.teardown()
             return
-        blocks = [pa.table({"task": [json.dumps(t)]}) for t in tasks]
-        for batch in _map_on_ray(blocks, _TaskBatches(worker), resources, ray_config, 1):
-            for result in batch.column("result").to_pylist():
-                yield json.loads(result)
-                bar.update(1)
+        for result in _tasks_on_ray(tasks, _TaskBatches(worker), resources, ray_config):
+            yield result
+            bar.update(1)
 
 
 @dataclass
