@@ -85,8 +85,8 @@ _Target = TypeVar("_Target", bound="Stage | PartitionWorker")
 
 @dataclass
 class _BatchRunner(Generic[_Target]):
-    """What a Ray task does with a batch: set `target` (a stage or a PartitionWorker) up once per
-    worker process, then `run` per batch."""
+    """What a Ray task does with its input (a stage's batch, a partition's task): set `target`
+    (a stage or a PartitionWorker) up once per worker process, then `run` per input."""
 
     target: _Target
 
@@ -96,7 +96,7 @@ class _BatchRunner(Generic[_Target]):
     def teardown(self) -> None:
         self.target.teardown()
 
-    def run(self, batch: pa.Table) -> pa.Table:
+    def run(self, batch: Any) -> Any:
         raise NotImplementedError
 
 
@@ -114,7 +114,7 @@ class _StageBatches(_BatchRunner[Stage]):
 _READY: dict[str, _BatchRunner[Any]] = {}
 
 
-def _run_cached(batch: pa.Table, runner: _BatchRunner[Any], step_key: str) -> pa.Table:
+def _run_cached(batch: Any, runner: _BatchRunner[Any], step_key: str) -> Any:
     ready = _READY.get(step_key)
     if ready is None:
         for earlier in _READY.values():
@@ -212,22 +212,17 @@ class PartitionWorker:
         raise NotImplementedError
 
 
-class _TaskBatches(_BatchRunner[PartitionWorker]):
-    """JSON tasks -> JSON results of a PartitionWorker."""
+class _PartitionTask(_BatchRunner[PartitionWorker]):
+    """A task dict -> the PartitionWorker's result dict."""
 
-    def run(self, batch: pa.Table) -> pa.Table:
-        results = [json.dumps(self.target(json.loads(task))) for task in batch.column("task").to_pylist()]
-        return pa.table({"result": pa.array(results, pa.string())})
+    def run(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return self.target(batch)
 
 
 TASK_NAME_PREFIX = "lst-data:"  # Ray task names: lst-data:<worker class>, as the dashboard lists them
 
 
-def _run_task(task: str, runner: _TaskBatches, step_key: str) -> str:
-    return _run_cached(pa.table({"task": [task]}), runner, step_key).column("result")[0].as_py()
-
-
-def _tasks_on_ray(tasks: list[dict[str, Any]], runner: _TaskBatches, resources: Resources,
+def _tasks_on_ray(tasks: list[dict[str, Any]], runner: _BatchRunner[Any], resources: Resources,
                   ray_config: RayConfig) -> Iterator[dict[str, Any]]:
     """`runner` over `tasks` as Ray tasks, results in task order.
 
@@ -241,7 +236,7 @@ def _tasks_on_ray(tasks: list[dict[str, Any]], runner: _TaskBatches, resources: 
     from lst_data.core.ray_env import ensure_ray, stage_pool_size
 
     ensure_ray(ray_config)
-    remote = ray.remote(_run_task).options(name=f"{TASK_NAME_PREFIX}{type(runner.target).__name__}",
+    remote = ray.remote(_run_cached).options(name=f"{TASK_NAME_PREFIX}{type(runner.target).__name__}",
                                            num_cpus=resources.cpus * ray_config.cpus_per_worker,
                                            num_gpus=resources.gpus)
     runner_ref, step_key = ray.put(runner), uuid.uuid4().hex
@@ -251,7 +246,7 @@ def _tasks_on_ray(tasks: list[dict[str, Any]], runner: _TaskBatches, resources: 
 
     def start(count: int) -> None:
         for task in itertools.islice(queued, count):
-            ref = remote.remote(json.dumps(task), runner_ref, step_key)
+            ref = remote.remote(task, runner_ref, step_key)
             unread.append(ref)
             running.append(ref)
 
@@ -261,7 +256,7 @@ def _tasks_on_ray(tasks: list[dict[str, Any]], runner: _TaskBatches, resources: 
         running.remove(finished[0])
         start(1)
         while unread and (unread[0] not in running):
-            yield json.loads(ray.get(unread.popleft()))
+            yield ray.get(unread.popleft())
 
 
 def map_items(worker: PartitionWorker, tasks: list[dict[str, Any]], ray_config: RayConfig, *, resources: Resources,
@@ -283,7 +278,7 @@ def map_items(worker: PartitionWorker, tasks: list[dict[str, Any]], ray_config: 
             finally:
                 worker.teardown()
             return
-        for result in _tasks_on_ray(tasks, _TaskBatches(worker), resources, ray_config):
+        for result in _tasks_on_ray(tasks, _PartitionTask(worker), resources, ray_config):
             yield result
             bar.update(1)
 
@@ -394,13 +389,13 @@ def read_manifest(path: str | Path, out_dir: str | Path | None = None) -> pa.Tab
     path = Path(path)
     if path.is_dir() and path.name != "manifest.parquet":
         path = path / "manifest.parquet"
-    # `lst-data ingest` writes one file; a build's RUN/ingest holds a folder of partitions.
-    parts = sorted(path.glob("part-*.parquet")) if path.is_dir() else [path] if path.is_file() else []
-    if not parts:
+    # `lst-data ingest` writes one file; a build's RUN/ingest holds a folder of partitions, which
+    # pyarrow reads as one table, partitions in name order.
+    if not (path.is_file() or (path.is_dir() and any(path.glob("*.parquet")))):
         raise InputError(f"no manifest at {path} (run `lst-data ingest` first)")
     if out_dir is not None and Path(out_dir).resolve() == path.parent.resolve():
         raise InputError(f"--out: {out_dir} holds the manifest; write this stage's output to a folder of its own")
-    return pa.concat_tables([pq.read_table(part, schema=MANIFEST_SCHEMA) for part in parts])
+    return pq.read_table(path, schema=MANIFEST_SCHEMA)
 
 
 def write_json(path: StoragePath, data: dict[str, Any]) -> None:
