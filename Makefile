@@ -118,6 +118,7 @@ demo:
 	$(BIN)/lst-model train --shards $(DEMO_DIR)/run/shards --config lst_model/configs/demo.yaml --out $(DEMO_DIR)/baseline --set model.kind=baseline
 	$(BIN)/lst-model score --model $(DEMO_DIR)/lst --shards $(DEMO_DIR)/run/shards
 	$(BIN)/lst-model score --model $(DEMO_DIR)/baseline --shards $(DEMO_DIR)/run/shards
+	$(BIN)/lst-model score --model $(DEMO_DIR)/lst --mode minimal-pairs --shards $(DEMO_DIR)/run/shards
 	$(BIN)/lst-model generate --model $(DEMO_DIR)/lst --shards $(DEMO_DIR)/run/shards --text "the river was cold" --continue-in speech --max-new-tokens 48 --out $(DEMO_DIR)/generated.json
 	$(BIN)/lst-model plot lst=$(DEMO_DIR)/lst baseline=$(DEMO_DIR)/baseline --out $(DEMO_DIR)/loss_curves.png
 	@echo "demo done: shards in $(DEMO_DIR)/run/shards, loss curves in $(DEMO_DIR)/loss_curves.png, a generated continuation in $(DEMO_DIR)/generated.json"

@@ -32,8 +32,9 @@ def main() -> None:
     run_cli(cli, "lst-model")
 
 
-_TEXT_HELP = ("Independent text corpus for the text share of the mixture: plain text (a document per line), "
-              "JSONL with a 'text' field, or Parquet with a 'text' column. Without it the transcripts stand in.")
+_TEXT_HELP = ("Independent text corpus for the text share of the mixture: a file, a folder, a glob or a URL (s3://...) "
+              "of .txt (a document per line), .jsonl (a 'text' field) or .parquet (a 'text' column) files; training "
+              "streams it. Without it the transcripts stand in.")
 _TOKENIZER_HELP = "The shards' tokenizer for --text (default: tokenizer.model beside the shards or in a sibling stage folder)."
 
 
@@ -74,14 +75,14 @@ def _warn(message: str) -> None:
               help="The shard folder, or its URL (s3://bucket/shards): tars are streamed from object storage.")
 @config_file_options
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder; an existing checkpoint there is resumed.")
-@click.option("--text", "text_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help=_TEXT_HELP)
+@click.option("--text", "text_path", metavar="PATH|GLOB|URL", help=_TEXT_HELP)
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, path_type=Path), help=_TOKENIZER_HELP)
 @click.option("--init", "init_run", type=click.Path(exists=True, path_type=Path),
               help="Fine-tune: start from this run folder's (or checkpoint.pt's) weights (same model config and "
                    "token space), with a fresh optimizer and schedule; e.g. with --set data.task=asr.")
 @_other_space_option
 @_option_errors
-def train(shard_dir: Path, config_path: Path | None, out_dir: Path, assignments: tuple[str, ...], text_path: Path | None,
+def train(shard_dir: Path, config_path: Path | None, out_dir: Path, assignments: tuple[str, ...], text_path: str | None,
           tokenizer_path: Path | None, init_run: Path | None, allow_other_space: bool) -> None:
     """Train (or resume) on the shards' training utterances; held-out transcripts are left for `score`.
 
@@ -116,13 +117,18 @@ def _pairs(value: str) -> tuple[str, ...]:
 
 
 @cli.command()
-@click.option("--model", "run", required=True, type=click.Path(exists=True, path_type=Path), help="Run folder or checkpoint.pt.")
-@click.option("--task", "task_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Items JSONL (lst_model.items).")
+@click.option("--model", "run", required=True, type=click.Path(exists=True, path_type=Path), help="Run folder, checkpoint.pt, or a folder written by lst-model export.")
+@click.option("--mode", type=click.Choice(["multiple-choice", "minimal-pairs"]), default="multiple-choice", show_default=True,
+              help="multiple-choice: which ending follows the prompt; minimal-pairs: is the good side of each pair "
+                   "more likely than the bad one, without a prompt (sWUGGY / sBLIMP style).")
+@click.option("--task", "task_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Items JSONL (lst_model.items), or with --mode minimal-pairs a minimal-pairs JSONL.")
 @click.option("--shards", "shard_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Score continuation items built from these shards' held-out utterances (same-speaker distractors).")
+              help="Score continuation items built from these shards' held-out utterances (same-speaker distractors); "
+                   "with --mode minimal-pairs, each held-out utterance vs itself with two words swapped.")
 @click.option("--pairs", default="s2s,t2t,s2t,t2s", show_default=True, help="--shards: modality pairs to build.")
 @click.option("--endings", "n_endings", default=2, show_default=True, type=click.IntRange(2, 64), help="--shards: endings per item.")
-@click.option("--seed", default=0, show_default=True, help="--shards: distractor and label choice.")
+@click.option("--seed", default=0, show_default=True, help="--shards: distractor and label choice (minimal pairs: the swapped words).")
 @click.option("--patching", type=click.Choice(["static", "word_sil_sep", "word_sil_merged", "bpe"]), default=None,
               help="Speech patching for scoring (default: the run's data.eval_patching).")
 @click.option("--drop-contaminated", is_flag=True, help="Score only items whose sources are not training transcripts.")
@@ -130,24 +136,25 @@ def _pairs(value: str) -> tuple[str, ...]:
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), help="Write per-item scores (JSONL).")
 @click.option("--device", default="cpu", show_default=True)
 @_other_space_option
-def score(run: Path, task_path: Path | None, shard_dir: Path | None, pairs: str, n_endings: int, seed: int,
+def score(run: Path, mode: str, task_path: Path | None, shard_dir: Path | None, pairs: str, n_endings: int, seed: int,
           patching: str | None, drop_contaminated: bool, no_contamination_check: bool, out_path: Path | None,
           device: str, allow_other_space: bool) -> None:
-    """Multiple-choice accuracy (± standard error) per modality pair, by summed and per-token
-    log-likelihood of each ending. Prints a table on stderr and the figures as JSON on stdout.
+    """Multiple-choice accuracy (± standard error) per modality pair, by summed, per-token and
+    per-character (acc_norm) log-likelihood of each ending; or minimal-pair accuracy per
+    modality. Prints a table on stderr and the figures as JSON on stdout.
 
     Items whose sources share a transcript with the model's training data are refused."""
-    from lst_model.score import format_accuracy_table, score_checkpoint
+    from lst_model.evaluate import score_checkpoint
     from lst_model.train import checkpoint_path
 
     if (task_path is None) == (shard_dir is None):
         raise click.UsageError("give exactly one of --task and --shards")
     corpus_pairs = _pairs(pairs) if shard_dir is not None else ()  # --pairs shapes only the items built from --shards
-    result = score_checkpoint(checkpoint_path(run), task_path=task_path, shard_dir=shard_dir, pairs=corpus_pairs,
+    result = score_checkpoint(checkpoint_path(run), mode=mode, task_path=task_path, shard_dir=shard_dir, pairs=corpus_pairs,
                               n_endings=n_endings, seed=seed, patching=patching, drop_contaminated=drop_contaminated,
                               check_contamination=not no_contamination_check, device=device,
                               allow_other_token_space=allow_other_space, out_path=out_path, notify=_echo_err)
-    click.echo("\n".join(format_accuracy_table(result.report["pairs"])), err=True)
+    click.echo("\n".join(result.table), err=True)
     click.echo(json.dumps(result.report))
 
 
@@ -156,11 +163,11 @@ def score(run: Path, task_path: Path | None, shard_dir: Path | None, pairs: str,
               help="The shard folder, or its URL (s3://bucket/shards): tars are streamed from object storage.")
 @config_file_options
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
-@click.option("--text", "text_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help=_TEXT_HELP)
+@click.option("--text", "text_path", metavar="PATH|GLOB|URL", help=_TEXT_HELP)
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, path_type=Path), help=_TOKENIZER_HELP)
 @click.option("--mixture-tokens", default=100_000, show_default=True, help="Tokens of the training mixture drawn for its figures.")
 @_option_errors
-def compare(shard_dir: Path, config_path: Path | None, assignments: tuple[str, ...], as_json: bool, text_path: Path | None,
+def compare(shard_dir: Path, config_path: Path | None, assignments: tuple[str, ...], as_json: bool, text_path: str | None,
             tokenizer_path: Path | None, mixture_tokens: int) -> None:
     """Global positions and FLOPs: per utterance and over the training mixture, LST (each patching) vs the flat baseline."""
     from lst_model.compare import compare_shards, format_report
@@ -175,7 +182,7 @@ def compare(shard_dir: Path, config_path: Path | None, assignments: tuple[str, .
 def _utterance_options(fn: Callable[..., None]) -> Callable[..., None]:
     """The model, the shards and which of their utterances `asr` and `tts` run on."""
     for option in reversed([
-        click.option("--model", "run", required=True, type=click.Path(exists=True, path_type=Path), help="Run folder or checkpoint.pt (fine-tuned with data.task asr, tts or asr_tts)."),
+        click.option("--model", "run", required=True, type=click.Path(exists=True, path_type=Path), help="Run folder, checkpoint.pt or exported folder (fine-tuned with data.task asr, tts or asr_tts)."),
         click.option("--shards", "shard_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path)),
         click.option("--split", type=click.Choice(["train", "heldout", "all"]), default="heldout", show_default=True,
                      help="Utterances of the model's training split, of the held-out split, or all."),
@@ -293,7 +300,7 @@ def build_task(input_path: Path | None, shard_dir: Path, pairs: str, out_path: P
 
 
 @cli.command()
-@click.option("--model", "run", required=True, type=click.Path(exists=True, path_type=Path), help="Run folder or checkpoint.pt.")
+@click.option("--model", "run", required=True, type=click.Path(exists=True, path_type=Path), help="Run folder, checkpoint.pt, or a folder written by lst-model export.")
 @click.option("--text", "prompt_text", help="Text prompt (normalized as the transcripts were, encoded with the shards' tokenizer).")
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The shards' tokenizer, to encode --text and decode generated text (default: found beside --shards).")
@@ -336,6 +343,22 @@ def generate(run: Path, prompt_text: str | None, tokenizer_path: Path | None, sh
         sampler=Sampler(temperature, top_k, seed), device=device, allow_other_token_space=allow_other_space, out_path=out_path)
     click.echo(report.headline())
     click.echo(json.dumps(report.to_json()))
+
+
+@cli.command()
+@click.argument("run", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for config.json and model.safetensors (a new one, or an earlier export's).")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default=None,
+              help="Cast the floating-point weights. [default: as trained]")
+@_option_errors
+def export(run: Path, out_dir: Path, dtype: str | None) -> None:
+    """A run's model (RUN: run folder or checkpoint.pt) as a Hugging Face-style folder: model.safetensors,
+    config.json and the token space, loadable with from_pretrained without the training code."""
+    from lst_model.export import export_checkpoint
+    from lst_model.train import checkpoint_path
+
+    click.echo(export_checkpoint(checkpoint_path(run), out_dir, dtype=dtype).summary())
 
 
 @cli.command()

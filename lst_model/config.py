@@ -29,11 +29,14 @@ STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 
 class ModelConfig(Section):
-    kind: Literal["lst", "baseline"] = doc("'lst' (patched speech) or 'baseline' (flat: every token its own position).", "lst")
+    kind: Literal["lst", "baseline", "bpe_speechllm"] = doc(
+        "'lst' (patched speech), 'baseline' (flat: every token its own position) or 'bpe_speechllm' (flat, with "
+        "speech units merged into pieces by a BPE over unit sequences).", "lst")
     d_global: int = doc("Width of the global transformer.", 64, ge=1, le=65536)
     n_global_layers: int = doc("Layers of the global causal transformer.", 2, ge=1, le=1024)
-    n_global_heads: int = doc("Attention heads in the global transformer.", 4, ge=1, le=1024)
-    d_local: int = doc("Width of the patch encoder/decoder (LST only; paper proportion: d_global / 2).", 32, ge=1, le=65536)
+    n_global_heads: int = doc("Attention heads in the global transformer.", 2, ge=1, le=1024)
+    d_local: int = doc("Width of the patch encoder/decoder (LST only; paper proportion: d_global / 2, with a floor at "
+                       "small sizes: see the presets).", 64, ge=1, le=65536)
     n_local_heads: int = doc("Attention heads in the patch encoder/decoder.", 2, ge=1, le=1024)
     n_encoder_layers: int = doc("Windowed self-attention layers in the patch encoder.", 1, ge=1, le=64)
     n_decoder_layers: int = doc("Patch-decoder layers (each: cross-attention to global states + windowed self-attention).", 1, ge=1, le=64)
@@ -41,7 +44,28 @@ class ModelConfig(Section):
     mlp_ratio: int = doc("MLP hidden width / model width.", 4, ge=1, le=64)
     rope_theta: float = doc("RoPE base (LST paper: 5e5).", 500000.0, gt=0)
     dropout: float = doc("Dropout in attention outputs and MLPs.", 0.0, ge=0, lt=1)
+    attention: Literal["auto", "dense", "flex", "chunked"] = doc(
+        "Attention kernel: 'flex' (FlexAttention block masks; compiled on CUDA), 'dense' (boolean masks + SDPA, "
+        "the reference), 'chunked' (query chunks against the keys they may read: memory linear in the sequence) "
+        "or 'auto' (flex on CUDA; on CPU dense up to 1024 queries, chunked beyond).", "auto")
+    norm: Literal["rmsnorm", "layernorm"] = doc("Normalisation layers (BLT: RMSNorm).", "rmsnorm")
+    ffn: Literal["swiglu", "gelu"] = doc("Feed-forward (BLT: SwiGLU with 2/3 * mlp_ratio * width hidden units).", "swiglu")
+    ffn_multiple_of: int = doc("SwiGLU hidden width is rounded up to a multiple of this (BLT: 256).", 256, ge=1, le=4096)
+    init: Literal["blt", "normal"] = doc("Initialisation: 'blt' (truncated normal, std fan_in^-1/2) or 'normal' "
+                                         "(N(0, 0.02)).", "blt")
+    cross_attn_ffn: bool = doc("Give the pooling and decoder cross-attention a feed-forward of their own (BLT: no).", False)
+    cross_attn_k: int = doc("Patch-encoder queries per patch and decoder context entries per global state (BLT: 2).",
+                            2, ge=1, le=16)
+    decoder_window: int | None = doc(
+        "Global states (patches) each decoder token reads, counting back from the one before its target's patch "
+        "(BLT: 1, its own decoder patch only); null reads every earlier patch of its document.", 1, ge=1)
+    patch_pooling: Literal["max", "mean"] = doc("Initial patch queries: max (BLT) or mean of the patch's token states.", "max")
+    unit_bpe_vocab: int = doc(
+        "bpe_speechllm only: pieces of the BPE over unit sequences, trained on the run's training utterances "
+        "(at least the codebook size + 1: every unit is a piece; paper: about 1k).", 1000, ge=2, le=65536)
 
+
+FLAT_KINDS = ("baseline", "bpe_speechllm")  # model kinds where every token is its own global position
 
 Task = Literal["pretrain", "asr", "tts", "asr_tts"]
 
@@ -100,6 +124,12 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = doc("'auto' (cuda when available), 'cpu' or 'cuda'.", "auto")
     threads: int = doc("torch CPU threads (0 = torch's default).", 0, ge=0, le=1024)
     loader_workers: int = doc("Streaming input: DataLoader worker processes per rank (0 = in the training process).", 2, ge=0, le=256)
+    parallel: Literal["ddp", "fsdp"] = doc(
+        "Under torchrun: 'ddp' (every process holds the whole model) or 'fsdp' (FSDP2: weights, gradients and "
+        "optimizer state sharded over the processes, one shard unit per layer). One process trains unsharded.", "ddp")
+    activation_checkpointing: bool = doc(
+        "Keep only each layer's inputs in the forward pass and recompute the layer in the backward pass "
+        "(less activation memory, about a third more compute; same results).", False)
 
 
 class RunSpec(Section):
@@ -130,19 +160,31 @@ class RunSpec(Section):
         return self
 
 
-# Model sizes, all with the paper's (BLT-style) proportions: local width = global width / 2,
-# one encoder layer, decoder layers about 0.36 x global layers (at least 1); most parameters
-# sit in the global transformer. So at every size a speech utterance costs the LST fewer
-# forward FLOPs than the baseline (tests/test_model.py). 'tiny' is for CPU tests and the demo;
-# 'base' is about 110M parameters with a 32k BPE + 501 units.
+# Model sizes. Small ones keep a floor on the local stack (head width >= 32, local width =
+# global width): at 32-wide local layers with 16-dimensional heads the patch encoder and
+# decoder are too narrow to carry a patch, and the flat baseline wins at equal positions.
+# From 'base' on, the paper's (BLT's) proportion: local width = global width / 2, one encoder
+# layer, most parameters in the global transformer, so a speech utterance costs the LST fewer
+# FLOPs than the baseline (tests/test_model.py). '1b' has BLT-1B's published shapes (global
+# 2048 x 25, local 1024, 9 decoder layers, cross_attn_k 2, window 512); '420m' and '1.8b' are
+# the same family at the paper's two other compute-controlled sizes (parameters counted with
+# a 32k BPE + 501 units; `lst-model compare` prints them). 'tiny' is for CPU tests and the demo.
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"d_global": 64, "n_global_layers": 2, "n_global_heads": 4, "d_local": 32, "n_local_heads": 2,
-             "n_encoder_layers": 1, "n_decoder_layers": 1, "local_window": 64},
-    "small": {"d_global": 256, "n_global_layers": 6, "n_global_heads": 8, "d_local": 128, "n_local_heads": 4,
-              "n_encoder_layers": 1, "n_decoder_layers": 2, "local_window": 128},
+    "tiny": {"d_global": 64, "n_global_layers": 2, "n_global_heads": 2, "d_local": 64, "n_local_heads": 2,
+             "n_encoder_layers": 1, "n_decoder_layers": 1, "local_window": 64, "ffn_multiple_of": 16},
+    "small": {"d_global": 256, "n_global_layers": 6, "n_global_heads": 8, "d_local": 256, "n_local_heads": 8,
+              "n_encoder_layers": 1, "n_decoder_layers": 2, "local_window": 128, "ffn_multiple_of": 64},
     "base": {"d_global": 768, "n_global_layers": 10, "n_global_heads": 12, "d_local": 384, "n_local_heads": 6,
              "n_encoder_layers": 1, "n_decoder_layers": 3, "local_window": 256},
+    "420m": {"d_global": 1280, "n_global_layers": 16, "n_global_heads": 10, "d_local": 640, "n_local_heads": 10,
+             "n_encoder_layers": 1, "n_decoder_layers": 6, "local_window": 512},
+    "1b": {"d_global": 2048, "n_global_layers": 25, "n_global_heads": 16, "d_local": 1024, "n_local_heads": 16,
+           "n_encoder_layers": 1, "n_decoder_layers": 9, "local_window": 512},
+    "1.8b": {"d_global": 2304, "n_global_layers": 24, "n_global_heads": 18, "d_local": 1152, "n_local_heads": 18,
+             "n_encoder_layers": 1, "n_decoder_layers": 8, "local_window": 512},
 }
+# The widths of the smallest presets, where the local stack keeps the global width.
+SMALL_PRESET_MAX_WIDTH = 256
 
 
 def load_run_spec(path: str | Path | None = None, overrides: dict[str, Any] | None = None,

@@ -47,8 +47,9 @@ from lst_model.sequences import crop_patch_lengths
 
 log = logging.getLogger(__name__)
 
-class _Utterance:
-    """A record with what spans of it need: word starts, BPE ids per word, aligned patches."""
+class Utterance:
+    """A record with what spans of it need: word starts, BPE ids per word, aligned patches
+    (the sides of corpus items and of `lst_model.minimal_pairs`)."""
 
     def __init__(self, record: SampleRecord) -> None:
         self.record = record
@@ -107,11 +108,11 @@ def corpus_items(
     if n_endings < 2:
         raise ValueError(f"n_endings must be >= 2, got {n_endings}")
     k = continuation_words
-    by_speaker: dict[str, list[_Utterance]] = defaultdict(list)
-    heldout: list[_Utterance] = []
+    by_speaker: dict[str, list[Utterance]] = defaultdict(list)
+    heldout: list[Utterance] = []
     for record in records:
         if is_heldout(record, heldout_fraction):
-            utterance = _Utterance(record)
+            utterance = Utterance(record)
             by_speaker[record.speaker].append(utterance)
             heldout.append(utterance)
     rng = np.random.default_rng(seed)
@@ -126,7 +127,7 @@ def corpus_items(
         at_end = cut + k == n
         true_words = utterance.span_words(cut, cut + k)
         pool = by_speaker[utterance.record.speaker]
-        distractors: list[tuple[_Utterance, int]] = []
+        distractors: list[tuple[Utterance, int]] = []
         for other in (pool[int(i)] for i in rng.permutation(len(pool))):
             if len(distractors) == n_endings - 1:
                 break
@@ -166,7 +167,7 @@ def build_corpus_task(shard_dir: str | Path, pairs: Sequence[str], out: str | Pa
             + (", ".join(f"{reason} {n}" for reason, n in sorted(skips.items())) if skips else "none")]
 
 
-def _item(utterance: _Utterance, pair: str, cut: int, k: int, distractors: list[tuple[_Utterance, int]],
+def _item(utterance: Utterance, pair: str, cut: int, k: int, distractors: list[tuple[Utterance, int]],
           label: int) -> ChoiceItem | None:
     """The question of `utterance` in one pair; None when one of its spans is empty in that modality."""
     prompt_modality, ending_modality = _modality(pair[0]), _modality(pair[2])

@@ -34,6 +34,7 @@ from lst_model.incremental import cached_runner
 from lst_model.sequences import static_patch_lengths
 from lst_model.text_corpus import normalize_like_transcripts
 from lst_model.tokens import TokenSpace, check_same_space
+from lst_model.unit_bpe import refuse_generation
 
 if TYPE_CHECKING:
     from lst_data.tokenize.tokenizer import Tokenizer
@@ -144,6 +145,7 @@ class Decoding:
         tokens = [int(t) for t in prompt_tokens]
         if not tokens or min(tokens) < 0 or max(tokens) >= space.size:
             raise ValueError(f"the prompt needs at least one token, each in [0, {space.size})")
+        refuse_generation(spec)
         self.space = space
         self.flat = spec.model.kind == "baseline"
         self.patch_size = spec.data.patch_size

@@ -26,7 +26,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from lst_model.model import FlatTransformer, KVCache, LatentSpeechTextTransformer, as_blocks
+from lst_model.model import (
+    FlatTransformer,
+    KVCache,
+    LatentSpeechTextTransformer,
+    as_blocks,
+    as_cross_attention,
+)
 
 
 class CachedLST:
@@ -40,11 +46,11 @@ class CachedLST:
         self.decoder_caches = [KVCache() for _ in model.decoder_self]
         self.encoder = as_blocks(model.encoder)
         self.global_blocks = as_blocks(model.global_blocks)
-        self.decoder_cross = as_blocks(model.decoder_cross)
+        self.decoder_cross = as_cross_attention(model.decoder_cross)
         self.decoder_self = as_blocks(model.decoder_self)
-        start = model.global_start[None, None]
-        for block, cache in zip(self.decoder_cross, self.context_caches, strict=True):
-            block.extend_context(cache, start)
+        start = model.context_entries(model.global_start[None, None])
+        for cross, cache in zip(self.decoder_cross, self.context_caches, strict=True):
+            cross.extend_context(cache, start)
         self.encoded = torch.zeros(0, model.config.d_local, device=self.device)  # encoder outputs [N, D]
         self.closed_tokens = 0  # tokens in closed patches; the rest form the open patch
         self.n_patches = 0  # closed patches (global outputs in the decoder context)
@@ -93,29 +99,32 @@ class CachedLST:
         x = self.encoded[self.closed_tokens : self.closed_tokens + sum(lengths)][None]
         patch_of = torch.repeat_interleave(torch.arange(len(lengths), device=self.device),
                                            torch.as_tensor(lengths, device=self.device))
-        membership = patch_of[None, :] == torch.arange(len(lengths), device=self.device)[:, None]
-        h = m.to_global(m.pool_patches(x, membership[None]))
+        h = m.global_inputs(x, patch_of[None], len(lengths))
         positions = torch.arange(self.n_patches, self.n_patches + len(lengths), device=self.device)
         for block, cache in zip(self.global_blocks, self.global_caches, strict=True):
             h = block.cached_self_attention(h, cache, positions)
-        h = m.global_norm(h)
-        for block, cache in zip(self.decoder_cross, self.context_caches, strict=True):
-            block.extend_context(cache, h)
+        context = m.context_entries(m.global_norm(h))
+        for cross, cache in zip(self.decoder_cross, self.context_caches, strict=True):
+            cross.extend_context(cache, context)
         self.closed_tokens += sum(lengths)
         self.n_patches += len(lengths)
         self.global_steps += 1
 
     def _decode(self, first: int, visible: Tensor) -> Tensor:
-        """Decoder states of tokens first.. (replacing any cached ones), token t reading the start
-        vector and the first visible[t] global outputs; logits of the last token."""
+        """Decoder states of tokens first.. (replacing any cached ones), token t reading the
+        context as `forward` gives it when visible[t] patches precede its target's patch: the
+        start vector and those patches' global outputs, the last `decoder_window` of them;
+        logits of the last token."""
         m = self.model
         for cache in self.decoder_caches:
             cache.truncate(first)
         positions = torch.arange(first, self.n_tokens, device=self.device)
+        k, window = m.config.cross_attn_k, m.config.decoder_window
+        first_state = torch.zeros_like(visible) if window is None else (visible + 1 - window).clamp(min=0)
         y = self.encoded[first:][None]
         layers = zip(self.decoder_cross, self.decoder_self, self.context_caches, self.decoder_caches, strict=True)
         for cross, self_block, context_cache, decoder_cache in layers:
-            y = cross.cached_cross_attention(y, context_cache, visible + 1)
+            y = cross.cached_cross_attention(y, context_cache, first_state * k, (visible + 1) * k)
             y = self_block.cached_self_attention(y, decoder_cache, positions, self.window)
         return m.head(m.norm(y[0, -1])).float()
 

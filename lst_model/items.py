@@ -1,4 +1,6 @@
-"""Multiple-choice items: one JSONL format for every modality pair (S→S, T→T, S→T, T→S).
+"""Multiple-choice items: one JSONL format for every modality pair (S→S, T→T, S→T, T→S);
+and minimal pairs (`MinimalPair`: a good and a bad side, no prompt), whose lines are
+`{"id": "...", "good": SIDE, "bad": SIDE, "sources": [...]}` with sides as below.
 
 An item is a prompt and two or more endings; every ending has one modality, the prompt may
 have the other. Each side carries its tokens in the shard's raw id spaces (unit ids for
@@ -119,24 +121,81 @@ class ChoiceItem:
             raise InvalidItem("an item must be a JSON object")
         item_id = _string(data, "id")
         try:
+            if "endings" not in data and "good" in data:
+                raise InvalidItem("this is a minimal pair, not a multiple-choice item: score it with --mode minimal-pairs")
             endings = data.get("endings")
             if not isinstance(endings, list):
                 raise InvalidItem("endings must be a list")
-            sources = data.get("sources") or []
-            if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
-                raise InvalidItem("sources must be a list of strings")
+            sources = _sources(data)
             label = data.get("label")
             if type(label) is not int:
                 raise InvalidItem("label must be an integer")
             voice = data.get("voice")
             item = cls(item_id, Side.from_json(data.get("prompt")), tuple(Side.from_json(e) for e in endings[: MAX_ENDINGS + 1]),
-                       label, None if voice is None else str(voice), tuple(sources))
+                       label, None if voice is None else str(voice), sources)
         except InvalidItem as err:
             message = str(err)
             raise InvalidItem(message if message.startswith("item ") else f"item {item_id}: {message}") from None
         if "pair" in data and data["pair"] != item.pair:
             raise InvalidItem(f"item {item_id}: pair {data['pair']!r} does not match its sides ({item.pair})")
         return item
+
+
+@dataclass(frozen=True)
+class MinimalPair:
+    """Two sides of one modality, `good` the one a model should find more likely (sWUGGY /
+    sBLIMP style: a word vs a non-word, a sentence vs an ungrammatical one); no prompt.
+    `sources` as an item's (what `score` checks against the training transcripts)."""
+
+    id: str
+    good: Side
+    bad: Side
+    sources: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.good.modality != self.bad.modality:
+            raise InvalidItem(f"pair {self.id}: good and bad must have one modality, got {self.good.modality} "
+                              f"and {self.bad.modality}")
+        if not self.good.tokens or not self.bad.tokens:
+            raise InvalidItem(f"pair {self.id}: good and bad need tokens")
+
+    @property
+    def modality(self) -> str:
+        return self.good.modality
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "good": self.good.to_json(), "bad": self.bad.to_json(), "sources": list(self.sources)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> MinimalPair:
+        if not isinstance(data, dict):
+            raise InvalidItem("a minimal pair must be a JSON object")
+        pair_id = _string(data, "id")
+        try:
+            if "endings" in data and "good" not in data:
+                raise InvalidItem("this is a multiple-choice item, not a minimal pair: score it without --mode minimal-pairs")
+            sides = {key: _named_side(data, key) for key in ("good", "bad")}
+            pair = cls(pair_id, sides["good"], sides["bad"], _sources(data))
+        except InvalidItem as err:
+            message = str(err)
+            raise InvalidItem(message if message.startswith("pair ") else f"pair {pair_id}: {message}") from None
+        return pair
+
+
+def _named_side(data: dict, key: str) -> Side:
+    if key not in data:
+        raise InvalidItem(f"{key} is missing (a side: {{modality, tokens, text, patches}})")
+    try:
+        return Side.from_json(data[key])
+    except InvalidItem as err:
+        raise InvalidItem(f"{key}: {err}") from None
+
+
+def _sources(data: dict) -> tuple[str, ...]:
+    sources = data.get("sources") or []
+    if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
+        raise InvalidItem("sources must be a list of strings")
+    return tuple(sources)
 
 
 def _string(data: dict, key: str) -> str:
@@ -198,3 +257,20 @@ def iter_items(path: str | Path) -> Iterator[ChoiceItem]:
 
 def read_items(path: str | Path) -> list[ChoiceItem]:
     return list(iter_items(path))
+
+
+def read_minimal_pairs(path: str | Path) -> list[MinimalPair]:
+    """The minimal pairs of a JSONL file (one `MinimalPair.to_json` a line); a malformed line
+    or an id used twice is an `InvalidItem` naming the file and line."""
+    pairs: list[MinimalPair] = []
+    first_line: dict[str, int] = {}
+    for number, data in jsonl_lines(path):
+        try:
+            pair = MinimalPair.from_json(data)
+        except InvalidItem as err:
+            raise InvalidItem(f"{path}:{number}: {err}") from None
+        if pair.id in first_line:
+            raise InvalidItem(f"{path}:{number}: pair {pair.id}: id already used on line {first_line[pair.id]}")
+        first_line[pair.id] = number
+        pairs.append(pair)
+    return pairs

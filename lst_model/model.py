@@ -1,39 +1,62 @@
-"""The Latent Speech-Text Transformer (BLT-style) and the flat baseline.
+"""The Latent Speech-Text Transformer (BLT-style) and the flat baselines.
 
 LST forward pass over a packed sequence of N tokens grouped into M global positions:
 
 1. patch encoder: token embeddings -> windowed causal self-attention layer(s); each patch's
-   query starts as the mean of its tokens' states and cross-attends to its own tokens only;
+   pooled token states (max, BLT; or mean) make `cross_attn_k` queries that cross-attend to
+   the patch's own tokens; the k results, side by side, are projected to the global width;
 2. global transformer: causal self-attention over the M patch vectors, RoPE (theta 5e5);
-3. patch decoder: token states (from the encoder) cross-attend, in every layer, to a learned
-   start vector and the global outputs of the patches before *its target's* patch (BLT's
-   `decoder_patch_ids_from_lengths`): token i, which predicts token i + 1 in patch P(i+1),
-   sees g_0 .. g_{P(i+1)-1}. So the last token of patch j reads g_j (which holds nothing
-   later than that token), tokens inside patch j never see g_j (it already contains their
-   targets), and a row's last token, which has no target, uses its own patch. Then windowed
-   causal self-attention;
+3. patch decoder: token states (from the encoder) cross-attend, in every layer, to the
+   decoder context: a learned start vector and the global outputs of the patches before
+   *its target's* patch (BLT's `decoder_patch_ids_from_lengths`), each projected to k
+   entries. Token i, which predicts token i + 1 in patch P(i+1), may read g_0 .. g_{P(i+1)-1}
+   of its document: the last token of patch j reads g_j (which holds nothing later than
+   that token), tokens inside patch j never see g_j (it already contains their targets),
+   and a row's last token, which has no target, uses its own patch. `decoder_window` keeps
+   the last states of that list (BLT: 1, the decoder patch only; the start vector counts as
+   the state before a document's first patch). Then windowed causal self-attention;
 4. one head over the whole token space; token i predicts token i + 1.
+
+Layers (norms, feed-forward, initialisation, cross-attention with or without its own
+feed-forward) follow BLT by default: lst_model.layers. Every attention is a `MaskRule`
+executed by the configured backend: lst_model.attention.
 
 Packed rows hold several documents (examples): every attention (local windowed, patch
 pooling, global, decoder cross-attention) is block-causal per document, and RoPE positions
 restart at each document, so a document's logits do not depend on what was packed before it.
 
 Text tokens and markers are patches of length 1, so they follow the same path.
-The baseline is a plain causal transformer over the same token stream, with the same
-document masks.
+The flat baselines are plain causal transformers over the same token stream (units, or
+units merged into BPE pieces), with the same document masks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lst_model.config import ModelConfig
+from lst_model.attention import MaskRule, document_causal_rule
+from lst_model.config import FLAT_KINDS, ModelConfig
+from lst_model.layers import (
+    LAYER_TYPES,
+    Attention,
+    Block,
+    CrossAttention,
+    KVCache,
+    count_parameters,
+    initialize,
+    make_cross_attention,
+    make_norm,
+)
+from lst_model.pretrained import PretrainedConfig, PretrainedMixin, checked_folder, read_config, with_weights
+
+__all__ = ["FLAT_KINDS", "LAYER_TYPES", "Attention", "Block", "CrossAttention", "KVCache", "count_parameters"]  # the layers' home is lst_model.layers
 
 
 @dataclass
@@ -91,159 +114,9 @@ class Batch:
         return real if self.target is None else real & self.target[:, 1:]
 
 
-def rope(x: Tensor, positions: Tensor, theta: float) -> Tensor:
-    """Rotary position embedding of x [B, H, T, D] at integer positions [B, T]."""
-    half = x.shape[-1] // 2
-    freqs = theta ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
-    angles = (positions.float()[..., None] * freqs)[:, None]  # [B, 1, T, half]
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-
-
-class Attention(nn.Module):
-    """Multi-head attention; self-attention with RoPE when `rope_theta` is set, else cross-attention."""
-
-    def __init__(self, dim: int, n_heads: int, kv_dim: int | None = None, rope_theta: float | None = None, dropout: float = 0.0):
-        super().__init__()
-        if dim % n_heads:
-            raise ValueError(f"width {dim} is not divisible by {n_heads} heads")
-        self.n_heads, self.rope_theta, self.dropout = n_heads, rope_theta, dropout
-        self.q = nn.Linear(dim, dim, bias=False)
-        self.kv = nn.Linear(kv_dim or dim, 2 * dim, bias=False)
-        self.out = nn.Linear(dim, dim, bias=False)
-
-    def forward(self, x: Tensor, mask: Tensor, context: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
-        """`positions` [B, T]: RoPE positions of self-attention (required when rope_theta is set)."""
-        k, v = self.keys_values(x if context is None else context, positions)
-        return self.attend(x, k, v, mask, positions)
-
-    def keys_values(self, context: Tensor, positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Keys (rotated at `positions` in self-attention) and values [B, H, T, D/H] of `context`;
-        incremental inference caches these (`KVCache`)."""
-        b, t, _ = context.shape
-        k, v = (z.view(b, t, self.n_heads, -1).transpose(1, 2) for z in self.kv(context).chunk(2, dim=-1))
-        return self._rotated(k, positions), v
-
-    def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor, positions: Tensor | None = None) -> Tensor:
-        """Queries from x (at `positions` in self-attention) attend to keys k and values v."""
-        b, t, d = x.shape
-        q = self._rotated(self.q(x).view(b, t, self.n_heads, -1).transpose(1, 2), positions)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(b, t, d))
-
-    def _rotated(self, x: Tensor, positions: Tensor | None) -> Tensor:
-        """Queries or keys [B, H, T, D/H] rotated at `positions` (self-attention with RoPE), else as they are."""
-        if self.rope_theta is None:
-            return x
-        if positions is None:
-            raise ValueError("self-attention with RoPE needs the positions of its tokens")
-        return rope(x, positions, self.rope_theta)
-
-
-class MLP(nn.Sequential):
-    def __init__(self, dim: int, ratio: int, dropout: float):
-        super().__init__(nn.Linear(dim, ratio * dim), nn.GELU(), nn.Linear(ratio * dim, dim), nn.Dropout(dropout))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: (self- or cross-) attention, then MLP."""
-
-    def __init__(self, dim: int, n_heads: int, mlp_ratio: int, dropout: float, *, rope_theta: float | None = None, kv_dim: int | None = None):
-        super().__init__()
-        self.norm_attn = nn.LayerNorm(dim)
-        self.norm_context = nn.LayerNorm(kv_dim) if kv_dim is not None else None
-        self.attn = Attention(dim, n_heads, kv_dim=kv_dim, rope_theta=rope_theta, dropout=dropout)
-        self.norm_mlp = nn.LayerNorm(dim)
-        self.mlp = MLP(dim, mlp_ratio, dropout)
-
-    def forward(self, x: Tensor, mask: Tensor, context: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
-        if context is not None and self.norm_context is not None:
-            context = self.norm_context(context)
-        return self.residual(x, self.attn(self.norm_attn(x), mask, context, positions))
-
-    def residual(self, x: Tensor, attended: Tensor) -> Tensor:
-        x = x + attended
-        return x + self.mlp(self.norm_mlp(x))
-
-    def cached_self_attention(self, x: Tensor, cache: KVCache, positions: Tensor, window: int | None = None) -> Tensor:
-        """Self-attention block over new tokens x [1, T, D] at `positions` [T], after the keys in
-        `cache` (which it extends): causal, and within `window` positions when given."""
-        h = self.norm_attn(x)
-        cache.extend(*self.attn.keys_values(h, positions[None]), positions)
-        k, v, mask = cache.visible(positions, window)
-        return self.residual(x, self.attn.attend(h, k, v, mask, positions[None]))
-
-    def cached_cross_attention(self, x: Tensor, cache: KVCache, visible: Tensor) -> Tensor:
-        """Cross-attention block: query t of x [1, T, D] reads the first visible[t] entries of the
-        context held (normed and projected) in `cache`."""
-        mask = torch.arange(len(cache), device=x.device)[None, :] < visible[:, None]
-        k, v, _ = cache.entries
-        return self.residual(x, self.attn.attend(self.norm_attn(x), k, v, mask[None, None]))
-
-    def extend_context(self, cache: KVCache, context: Tensor) -> None:
-        """Append context entries [1, T, kv_dim] to a cross-attention cache."""
-        if self.norm_context is None:
-            raise ValueError("extend_context needs a cross-attention block (one made with kv_dim)")
-        cache.extend(*self.attn.keys_values(self.norm_context(context)))
-
-
-class KVCache:
-    """Keys and values [1, H, L, D/H] of one attention layer over one document, in the order they
-    came, with their positions [L] (used for the causal / windowed mask of self-attention)."""
-
-    def __init__(self) -> None:
-        self._entries: tuple[Tensor, Tensor, Tensor] | None = None  # keys, values, positions
-
-    def __len__(self) -> int:
-        return 0 if self._entries is None else self._entries[0].shape[2]
-
-    @property
-    def entries(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Keys, values and positions; an error while nothing has been cached (nothing to attend to)."""
-        if self._entries is None:
-            raise ValueError("the KV cache is empty: extend it before attending")
-        return self._entries
-
-    def extend(self, k: Tensor, v: Tensor, positions: Tensor | None = None) -> None:
-        if positions is None:
-            positions = torch.arange(len(self), len(self) + k.shape[2], device=k.device)
-        if self._entries is None:
-            self._entries = (k, v, positions)
-        else:
-            old_k, old_v, old_positions = self._entries
-            self._entries = (torch.cat([old_k, k], dim=2), torch.cat([old_v, v], dim=2),
-                             torch.cat([old_positions, positions]))
-
-    def truncate(self, length: int) -> None:
-        """Forget every entry from `length` on (a token decoded again replaces its entry)."""
-        if self._entries is None:
-            return
-        k, v, positions = self._entries
-        self._entries = (k[:, :, :length], v[:, :, :length], positions[:length])
-
-    def visible(self, positions: Tensor, window: int | None) -> tuple[Tensor, Tensor, Tensor]:
-        """Keys, values and the [1, 1, T, L'] mask for queries at `positions`: causal and, with a
-        window, only the keys less than `window` positions back (older ones are not even read)."""
-        k, v, keys = self.entries
-        if window is not None:
-            first = int(torch.searchsorted(keys, positions.min() - window + 1))
-            k, v, keys = k[:, :, first:], v[:, :, first:], keys[first:]
-        allowed = keys[None, :] <= positions[:, None]
-        if window is not None:
-            allowed &= (positions[:, None] - keys[None, :]) < window
-        return k, v, allowed[None, None]
-
-
 def document_causal_mask(document: Tensor, window: int | None = None) -> Tensor:
-    """[B, 1, T, T] bool from document ids [B, T]: query i may attend key j when both lie in
-    one document, j <= i (and i - j < window). Padding (-1) forms its own document, so no
-    query row is empty."""
-    i = torch.arange(document.shape[1], device=document.device)
-    allowed = i[None, :] <= i[:, None]
-    if window is not None:
-        allowed &= (i[:, None] - i[None, :]) < window
-    return (allowed[None] & (document[:, :, None] == document[:, None, :]))[:, None]
+    """[B, 1, T, T] bool from document ids [B, T]: the dense form of `document_causal_rule`."""
+    return document_causal_rule(document, window).dense(document.device)
 
 
 def positions_in_document(document: Tensor) -> Tensor:
@@ -269,34 +142,79 @@ def target_patch_index(batch: Batch) -> Tensor:
     return torch.where(following >= 0, following, batch.patch_index)
 
 
-def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, std=0.02)
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        nn.init.zeros_(module.bias)
+def document_first_patch(batch: Batch) -> Tensor:
+    """[B, N] first patch of each token's document (-1 on padding)."""
+    index = torch.arange(batch.tokens.shape[1], device=batch.tokens.device)
+    first_token = index - positions_in_document(batch.document)
+    return batch.patch_index.gather(1, first_token)
 
 
-class FlatTransformer(nn.Module):
+def pooling_rule(patch_index: Tensor, n_patches: int, queries_per_patch: int) -> MaskRule:
+    """Patch queries (k per patch, patch-major) attend the tokens of their own patch; the
+    queries of an empty (padding) patch attend every token, their result unused."""
+    rows = patch_index.shape[0]
+    counts = torch.zeros(rows, n_patches + 1, dtype=torch.long, device=patch_index.device)
+    counts.scatter_add_(1, torch.where(patch_index >= 0, patch_index, n_patches), torch.ones_like(patch_index))
+    empty = counts[:, :n_patches] == 0
+
+    def allowed(b: Tensor, q: Tensor, k: Tensor) -> Tensor:
+        patch = q // queries_per_patch
+        return (patch_index[b, k] == patch) | empty[b, patch]
+
+    return MaskRule(allowed, rows, n_patches * queries_per_patch, patch_index.shape[1])
+
+
+def decoder_rule(batch: Batch, n_patches: int, entries_per_state: int, window: int | None) -> MaskRule:
+    """Decoder cross-attention: token i reads the context [start, g_f .. g_{t-1}], where t is
+    its target's patch and f the first patch of its document, each state `entries_per_state`
+    entries (start first); with a window, only the last `window` states of that list."""
+    target = target_patch_index(batch)
+    first = document_first_patch(batch)
+
+    def allowed(b: Tensor, q: Tensor, k: Tensor) -> Tensor:
+        patch = k // entries_per_state - 1  # -1: the start vector
+        t, f = target[b, q], first[b, q]
+        state = (patch >= f) & (patch < t)
+        start = patch < 0
+        if window is not None:
+            state = state & (patch >= t - window)
+            start = start & (t - f < window)
+        return state | start
+
+    rows, length = batch.tokens.shape
+    return MaskRule(allowed, rows, length, (n_patches + 1) * entries_per_state)
+
+
+def pool_tokens(x: Tensor, patch_index: Tensor, n_patches: int, how: str) -> Tensor:
+    """[B, M, D] max or mean of each patch's token states x [B, N, D] (0 for empty patches)."""
+    index = torch.where(patch_index >= 0, patch_index, n_patches)[..., None].expand_as(x)
+    out = x.new_zeros(x.shape[0], n_patches + 1, x.shape[2])
+    reduce = "amax" if how == "max" else "mean"
+    return out.scatter_reduce(1, index, x, reduce=reduce, include_self=False)[:, :n_patches]
+
+
+class FlatTransformer(PretrainedMixin, nn.Module):
     """Baseline: every token (text, marker or unit) is its own global position."""
+
+    FLAT = True
 
     def __init__(self, config: ModelConfig, vocab_size: int):
         super().__init__()
         c = config
         self.config = config
         self.embed = nn.Embedding(vocab_size, c.d_global)
-        self.blocks = nn.ModuleList(
-            Block(c.d_global, c.n_global_heads, c.mlp_ratio, c.dropout, rope_theta=c.rope_theta) for _ in range(c.n_global_layers)
-        )
-        self.norm = nn.LayerNorm(c.d_global)
+        self.blocks = nn.ModuleList(Block(c, c.d_global, c.n_global_heads, rope_theta=c.rope_theta)
+                                    for _ in range(c.n_global_layers))
+        self.norm = make_norm(c, c.d_global)
         self.head = nn.Linear(c.d_global, vocab_size, bias=False)
-        self.apply(_init_weights)
+        initialize(self, c.init)
 
     def forward(self, batch: Batch) -> Tensor:
         x = self.embed(batch.tokens)
-        mask = document_causal_mask(batch.document)
+        rule = document_causal_rule(batch.document)
         positions = positions_in_document(batch.document)
         for block in self.blocks:
-            x = block(x, mask, positions=positions)
+            x = block(x, rule, positions=positions)
         return self.head(self.norm(x))
 
 
@@ -305,78 +223,95 @@ def as_blocks(modules: nn.ModuleList) -> list[Block]:
     return cast(list[Block], list(modules))
 
 
-def _local_block(c: ModelConfig, *, rope_theta: float | None = None, kv_dim: int | None = None) -> Block:
-    """A block of the LST's patch encoder or decoder (local width and heads)."""
-    return Block(c.d_local, c.n_local_heads, c.mlp_ratio, c.dropout, rope_theta=rope_theta, kv_dim=kv_dim)
+def as_cross_attention(modules: nn.ModuleList) -> list[Block | CrossAttention]:
+    return cast(list[Block | CrossAttention], list(modules))
 
 
-class LatentSpeechTextTransformer(nn.Module):
+class LatentSpeechTextTransformer(PretrainedMixin, nn.Module):
+    FLAT = False
+
     def __init__(self, config: ModelConfig, vocab_size: int):
         super().__init__()
         c = config
         self.config = config
-        self.embed = nn.Embedding(vocab_size, c.d_local)
-        self.encoder = nn.ModuleList(_local_block(c, rope_theta=c.rope_theta) for _ in range(c.n_encoder_layers))
-        self.patch_cross = _local_block(c, kv_dim=c.d_local)
-        self.to_global = nn.Linear(c.d_local, c.d_global)
-        self.global_blocks = nn.ModuleList(
-            Block(c.d_global, c.n_global_heads, c.mlp_ratio, c.dropout, rope_theta=c.rope_theta) for _ in range(c.n_global_layers)
-        )
-        self.global_norm = nn.LayerNorm(c.d_global)
+        k, local = c.cross_attn_k, c.d_local
+        self.embed = nn.Embedding(vocab_size, local)
+        self.encoder = nn.ModuleList(Block(c, local, c.n_local_heads, rope_theta=c.rope_theta)
+                                     for _ in range(c.n_encoder_layers))
+        self.patch_queries = nn.Linear(local, k * local, bias=False)
+        self.patch_cross = make_cross_attention(c, local, c.n_local_heads, local)
+        self.to_global = nn.Linear(k * local, c.d_global, bias=False)
+        self.global_blocks = nn.ModuleList(Block(c, c.d_global, c.n_global_heads, rope_theta=c.rope_theta)
+                                           for _ in range(c.n_global_layers))
+        self.global_norm = make_norm(c, c.d_global)
         self.global_start = nn.Parameter(torch.zeros(c.d_global))
-        self.decoder_cross = nn.ModuleList(_local_block(c, kv_dim=c.d_global) for _ in range(c.n_decoder_layers))
-        self.decoder_self = nn.ModuleList(_local_block(c, rope_theta=c.rope_theta) for _ in range(c.n_decoder_layers))
-        self.norm = nn.LayerNorm(c.d_local)
-        self.head = nn.Linear(c.d_local, vocab_size, bias=False)
-        self.apply(_init_weights)
+        self.to_context = nn.Linear(c.d_global, k * local, bias=False)
+        self.decoder_cross = nn.ModuleList(make_cross_attention(c, local, c.n_local_heads, local)
+                                           for _ in range(c.n_decoder_layers))
+        self.decoder_self = nn.ModuleList(Block(c, local, c.n_local_heads, rope_theta=c.rope_theta)
+                                          for _ in range(c.n_decoder_layers))
+        self.norm = make_norm(c, local)
+        self.head = nn.Linear(local, vocab_size, bias=False)
+        initialize(self, c.init)
 
     def forward(self, batch: Batch) -> Tensor:
-        tokens, patch_index, document = batch.tokens, batch.patch_index, batch.document
+        c = self.config
+        document = batch.document
         n_patches = int(batch.n_patches.max())
-        device = tokens.device
-        local_mask = document_causal_mask(document, self.config.local_window)
+        local_rule = document_causal_rule(document, c.local_window)
         token_positions = positions_in_document(document)
 
-        x = self.embed(tokens)
+        x = self.embed(batch.tokens)
         for block in self.encoder:
-            x = block(x, local_mask, positions=token_positions)
+            x = block(x, local_rule, positions=token_positions)
 
-        membership = patch_index[:, None, :] == torch.arange(n_patches, device=device)[None, :, None]  # [B, M, N]
-        patches = self.pool_patches(x, membership)
-
+        h = self.global_inputs(x, batch.patch_index, n_patches)
         patch_document = patch_documents(batch, n_patches)
-        h = self.to_global(patches)
-        global_mask = document_causal_mask(patch_document)
+        global_rule = document_causal_rule(patch_document)
         patch_positions = positions_in_document(patch_document)
         for block in self.global_blocks:
-            h = block(h, global_mask, positions=patch_positions)
+            h = block(h, global_rule, positions=patch_positions)
         h = self.global_norm(h)
 
-        # Token i sees [start, g_k for k < P(i+1) in its own document]; context index 0 is the start.
-        context = torch.cat([self.global_start.expand(h.shape[0], 1, -1).to(h.dtype), h], dim=1)
-        before_target = torch.arange(n_patches, device=device)[None, None, :] < target_patch_index(batch)[:, :, None]
-        same_document = patch_document[:, None, :] == document[:, :, None]
-        start = torch.ones_like(before_target[:, :, :1])
-        visible = torch.cat([start, before_target & same_document], dim=2)  # [B, N, M + 1]
+        context = self.context_entries(torch.cat([self.global_start.expand(h.shape[0], 1, -1).to(h.dtype), h], dim=1))
+        cross_rule = decoder_rule(batch, n_patches, c.cross_attn_k, c.decoder_window)
         y = x
         for cross, self_block in zip(self.decoder_cross, self.decoder_self, strict=True):
-            y = cross(y, visible[:, None], context=context)
-            y = self_block(y, local_mask, positions=token_positions)
+            y = cross(y, cross_rule, context=context)
+            y = self_block(y, local_rule, positions=token_positions)
         return self.head(self.norm(y))
 
-    def pool_patches(self, x: Tensor, membership: Tensor) -> Tensor:
-        """Patch vectors [B, M, D] from token states x [B, N, D] and membership [B, M, N]: patch j's
-        query is the mean of its tokens' states and attends to those tokens only."""
-        counts = membership.sum(-1, keepdim=True)
-        queries = (membership.to(x.dtype) @ x) / counts.clamp(min=1).to(x.dtype)
-        membership = membership | (counts == 0)  # padding patches: any key, result unused
-        return self.patch_cross(queries, membership[:, None], context=x)
+    def global_inputs(self, x: Tensor, patch_index: Tensor, n_patches: int) -> Tensor:
+        """[B, M, d_global] inputs of the global transformer from token states x [B, N, D]: each
+        patch's pooled state makes k queries that attend the patch's tokens (BLT's
+        cross_attn_k); the k results, side by side, are projected to the global width."""
+        k = self.config.cross_attn_k
+        rows, _, width = x.shape
+        pooled = pool_tokens(x, patch_index, n_patches, self.config.patch_pooling)
+        queries = self.patch_queries(pooled).view(rows, n_patches * k, width)
+        patches = self.patch_cross(queries, pooling_rule(patch_index, n_patches, k), context=x)
+        return self.to_global(patches.reshape(rows, n_patches, k * width))
+
+    def context_entries(self, states: Tensor) -> Tensor:
+        """[B, S * k, d_local] decoder context entries of global states [B, S, d_global]."""
+        rows, count, _ = states.shape
+        return self.to_context(states).view(rows, count * self.config.cross_attn_k, self.config.d_local)
 
 
 def build_model(config: ModelConfig, vocab_size: int) -> nn.Module:
-    if config.kind == "baseline":
+    if config.kind in FLAT_KINDS:
         return FlatTransformer(config, vocab_size)
     return LatentSpeechTextTransformer(config, vocab_size)
+
+
+def load_pretrained(path: str | Path, device: str | torch.device = "cpu",
+                    dtype: torch.dtype | None = None) -> tuple[nn.Module, PretrainedConfig]:
+    """The model of an exported folder (any kind; the folder or its model.safetensors), and its
+    config. Floating weights load into the model's float32 parameters unless `dtype` is given."""
+    folder = checked_folder(Path(path))
+    config = read_config(folder)
+    model = build_model(config.spec.model, config.space.size)
+    return with_weights(model, folder, config, device, dtype), config
 
 
 def token_log_probs(logits: Tensor, tokens: Tensor) -> Tensor:
@@ -391,7 +326,3 @@ def summed_next_token_loss(logits: Tensor, batch: Batch) -> Tensor:
     targets = batch.tokens[:, 1:].masked_fill(~batch.loss_targets, -100)
     return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                            ignore_index=-100, reduction="sum")
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -3,8 +3,9 @@
 Three kinds of example, mixed by *token share* (`DataConfig` weights, paper: 33 %
 interleaved, 67 % text, 0 % speech-only):
 
-- text:        BOS <t> bpe... EOS, a document of an independent text corpus (`TextCorpus`);
-               without one, the transcripts of the speech utterances stand in for it
+- text:        BOS <t> bpe... EOS, the next document of an independent text corpus (a
+               `lst_model.text_corpus.TextReader`, taken in order); without one, the
+               transcripts of the speech utterances stand in for it
 - speech:      BOS <s> units... EOS
 - interleaved: BOS, then alternating segments covering the utterance, each opened by its
   marker: a text span of L words (L uniform in [min_text_words, max_text_words]) as their
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import cycle
 
 import numpy as np
 
@@ -133,12 +135,16 @@ def curriculum_aligned_prob(progress: float) -> float:
 class SequenceBuilder:
     """Turns records (and text documents) into examples; `pack` makes sequences of them.
 
-    `texts`: BPE id arrays of an independent text corpus for the text share; None makes
-    the records' transcripts stand in for it."""
+    `texts`: BPE id arrays of an independent text corpus for the text share, taken in order
+    (an iterator such as a `TextReader`; a list is cycled); None, or an empty list, makes the
+    records' transcripts stand in for it."""
 
-    def __init__(self, space: TokenSpace, config: DataConfig, texts: Sequence[np.ndarray] | None = None):
+    def __init__(self, space: TokenSpace, config: DataConfig,
+                 texts: Sequence[np.ndarray] | Iterator[np.ndarray] | None = None):
         self.space = space
         self.config = config
+        if isinstance(texts, Sequence):
+            texts = cycle(texts) if texts else None
         self.texts = texts
         weights = np.array([config.interleaved_weight, config.text_weight, config.speech_weight], dtype=float)
         self.token_shares = weights / weights.sum()
@@ -240,12 +246,12 @@ class SequenceBuilder:
 
     def sample_example(self, kind: int, record: SampleRecord | None, rng: np.random.Generator, progress: float) -> Example:
         """One example of KINDS[kind] (a fixed number of draws per call, whatever the kind or
-        strategy); `record` may be None only for a text example from the text corpus."""
+        strategy); `record` may be None only for a text example from the text corpus, which
+        takes the corpus's next document."""
         strategy = self.resolve_strategy(self.config.patching, rng, progress)
-        text_index = int(rng.integers(len(self.texts))) if self.texts else 0
         sub_seed = int(rng.integers(2**63))
-        if kind == 1 and self.texts:
-            return self.text_document_example(self.texts[text_index])
+        if kind == 1 and self.texts is not None:
+            return self.text_document_example(next(self.texts))
         if record is None:
             raise ValueError(f"a {KINDS[kind]} example needs a record (only the text corpus gives examples without one)")
         if kind == 1:
@@ -271,7 +277,7 @@ class SequenceBuilder:
         tokens_so_far = np.zeros(len(KINDS))
         while True:
             kind = self.next_kind(tokens_so_far)
-            from_corpus = kind == 1 and bool(self.texts)
+            from_corpus = kind == 1 and self.texts is not None
             record = None if from_corpus else next_record()
             if record is None and not from_corpus:
                 return
@@ -326,11 +332,13 @@ def training_sequences(
     flat: bool,
     progress: float,
 ) -> list[Example]:
-    """Packed sequences `rows` of one training step: a function of (seed, step, row) only, so
+    """Packed sequences `rows` of one training step: a function of (seed, step, row), so
     a resumed run sees exactly the data an uninterrupted one would, and processes or
     accumulation micro-steps can each build just their rows. Each row has its own example
     stream, so the LST and the baseline start every row with the same examples (the
-    baseline, with more positions per example, reaches fewer of them)."""
+    baseline, with more positions per example, reaches fewer of them). The one exception: a
+    text corpus given to `builder` is a stream, whose documents the rows take in the order
+    they are built (its position is part of the training state)."""
     return [
         pack(builder.example_stream(records, np.random.default_rng([seed, step, row]), progress), positions, flat)
         for row in rows

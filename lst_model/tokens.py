@@ -2,16 +2,21 @@
 
 Layout: ``[0, V)`` text BPE ids, then the five markers ``<t>``, ``<s>``, BOS, EOS, PAD, then
 ``[V + 5, V + 5 + K)`` speech units. Text ids keep their tokenizer value, so a BPE id from a
-shard is used as is; a unit u becomes ``unit_offset + u``. One output head covers all of it.
+shard is used as is; a unit u becomes ``unit_offset + u``. A bpe_speechllm model's space also
+has the pieces of its unit BPE (`lst_model.unit_bpe`) after the units: piece p becomes
+``piece_offset + p``. One output head covers all of it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from lst_model.unit_pieces import UnitBPE
 
 MARKERS = ("<t>", "<s>", "<bos>", "<eos>", "<pad>")
 
@@ -25,6 +30,8 @@ class TokenSpace:
     # compares these where both sides know them.
     tokenizer_sha256: str | None = field(default=None, compare=False)
     codebook_sha256: str | None = field(default=None, compare=False)
+    # bpe_speechllm: the BPE whose pieces (merged unit sequences) follow the units
+    unit_bpe: UnitBPE | None = None
 
     def __post_init__(self) -> None:
         if self.text_vocab_size <= 0 or self.n_units <= 0:
@@ -55,8 +62,16 @@ class TokenSpace:
         return self.text_vocab_size + len(MARKERS)
 
     @property
-    def size(self) -> int:
+    def piece_offset(self) -> int:
         return self.unit_offset + self.n_units
+
+    @property
+    def n_pieces(self) -> int:
+        return 0 if self.unit_bpe is None else self.unit_bpe.n_pieces
+
+    @property
+    def size(self) -> int:
+        return self.piece_offset + self.n_pieces
 
     def units_to_ids(self, units: Sequence[int] | np.ndarray) -> np.ndarray:
         units = np.asarray(units, dtype=np.int64)
@@ -71,20 +86,35 @@ class TokenSpace:
         return ids
 
     def is_unit(self, token_id: int) -> bool:
-        return self.unit_offset <= token_id < self.size
+        return self.unit_offset <= token_id < self.piece_offset
 
     def to_dict(self) -> dict[str, Any]:
+        """The space as JSON; a unit BPE by its piece count and sha256 (its model travels beside it)."""
         hashes = {k: v for k, v in (("tokenizer_sha256", self.tokenizer_sha256),
                                     ("codebook_sha256", self.codebook_sha256)) if v is not None}
-        return {"text_vocab_size": self.text_vocab_size, "n_units": self.n_units, **hashes}
+        pieces = {} if self.unit_bpe is None else {"unit_bpe": {"pieces": self.n_pieces, "sha256": self.unit_bpe.sha256}}
+        return {"text_vocab_size": self.text_vocab_size, "n_units": self.n_units, **hashes, **pieces}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TokenSpace:
+    def from_dict(cls, data: dict[str, Any], unit_bpe_model: bytes | None = None) -> TokenSpace:
+        """The space `to_dict` wrote; `unit_bpe_model` (the serialized unit BPE) when it names one."""
+        named = data.get("unit_bpe")
+        unit_bpe = None
+        if named is not None:
+            if unit_bpe_model is None:
+                raise ValueError("the token space names a unit BPE, but its model is missing")
+            unit_bpe = UnitBPE(unit_bpe_model)
+            if unit_bpe.sha256 != named["sha256"]:
+                raise ValueError(f"the unit BPE model's sha256 {unit_bpe.sha256[:12]} != the token space's {named['sha256'][:12]}")
         return cls(int(data["text_vocab_size"]), int(data["n_units"]), data.get("tokenizer_sha256"),
-                   data.get("codebook_sha256"))
+                   data.get("codebook_sha256"), unit_bpe)
+
+    def with_unit_bpe(self, unit_bpe: UnitBPE) -> TokenSpace:
+        """This space with the pieces of `unit_bpe` after the units (a bpe_speechllm model's space)."""
+        return dataclasses.replace(self, unit_bpe=unit_bpe)
 
     def differences(self, other: TokenSpace) -> list[str]:
-        """How `other` differs from this space: sizes, and tokenizer or codebook hashes that both know."""
+        """How `other` differs from this space: sizes, and tokenizer or codebook hashes and unit BPEs that both know."""
         found = []
         if (self.text_vocab_size, self.n_units) != (other.text_vocab_size, other.n_units):
             found.append(f"vocabulary {self.text_vocab_size} + {self.n_units} units != "
@@ -93,6 +123,8 @@ class TokenSpace:
             ours, theirs = getattr(self, name), getattr(other, name)
             if ours and theirs and ours != theirs:
                 found.append(f"{what} sha256 {ours[:12]} != {theirs[:12]}")
+        if self.unit_bpe is not None and other.unit_bpe is not None and self.unit_bpe != other.unit_bpe:
+            found.append(f"unit BPE sha256 {self.unit_bpe.sha256[:12]} != {other.unit_bpe.sha256[:12]}")
         return found
 
     @classmethod

@@ -16,7 +16,9 @@ torch's DistributedDataParallel (gloo on CPU, NCCL on GPU). The batch_size rows 
 are split over ranks x grad_accum micro-steps; the loss is the sum of token losses over the
 whole step divided by the step's target count (all-reduced first), so N processes give the
 same step as one process accumulating N times as many micro-steps. Rank 0 writes the log
-and the checkpoint.
+and the checkpoint. `train.parallel = 'fsdp'` shards the model over the ranks with FSDP2
+instead, and `train.activation_checkpointing` recomputes each layer in the backward pass
+(`lst_model.parallel`); checkpoints hold the unsharded state either way.
 
 Fine-tuning (`init`): the weights come from a pretrained checkpoint of the same model
 config (all but dropout) and token space; the optimizer and schedule start fresh. The init
@@ -33,12 +35,11 @@ import os
 import pickle
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -50,11 +51,30 @@ from lst_data.format.records import SampleRecord
 from lst_model.config import RunSpec, run_spec_from_dict
 from lst_model.data import TrainingUtterances, load_token_space, read_training_texts, write_training_texts
 from lst_model.flops import SameDataCost
-from lst_model.model import Batch, build_model, count_parameters, summed_next_token_loss
-from lst_model.sequences import SequenceBuilder, training_sequences
+from lst_model.model import (
+    FLAT_KINDS,
+    Batch,
+    build_model,
+    count_parameters,
+    load_pretrained,
+    summed_next_token_loss,
+)
+from lst_model.parallel import (
+    clip_grad_norm,
+    for_training,
+    full_state_dicts,
+    gradient_sync,
+    load_optimizer_state,
+    load_weights,
+    prepare_model,
+)
+from lst_model.pretrained import WEIGHTS, exported_folder
+from lst_model.sequences import training_sequences
 from lst_model.stream import PackedShardStream, StreamCursor, StreamPosition, batch_from_tensors
-from lst_model.text_corpus import corpus_fingerprint, shard_text_corpus
+from lst_model.text_corpus import TextPosition, TextReader, TextStream, open_text_stream
 from lst_model.tokens import TokenSpace, check_same_space
+from lst_model.unit_bpe import run_token_space, sequence_builder
+from lst_model.unit_pieces import KIND as BPE_KIND
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +164,10 @@ def _set_rng_state(state: torch.Tensor, device: torch.device) -> None:
         torch.cuda.set_rng_state(state[cpu:].clone(), device)
 
 
-def training_memory(spec: RunSpec, vocab_size: int) -> tuple[int, int]:
-    """(parameters, bytes) a training run needs, roughly: fp32 weights, gradients and AdamW's two
-    moments (16 bytes a parameter), plus the activations of one micro-batch kept for backward."""
+def training_memory(spec: RunSpec, vocab_size: int, processes: int = 1) -> tuple[int, int]:
+    """(parameters, bytes) a training process needs, roughly: fp32 weights, gradients and AdamW's
+    two moments (16 bytes a parameter, split over the processes under FSDP), plus the activations
+    of one micro-batch kept for backward."""
     m = spec.model
 
     def layers(count: int, width: int) -> int:  # attention (4 d^2) + MLP (2 ratio d^2)
@@ -158,12 +179,13 @@ def training_memory(spec: RunSpec, vocab_size: int) -> tuple[int, int]:
                        + 2 * m.d_global * m.d_local)
     rows = spec.train.batch_size // spec.train.grad_accum
     activations = 4 * rows * spec.data.seq_positions * m.n_global_layers * m.d_global * (16 + 2 * m.mlp_ratio)
-    return parameters, 16 * parameters + activations
+    shards = processes if spec.train.parallel == "fsdp" else 1
+    return parameters, 16 * parameters // shards + activations
 
 
-def check_fits_memory(spec: RunSpec, vocab_size: int, device: torch.device) -> None:
+def check_fits_memory(spec: RunSpec, vocab_size: int, device: torch.device, processes: int = 1) -> None:
     """Refuse, before allocating anything, a model that cannot train on this machine's memory."""
-    parameters, needed = training_memory(spec, vocab_size)
+    parameters, needed = training_memory(spec, vocab_size, processes)
     if device.type == "cuda":
         available, where = torch.cuda.get_device_properties(device).total_memory, f"GPU ({device})"
     else:
@@ -185,15 +207,16 @@ class Provenance:
     """What a run's weights were trained from beyond its config and token space: a resumed run
     must read the same text corpus and start from the same --init checkpoint."""
 
-    text_corpus: str  # sha256 over the text corpus ids ('' without a text corpus)
+    text_corpus: str  # TextStream.fingerprint(): its file list, tokenizer and normalization ('' without one)
     init: str | None  # the pretrained checkpoint a fine-tuning run started from
     init_sha256: str  # its sha256 ('' without one)
 
     @classmethod
-    def of(cls, texts: Sequence[np.ndarray] | None, init: str | Path | None) -> Provenance:
+    def of(cls, texts: TextStream | None, init: str | Path | None) -> Provenance:
+        corpus = texts.fingerprint() if texts is not None else ""
         if init is None:
-            return cls(corpus_fingerprint(texts) or "", None, "")
-        return cls(corpus_fingerprint(texts) or "", str(init), file_sha256(init))
+            return cls(corpus, None, "")
+        return cls(corpus, str(init), file_sha256(init))
 
 
 @dataclass(frozen=True)
@@ -228,13 +251,13 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     step: int = 0  # the next step; a step's rows are a function of (seed, step, row)
-    stream: dict[str, int] | None = None  # streaming input: its epoch and micro-batches consumed at `step`
+    stream: dict[str, Any] | None = None  # the input's position at `step` beyond the step: streamed shards, text corpus
 
     @classmethod
-    def fresh(cls, spec: RunSpec, vocab_size: int, device: torch.device) -> TrainState:
+    def fresh(cls, spec: RunSpec, vocab_size: int, device: torch.device, world_size: int = 1) -> TrainState:
         t = spec.train
         torch.manual_seed(t.seed)  # identical initialisation on every rank
-        model = build_model(spec.model, vocab_size).to(device)
+        model = prepare_model(build_model(spec.model, vocab_size).to(device), t, world_size, device)
         optimizer = make_optimizer(model, spec)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_factor(s, t.warmup_steps, spec.steps, t.min_lr_ratio))
@@ -242,12 +265,13 @@ class TrainState:
 
     def restore(self, saved: dict[str, Any], rank: int, device: torch.device) -> None:
         """Continue from a checkpoint (`load_checkpoint`): weights, optimizer, schedule, this rank's RNG, data position."""
-        self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
+        load_weights(self.model, saved["model"])
+        load_optimizer_state(self.model, self.optimizer, saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         _set_rng_state(saved["rng_states"][rank], device)
         self.step = saved["step"]
-        self.stream = saved.get("stream")
+        stream = saved.get("stream")  # one per rank (a single one in checkpoints written before text streams)
+        self.stream = stream[rank] if isinstance(stream, list) else stream
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,15 +279,20 @@ class TrainState:
 
 
 def checkpoint_path(run: Path) -> Path:
-    """The checkpoint of a run folder, or `run` itself when it names a file."""
-    return run / CHECKPOINT if run.is_dir() else run
+    """The checkpoint of a run folder (of an exported folder: its model.safetensors), or `run` itself when it names a file."""
+    if not run.is_dir():
+        return run
+    return run / WEIGHTS if exported_folder(run) is not None and not (run / CHECKPOINT).exists() else run / CHECKPOINT
 
 
-def save_checkpoint(run: TrainingRun, state: TrainState, rng_states: list[torch.Tensor]) -> None:
-    """Write `run.checkpoint` (rank 0): `state`, the run's identity and every rank's RNG state."""
+def save_checkpoint(run: TrainingRun, state: TrainState, rng_states: list[torch.Tensor],
+                    weights: dict[str, Any], optimizer: dict[str, Any],
+                    streams: Sequence[dict[str, Any] | None] = ()) -> None:
+    """Write `run.checkpoint` (rank 0): `state` with its unsharded `weights` and `optimizer`
+    state (`full_state_dicts`), the run's identity and every rank's RNG state and input position."""
     saved: dict[str, Any] = {
-        "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
+        "model": weights,
+        "optimizer": optimizer,
         "scheduler": state.scheduler.state_dict(),
         "step": state.step,  # the data position: a step's rows are a function of (seed, step, row)
         "spec": json.dumps(to_dict(run.spec), sort_keys=True),
@@ -271,23 +300,26 @@ def save_checkpoint(run: TrainingRun, state: TrainState, rng_states: list[torch.
         "rng_states": rng_states,  # one per rank
         "text_corpus": run.provenance.text_corpus,
         "init_sha256": run.provenance.init_sha256,  # the pretrained checkpoint a fine-tuning run started from
+        **({"unit_bpe": run.space.unit_bpe.model} if run.space.unit_bpe is not None else {}),  # bpe_speechllm's pieces
     }
-    if state.stream is not None:
-        saved["stream"] = state.stream  # streaming input: epoch and micro-batches consumed
+    if any(stream is not None for stream in streams):
+        saved["stream"] = streams  # every rank's input position (streamed shards, text corpus)
     tmp = run.checkpoint.with_suffix(".tmp")
     torch.save(saved, tmp)
     tmp.replace(run.checkpoint)  # a killed run never leaves a half-written checkpoint
 
 
 def _checkpoint_all_ranks(run: TrainingRun, state: TrainState) -> None:
-    """Every rank's RNG state goes to rank 0, which writes the checkpoint (every rank must call this)."""
-    rng_states = [_rng_state(run.device)]
+    """Every rank's RNG state (and, under FSDP, its weight shards) goes to rank 0, which writes
+    the checkpoint (every rank must call this)."""
+    weights, optimizer = full_state_dicts(state.model, state.optimizer)
+    rng_states, streams = [_rng_state(run.device)], [state.stream]
     if run.ranks.world_size > 1:
         gathered: list[Any] = [None] * run.ranks.world_size
-        dist.all_gather_object(gathered, rng_states[0].cpu())
-        rng_states = gathered
+        dist.all_gather_object(gathered, (rng_states[0].cpu(), state.stream))
+        rng_states, streams = [rng for rng, _ in gathered], [stream for _, stream in gathered]
     if run.ranks.main:
-        save_checkpoint(run, state, rng_states)
+        save_checkpoint(run, state, rng_states, weights, optimizer, streams)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -299,7 +331,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
         state["spec"] = run_spec_from_dict(json.loads(state["spec"]))
-        state["token_space"] = TokenSpace.from_dict(state["token_space"])
+        state["token_space"] = TokenSpace.from_dict(state["token_space"], state.get("unit_bpe"))
     except pickle.UnpicklingError:  # torch's message suggests weights_only=False, which would run arbitrary code
         raise InputError(f"{path}: not an lst-model checkpoint (not a torch file, or it holds objects other than "
                          "tensors and plain data)") from None
@@ -310,6 +342,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, RunSpec, TokenSpace]:
+    """The model (eval mode), run spec and token space of a checkpoint, or of an exported folder
+    or its model.safetensors (`lst_model.pretrained`: the spec has the model config and the
+    data fields scoring and generation read)."""
+    if exported_folder(Path(path)) is not None:
+        model, config = load_pretrained(path, device)
+        return model, config.spec, config.space
     state = load_checkpoint(path, device)
     model = build_model(state["spec"].model, state["token_space"].size).to(device)
     model.load_state_dict(state["model"])
@@ -354,8 +392,8 @@ def _resume_or_initialize(run: TrainingRun, state: TrainState, allow_other_token
         _check_resumable(run, saved, allow_other_token_space)
         state.restore(saved, run.ranks.rank, run.device)
     elif run.provenance.init is not None:
-        state.model.load_state_dict(pretrained_weights(Path(run.provenance.init), run.spec, run.space, run.device,
-                                                       allow_other_token_space))
+        load_weights(state.model, pretrained_weights(Path(run.provenance.init), run.spec, run.space, run.device,
+                                                     allow_other_token_space))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,7 +405,7 @@ class MicroBatch:
     """Rows of one forward/backward pass, and what they cost under both models."""
 
     batch: Batch
-    cost: torch.Tensor  # [2, 3] int64: its rows costed for the LST and the baseline (`SameDataCost.cost`)
+    cost: torch.Tensor  # [kinds, 3] int64: its rows costed for `SameDataCost.kinds_of` the run's kind
 
 
 class StepRows(Protocol):
@@ -377,30 +415,32 @@ class StepRows(Protocol):
         """Rows `rows` of step `step`, as one micro-batch."""
         ...
 
-    def position(self) -> dict[str, int] | None:
+    def position(self) -> dict[str, Any] | None:
         """Where the input stands, for the checkpoint (None: the step alone says it)."""
         ...
 
 
 class RecordRows:
-    """Rows built in this process from a record list (data.input = 'memory'): a function of (seed, step, row)."""
+    """Rows built in this process from a record list (data.input = 'memory'): a function of (seed, step, row),
+    but for the text corpus, whose documents this rank's reader gives in the order the rows are built."""
 
     def __init__(self, spec: RunSpec, space: TokenSpace, records: Sequence[SampleRecord],
-                 texts: Sequence[np.ndarray] | None) -> None:
+                 texts: TextReader | None) -> None:
         self.spec = spec
         self.pad = space.pad
         self.records = records
-        self.builder = SequenceBuilder(space, spec.data, texts)
+        self.texts = texts
+        self.builder = sequence_builder(space, spec.data, texts)
         self.same_data = SameDataCost.of(spec.model, space.size, space.pad)
 
     def micro_batch(self, step: int, rows: range) -> MicroBatch:
-        flat = self.spec.model.kind == "baseline"
+        flat = self.spec.model.kind in FLAT_KINDS
         sequences = training_sequences(self.builder, self.records, seed=self.spec.train.seed, step=step, rows=rows,
                                        positions=self.spec.data.seq_positions, flat=flat, progress=step / self.spec.steps)
         return MicroBatch(Batch.from_examples(sequences, self.pad, flat), self.same_data.cost(sequences))
 
-    def position(self) -> None:
-        return None
+    def position(self) -> dict[str, Any] | None:
+        return None if self.texts is None else {"text": list(self.texts.position)}
 
 
 class StreamedRows:
@@ -413,18 +453,20 @@ class StreamedRows:
         item = self.cursor.next()  # the stream's next micro-batch of this rank's size: the step does not choose it
         return MicroBatch(batch_from_tensors(item), item["cost"])
 
-    def position(self) -> dict[str, int]:
+    def position(self) -> dict[str, Any]:
         return self.cursor.state()
 
 
-def _step_rows(run: TrainingRun, records: Sequence[SampleRecord] | None, texts: Sequence[np.ndarray] | None,
-               shard_dir: str | Path | None, stream_position: dict[str, int] | None) -> StepRows:
+def _step_rows(run: TrainingRun, records: Sequence[SampleRecord] | None, texts: TextStream | None,
+               shard_dir: str | Path | None, stream_position: dict[str, Any] | None) -> StepRows:
     """The input data.input names, streamed from `stream_position` (a resumed run's) when given."""
     spec, ranks = run.spec, run.ranks
     if spec.data.input == "memory":
         if records is None:
             raise ValueError("data.input = 'memory' needs records")
-        return RecordRows(spec, run.space, records, texts)
+        start = TextPosition(*stream_position["text"]) if stream_position else TextPosition()
+        reader = texts.reader(ranks.rank, ranks.world_size, spec.train.seed, start) if texts is not None else None
+        return RecordRows(spec, run.space, records, reader)
     if shard_dir is None:
         raise ValueError("data.input = 'stream' needs shard_dir")
     rows_per_micro = spec.train.batch_size // (ranks.world_size * spec.train.grad_accum)
@@ -446,13 +488,15 @@ class StepCounts:
     same_data: dict[str, dict[str, int]]  # tokens, global_positions, train_flops of its rows under each model kind
 
     @classmethod
-    def of(cls, micro_batches: Sequence[MicroBatch], ranks: Distributed, device: torch.device) -> StepCounts:
+    def of(cls, micro_batches: Sequence[MicroBatch], ranks: Distributed, device: torch.device,
+           kinds: Sequence[str] = SameDataCost.MODEL_KINDS) -> StepCounts:
+        """`kinds`: the model kinds the micro-batches' cost rows are for (`SameDataCost.kinds_of`)."""
         sums = ranks.all_sum([sum(int(m.batch.loss_targets.sum()) for m in micro_batches),
                               *torch.stack([m.cost for m in micro_batches]).sum(0).flatten().tolist()],
                              device, torch.int64).tolist()
         counts = len(SameDataCost.COUNTS)
         return cls(sums[0], {kind: dict(zip(SameDataCost.COUNTS, sums[1 + counts * i : 1 + counts * (i + 1)], strict=True))
-                             for i, kind in enumerate(SameDataCost.MODEL_KINDS)})
+                             for i, kind in enumerate(kinds)})
 
 
 @dataclass
@@ -516,13 +560,6 @@ def _restart_log(run: TrainingRun, start: int) -> Tally:
 # The loop
 
 
-def _gradient_sync(model: nn.Module, sync: bool) -> AbstractContextManager[Any]:
-    """DDP all-reduces gradients on every backward unless told not to: only the last micro-step's needs it."""
-    if isinstance(model, nn.parallel.DistributedDataParallel) and not sync:
-        return model.no_sync()
-    return nullcontext()
-
-
 def _optimizer_step(run: TrainingRun, state: TrainState, wrapped: nn.Module, micro_batches: Sequence[MicroBatch],
                     targets: int) -> tuple[float, float]:
     """Forward and backward over this rank's micro-batches, then one optimizer step; (the step's
@@ -532,15 +569,16 @@ def _optimizer_step(run: TrainingRun, state: TrainState, wrapped: nn.Module, mic
     step_loss = 0.0
     for index, micro in enumerate(micro_batches):
         batch = micro.batch.to(run.device)
-        with _gradient_sync(wrapped, index == len(micro_batches) - 1), autocast:
-            loss_sum = summed_next_token_loss(wrapped(batch), batch)
-        # DDP averages gradients over ranks: scale back to the sum over the whole step
-        (loss_sum * (run.ranks.world_size / targets)).backward()
+        with gradient_sync(wrapped, index == len(micro_batches) - 1):
+            with autocast:
+                loss_sum = summed_next_token_loss(wrapped(batch), batch)
+            # DDP and FSDP average gradients over ranks: scale back to the sum over the whole step
+            (loss_sum * (run.ranks.world_size / targets)).backward()
         step_loss += float(loss_sum.detach())
-    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), run.spec.train.grad_clip)
+    grad_norm = clip_grad_norm(state.model.parameters(), run.spec.train.grad_clip)
     state.optimizer.step()
     state.scheduler.step()
-    return float(run.ranks.all_sum([step_loss], run.device)[0]) / targets, float(grad_norm)
+    return float(run.ranks.all_sum([step_loss], run.device)[0]) / targets, grad_norm
 
 
 def _is_due(done: int, every: int, stop: int) -> bool:
@@ -551,14 +589,14 @@ def _train_steps(run: TrainingRun, state: TrainState, data: StepRows, stop: int,
                  on_log: Callable[[dict[str, Any]], None] | None) -> float:
     """Steps state.step .. stop - 1, logging (rank 0) and checkpointing on schedule; the last step's loss."""
     t = run.spec.train
-    wrapped = nn.parallel.DistributedDataParallel(state.model) if run.ranks.world_size > 1 else state.model
+    wrapped = for_training(state.model, run.ranks.world_size)
     loss = float("nan")
     wrapped.train()
     with (run.out / LOG).open("a", encoding="utf-8") if run.ranks.main else nullcontext() as log_file:
         for step in range(state.step, stop):
             began = time.perf_counter()
             micro_batches = [data.micro_batch(step, rows) for rows in run.ranks.rows(t.batch_size, t.grad_accum)]
-            counts = StepCounts.of(micro_batches, run.ranks, run.device)
+            counts = StepCounts.of(micro_batches, run.ranks, run.device, SameDataCost.kinds_of(run.spec.model.kind))
             loss, grad_norm = _optimizer_step(run, state, wrapped, micro_batches, counts.targets)
             state.step, state.stream = step + 1, data.position()
             tally.add(counts.same_data[run.spec.model.kind], time.perf_counter() - began)
@@ -604,6 +642,9 @@ def _prepare_process(spec: RunSpec, ranks: Distributed, device: torch.device, ou
     if t.batch_size % (ranks.world_size * t.grad_accum):
         raise ConfigError(f"train.batch_size {t.batch_size} does not split over {ranks.world_size} processes x "
                           f"{t.grad_accum} accumulation steps")
+    if spec.model.attention == "flex" and device.type != "cuda":
+        raise ConfigError("model.attention 'flex' trains on CUDA only (FlexAttention has no CPU backward); "
+                          "use auto, dense or chunked")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if ranks.main:
@@ -621,7 +662,7 @@ def train(
     space: TokenSpace,
     out_dir: str | Path,
     *,
-    texts: Sequence[np.ndarray] | None = None,
+    texts: TextStream | None = None,
     shard_dir: str | Path | None = None,
     stop_at_step: int | None = None,
     progress_callback: Callable[[dict[str, Any]], None] | None = None,
@@ -630,8 +671,8 @@ def train(
 ) -> TrainResult:
     """Train (or resume from `out_dir/checkpoint.pt`) until spec.steps, or until `stop_at_step`.
 
-    `texts`: BPE ids of the text corpus for the text share (None: transcripts stand in).
-    With `data.input = 'stream'` the rows come from `shard_dir` through `lst_model.stream`
+    `texts`: the text corpus for the text share, streamed (`lst_model.text_corpus`: one reader
+    per rank, or per rank and DataLoader worker; None: transcripts stand in). With `data.input = 'stream'` the rows come from `shard_dir` through `lst_model.stream`
     (DataLoader workers) and `records` is not used (it may be None). `init`: a pretrained
     checkpoint to fine-tune from (see the module doc).
     Writes `checkpoint.pt`, `log.jsonl` (one line per logged step: loss, lr, tokens, global
@@ -642,9 +683,12 @@ def train(
     device = resolve_device(spec.train.device, ranks.local_rank)
     owns_group = _join_process_group(ranks, device)
     _prepare_process(spec, ranks, device, Path(out_dir), texts is not None)
+    init_space = (init, load_checkpoint(init)["token_space"]) if init is not None and spec.model.kind == BPE_KIND else None
+    space = run_token_space(spec, space, Path(out_dir), records=records, shard_dir=shard_dir, init=init_space,
+                            resuming=(Path(out_dir) / CHECKPOINT).exists(), write=ranks.main)
     run = TrainingRun(spec, space, Provenance.of(texts, init), ranks, device, Path(out_dir))
-    check_fits_memory(spec, space.size, device)
-    state = TrainState.fresh(spec, space.size, device)
+    check_fits_memory(spec, space.size, device, ranks.world_size)
+    state = TrainState.fresh(spec, space.size, device, ranks.world_size)
     torch.manual_seed(spec.train.seed + ranks.rank)  # dropout: one stream per rank
     _resume_or_initialize(run, state, allow_other_token_space)
     tally = _restart_log(run, state.step)
@@ -668,7 +712,7 @@ def train_on_shards(
     shard_dir: Path,
     out_dir: Path,
     *,
-    text_path: Path | None = None,
+    text_path: str | Path | None = None,
     tokenizer_path: Path | None = None,
     init: Path | None = None,
     allow_other_token_space: bool = False,
@@ -676,18 +720,18 @@ def train_on_shards(
     progress_callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult | None:
     """`lst-model train`: `train` on a shard set's training utterances, with the --text corpus
-    (`shard_text_corpus`) when one is given. Rank 0 first records the digests of the training
+    (`open_text_stream`: a file, folder, glob or URL) when one is given. Rank 0 first records the digests of the training
     transcripts in `out_dir` (with those of the --init run: score's contamination check) and
     `announce`s what it trains on; after training it plots the losses to loss.png and returns
     the result (other ranks: None)."""
     space = load_token_space(shard_dir)
-    texts = shard_text_corpus(text_path, tokenizer_path, shard_dir, space.text_vocab_size) if text_path is not None else None
+    texts = open_text_stream(text_path, tokenizer_path, shard_dir, space.text_vocab_size) if text_path is not None else None
     utterances = TrainingUtterances.of(shard_dir, spec.data)
     main = Distributed.from_env().main
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_training_texts(out_dir, utterances.transcripts(), read_training_texts(init.parent) if init is not None else None)
-        corpus = f", text corpus of {len(texts)} documents" if texts is not None else ""
+        corpus = f", text corpus of {texts.describe()} (streamed)" if texts is not None else ""
         announce(f"{spec.model.kind}: {utterances.summary}{corpus}, {spec.steps} steps")
     result = train(spec, utterances.records, space, out_dir, texts=texts, shard_dir=shard_dir,
                    progress_callback=progress_callback, init=init, allow_other_token_space=allow_other_token_space)

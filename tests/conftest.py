@@ -71,3 +71,25 @@ def make_synthetic_shards(tmp_path_factory):
         return out
 
     return make
+
+
+TINY_RUN_CONFIG = ("preset: tiny\nmodel: {d_global: 32, d_local: 32}\ndata: {seq_positions: 32, heldout_fraction: 0.3}\n"
+                   "train: {batch_size: 2, budget_positions: 64, threads: 1, loader_workers: 0}\n")
+
+
+@pytest.fixture(scope="module")
+def tiny_cli_run(tmp_path_factory):
+    """Toy shards (30 utterances, 3 speakers) and a tiny LST trained on them for 4 steps through
+    `lst-model train` (RUN = root / "run"): (root, shards). One per test module, which may write
+    beside it."""
+    from click.testing import CliRunner
+    from support.toy_corpus import write_synthetic_shards
+
+    from lst_model.cli import cli
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    shards = write_synthetic_shards(root / "shards", 30, speakers=3)
+    (root / "run.yaml").write_text(TINY_RUN_CONFIG, encoding="utf-8")
+    result = CliRunner().invoke(cli, ["train", "--shards", str(shards), "--config", str(root / "run.yaml"), "--out", str(root / "run")])
+    assert result.exit_code == 0, result.output
+    return root, shards

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from support.toy_corpus import ToyLanguage, synthetic_dataset_json, synthetic_records
 
-from lst_model.compare import CONCRETE, format_report, mixture_cost
+from lst_model.compare import CONCRETE, format_presets, format_report, mixture_cost
 from lst_model.config import load_run_spec
 from lst_model.sequences import SequenceBuilder
 from lst_model.tokens import TokenSpace
@@ -55,7 +55,8 @@ def test_report_prints_the_mixture_and_flops_lines():
     spec = load_run_spec()
     report = {"utterances": 1, "text_positions_per_utterance": 1.0,
               "speech_only": {"positions_per_utterance": {}, "baseline_over_lst": {}, "forward_flops_per_utterance": {}},
-              "interleaved": {}, "mixture": mixture_cost(RECORDS, SPACE, spec, mixture_tokens=3000)}
+              "interleaved": {}, "mixture": mixture_cost(RECORDS, SPACE, spec, mixture_tokens=3000),
+              "presets": {}}
     lines = format_report(report)
     pattern = r"mixture_positions_per_token_{}: ([0-9.]+) \(reference: baseline 1\.000, ratio ([0-9.]+)\)"
     for strategy in CONCRETE:
@@ -78,3 +79,23 @@ def test_demo_shards_reproduce_the_papers_mixture_ratio(demo_corpus, tmp_path):
     line = next(x for x in done.stdout.splitlines() if x.startswith("mixture_positions_per_token_static:"))
     ratio = float(line.rsplit("ratio ", 1)[1].rstrip(")"))
     assert ratio == pytest.approx(0.81, abs=0.02), line
+
+
+def test_presets_report_parameters_and_speech_flops_of_every_kind():
+    """Parameters counted on the meta device equal a real model's; the LST costs less than the
+    baseline per speech utterance from base on, the merged pieces less than the units."""
+    from lst_model.compare import preset_costs
+    from lst_model.config import PRESETS
+    from lst_model.model import build_model, count_parameters
+    from lst_model.unit_pieces import train_unit_bpe
+
+    spec = load_run_spec()
+    unit_bpe = train_unit_bpe((np.asarray(r.units) for r in RECORDS), SPACE.n_units, spec.model.unit_bpe_vocab)
+    report = preset_costs(RECORDS[:6], SPACE, SPACE.with_unit_bpe(unit_bpe), spec)
+    assert list(report) == list(PRESETS)
+    tiny = load_run_spec(overrides={"preset": "tiny"}).model
+    assert report["tiny"]["lst"]["parameters"] == count_parameters(build_model(tiny, SPACE.size))
+    for name in ("base", "420m", "1b", "1.8b"):
+        costs = {kind: row["forward_flops_per_utterance"] for kind, row in report[name].items()}
+        assert costs["lst"] < costs["baseline"] and costs["bpe_speechllm"] < costs["baseline"], name
+    assert any(line.startswith("  1b: lst ") for line in format_presets(report))

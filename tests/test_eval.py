@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from support.toy_corpus import ToyLanguage, synthetic_records, write_synthetic_shards
+from support.toy_corpus import ToyLanguage, synthetic_records
 
 from lst_data.demo import SENTENCES, VOICES, demo_plan
 from lst_data.format.patching import patch_lengths
@@ -89,18 +89,9 @@ def test_training_text_digests_are_sorted_unique_uint64_with_fixed_bytes(tmp_pat
 
 # --- contamination through the CLI on a tiny trained run --------------------------------
 
-CONFIG = ("preset: tiny\nmodel: {d_global: 32, d_local: 32}\ndata: {seq_positions: 32, heldout_fraction: 0.3}\n"
-          "train: {batch_size: 2, budget_positions: 64, threads: 1, loader_workers: 0}\n")
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval")
-    shards = write_synthetic_shards(root / "shards", 30, speakers=3)
-    (root / "run.yaml").write_text(CONFIG, encoding="utf-8")
-    result = CliRunner().invoke(cli, ["train", "--shards", str(shards), "--config", str(root / "run.yaml"), "--out", str(root / "run")])
-    assert result.exit_code == 0, result.output
-    return root, shards
+def trained(tiny_cli_run):
+    return tiny_cli_run
 
 
 def _score(*args):

@@ -51,10 +51,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _model(kind: str, patch_size: int = 4, window: int = 64, seed: int = 0):
+def _model(kind: str, patch_size: int = 4, window: int = 64, seed: int = 0, **layers):
     spec = load_run_spec(overrides={
         "model": {"kind": kind, "d_global": 32, "n_global_layers": 2, "n_global_heads": 2, "d_local": 16,
-                  "n_local_heads": 2, "n_decoder_layers": 2, "local_window": window},
+                  "n_local_heads": 2, "n_decoder_layers": 2, "local_window": window, **layers},
         "data": {"patch_size": patch_size},
     })
     torch.manual_seed(seed)
@@ -132,10 +132,16 @@ def test_cached_lst_equals_full_forward_token_for_token(patch_size, prompt_name)
         assert max(lengths) > 1 and any(not SPACE.is_unit(t) for t in tokens[len(PROMPTS[prompt_name][0]):])
 
 
+# BLT's decoder (one global state per token, two entries each) and the wider alternatives
+DECODERS = {"blt": {}, "all-states": {"decoder_window": None, "cross_attn_k": 1, "cross_attn_ffn": True},
+            "three-states": {"decoder_window": 3, "patch_pooling": "mean"}}
+
+
+@pytest.mark.parametrize("decoder", list(DECODERS))
 @pytest.mark.parametrize("prompt_name", ["text_then_speech", "speech", "speech_then_text"])
 @pytest.mark.parametrize("sampler", [Sampler(), Sampler(temperature=0.8, top_k=5, seed=4)], ids=["greedy", "top5"])
-def test_cached_lst_with_a_wide_window_and_greedy_or_top_k(prompt_name, sampler):
-    model, spec = _model("lst", 4, window=64, seed=3)
+def test_cached_lst_with_a_wide_window_and_greedy_or_top_k(prompt_name, sampler, decoder):
+    model, spec = _model("lst", 4, window=64, seed=3, **DECODERS[decoder])
     _assert_cached_equals_full_forward(model, spec, prompt_name, sampler, list(range(SPACE.size)))
 
 

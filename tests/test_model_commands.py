@@ -27,12 +27,14 @@ from lst_model.data import (
     write_training_texts,
 )
 from lst_model.errors import OptionError
+from lst_model.evaluate import score_checkpoint
 from lst_model.generate import GenerationReport, generate_from_checkpoint, sample_prompt, text_prompt
 from lst_model.items import ChoiceItem, Side, pair_counts_line, read_items, write_jsonl
-from lst_model.score import score_checkpoint, without_contaminated
+from lst_model.score import without_contaminated
 from lst_model.tasks import BuildResult, Dropped
 from lst_model.text_corpus import TextCorpusError, shard_text_corpus
 from lst_model.train import CHECKPOINT, checkpoint_path, read_log, train_on_shards
+from lst_model.unit_pieces import train_unit_bpe
 
 SENTENCES = ["the quick brown fox jumps over the lazy dog while the cat sleeps in the warm sun",
              "speech and text share one model here so the units and the pieces meet",
@@ -205,8 +207,13 @@ def test_write_jsonl_escapes_unless_told_not_to(tmp_path):
 
 
 def test_compare_shards_is_compare_over_the_shards_utterances(run):
+    """... with the unit BPE trained on the training utterances only, as a bpe_speechllm run trains it."""
     spec = _spec()
-    expected = compare(load_records(run[0]), load_token_space(run[0]), spec, seed=spec.train.seed, mixture_tokens=2000)
+    records, space = load_records(run[0]), load_token_space(run[0])
+    training = [r for r in records if not is_heldout(r, spec.data.heldout_fraction)]
+    assert 0 < len(training) < len(records)
+    unit_bpe = train_unit_bpe((np.asarray(r.units) for r in training), space.n_units, spec.model.unit_bpe_vocab)
+    expected = compare(records, space, spec, seed=spec.train.seed, mixture_tokens=2000, unit_bpe=unit_bpe)
     assert compare_shards(run[0], spec, mixture_tokens=2000) == expected
 
 
@@ -242,3 +249,11 @@ def test_generate_from_checkpoint_reports_and_writes_what_it_generated(run, tmp_
         generate_from_checkpoint(out / CHECKPOINT, text="hello")
     with pytest.raises(ValueError, match="give a text prompt, or a sample id"):
         generate_from_checkpoint(out / CHECKPOINT, sample_id="toy-00000")
+
+
+def test_flex_attention_on_cpu_is_refused_before_training(run, tmp_path):
+    """FlexAttention has no CPU backward: a user error naming the field, not a torch traceback."""
+    spec = load_run_spec(overrides={**_spec().model_dump(), "model": {**_spec().model.model_dump(), "attention": "flex"},
+                                    "train": {**_spec().train.model_dump(), "device": "cpu"}})
+    with pytest.raises(UserError, match="model.attention 'flex' trains on CUDA only"):
+        train_on_shards(spec, run[0], tmp_path / "flex")

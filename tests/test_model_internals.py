@@ -54,7 +54,7 @@ def test_self_attention_with_rope_needs_positions_and_cross_attention_a_context_
         Attention(8, 2, rope_theta=10_000.0).keys_values(x)
     assert Attention(8, 2).keys_values(x)[0].shape == (1, 2, 3, 4)  # cross-attention: no rotation, no positions
     with pytest.raises(ValueError, match="cross-attention block"):
-        Block(8, 2, 2, 0.0, rope_theta=10_000.0).extend_context(KVCache(), x)
+        Block(ModelConfig(), 8, 2, rope_theta=10_000.0).extend_context(KVCache(), x)
 
 
 def test_cached_runner_matches_the_run_kind():

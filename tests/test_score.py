@@ -5,6 +5,7 @@ quantizer needs a trained codebook): 25 Hz frames binned by log energy."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -15,7 +16,14 @@ from lst_model.config import ModelConfig, load_run_spec
 from lst_model.corpus_tasks import corpus_items
 from lst_model.items import PAIRS, ChoiceItem, InvalidItem, Side, read_items, write_items
 from lst_model.model import build_model
-from lst_model.score import ItemScore, accuracy, accuracy_by_pair, choice_example, score_items
+from lst_model.score import (
+    ItemScore,
+    accuracy,
+    accuracy_by_pair,
+    choice_example,
+    format_accuracy_table,
+    score_items,
+)
 from lst_model.sequences import crop_patch_lengths
 from lst_model.tokens import TokenSpace
 
@@ -74,14 +82,20 @@ def test_items_roundtrip_and_accuracy(tmp_path):
 
 def test_standard_errors_are_binomial():
     """3 of 4 right by sum (p = 0.75: s.e. sqrt(0.75 * 0.25 / 4) = 0.216506), 2 of 4 per token
-    (item c's per-token scores are -4 and -1.5)."""
-    scores = [ItemScore("a", "s2s", 1, [-1.0, -2.0], [1, 1]), ItemScore("b", "s2s", 1, [-3.0, -2.0], [1, 1]),
-              ItemScore("c", "s2s", 0, [-4.0, -6.0], [1, 4]), ItemScore("d", "s2s", 1, [-9.0, -5.0], [1, 1])]
+    (item c's per-token scores are -4 and -1.5), 1 of 4 by acc_norm (per character: a -1 vs
+    -0.5, b -1 vs -2, d -1 vs -5; item c has an ending without text, so per token)."""
+    scores = [ItemScore("a", "s2s", 1, [-1.0, -2.0], [1, 1], [1, 4]), ItemScore("b", "s2s", 1, [-3.0, -2.0], [1, 1], [3, 1]),
+              ItemScore("c", "s2s", 0, [-4.0, -6.0], [1, 4], [0, 3]), ItemScore("d", "s2s", 1, [-9.0, -5.0], [1, 1], [9, 1])]
     result = accuracy(scores)
-    assert result["acc_sum"] == 0.75 and result["acc_per_token"] == 0.5
+    assert result["acc_sum"] == 0.75 and result["acc_per_token"] == 0.5 and result["acc_norm"] == 0.25
     assert result["acc_sum_se"] == pytest.approx(0.216506, abs=1e-6)
     assert result["acc_per_token_se"] == pytest.approx(0.25, abs=1e-12)  # sqrt(0.5 * 0.5 / 4)
-    assert np.isnan(accuracy([])["acc_sum_se"])
+    assert result["acc_norm_se"] == pytest.approx(0.216506, abs=1e-6)  # sqrt(0.25 * 0.75 / 4)
+    assert result["acc_norm_fallback"] == 1 and result["n"] == 4
+    assert np.isnan(accuracy([])["acc_sum_se"]) and np.isnan(accuracy([])["acc_norm"])
+    table = format_accuracy_table({"s2s": result})
+    assert table[1].split() == ["S→S", "4", "0.750", "±", "0.217", "0.500", "±", "0.250", "0.250", "±", "0.217"]
+    assert table[2] == "acc_norm: 1 items with an ending without text were normalized per token"
 
 
 HAND = TokenSpace(10, 6)  # <t> 10, <s> 11, BOS 12, unit u -> 15 + u
@@ -135,3 +149,52 @@ def test_an_item_from_another_codebook_is_an_invalid_item():
     item = ChoiceItem("far", Side("speech", (1, 2, 999)), (Side("speech", (1,)), Side("speech", (2,))), 0)
     with pytest.raises(InvalidItem, match=r"item far: unit ids must lie in \[0, 32\)"):
         score_items(model, spec, SPACE, [item])
+
+
+class BigramStub(torch.nn.Module):
+    """A stand-in model whose next-token distribution depends only on the current token, set
+    by hand, so the expected log-likelihoods below are plain arithmetic (not code output)."""
+
+    def __init__(self, size: int, probabilities: dict[int, dict[int, float]]) -> None:
+        super().__init__()
+        table = torch.full((size, size), 1.0 / size)
+        for previous, chosen in probabilities.items():
+            rest = (1.0 - sum(chosen.values())) / (size - len(chosen))
+            table[previous] = rest
+            for token, p in chosen.items():
+                table[previous, token] = p
+        self.log_table = torch.nn.Parameter(table.log(), requires_grad=False)
+
+    def forward(self, batch):
+        return self.log_table[batch.tokens]
+
+
+def test_acc_norm_divides_by_the_characters_of_the_ending_text():
+    """lm-eval's acc_norm: summed log-likelihood / characters of the ending (a speech ending:
+    its transcript). With hand-set next-token probabilities (HAND ids: text id t is t, <s>
+    11, unit u is 15 + u):
+      a (t2t, label 1): "no" log 0.2 = -1.609 (-0.805/char) vs "a longer one" log(0.1 * 0.5) =
+        -2.996 (-1.498/token, -0.250/char): the shorter ending wins by sum only;
+      b (t2t, label 0): "abcdefghij" log 0.1 = -2.303 (-0.230/char) vs "ab" log(0.3 * 0.5) =
+        -1.897 (-0.949/token and /char): acc_norm alone is right;
+      c (t2s, label 1): "yes" in 2 units log(0.4 * 0.5) = -1.609 (-0.805/token, -0.536/char)
+        vs "certainly" in 1 unit log 0.1 = -2.303 (-0.256/char): normalized by the
+        transcript, not the units."""
+    model = BigramStub(HAND.size, {1: {2: 0.2, 3: 0.1, 5: 0.1, 6: 0.3}, 3: {4: 0.5}, 6: {7: 0.5},
+                                   11: {15: 0.4, 17: 0.1}, 15: {16: 0.5}})
+    go = Side("text", (1,), "go")
+    items = [ChoiceItem("a", go, (Side("text", (2,), "no"), Side("text", (3, 4), "a longer one")), 1),
+             ChoiceItem("b", go, (Side("text", (5,), "abcdefghij"), Side("text", (6, 7), "ab")), 0),
+             ChoiceItem("c", go, (Side("speech", (0, 1), "yes"), Side("speech", (2,), "certainly")), 1)]
+    _, spec = _model("lst")
+    a, b, c = score_items(model, spec, HAND, items, patching="static")
+    expected = {"a": [math.log(0.2), math.log(0.05)], "b": [math.log(0.1), math.log(0.15)], "c": [math.log(0.2), math.log(0.1)]}
+    for score in (a, b, c):
+        assert score.sums == pytest.approx(expected[score.id], abs=1e-5)
+    assert (a.chars, b.chars, c.chars) == ([2, 12], [10, 2], [3, 9])
+    assert c.per_char == pytest.approx([math.log(0.2) / 3, math.log(0.1) / 9], abs=1e-5)
+    assert [(s.correct_sum, s.correct_per_token, s.correct_norm) for s in (a, b, c)] == \
+        [(False, True, True), (False, False, True), (False, False, True)]
+    result = accuracy([a, b, c])
+    assert (result["acc_sum"], result["acc_per_token"], result["acc_norm"], result["acc_norm_fallback"]) == (0, 1 / 3, 1, 0)
+    assert a.to_json()["correct_norm"] is True and a.to_json()["chars"] == [2, 12]

@@ -59,7 +59,7 @@ def test_cursor_resumes_mid_epoch_with_the_same_micro_batches(shards):
     space = load_token_space(shards)
     straight = StreamCursor(PackedShardStream(shards, spec, space, rows=2), num_workers=2)
     items = [straight.next() for _ in range(5)]
-    assert straight.state() == {"epoch": 0, "batches": 5, "first_step_batch": 0}
+    assert straight.state() == {"epoch": 0, "batches": 5, "first_step_batch": 0, "text": []}
     resumed = StreamCursor(PackedShardStream(shards, spec, space, rows=2), num_workers=2, position=StreamPosition(0, 3))
     for expected in items[3:]:
         got = resumed.next()
@@ -85,7 +85,7 @@ def test_streamed_training_resumes_exactly(shards, tmp_path, mode):
     train(spec, None, space, tmp_path / "straight", shard_dir=shards)
     train(spec, None, space, tmp_path / "resumed", shard_dir=shards, stop_at_step=7)
     position = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["stream"]
-    assert position == {"epoch": 0, "batches": 7, "first_step_batch": 0}, "stopped mid-epoch, 7 micro-batches in"
+    assert position == [{"epoch": 0, "batches": 7, "first_step_batch": 0, "text": []}], "stopped mid-epoch, 7 micro-batches in"
     train(spec, None, space, tmp_path / "resumed", shard_dir=shards)
     straight = [(r["step"], r["loss"]) for r in read_log(tmp_path / "straight")]
     assert straight == [(r["step"], r["loss"]) for r in read_log(tmp_path / "resumed")] and len(straight) == 12

@@ -72,7 +72,7 @@ def test_cli_trains_on_the_text_corpus(shards, tmp_path):
         "--set", "preset=tiny", "--set", "data.seq_positions=32", "--set", "train.batch_size=2",
         "--set", "train.budget_positions=128", "--set", "train.threads=1"])
     assert result.exit_code == 0, result.output
-    assert "text corpus of 3 documents" in result.output
+    assert "text corpus of 1 file, " in result.output and "(streamed)" in result.output
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert len(config["text_corpus_sha256"]) == 64
     # resuming against another corpus is refused
