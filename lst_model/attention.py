@@ -21,6 +21,9 @@ result (tests/test_attention.py):
 `auto` picks flex on CUDA and, on CPU, dense for short sequences (fewer, larger kernel
 calls) and chunked beyond DENSE_MAX_QUERIES.
 
+A rule's dense mask or block mask is built once, by the first layer that runs it, and reused
+by the other layers of the forward pass (the rules are made per batch).
+
 A rule must leave no query without a key (dense and chunked softmax an empty row into
 NaN): padding forms its own document, and empty padding patches see every token.
 """
@@ -30,8 +33,8 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal, cast
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -58,13 +61,17 @@ class MaskRule:
     n_keys: int
     causal: bool = False
     window: int | None = None
+    # the dense mask or block mask, built by the first layer that runs the rule and reused by the others
+    built: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def dense(self, device: torch.device) -> Tensor:
         """[B, 1, Tq, Tk] boolean mask."""
-        b = torch.arange(self.batch, device=device)[:, None, None]
-        q = torch.arange(self.n_queries, device=device)[None, :, None]
-        k = torch.arange(self.n_keys, device=device)[None, None, :]
-        return self.allowed(b, q, k).expand(self.batch, self.n_queries, self.n_keys)[:, None]
+        if "dense" not in self.built:
+            b = torch.arange(self.batch, device=device)[:, None, None]
+            q = torch.arange(self.n_queries, device=device)[None, :, None]
+            k = torch.arange(self.n_keys, device=device)[None, None, :]
+            self.built["dense"] = self.allowed(b, q, k).expand(self.batch, self.n_queries, self.n_keys)[:, None]
+        return cast(Tensor, self.built["dense"])
 
     def key_range(self, first_query: int, end_query: int) -> tuple[int, int]:
         """The keys [start, end) that queries [first_query, end_query) may read."""
@@ -127,7 +134,9 @@ def _flex(q: Tensor, k: Tensor, v: Tensor, rule: MaskRule) -> Tensor:
     def mask_mod(b: Tensor, h: Tensor, q_index: Tensor, k_index: Tensor) -> Tensor:
         return rule.allowed(b, q_index, k_index)
 
-    block_mask = create_block_mask(mask_mod, rule.batch, None, rule.n_queries, rule.n_keys, device=q.device)
+    if "block" not in rule.built:
+        rule.built["block"] = create_block_mask(mask_mod, rule.batch, None, rule.n_queries, rule.n_keys, device=q.device)
+    block_mask = rule.built["block"]
     if q.device.type == "cuda":
         return _compiled_flex()(q, k, v, block_mask=block_mask)
     from torch.nn.attention.flex_attention import flex_attention

@@ -278,6 +278,10 @@ def map_items(worker: PartitionWorker, tasks: list[dict[str, Any]], ray_config: 
             finally:
                 worker.teardown()
             return
+        # What the driver read to plan this step (manifest parts, counts) is freed by now, but Arrow's
+        # default pool (mimalloc) keeps the pages on its threads' heaps: given back here, the
+        # driver's private memory does not grow with the partitions it planned over.
+        pa.default_memory_pool().release_unused()
         for result in _tasks_on_ray(tasks, _PartitionTask(worker), resources, ray_config):
             yield result
             bar.update(1)
