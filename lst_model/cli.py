@@ -78,7 +78,7 @@ def _warn(message: str) -> None:
 @click.option("--text", "text_path", metavar="PATH|GLOB|URL", help=_TEXT_HELP)
 @click.option("--tokenizer", "tokenizer_path", type=click.Path(exists=True, path_type=Path), help=_TOKENIZER_HELP)
 @click.option("--init", "init_run", type=click.Path(exists=True, path_type=Path),
-              help="Fine-tune: start from this run folder's (or checkpoint.pt's) weights (same model config and "
+              help="Fine-tune: start from this run folder's (checkpoint.pt's, or exported folder's) weights (same model config and "
                    "token space), with a fresh optimizer and schedule; e.g. with --set data.task=asr.")
 @_other_space_option
 @_option_errors

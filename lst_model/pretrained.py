@@ -262,7 +262,7 @@ def _replace(path: Path, write: Any) -> None:
 # Reading
 
 
-def _stored_tensors(folder: Path, config: PretrainedConfig) -> dict[str, Tensor]:
+def stored_tensors(folder: Path, config: PretrainedConfig) -> dict[str, Tensor]:
     """model.safetensors' tensors with the tied entries filled in (InputError: unreadable, or a tied name missing)."""
     path = folder / WEIGHTS
     try:
@@ -299,7 +299,7 @@ def _check_tensors(stored: dict[str, Tensor], expected: dict[str, Tensor], where
 def with_weights(model: nn.Module, folder: Path, config: PretrainedConfig, device: str | torch.device,
                   dtype: torch.dtype | None) -> nn.Module:
     """`model` (built from `config`) with the folder's weights, on `device` (in `dtype` when given), in eval mode."""
-    stored = _stored_tensors(folder, config)
+    stored = stored_tensors(folder, config)
     _check_tensors(stored, model.state_dict(), str(folder / WEIGHTS), config.spec.model.kind)
     model.load_state_dict(stored)
     if isinstance(model, PretrainedMixin):  # every model class is

@@ -20,7 +20,7 @@ and the checkpoint. `train.parallel = 'fsdp'` shards the model over the ranks wi
 instead, and `train.activation_checkpointing` recomputes each layer in the backward pass
 (`lst_model.parallel`); checkpoints hold the unsharded state either way.
 
-Fine-tuning (`init`): the weights come from a pretrained checkpoint of the same model
+Fine-tuning (`init`): the weights come from a pretrained checkpoint (or exported folder) of the same model
 config (all but dropout) and token space; the optimizer and schedule start fresh. The init
 checkpoint's sha256 goes into config.json and every checkpoint, and a resume from another
 init is refused.
@@ -48,7 +48,7 @@ from lst_data.core.config import to_dict
 from lst_data.core.digests import file_sha256
 from lst_data.core.errors import ConfigError, InputError
 from lst_data.format.records import SampleRecord
-from lst_model.config import RunSpec, run_spec_from_dict
+from lst_model.config import ModelConfig, RunSpec, run_spec_from_dict
 from lst_model.data import TrainingUtterances, load_token_space, read_training_texts, write_training_texts
 from lst_model.flops import SameDataCost
 from lst_model.model import (
@@ -68,7 +68,7 @@ from lst_model.parallel import (
     load_weights,
     prepare_model,
 )
-from lst_model.pretrained import WEIGHTS, exported_folder
+from lst_model.pretrained import WEIGHTS, exported_folder, read_config, stored_tensors
 from lst_model.sequences import training_sequences
 from lst_model.stream import PackedShardStream, StreamCursor, StreamPosition, batch_from_tensors
 from lst_model.text_corpus import TextPosition, TextReader, TextStream, open_text_stream
@@ -354,18 +354,30 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     return model.eval(), state["spec"], state["token_space"]
 
 
+def pretrained_state(path: Path, device: torch.device) -> tuple[ModelConfig, TokenSpace, dict[str, torch.Tensor]]:
+    """The model config, token space and weights of a checkpoint, or of an exported folder (or
+    its model.safetensors)."""
+    folder = exported_folder(path)
+    if folder is not None:
+        config = read_config(folder)
+        return config.spec.model, config.space, stored_tensors(folder, config)
+    state = load_checkpoint(path, device)
+    return state["spec"].model, state["token_space"], state["model"]
+
+
 def pretrained_weights(path: Path, spec: RunSpec, space: TokenSpace, device: torch.device,
                        allow_other_token_space: bool = False) -> dict[str, torch.Tensor]:
-    """The model weights of checkpoint `path` for fine-tuning `spec`; a ConfigError naming
-    what differs when its model config (dropout aside) or token space is not this run's."""
-    state = load_checkpoint(path, device)
-    theirs, ours = to_dict(state["spec"].model), to_dict(spec.model)
+    """The model weights of checkpoint or exported folder `path` for fine-tuning `spec`; a
+    ConfigError naming what differs when its model config (dropout aside) or token space is
+    not this run's."""
+    model, their_space, weights = pretrained_state(path, device)
+    theirs, ours = to_dict(model), to_dict(spec.model)
     differences = [f"model.{key} {theirs[key]!r} != {ours[key]!r}" for key in ours
                    if key != "dropout" and theirs[key] != ours[key]]
     if differences:
         raise ConfigError(f"--init {path}: the pretrained model differs: {'; '.join(differences)}")
-    check_same_space(state["token_space"], space, f"--init {path}", allow_other_token_space)
-    return state["model"]
+    check_same_space(their_space, space, f"--init {path}", allow_other_token_space)
+    return weights
 
 
 def _check_resumable(run: TrainingRun, saved: dict[str, Any], allow_other_token_space: bool) -> None:
@@ -683,7 +695,7 @@ def train(
     device = resolve_device(spec.train.device, ranks.local_rank)
     owns_group = _join_process_group(ranks, device)
     _prepare_process(spec, ranks, device, Path(out_dir), texts is not None)
-    init_space = (init, load_checkpoint(init)["token_space"]) if init is not None and spec.model.kind == BPE_KIND else None
+    init_space = (init, pretrained_state(Path(init), device)[1]) if init is not None and spec.model.kind == BPE_KIND else None
     space = run_token_space(spec, space, Path(out_dir), records=records, shard_dir=shard_dir, init=init_space,
                             resuming=(Path(out_dir) / CHECKPOINT).exists(), write=ranks.main)
     run = TrainingRun(spec, space, Provenance.of(texts, init), ranks, device, Path(out_dir))

@@ -23,7 +23,7 @@ from lst_data.core.digests import file_sha256
 from lst_data.core.errors import ConfigError, InputError
 from lst_model.cli import cli
 from lst_model.config import load_run_spec
-from lst_model.data import load_token_space
+from lst_model.data import load_token_space, read_training_texts
 from lst_model.export import export_checkpoint
 from lst_model.model import (
     Batch,
@@ -34,7 +34,14 @@ from lst_model.model import (
 )
 from lst_model.pretrained import CONFIG, WEIGHTS
 from lst_model.tokens import TokenSpace
-from lst_model.train import CHECKPOINT, load_checkpoint, load_model, train_on_shards
+from lst_model.train import (
+    CHECKPOINT,
+    checkpoint_path,
+    load_checkpoint,
+    load_model,
+    read_log,
+    train_on_shards,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = {"lst": LatentSpeechTextTransformer, "baseline": FlatTransformer}
@@ -269,3 +276,16 @@ def test_cli_export_errors_are_one_line_exit_2(runs, tmp_path, args, message):
     assert result.exit_code == 2 and len(errors) == 1 and message in errors[0], result.output
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()
     assert (runs.run("baseline") / CONFIG).read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", list(CLASSES))
+def test_fine_tuning_from_an_export_equals_fine_tuning_from_its_checkpoint(runs, kind, tmp_path):
+    """`--init` takes an exported folder: the same start weights, so the same losses, and the
+    pretrained run's training transcripts are inherited through the folder's copy."""
+    spec = _spec(kind)
+    logs = {}
+    for name, init in (("checkpoint", runs.run(kind) / CHECKPOINT), ("export", checkpoint_path(runs.export(kind)))):
+        train_on_shards(spec, runs.shards, tmp_path / name, init=init, announce=lambda _: None)
+        logs[name] = [(row["step"], row["loss"]) for row in read_log(tmp_path / name)]
+    assert logs["export"] == logs["checkpoint"] and len(logs["export"]) == 3
+    assert (read_training_texts(tmp_path / "export") == read_training_texts(tmp_path / "checkpoint")).all()
